@@ -1,0 +1,3 @@
+"""fourier layer."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""geometry layer."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""io layer."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""likelihood layer."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""parallel layer."""
+
+__all__: list[str] = []

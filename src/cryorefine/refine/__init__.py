@@ -1,0 +1,3 @@
+"""refine layer."""
+
+__all__: list[str] = []

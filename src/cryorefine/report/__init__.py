@@ -1,0 +1,3 @@
+"""report layer."""
+
+__all__: list[str] = []

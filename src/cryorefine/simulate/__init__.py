@@ -1,0 +1,3 @@
+"""simulate layer."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""tomo layer."""
+
+__all__: list[str] = []
