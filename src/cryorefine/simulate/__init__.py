@@ -1,3 +1,15 @@
-"""simulate layer."""
+"""Simulated data sets with ground truth, and the embedded default structure."""
 
-__all__: list[str] = []
+from cryorefine.simulate.embedded import (
+    EMBEDDED_MAP_DESCRIPTION,
+    EMBEDDED_PIXEL_SIZE_ANGST,
+    EMBEDDED_SYMMETRY,
+    embedded_map,
+)
+
+__all__ = [
+    "EMBEDDED_MAP_DESCRIPTION",
+    "EMBEDDED_PIXEL_SIZE_ANGST",
+    "EMBEDDED_SYMMETRY",
+    "embedded_map",
+]
