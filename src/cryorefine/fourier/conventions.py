@@ -32,8 +32,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 __all__ = [
-    "friedel_redundant",
     "frequency_indices",
+    "friedel_redundant",
     "from_fourier",
     "rfft_shape",
     "shell_index",
@@ -84,7 +84,9 @@ def shell_index(n: int, ndim: int, *, device: torch.device | None = None) -> Int
     return torch.round(torch.linalg.vector_norm(k, dim=-1)).to(torch.int64)
 
 
-def friedel_redundant(n: int, ndim: int, *, device: torch.device | None = None) -> Bool[Tensor, "..."]:
+def friedel_redundant(
+    n: int, ndim: int, *, device: torch.device | None = None
+) -> Bool[Tensor, "..."]:
     """Coefficients on ``kx = 0`` with ``ky < 0``: Friedel mates left out of per-shell counts."""
     k = frequency_indices(n, ndim, device=device)
     return (k[..., 0] == 0) & (k[..., 1] < 0)
