@@ -1,0 +1,112 @@
+"""RELION STAR labels whose values have a fixed kind: numbers, or text kept as text.
+
+``NUMERIC_LABELS`` must hold numbers wherever they appear; ``read_star`` refuses a
+file in which one of them holds anything else (naming file, block, label and row).
+``TEXT_LABELS`` are names and paths: they are read as text even when a value looks
+like a number (a tomogram called ``1`` stays ``"1"``). Labels in neither set are
+read as ``starfile`` guesses. Kinds follow RELION's label list (``metadata_label.h``)
+and the real files in ``shared/``.
+"""
+
+__all__ = ["NUMERIC_LABELS", "TEXT_LABELS"]
+
+_OPTICS = """
+rlnOpticsGroup rlnVoltage rlnSphericalAberration rlnAmplitudeContrast rlnImagePixelSize
+rlnImageSize rlnImageDimensionality rlnCtfDataAreCtfPremultiplied rlnCtfDataArePhaseFlipped
+rlnMicrographOriginalPixelSize rlnMicrographPixelSize rlnBeamTiltX rlnBeamTiltY
+rlnTomoTiltSeriesPixelSize rlnTomoSubtomogramBinning rlnTomoSubTomosAre2DStacks
+rlnMagnification rlnDetectorPixelSize
+"""
+
+_PARTICLES = """
+rlnCoordinateX rlnCoordinateY rlnCoordinateZ rlnCenteredCoordinateXAngst
+rlnCenteredCoordinateYAngst rlnCenteredCoordinateZAngst rlnAngleRot rlnAngleTilt rlnAnglePsi
+rlnAngleRotPrior rlnAngleTiltPrior rlnAnglePsiPrior rlnOriginX rlnOriginY rlnOriginZ
+rlnOriginXAngst rlnOriginYAngst rlnOriginZAngst rlnOriginXPriorAngst rlnOriginYPriorAngst
+rlnOriginZPriorAngst rlnDefocusU rlnDefocusV rlnDefocusAngle rlnPhaseShift rlnCtfBfactor
+rlnCtfScalefactor rlnCtfAstigmatism rlnCtfFigureOfMerit rlnCtfMaxResolution
+rlnCtfIceRingDensity rlnGroupNumber rlnClassNumber rlnRandomSubset rlnNormCorrection
+rlnLogLikeliContribution rlnMaxValueProbDistribution rlnNrOfSignificantSamples
+rlnAutopickFigureOfMerit rlnHelicalTubeID rlnTomoSubtomogramRot rlnTomoSubtomogramTilt
+rlnTomoSubtomogramPsi rlnTomoParticleId rlnTomoManifoldIndex
+"""
+
+_TOMOGRAMS = """
+rlnTomoHand rlnTomoFrameCount rlnTomoSizeX rlnTomoSizeY rlnTomoSizeZ rlnTomoTomogramBinning
+rlnTomoImportFractionalDose rlnMicrographPreExposure rlnTomoNominalStageTiltAngle
+rlnTomoNominalTiltAxisAngle rlnTomoNominalDefocus rlnTomoTiltMovieFrameCount rlnTomoXTilt
+rlnTomoYTilt rlnTomoZRot rlnTomoXShiftAngst rlnTomoYShiftAngst rlnAccumMotionTotal
+rlnAccumMotionEarly rlnAccumMotionLate
+"""
+
+_MODEL = """
+rlnReferenceDimensionality rlnDataDimensionality rlnOriginalImageSize rlnCurrentResolution
+rlnCurrentImageSize rlnPaddingFactor rlnIsHelix rlnFourierSpaceInterpolator
+rlnMinRadiusNnInterpolation rlnPixelSize rlnNrClasses rlnNrBodies rlnNrGroups
+rlnNrOpticsGroups rlnTau2FudgeFactor rlnNormCorrectionAverage rlnSigmaOffsetsAngst
+rlnOrientationalPriorMode rlnSigmaPriorRotAngle rlnSigmaPriorTiltAngle rlnSigmaPriorPsiAngle
+rlnLogLikelihood rlnAveragePmax rlnClassDistribution rlnAccuracyRotations
+rlnAccuracyTranslationsAngst rlnEstimatedResolution rlnOverallFourierCompleteness
+rlnSpectralIndex rlnResolution rlnAngstromResolution rlnSsnrMap rlnGoldStandardFsc
+rlnFourierCompleteness rlnReferenceSigma2 rlnReferenceTau2
+rlnSpectralOrientabilityContribution rlnGroupNrParticles rlnGroupScaleCorrection
+rlnSigma2Noise rlnOrientationDistribution
+"""
+
+_SAMPLING = """
+rlnIs3DSampling rlnIs3DTranslationalSampling rlnHealpixOrder rlnTiltAngleLimit rlnPsiStep
+rlnOffsetRange rlnOffsetStep rlnHelicalOffsetStep rlnSamplingPerturbInstance
+rlnSamplingPerturbFactor rlnHealpixOrderOriginal rlnPsiStepOriginal rlnOffsetRangeOriginal
+rlnOffsetStepOriginal
+"""
+
+_OPTIMISER = """
+rlnCurrentIteration rlnNumberOfIterations rlnDoSplitRandomHalves
+rlnJoinHalvesUntilThisResolution rlnAdaptiveOversampleOrder rlnAdaptiveOversampleFraction
+rlnRandomSeed rlnParticleDiameter rlnWidthMaskEdge rlnDoZeroMask rlnDoSolventFlattening
+rlnDoSolventFscCorrection rlnIncrementImageSize rlnDoAutoRefine
+rlnAutoLocalSearchesHealpixOrder rlnNumberOfIterWithoutResolutionGain
+rlnBestResolutionThusFar rlnNumberOfIterWithoutChangingAssignments
+rlnOverallAccuracyRotations rlnOverallAccuracyTranslationsAngst
+rlnChangesOptimalOrientations rlnChangesOptimalOffsets rlnChangesOptimalClasses
+rlnSmallestChangesOrientations rlnSmallestChangesOffsets rlnSmallestChangesClasses
+rlnHasConverged rlnHasHighFscAtResolLimit rlnHasLargeSizeIncreaseIterationsAgo
+rlnDoCorrectNorm rlnDoCorrectScale rlnDoCorrectCtf rlnRefsAreCtfCorrected
+rlnMaxNumberOfPooledParticles rlnDoSkipAlign rlnDoSkipRotate rlnDoMapEstimation
+rlnMaximumCoarseImageSize rlnHighresLimitExpectation rlnLowresLimitExpectation
+rlnDoIgnoreCtfUntilFirstPeak rlnDoOnlyFlipCtfPhases rlnFixSigmaNoiseEstimates
+rlnFixSigmaOffsetEstimates
+"""
+
+_POSTPROCESS = """
+rlnFinalResolution rlnBfactorUsedForSharpening rlnRandomiseFrom
+rlnFourierShellCorrelationCorrected rlnFourierShellCorrelationMaskedMaps
+rlnFourierShellCorrelationUnmaskedMaps rlnCorrectedFourierShellCorrelationPhaseRandomizedMaskedMaps
+rlnFourierShellCorrelationParticleMaskFraction rlnResolutionSquared rlnLogAmplitudesOriginal
+rlnLogAmplitudesWeighted rlnLogAmplitudesSharpened rlnLogAmplitudesIntercept
+rlnFittedSlopeGuinierPlot rlnFittedInterceptGuinierPlot rlnCorrelationFitGuinierPlot
+rlnParticleBoxFractionSolventMask
+"""
+
+_TEXT = """
+rlnImageName rlnCtfImage rlnMicrographName rlnMicrographMovieName rlnOpticsGroupName
+rlnGroupName rlnTomoName rlnTomoParticleName rlnTomoVisibleFrames rlnTomoProjX rlnTomoProjY
+rlnTomoProjZ rlnTomoProjW rlnTomoTiltSeriesName rlnTomoTiltSeriesStarFile
+rlnTomoParticlesFile rlnTomoTomogramsFile rlnTomoTrajectoriesFile rlnTomoManifoldsFile
+rlnTomoReferenceMap1File rlnTomoReferenceMap2File rlnTomoReferenceMaskFile
+rlnTomoReferenceFscFile rlnTomoReconstructedTomogram rlnTomoReconstructedTomogramHalf1
+rlnTomoReconstructedTomogramHalf2 rlnMicrographNameEven rlnMicrographNameOdd
+rlnMicrographMetadata rlnCtfPowerSpectrum rlnEtomoDirectiveFile rlnReferenceImage
+rlnSymmetryGroup rlnSolventMaskName rlnSolventMask2Name rlnOutputRootName rlnModelStarFile
+rlnModelStarFile2 rlnExperimentalDataStarFile rlnOrientSamplingStarFile rlnMaskName
+rlnUnfilteredMapHalf1 rlnUnfilteredMapHalf2 rlnPostprocessedMap rlnPostprocessedMapMasked
+rlnMtfFileName rlnImageOriginalName
+"""
+
+#: Labels whose every value must be a number.
+NUMERIC_LABELS: frozenset[str] = frozenset(
+    (_OPTICS + _PARTICLES + _TOMOGRAMS + _MODEL + _SAMPLING + _OPTIMISER + _POSTPROCESS).split()
+)
+
+#: Labels read as text even when a value looks like a number (names, paths, vectors).
+TEXT_LABELS: frozenset[str] = frozenset(_TEXT.split())

@@ -1,0 +1,292 @@
+"""MRC maps, volumes and image stacks (through ``mrcfile``), and RELION image references.
+
+Arrays index ``(z, y, x)`` (a stack: ``(image, y, x)``). The voxel size is the
+header's ``cella.x / mx`` in Angstrom, as RELION reads it. Files are written as
+RELION writes them (REFINE_SPEC §1.5): mode 2 (float32) or 12 (float16),
+``mx, my, mz = nx, ny, nz``, cell = voxel size times the box, origin and
+``nxstart`` fields 0, angles 90 degrees, no extended header; ``.mrcs`` files
+are marked as image stacks (space group 0), other 3D files as volumes (1).
+
+An image reference ``000012@Extract/job007/stack.mrcs`` names image 12
+(1-based) of a stack; a name without ``@`` is the whole file.
+"""
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+from jaxtyping import Float32, Int64, Real
+
+from cryorefine.errors import InputError
+from cryorefine.io.atomic import write_atomically
+
+__all__ = [
+    "MrcHeader",
+    "parse_image_name",
+    "read_image",
+    "read_images",
+    "read_mrc",
+    "read_mrc_header",
+    "split_image_names",
+    "write_mrc",
+]
+
+_HEADER_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class MrcHeader:
+    """What a header says about the data, read without touching the data.
+
+    Attributes
+    ----------
+    shape
+        ``(nz, ny, nx)``; a stack of ``nz`` images, or a volume.
+    voxel_size_angst
+        ``cella.x / mx`` (0 where the header gives no cell).
+    mode
+        MRC data mode (0 int8, 1 int16, 2 float32, 6 uint16, 12 float16).
+    is_stack
+        Space group 0 with ``nz > 1`` (an image stack rather than a volume).
+    """
+
+    shape: tuple[int, int, int]
+    voxel_size_angst: float
+    mode: int
+    is_stack: bool
+
+
+def read_mrc_header(path: str | PathLike[str]) -> MrcHeader:
+    """Read an MRC header and check that the file is long enough for its data.
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, not an MRC file, or truncated.
+    """
+    mrc_path = _existing(path)
+    try:
+        with mrcfile.open(mrc_path, header_only=True, permissive=False) as mrc:
+            header = mrc.header
+            nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+            mode = int(header.mode)
+            dtype = mrcfile.utils.dtype_from_mode(mode)
+            extended = int(header.nsymbt)
+            mx = int(header.mx)
+            cell_x = float(header.cella.x)
+            ispg = int(header.ispg)
+    except (ValueError, OSError) as error:
+        raise InputError(f"{mrc_path}: not a readable MRC file ({error})") from error
+    expected = _HEADER_BYTES + extended + nx * ny * nz * np.dtype(dtype).itemsize
+    found = os.path.getsize(mrc_path)
+    if found < expected:
+        raise InputError(
+            f"{mrc_path}: truncated MRC file: the header describes {nx}x{ny}x{nz} voxels of "
+            f"mode {mode} ({expected} bytes) but the file has {found} bytes"
+        )
+    voxel = cell_x / mx if mx > 0 else 0.0
+    return MrcHeader(shape=(nz, ny, nx), voxel_size_angst=voxel, mode=mode, is_stack=ispg == 0)
+
+
+def read_mrc(
+    path: str | PathLike[str], *, mmap: bool = False
+) -> tuple[Real[np.ndarray, "..."], float]:
+    """Read an MRC file: its data and its voxel size in Angstrom.
+
+    Parameters
+    ----------
+    path
+        The MRC file (map, volume, image or stack).
+    mmap
+        Map the file into memory instead of reading it: the array keeps the
+        file's data type (e.g. float16) and is read-only. Otherwise a float32
+        copy is returned.
+
+    Returns
+    -------
+    data, voxel_size_angst
+        ``(z, y, x)``, ``(image, y, x)`` or ``(y, x)`` array; ``cella.x / mx``.
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, not an MRC file or truncated.
+    """
+    header = read_mrc_header(path)
+    try:
+        if mmap:
+            with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
+                data: np.ndarray = mrc.data
+        else:
+            with mrcfile.open(path, permissive=False) as mrc:
+                data = np.asarray(mrc.data, dtype=np.float32).copy()
+    except (ValueError, OSError) as error:
+        raise InputError(f"{path}: not a readable MRC file ({error})") from error
+    return data, header.voxel_size_angst
+
+
+def write_mrc(
+    path: str | PathLike[str],
+    data: Real[np.ndarray, "..."],
+    *,
+    voxel_size_angst: float,
+    float16: bool = False,
+) -> Path:
+    """Write a 2D image, an image stack or a volume with RELION's header, atomically.
+
+    Parameters
+    ----------
+    path
+        Output file; a ``.mrcs`` name marks a 3D array as an image stack.
+    data
+        ``(y, x)`` or ``(z, y, x)`` (stack: ``(image, y, x)``).
+    voxel_size_angst
+        Written as the cell: ``cella = voxel_size_angst * (nx, ny, nz)``.
+    float16
+        Write mode 12 (half precision) instead of mode 2 (float32).
+    """
+    if data.ndim not in (2, 3):
+        raise ValueError(f"MRC data must be 2D or 3D, got shape {data.shape}")
+    if not voxel_size_angst > 0:
+        raise ValueError(f"voxel_size_angst must be positive, got {voxel_size_angst}")
+    target = Path(path)
+    values = np.ascontiguousarray(data, dtype=np.float16 if float16 else np.float32)
+
+    def write(partial: Path) -> None:
+        with mrcfile.new(partial, overwrite=True) as mrc:
+            mrc.set_data(values)
+            if values.ndim == 3 and target.suffix == ".mrcs":
+                mrc.set_image_stack()
+            header = mrc.header
+            nz = 1 if values.ndim == 2 else values.shape[0]
+            header.mx, header.my, header.mz = values.shape[-1], values.shape[-2], nz
+            header.cella = (
+                voxel_size_angst * values.shape[-1],
+                voxel_size_angst * values.shape[-2],
+                voxel_size_angst * nz,
+            )
+            header.cellb = (90.0, 90.0, 90.0)
+            header.origin = (0.0, 0.0, 0.0)
+            header.nxstart = header.nystart = header.nzstart = 0
+
+    return write_atomically(target, write)
+
+
+def parse_image_name(name: str) -> tuple[int | None, str]:
+    """``"000012@stack.mrcs"`` -> ``(12, "stack.mrcs")``; ``"map.mrc"`` -> ``(None, "map.mrc")``.
+
+    Raises
+    ------
+    InputError
+        The part before ``@`` is not a positive whole number, or the path is empty.
+    """
+    indices, paths = split_image_names([name])
+    if indices[0] < 0:
+        raise InputError(
+            f"image name {name!r}: expected INDEX@FILE with INDEX a positive whole number "
+            "(1-based), or a file name"
+        )
+    return (int(indices[0]) or None), paths[0]
+
+
+def split_image_names(names: Sequence[str]) -> tuple[Int64[np.ndarray, " b"], list[str]]:
+    """Split many image references at once.
+
+    Returns
+    -------
+    indices, paths
+        1-based image index per name; 0 where the name has no ``@`` (the
+        whole file); -1 where the reference is malformed (index not a
+        positive whole number, or empty path).
+    """
+    indices = np.zeros(len(names), dtype=np.int64)
+    paths: list[str] = []
+    for i, name in enumerate(names):
+        text = str(name)
+        head, at, tail = text.partition("@")
+        if not at:
+            paths.append(text)
+            indices[i] = 0 if text else -1
+            continue
+        paths.append(tail)
+        indices[i] = int(head) if head.isdigit() and int(head) > 0 and tail else -1
+    return indices, paths
+
+
+def read_image(path: str | PathLike[str], index: int | None = None) -> Float32[np.ndarray, "..."]:
+    """One image of a stack (1-based ``index``), or the whole file, as float32.
+
+    The file is memory-mapped: only the requested image is read from disk.
+
+    Raises
+    ------
+    InputError
+        The file is missing, not an MRC file, truncated, or has fewer images than ``index``.
+    """
+    wanted = np.array([0 if index is None else index], dtype=np.int64)
+    if index is not None and index < 1:
+        raise InputError(f"{path}: image index {index} is not 1-based (the first image is 1)")
+    return _read_from_file(_existing(path), wanted)[0]
+
+
+def read_images(
+    paths: Sequence[str | PathLike[str]], indices: Sequence[int] | np.ndarray
+) -> Float32[np.ndarray, "b ..."]:
+    """Images ``indices[i]`` (1-based; 0 = whole file) of ``paths[i]``, stacked, float32.
+
+    Each distinct file is memory-mapped once and only the requested images are
+    read. All requested images must have one shape.
+
+    Raises
+    ------
+    InputError
+        A file is missing, not an MRC file or truncated; an index is beyond its
+        stack; the images differ in shape.
+    """
+    wanted = np.asarray(indices, dtype=np.int64)
+    if len(paths) != len(wanted):
+        raise ValueError(f"{len(paths)} paths but {len(wanted)} indices")
+    by_file: dict[Path, list[int]] = {}
+    for position, name in enumerate(paths):
+        by_file.setdefault(Path(name), []).append(position)
+    images: list[np.ndarray | None] = [None] * len(wanted)
+    for file, positions in by_file.items():
+        for position, image in zip(
+            positions, _read_from_file(file, wanted[positions]), strict=True
+        ):
+            images[position] = image
+    shapes = {image.shape for image in images if image is not None}
+    if len(shapes) > 1:
+        raise InputError(f"images of different shapes requested together: {sorted(shapes)}")
+    return np.stack([image for image in images if image is not None])
+
+
+def _read_from_file(path: Path, indices: np.ndarray) -> list[np.ndarray]:
+    """Images ``indices`` (1-based, 0 = whole file) of one file, through one memory map."""
+    header = read_mrc_header(path)
+    n_images = header.shape[0]
+    beyond = indices[(indices < 0) | (indices > n_images)]
+    if len(beyond):
+        raise InputError(
+            f"{path}: image {int(beyond[0])} requested but the stack holds {n_images} "
+            "image(s) (indices are 1-based)"
+        )
+    try:
+        with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
+            data = mrc.data
+            stack = data if data.ndim == 3 else data[np.newaxis]
+            return [np.array(data if i == 0 else stack[i - 1], dtype=np.float32) for i in indices]
+    except (ValueError, OSError) as error:
+        raise InputError(f"{path}: not a readable MRC file ({error})") from error
+
+
+def _existing(path: str | PathLike[str]) -> Path:
+    mrc_path = Path(path)
+    if not mrc_path.is_file():
+        what = "is a folder, not a file" if mrc_path.is_dir() else "file does not exist"
+        raise InputError(f"{mrc_path}: {what}")
+    return mrc_path
