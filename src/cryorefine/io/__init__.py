@@ -28,6 +28,7 @@ from cryorefine.io.particle_checks import FLAVOURS, PIXEL_SIZE_TOLERANCE
 from cryorefine.io.particles import FIELD_LABELS, ParticleSet, load_particles, write_particles
 from cryorefine.io.paths import resolve_path
 from cryorefine.io.star import FLOAT_DIGITS, StarBlock, read_star, write_star
+from cryorefine.io.star_tables import combine_particle_tables, particle_block_name, select_rows
 from cryorefine.io.tables import CtfParameters
 from cryorefine.io.tomograms import (
     TiltAlignment,
@@ -56,17 +57,20 @@ __all__ = [
     "TomogramSet",
     "Trajectories",
     "check_particles_against_tomograms",
+    "combine_particle_tables",
     "load_optimisation_set",
     "load_particles",
     "load_tomograms",
     "load_trajectories",
     "parse_image_name",
+    "particle_block_name",
     "read_image",
     "read_images",
     "read_mrc",
     "read_mrc_header",
     "read_star",
     "resolve_path",
+    "select_rows",
     "split_image_names",
     "write_atomically",
     "write_mrc",
