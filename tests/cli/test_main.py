@@ -1,0 +1,79 @@
+"""The `cryorefine` command: eight sub-commands; unbuilt ones say so in one line, exit 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cryorefine.cli.main import COMMANDS, main
+
+EIGHT = [
+    "refine",
+    "reconstruct",
+    "extract",
+    "star-handler",
+    "postprocess",
+    "simulate",
+    "report",
+    "demo",
+]
+
+
+def test_help_lists_the_eight_commands():
+    result = subprocess.run(
+        [sys.executable, "-m", "cryorefine", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in EIGHT:
+        assert command in result.stdout
+    assert sorted(COMMANDS) == sorted(EIGHT)
+
+
+def test_star_handler_help_uses_relions_option_names(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["star-handler", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for option in (
+        "--i",
+        "--o",
+        "--center",
+        "--center_X",
+        "--center_Y",
+        "--center_Z",
+        "--select",
+        "--minval",
+        "--maxval",
+        "--combine",
+    ):
+        assert option in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        name
+        for name in EIGHT
+        if getattr(
+            __import__(f"cryorefine.cli.{COMMANDS[name]}", fromlist=["x"]),
+            "ACCEPTS_ANY_OPTIONS",
+            False,
+        )
+    ],
+)
+def test_unbuilt_commands_say_so_in_one_line_and_exit_2(command, capsys):
+    status = main([command, "--ios", "optimisation_set.star", "--gpu"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "not built" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_unknown_option_of_a_built_command_is_refused():
+    with pytest.raises(SystemExit) as stop:
+        main(["star-handler", "--i", "a.star", "--o", "b.star", "--no_such_option"])
+    assert stop.value.code == 2
