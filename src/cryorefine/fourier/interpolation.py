@@ -1,0 +1,140 @@
+"""Trilinear interpolation in, and splatting into, a padded centred half-grid.
+
+Layout of every padded Fourier grid of the projector and back-projector
+(``reference_ft``, ``accumulator_data``, ``accumulator_weight``): a tensor of
+shape ``(p, p, ph)``, ``ph = p // 2 + 1``, indexed ``(z, y, x)``, where element
+``[iz, iy, ix]`` holds frequency ``K = (ix, iy - p // 2, iz - p // 2)`` in
+padded-grid units (vectors in ``(x, y, z)`` order). Only ``kx >= 0`` is stored,
+as in RELION's projector; a value at ``kx < 0`` is the complex conjugate of the
+value at ``-K``. Along y and z the grid is periodic (index ``p`` is index 0,
+frequency ``-p / 2``), as a discrete Fourier transform is.
+
+Trilinear interpolation at a point ``q`` with ``q_x < 0`` interpolates at
+``-q`` and conjugates, as RELION does; splatting is its exact adjoint for the
+real inner product ``Re <a, b>``: a value inserted at ``q_x < 0`` is
+conjugated and spread over the corners of ``-q``. Corners beyond ``kx = p // 2``
+count as zero (they are only reached with weight 0 for points inside the
+Nyquist sphere).
+"""
+
+from collections.abc import Iterator
+from functools import lru_cache
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from cryorefine.fourier.conventions import frequency_indices
+
+__all__ = [
+    "centred_half_frequencies",
+    "padded_size",
+]
+
+
+def padded_size(shape: tuple[int, ...] | torch.Size) -> int:
+    """Side ``p`` of a ``(p, p, p // 2 + 1)`` half-grid of ``shape``; ``ValueError`` otherwise."""
+    if len(shape) != 3 or shape[0] != shape[1] or shape[2] != shape[0] // 2 + 1:
+        raise ValueError(f"expected a (p, p, p // 2 + 1) half-grid, got shape {tuple(shape)}")
+    return int(shape[0])
+
+
+def centred_half_frequencies(
+    p: int, *, device: torch.device | None = None
+) -> Int[Tensor, "p p ph 3"]:
+    """Integer frequency ``(kx, ky, kz)`` of every element of a ``(p, p, ph)`` centred half-grid."""
+    full = torch.arange(p, device=device) - p // 2
+    half = torch.arange(p // 2 + 1, device=device)
+    kz, ky, kx = torch.meshgrid(full, full, half, indexing="ij")
+    return torch.stack([kx, ky, kz], dim=-1)
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.empty((), dtype=dtype).real.dtype if dtype.is_complex else dtype
+
+
+@lru_cache(maxsize=64)
+def _kept_frequencies(
+    n: int, ndim: int, max_radius: float, device: torch.device, skip_redundant: bool = False
+) -> tuple[Int[Tensor, " k"], Int[Tensor, "k 3"]]:
+    """Flat indices and ``(x, y, z)`` frequencies of the coefficients with ``|k| <= max_radius``.
+
+    ``skip_redundant`` leaves out one of each Friedel pair of the ``kx = 0``
+    line (2D: ``ky < 0``) or plane (3D: ``kz < 0``, and ``kz = 0, ky < 0``).
+    Cached per arguments, so the hot path syncs with the device once per
+    shape; callers must not modify the returned tensors.
+    """
+    k = frequency_indices(n, ndim, device=device).reshape(-1, ndim)
+    keep = (k * k).sum(dim=-1) <= max_radius * max_radius
+    if skip_redundant:
+        redundant = (k[:, 0] == 0) & (k[:, 1] < 0)
+        if ndim == 3:
+            redundant = (k[:, 0] == 0) & ((k[:, 2] < 0) | ((k[:, 2] == 0) & (k[:, 1] < 0)))
+        keep &= ~redundant
+    flat = keep.nonzero().squeeze(1)
+    freq = k[flat]
+    if ndim == 2:
+        freq = torch.cat([freq, torch.zeros_like(freq[:, :1])], dim=1)
+    return flat, freq
+
+
+def _fold(q: Float[Tensor, "... 3"]) -> tuple[Tensor, Tensor, Tensor]:
+    """Friedel fold (``q_x < 0`` -> ``-q``), then integer corner and fractional part."""
+    flip = q[..., 0] < 0
+    q = torch.where(flip[..., None], -q, q)
+    base = torch.floor(q)
+    return base.to(torch.int64), q - base, flip
+
+
+def _corners(base: Tensor, frac: Tensor, p: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Flat index and trilinear weight of each of the 8 corners (weight 0 beyond ``kx = p//2``)."""
+    ph = p // 2 + 1
+    for dz in (0, 1):
+        iz = torch.remainder(base[..., 2] + (dz + p // 2), p)
+        wz = frac[..., 2] if dz else 1 - frac[..., 2]
+        for dy in (0, 1):
+            iy = torch.remainder(base[..., 1] + (dy + p // 2), p)
+            wzy = wz * (frac[..., 1] if dy else 1 - frac[..., 1])
+            for dx in (0, 1):
+                ix = base[..., 0] + dx
+                w = wzy * (frac[..., 0] if dx else 1 - frac[..., 0])
+                w = torch.where(ix < ph, w, 0.0)
+                yield (iz * p + iy) * ph + ix.clamp(max=ph - 1), w
+
+
+def _interpolate(
+    table: Float[Tensor, "P c"], q: Float[Tensor, "... 3"], p: int, *, conj_channel: int | None
+) -> Tensor:
+    """Trilinear values ``(..., c)`` of a flattened half-grid ``table`` at points ``q``.
+
+    Channel ``conj_channel`` (the imaginary part) changes sign where ``q_x < 0``.
+    """
+    base, frac, flip = _fold(q)
+    out = torch.zeros((*q.shape[:-1], table.shape[1]), dtype=table.dtype, device=table.device)
+    for index, weight in _corners(base, frac, p):
+        out += weight.to(table.dtype)[..., None] * table[index]
+    if conj_channel is not None:
+        sign = torch.where(flip, -1.0, 1.0).to(table.dtype)
+        out[..., conj_channel] *= sign
+    return out
+
+
+def _splat(
+    table: Float[Tensor, "P c"],
+    q: Float[Tensor, "... 3"],
+    values: Float[Tensor, "... c"],
+    p: int,
+    *,
+    conj_channel: int | None,
+) -> None:
+    """Add ``values`` at ``q`` into ``table`` with trilinear weights (adjoint of interpolation)."""
+    base, frac, flip = _fold(q)
+    values = values.to(table.dtype)
+    if conj_channel is not None:
+        sign = torch.where(flip, -1.0, 1.0).to(table.dtype)
+        values = values.clone()
+        values[..., conj_channel] *= sign
+    flat_values = values.reshape(-1, table.shape[1])
+    for index, weight in _corners(base, frac, p):
+        contribution = weight.reshape(-1, 1).to(table.dtype) * flat_values
+        table.index_add_(0, index.reshape(-1), contribution)
