@@ -1,19 +1,71 @@
-"""Map from particles with known poses (relion_reconstruct, relion_tomo_reconstruct_particle)."""
+"""Map from particles with known poses (relion_reconstruct).
+
+    cryorefine reconstruct --i Refine3D/job012/run_data.star --o half1.mrc \\
+        --sym C6 --ctf --subset 1 --maxres 12
+
+Reads every particle flavour cryorefine loads (SPA images, classic 3D
+subtomograms with their 3D CTF, RELION-4 pseudo-subtomograms); uses the angles
+and origins in the STAR file.
+"""
 
 import argparse
+import logging
+from pathlib import Path
 
-from cryorefine.cli.not_built import accept_any_arguments, refuse
+from cryorefine.cli.device import device_from_gpu_option
+from cryorefine.errors import InputError
+from cryorefine.io import load_particles, write_mrc
+from cryorefine.refine.reconstruct import ReconstructOptions, reconstruct_particles
 
-__all__ = ["ACCEPTS_ANY_OPTIONS", "add_arguments", "run"]
+__all__ = ["add_arguments", "run"]
 
-ACCEPTS_ANY_OPTIONS = True
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of this command."""
-    accept_any_arguments(parser)
+    """Options of this command, in relion_reconstruct's names."""
+    parser.add_argument("--i", type=Path, required=True, help="particles STAR file")
+    parser.add_argument("--o", type=Path, required=True, help="output MRC file")
+    parser.add_argument("--sym", default="C1", help="point group: Cn, Dn, T, O, I, ...")
+    parser.add_argument("--ctf", action="store_true", help="apply CTF correction")
+    parser.add_argument(
+        "--ctf_intact_first_peak", action="store_true", help="leave CTFs intact until 1st peak"
+    )
+    parser.add_argument("--subset", type=int, help="only half set 1 or 2 (rlnRandomSubset)")
+    parser.add_argument("--maxres", type=float, help="maximum resolution (Angstrom) to use")
+    parser.add_argument("--angpix", type=float, help="pixel size of the output map (Angstrom)")
+    parser.add_argument("--pad", type=int, default=2, help="padding factor (2)")
+    parser.add_argument("--batch_size", type=int, default=64, help="particles per batch")
+    parser.add_argument(
+        "--gpu", nargs="?", const="", default=None, help='use a GPU; ids as RELION, e.g. "0"'
+    )
 
 
 def run(args: argparse.Namespace) -> None:
-    """Run the command."""
-    refuse("reconstruct", "the fourier/ layer")
+    """Reconstruct and write the map."""
+    if args.pad < 1:
+        raise InputError(f"--pad {args.pad}: expected an integer >= 1")
+    device = device_from_gpu_option(args.gpu)
+    particles = load_particles(args.i)
+    options = ReconstructOptions(
+        symmetry=args.sym,
+        use_ctf=args.ctf,
+        subset=args.subset,
+        max_resolution_angst=args.maxres,
+        padding_factor=args.pad,
+        batch_size=args.batch_size,
+        ctf_intact_first_peak=args.ctf_intact_first_peak,
+    )
+    volume, pixel_size = reconstruct_particles(
+        particles,
+        options,
+        device=device,
+        progress=lambda done, total: logger.debug("back-projected %d / %d", done, total),
+    )
+    if args.angpix is not None and abs(args.angpix - pixel_size) > 1e-3 * pixel_size:
+        raise InputError(
+            f"--angpix {args.angpix}: the particles' pixel size is {pixel_size} A; "
+            "resampling the map is not supported (leave out --angpix)"
+        )
+    write_mrc(args.o, volume.cpu().numpy(), voxel_size_angst=pixel_size)
+    logger.info("Written: %s (%d particles, %.4f A/px)", args.o, len(particles), pixel_size)

@@ -1,3 +1,10 @@
-"""tomo layer."""
+"""tomo layer: particles of every flavour as tensors; tilt-series geometry (to come)."""
 
-__all__: list[str] = []
+from cryorefine.tomo.particle_batches import (
+    SUPPORTED_FLAVOURS,
+    ParticleBatch,
+    backprojection_terms,
+    particle_batches,
+)
+
+__all__ = ["SUPPORTED_FLAVOURS", "ParticleBatch", "backprojection_terms", "particle_batches"]
