@@ -20,6 +20,7 @@ from cryorefine.fourier.ctf import (
     dose_weight_at_frequencies,
     electron_wavelength_angst,
 )
+from cryorefine.fourier.ctf3d import tilt_series_ctf_weights
 from cryorefine.fourier.filters import (
     apply_bfactor,
     bfactor_envelope,
@@ -127,6 +128,7 @@ __all__ = [
     "soft_sphere_mask",
     "solvent_flatten",
     "symmetrise",
+    "tilt_series_ctf_weights",
     "to_fourier",
     "trilinear_gridding_correction",
     "zero_accumulators",

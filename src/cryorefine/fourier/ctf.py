@@ -37,8 +37,10 @@ from cryorefine.fourier.conventions import frequency_indices
 
 __all__ = [
     "ctf_2d",
+    "ctf_at_frequencies",
     "ctf_volume_to_half_complex",
     "dose_weight",
+    "dose_weight_at_frequencies",
     "electron_wavelength_angst",
 ]
 
@@ -59,6 +61,11 @@ def _column(value: Tensor | float, device: torch.device) -> Tensor:
     return torch.as_tensor(value, dtype=torch.float64, device=device).reshape(-1, 1, 1)
 
 
+def _param(value: Tensor | float, device: torch.device) -> Tensor:
+    """Parameter as float64 on ``device``, shape kept (a float becomes a 0-d tensor)."""
+    return torch.as_tensor(value, dtype=torch.float64, device=device)
+
+
 def _frequency_grid_2d(
     box_size: int, pixel_size_angst: float, device: torch.device
 ) -> tuple[Tensor, Tensor]:
@@ -66,6 +73,52 @@ def _frequency_grid_2d(
     k = frequency_indices(box_size, 2, device=device).to(torch.float64)
     scale = 1.0 / (box_size * pixel_size_angst)
     return k[..., 0] * scale, k[..., 1] * scale
+
+
+def ctf_at_frequencies(
+    frequency_inv_angst: Float[Tensor, "*batch 2"],
+    *,
+    defocus_u_angst: Float[Tensor, "..."] | float,
+    defocus_v_angst: Float[Tensor, "..."] | float,
+    defocus_angle_deg: Float[Tensor, "..."] | float,
+    voltage_kv: Float[Tensor, "..."] | float,
+    spherical_aberration_mm: Float[Tensor, "..."] | float,
+    amplitude_contrast: Float[Tensor, "..."] | float,
+    phase_shift_deg: Float[Tensor, "..."] | float = 0.0,
+    bfactor_angst2: Float[Tensor, "..."] | float = 0.0,
+    scale: Float[Tensor, "..."] | float = 1.0,
+    intact_first_peak: bool = False,
+) -> Float[Tensor, "..."]:
+    """CTF at arbitrary spatial frequencies ``(x, y)`` in 1/Angstrom, RELION's ``getCTF``.
+
+    The formula and its conventions are in the module docstring. Each parameter
+    (a float or a tensor) broadcasts against ``frequency_inv_angst[..., 0]``, so
+    one call evaluates many images at many frequencies: parameters ``(b, 1)``
+    with frequencies ``(k, 2)`` give ``(b, k)``. Computed and returned in
+    float64 on the device of ``frequency_inv_angst``.
+    """
+    device = frequency_inv_angst.device
+    freq = frequency_inv_angst.to(torch.float64)
+    x, y = freq[..., 0], freq[..., 1]
+    u2 = x * x + y * y
+    angle = torch.deg2rad(_param(defocus_angle_deg, device))
+    along = x * torch.cos(angle) + y * torch.sin(angle)
+    across = -x * torch.sin(angle) + y * torch.cos(angle)
+    lam = electron_wavelength_angst(_param(voltage_kv, device))
+    cs_angst = _param(spherical_aberration_mm, device) * 1e7
+    q0 = _param(amplitude_contrast, device)
+    k1 = math.pi * lam
+    k2 = 0.5 * math.pi * cs_angst * lam**3
+    k3 = torch.atan(q0 / torch.sqrt(1.0 - q0 * q0))
+    k5 = torch.deg2rad(_param(phase_shift_deg, device))
+    defocus_term = _param(defocus_u_angst, device) * along**2
+    defocus_term = defocus_term + _param(defocus_v_angst, device) * across**2
+    gamma = -k1 * defocus_term + k2 * u2 * u2 - k5 - k3
+    ctf = -torch.sin(gamma)
+    if intact_first_peak:
+        ctf = torch.where(gamma.abs() < 0.5 * math.pi, torch.ones_like(ctf), ctf)
+    ctf = ctf * torch.exp(-0.25 * _param(bfactor_angst2, device) * u2)
+    return ctf * _param(scale, device)
 
 
 def ctf_2d(
@@ -86,9 +139,9 @@ def ctf_2d(
 ) -> Float[Tensor, "b n nh"]:
     """CTF of each particle (or tilt image) on the half-complex grid, as RELION's ``getCTF``.
 
-    The formula and its conventions are in the module docstring. Computed in
-    float64; returned in ``dtype`` (default: the dtype of ``defocus_u_angst``)
-    on the device of ``defocus_u_angst``.
+    ``ctf_at_frequencies`` on the frequencies of the ``(n, n // 2 + 1)`` layout.
+    Computed in float64; returned in ``dtype`` (default: the dtype of
+    ``defocus_u_angst``) on the device of ``defocus_u_angst``.
 
     Parameters
     ----------
@@ -109,25 +162,41 @@ def ctf_2d(
     device = defocus_u_angst.device
     out_dtype = defocus_u_angst.dtype if dtype is None else dtype
     x, y = _frequency_grid_2d(box_size, pixel_size_angst, device)  # (n, nh)
-    u2 = x * x + y * y
-    angle = torch.deg2rad(_column(defocus_angle_deg, device))
-    along = x * torch.cos(angle) + y * torch.sin(angle)  # (b, n, nh)
-    across = -x * torch.sin(angle) + y * torch.cos(angle)
-    lam = electron_wavelength_angst(_column(voltage_kv, device))
-    cs_angst = _column(spherical_aberration_mm, device) * 1e7
-    q0 = _column(amplitude_contrast, device)
-    k1 = math.pi * lam
-    k2 = 0.5 * math.pi * cs_angst * lam**3
-    k3 = torch.atan(q0 / torch.sqrt(1.0 - q0 * q0))
-    k5 = torch.deg2rad(_column(phase_shift_deg, device))
-    defocus_term = _column(defocus_u_angst, device) * along**2
-    defocus_term = defocus_term + _column(defocus_v_angst, device) * across**2
-    gamma = -k1 * defocus_term + k2 * u2 * u2 - k5 - k3
-    ctf = -torch.sin(gamma)
-    if intact_first_peak:
-        ctf = torch.where(gamma.abs() < 0.5 * math.pi, torch.ones_like(ctf), ctf)
-    ctf = ctf * torch.exp(-0.25 * _column(bfactor_angst2, device) * u2)
-    return (ctf * _column(scale, device)).to(out_dtype)
+    ctf = ctf_at_frequencies(
+        torch.stack([x, y], dim=-1),
+        defocus_u_angst=_column(defocus_u_angst, device),
+        defocus_v_angst=_column(defocus_v_angst, device),
+        defocus_angle_deg=_column(defocus_angle_deg, device),
+        voltage_kv=_column(voltage_kv, device),
+        spherical_aberration_mm=_column(spherical_aberration_mm, device),
+        amplitude_contrast=_column(amplitude_contrast, device),
+        phase_shift_deg=_column(phase_shift_deg, device),
+        bfactor_angst2=_column(bfactor_angst2, device),
+        scale=_column(scale, device),
+        intact_first_peak=intact_first_peak,
+    )
+    return ctf.to(out_dtype)
+
+
+def _critical_exposure(frequency_magnitude_inv_angst: Tensor) -> Tensor:
+    """Grant & Grigorieff's ``Ne(k) = 0.245 k^-1.665 + 2.81`` (e-/A^2); ``inf`` at ``k = 0``."""
+    # k = 0: 0.245 * inf + 2.81 = inf, so the weight exp(-D / (2 Ne)) is 1 as in RELION.
+    return 0.245 * torch.pow(frequency_magnitude_inv_angst, -1.665) + 2.81
+
+
+def dose_weight_at_frequencies(
+    frequency_inv_angst: Float[Tensor, "*batch 2"],
+    dose_e_per_angst2: Float[Tensor, "..."] | float,
+) -> Float[Tensor, "..."]:
+    """Grant & Grigorieff exposure filter at arbitrary frequencies ``(x, y)`` in 1/Angstrom.
+
+    ``exp(-D / (2 Ne(|k|)))`` (module docstring); the dose broadcasts against
+    ``frequency_inv_angst[..., 0]``. No voltage factor (RELION's tomography).
+    Float64 on the device of the frequencies.
+    """
+    device = frequency_inv_angst.device
+    k = torch.linalg.vector_norm(frequency_inv_angst.to(torch.float64), dim=-1)
+    return torch.exp(-0.5 * _param(dose_e_per_angst2, device) / _critical_exposure(k))
 
 
 def dose_weight(
@@ -157,9 +226,7 @@ def dose_weight(
             raise ValueError(f"dose weighting knows 300, 200 and 100 kV, not {voltage_kv}")
         dose = dose / _DOSE_VOLTAGE_FACTOR[float(voltage_kv)]
     x, y = _frequency_grid_2d(box_size, pixel_size_angst, device)
-    k = torch.sqrt(x * x + y * y)
-    # k = 0: 0.245 * inf + 2.81 = inf, so the weight is exp(-0) = 1 as in RELION.
-    critical = 0.245 * torch.pow(k, -1.665) + 2.81
+    critical = _critical_exposure(torch.sqrt(x * x + y * y))
     weight = torch.exp(-0.5 * dose.reshape(-1, 1, 1) / critical)
     return weight.to(dose_e_per_angst2.dtype)
 

@@ -48,7 +48,7 @@ def _side(ft: Tensor, ndim: int) -> int:
     return n
 
 
-def _radius(n: int, ndim: int, device: torch.device) -> Tensor:
+def _radius(n: int, ndim: int, device: torch.device | None) -> Tensor:
     """``|k|`` (float64, Fourier pixels) of every coefficient of the half-complex grid."""
     k = frequency_indices(n, ndim, device=device).to(torch.float64)
     return torch.linalg.vector_norm(k, dim=-1)
