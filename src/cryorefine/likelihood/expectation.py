@@ -1,0 +1,305 @@
+"""The E-step of one batch of particles of one half set (REFINE_SPEC §4.4, §4.5).
+
+Signature::
+
+    expectation(
+        particles: ParticleTerms,              # b particles at current_size (plan.py)
+        reference_ft: Complex[Tensor, "p p ph"],  # fourier.prepare_reference of the half map
+        plan: ExpectationPlan,                 # sizes, grids, priors, options (plan.py)
+        *,
+        cache: ProjectionCache | None = None,  # projection_cache(...), shared by the batches
+    ) -> ExpectationResult                     # best poses, pmax, dLL, M-step sums (plan.py)
+
+Steps, for chunks of particles whose score arrays fit ``plan.max_bytes``:
+
+1. ``prepare``: the window coefficients (``likelihood.window``) of the masked
+   data, shifted by ``+origin`` (``window_phases``), at the coarse size (first
+   pass, DC left out) and at the current size (DC kept with score weight 0, as
+   RELION sums it into the noise); CTF terms; score weights ``1 / (2 sigma2)``,
+   divided by the multiplicity where it exceeds 0.1 (RELION-4,
+   ``precalculateShiftedImagesCtfsAndInvSigma2s``); the back-projection terms
+   of the unmasked data on the window with DC and Friedel mates
+   (``sums.backprojection_inputs``, ``1 / sigma2`` without the multiplicity).
+2. ``search.coarse_pass`` (first pass), then ``fine.fine_pass`` (second pass)
+   on groups of particles with similar numbers of significant coarse pairs.
+3. Results of the groups concatenated in the particles' order; sums added.
+
+The caller batches particles, crops them to ``current_size``, masks them,
+folds a scale correction into ``ctf``, gives priors, and afterwards inserts
+``result.backprojection`` (``sums.insert_backprojection``), adds the image
+power beyond ``current_size`` to the noise sums and accumulates per optics group.
+"""
+
+from dataclasses import replace
+
+import torch
+from jaxtyping import Complex
+from torch import Tensor
+
+from cryorefine.fourier import fourier_crop
+from cryorefine.geometry import matrix_to_euler
+from cryorefine.likelihood.fine import fine_pass
+from cryorefine.likelihood.passes import ParticleWindowData, RowProjector
+from cryorefine.likelihood.plan import (
+    BackprojectionSums,
+    ExpectationPlan,
+    ExpectationResult,
+    ParticleTerms,
+    ProjectionCache,
+)
+from cryorefine.likelihood.poses import coarse_rotations, fine_rotations
+from cryorefine.likelihood.posterior import log_sigma2_sum
+from cryorefine.likelihood.search import CoarseOutcome, FineOutcome, Prepared, coarse_pass, select
+from cryorefine.likelihood.sums import ShellSums, backprojection_inputs
+from cryorefine.likelihood.window import (
+    FourierWindow,
+    fourier_window,
+    gather_window,
+    shell_matrix,
+    window_phases,
+)
+
+__all__ = ["coarse_window", "expectation", "prepare", "projection_cache"]
+
+_BYTES_PER_SAMPLE = 72  # scores, log priors, weights, sort keys and indices, cumulative sums
+
+
+def _check(particles: ParticleTerms, plan: ExpectationPlan) -> None:
+    ndim, m = particles.ndim, plan.current_size
+    grid = tuple(particles.masked_ft.shape[1:])
+    if grid != (m,) * (ndim - 1) + (m // 2 + 1,) or ndim not in (2, 3):
+        raise ValueError(f"particle grids {grid} are not half-complex grids of current_size {m}")
+    sizes = (plan.coarse_size, plan.current_size, plan.ori_size)
+    if any(size % 2 for size in sizes) or not sizes[0] <= sizes[1] <= sizes[2]:
+        raise ValueError(f"need even coarse_size <= current_size <= ori_size, got {sizes}")
+    if particles.sigma2_noise.shape[1] != plan.ori_size // 2 + 1:
+        raise ValueError(
+            f"sigma2_noise has {particles.sigma2_noise.shape[1]} shells, "
+            f"expected ori_size // 2 + 1 = {plan.ori_size // 2 + 1}"
+        )
+    if plan.translations_px.shape[1] != ndim or particles.origins_px.shape[1] != ndim:
+        raise ValueError(f"translations and origins must have {ndim} components for {ndim}D data")
+
+
+def _on(window: FourierWindow, grids: Tensor, ndim: int) -> Tensor:
+    if grids.shape[1] != window.size:
+        grids = fourier_crop(grids, window.size, ndim=ndim)
+    return gather_window(grids, window)
+
+
+def _score_weight(particles: ParticleTerms, window: FourierWindow, sigma2: Tensor) -> Tensor:
+    weight = 0.5 / sigma2
+    if particles.multiplicity is not None:
+        multiplicity = _on(window, particles.multiplicity, particles.ndim).to(torch.float64)
+        weight = torch.where(multiplicity > 0.1, weight / multiplicity, weight)
+    return torch.where(window.shell > 0, weight, 0.0)
+
+
+def coarse_window(plan: ExpectationPlan, ndim: int, *, device: torch.device) -> FourierWindow:
+    """The first pass's window (DC left out, except for cross-correlation as RELION)."""
+    return fourier_window(plan.coarse_size, ndim, device=device, include_dc=plan.cross_correlation)
+
+
+def _fine_window(plan: ExpectationPlan, ndim: int, *, device: torch.device) -> FourierWindow:
+    return fourier_window(plan.current_size, ndim, device=device, include_dc=True)
+
+
+def projection_cache(
+    reference_ft: Complex[Tensor, "p p ph"],
+    plan: ExpectationPlan,
+    *,
+    ndim: int,
+    coarse: bool = True,
+    fine: bool = False,
+) -> ProjectionCache:
+    """Projections of the whole coarse grid (and of all its children) for ``expectation``.
+
+    They depend only on the reference and the plan: compute them once per half
+    set and iteration and pass them to every batch. Memory: ``m p`` coarse rows
+    of ``k_coarse`` and ``8**oversampling m p`` fine rows of ``k_fine`` complex
+    values (2D, order 2, sizes 24/32: 9 MB and 118 MB in complex64).
+    """
+    device = reference_ft.device
+    grid, pad = plan.orientations, plan.padding_factor
+    values = {}
+    if coarse:
+        table = coarse_rotations(grid).to(device)
+        projector = RowProjector(reference_ft, table, coarse_window(plan, ndim, device=device), pad)
+        values["coarse"] = projector.with_values(max_bytes=2**62).values
+    if fine:
+        ids = torch.arange(grid.count, device=grid.pixels.device)
+        table = fine_rotations(grid, ids, oversampling=plan.oversampling).reshape(-1, 3, 3)
+        window = _fine_window(plan, ndim, device=device)
+        projector = RowProjector(reference_ft, table.to(device), window, pad)
+        values["fine"] = projector.with_values(max_bytes=2**62).values
+    return ProjectionCache(**values)
+
+
+def prepare(particles: ParticleTerms, plan: ExpectationPlan) -> Prepared:
+    """Window coefficients of the particles for both passes and the sums (module docstring)."""
+    ndim, device = particles.ndim, particles.masked_ft.device
+    windows = (
+        coarse_window(plan, ndim, device=device),
+        _fine_window(plan, ndim, device=device),
+        fourier_window(
+            plan.current_size, ndim, device=device, include_dc=True, include_redundant=True
+        ),
+    )
+    coarse_w, fine_w, bp_w = windows
+    sigma2 = particles.sigma2_noise.to(torch.float64)
+    dtype = particles.masked_ft.dtype
+
+    def shifted(window: FourierWindow, grids: Tensor) -> Tensor:
+        phase = window_phases(window, particles.origins_px, box_size=plan.ori_size, dtype=dtype)
+        return _on(window, grids, ndim) * phase
+
+    b = particles.count
+    coarse_phases = window_phases(coarse_w, plan.translations_px, box_size=plan.ori_size)
+    coarse = ParticleWindowData(
+        data=shifted(coarse_w, particles.masked_ft),
+        ctf=_on(coarse_w, particles.ctf, ndim),
+        weight=_score_weight(particles, coarse_w, sigma2[:, coarse_w.shell]),
+        phases=coarse_phases.expand(b, -1, -1),
+    )
+    bp_data, bp_weight = backprojection_inputs(
+        shifted(bp_w, particles.unmasked_ft),
+        _on(bp_w, particles.ctf, ndim),
+        1.0 / sigma2[:, bp_w.shell],
+        ctf_premultiplied=particles.ctf_premultiplied,
+    )
+    return Prepared(
+        coarse=coarse,
+        coarse_window=coarse_w,
+        fine_data=shifted(fine_w, particles.masked_ft),
+        fine_ctf=_on(fine_w, particles.ctf, ndim),
+        fine_weight=_score_weight(particles, fine_w, sigma2[:, fine_w.shell]),
+        fine_window=fine_w,
+        bp_data=bp_data,
+        bp_weight=bp_weight,
+        bp_window=bp_w,
+        log_sigma2=log_sigma2_sum(sigma2[:, fine_w.shell], fine_w.shell > 0),
+    )
+
+
+def _fine_groups(coarse: CoarseOutcome, plan: ExpectationPlan) -> list[Tensor]:
+    """Particles grouped by their number of significant coarse pairs, arrays within budget.
+
+    A group's fine arrays ``(b, q, g, f)`` are padded to its largest ``q``;
+    particles are taken in order of ``q`` and a group is closed when its padded
+    size would exceed the budget or twice its particles' own sizes.
+    """
+    children = 8**plan.oversampling * 2 ** (plan.oversampling * plan.translations_px.shape[1])
+    pairs = coarse.significant.sum(dim=(1, 2)).tolist()
+    order = sorted(range(len(pairs)), key=pairs.__getitem__)
+    budget = (plan.max_bytes // 2) // (_BYTES_PER_SAMPLE * children)
+    groups: list[list[int]] = [[]]
+    total = 0
+    for i in order:  # ascending: particle i sets the padded width
+        padded = (len(groups[-1]) + 1) * pairs[i]
+        if groups[-1] and (padded > budget or padded > 2 * (total + pairs[i])):
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += pairs[i]
+    device = coarse.significant.device
+    return [torch.tensor(group, dtype=torch.int64, device=device) for group in groups]
+
+
+def _merge(
+    fine: list[FineOutcome], order: Tensor, counts: Tensor, window: FourierWindow
+) -> ExpectationResult:
+    """Concatenate the groups' results and put the particles back in their order."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.shape[0], device=order.device)
+
+    def joined(name: str, inner: str | None = None) -> Tensor:
+        parts = [
+            getattr(f, name) if inner is None else getattr(getattr(f, name), inner) for f in fine
+        ]
+        return torch.cat(parts)[inverse]
+
+    rotations = joined("rotations")
+    return ExpectationResult(
+        rotations=rotations,
+        angles_deg=matrix_to_euler(rotations),
+        origins_px=joined("origins_px"),
+        pmax=joined("pmax"),
+        significant_samples=counts,
+        log_likelihood=joined("log_likelihood"),
+        weight_sums=joined("weight_sums"),
+        shell_sums=ShellSums(
+            joined("shell_sums", "residual_power"),
+            joined("shell_sums", "signal_product"),
+            joined("shell_sums", "reference_power"),
+        ),
+        multiplicity_sums=None,
+        offset_moments_px2=joined("offset_moments_px2"),
+        direction_mass=torch.stack([f.direction_mass for f in fine]).sum(dim=0),
+        backprojection=BackprojectionSums(
+            data=torch.cat([f.bp_data for f in fine]),
+            weight=torch.cat([f.bp_weight for f in fine]),
+            rotations=torch.cat([f.bp_rotations for f in fine]),
+            window=window,
+        ),
+    )
+
+
+def _multiplicity_sums(particles: ParticleTerms, plan: ExpectationPlan) -> Tensor | None:
+    if particles.multiplicity is None:
+        return None
+    window = fourier_window(
+        plan.current_size, particles.ndim, device=particles.masked_ft.device, include_dc=True
+    )
+    multiplicity = gather_window(particles.multiplicity, window).to(torch.float64)
+    return multiplicity @ shell_matrix(window, plan.ori_size // 2 + 1)
+
+
+def expectation(
+    particles: ParticleTerms,
+    reference_ft: Complex[Tensor, "p p ph"],
+    plan: ExpectationPlan,
+    *,
+    cache: ProjectionCache | None = None,
+) -> ExpectationResult:
+    """E-step of one batch: best poses, pmax, significant samples, dLL and the M-step sums.
+
+    See the module docstring; inputs and outputs are documented in
+    ``likelihood.plan``. ``cache``: ``projection_cache(reference_ft, plan, ...)``,
+    shared by the batches of a half set, or None to project in each call.
+    """
+    _check(particles, plan)
+    cache = ProjectionCache() if cache is None else cache
+    candidates = (
+        plan.orientations.count
+        if particles.orientation_ids is None
+        else particles.orientation_ids.shape[1]
+    )
+    per_particle = plan.translations_px.shape[0] * candidates * _BYTES_PER_SAMPLE
+    # Z and the back-projection terms of the whole fine translation grid (fine.py)
+    fine_translations = plan.translations_px.shape[0] * 2 ** (
+        plan.oversampling * plan.translations_px.shape[1]
+    )
+    window_size = plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
+    per_particle += 2 * fine_translations * 2 * window_size * 4
+    chunk = max(1, (plan.max_bytes // 2) // per_particle)
+    fine: list[FineOutcome] = []
+    orders: list[Tensor] = []
+    counts: list[Tensor] = []
+    window = None
+    for start in range(0, particles.count, chunk):
+        part = particles.select(slice(start, start + chunk))
+        prep = prepare(part, plan)
+        coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
+        for group in _fine_groups(coarse, plan):
+            sub = (select(prep, group), part.select(group), select(coarse, group))
+            fine.append(fine_pass(*sub, reference_ft, plan, cache.fine))
+            orders.append(group + start)
+        counts.append(coarse.count)
+        window = prep.bp_window
+    if window is None:
+        raise ValueError("expectation needs at least one particle")
+    result = _merge(fine, torch.cat(orders), torch.cat(counts), window)
+    multiplicity = _multiplicity_sums(particles, plan)
+    if multiplicity is None:
+        return result
+    return replace(result, multiplicity_sums=multiplicity)

@@ -1,0 +1,191 @@
+"""The second pass of RELION's adaptive oversampling for one group of particles.
+
+For each particle, the children of its significant coarse (translation,
+orientation) pairs, at the current size (``likelihood.pairs``); posterior; a
+second significance cut for the sums (RELION's ``storeWeightedSums`` only adds
+samples whose weight reaches the fine pass's significant weight, and does not
+renormalise); best pose; the M-step sums.
+
+Children's priors: a fine orientation inherits the prior of its coarse
+orientation (as RELION); the Gaussian offset prior is evaluated at each fine
+translation (RELION evaluates it at the coarse translation), divided by the
+same mean as the coarse one.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from cryorefine.geometry import oversampled_translations
+from cryorefine.likelihood.pairs import (
+    BlockProjector,
+    PairLists,
+    pair_lists,
+    score_pairs,
+    sum_pairs,
+)
+from cryorefine.likelihood.passes import RowProjector
+from cryorefine.likelihood.plan import ExpectationPlan, ParticleTerms
+from cryorefine.likelihood.poses import fine_rotations
+from cryorefine.likelihood.posterior import log_likelihood_contribution, significant_samples
+from cryorefine.likelihood.scores import data_terms
+from cryorefine.likelihood.search import (
+    CoarseOutcome,
+    FineOutcome,
+    Prepared,
+    offset_log_prior,
+    weights_of,
+)
+from cryorefine.likelihood.sums import offset_moments
+from cryorefine.likelihood.window import shell_matrix, window_phases
+
+__all__ = ["fine_pass", "fine_row_rotations", "fine_translations"]
+
+
+def fine_row_rotations(plan: ExpectationPlan, rows: Int[Tensor, " n"]) -> Float[Tensor, "n 3 3"]:
+    """Matrices of fine rows ``coarse_id * 8**oversampling + child`` of the whole grid."""
+    f = 8**plan.oversampling
+    children = fine_rotations(plan.orientations, rows // f, oversampling=plan.oversampling)
+    return children[torch.arange(rows.shape[0], device=rows.device), rows % f]
+
+
+def fine_translations(plan: ExpectationPlan) -> Float[Tensor, "tg ndim"]:
+    """The fine translation grid: coarse translation ``i``'s children are rows ``i g + j``."""
+    fine = oversampled_translations(
+        plan.translations_px, offset_step_px=plan.offset_step_px, oversampling=plan.oversampling
+    )
+    return fine.reshape(-1, plan.translations_px.shape[1])
+
+
+def _projector(
+    ids: Tensor,
+    valid: Tensor,
+    prep: Prepared,
+    reference_ft: Tensor,
+    plan: ExpectationPlan,
+    projections: Tensor | None,
+) -> tuple[BlockProjector, Tensor, Callable[[Tensor], Tensor]]:
+    """Blocks of children, each pair's block row, and fine rows -> matrices.
+
+    With ``projections`` of the whole fine grid the block rows are coarse ids;
+    otherwise the children of the group's significant coarse orientations are
+    projected once (and kept if they fit a quarter of the budget).
+    """
+    f = 8**plan.oversampling
+    window, pad = prep.fine_window, plan.padding_factor
+    if projections is not None:
+        projector = RowProjector(reference_ft, None, window, pad, projections)
+        return BlockProjector(projector, f), ids, lambda rows: fine_row_rotations(plan, rows)
+    union = torch.unique(ids[valid])
+    rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
+    table = fine_rotations(plan.orientations, union, oversampling=plan.oversampling)
+    table = table.reshape(-1, 3, 3)
+    projector = RowProjector(reference_ft, table, window, pad).with_values(plan.max_bytes // 4)
+    return BlockProjector(projector, f), rows, lambda picked: table[picked]
+
+
+def _log_prior(
+    particles: ParticleTerms,
+    coarse: CoarseOutcome,
+    lists: PairLists,
+    translations: Tensor,
+    index: Tensor,
+    f: int,
+    plan: ExpectationPlan,
+) -> Tensor:
+    """Log prior ``(b, q, g, f)`` of the children (module docstring); -inf for padding."""
+    b, q, g = index.shape
+    log_prior_t = offset_log_prior(particles, translations, plan.sigma2_offset_px2)
+    log_prior_t = log_prior_t - coarse.log_norm_translations[:, None]
+    log_prior_t = log_prior_t.gather(1, index.reshape(b, -1)).reshape(b, q, g, 1)
+    log_prior_o = coarse.log_prior_orientations.gather(1, lists.slots)[:, :, None, None]
+    log_prior = (log_prior_t + log_prior_o).expand(b, q, g, f)
+    return log_prior.masked_fill(~lists.valid[:, :, None, None], -math.inf)
+
+
+def fine_pass(
+    prep: Prepared,
+    particles: ParticleTerms,
+    coarse: CoarseOutcome,
+    reference_ft: Tensor,
+    plan: ExpectationPlan,
+    projections: Tensor | None = None,
+) -> FineOutcome:
+    """Score the children of the significant coarse pairs; posterior, best pose, sums.
+
+    ``projections``: the whole fine grid's projections on the fine window
+    (``ProjectionCache.fine``), or None.
+    """
+    lists = pair_lists(coarse.significant)
+    ids = coarse.ids.gather(1, lists.slots)  # ascending per particle
+    projector, rows, rotation_of = _projector(
+        ids, lists.valid, prep, reference_ft, plan, projections
+    )
+    translations = fine_translations(plan)
+    b, q = ids.shape
+    g, f = translations.shape[0] // plan.translations_px.shape[0], projector.block
+    phases = window_phases(prep.fine_window, translations, box_size=plan.ori_size)
+    weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
+    terms = data_terms(prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision)
+    scores = score_pairs(
+        terms,
+        projector,
+        rows,
+        lists,
+        children=g,
+        cross_correlation=plan.cross_correlation,
+        max_bytes=plan.max_bytes,
+    )
+    index = lists.translations[:, :, None] * g + torch.arange(g, device=ids.device)  # (b, q, g)
+    log_prior = _log_prior(particles, coarse, lists, translations, index, f, plan)
+    flat_scores, flat_prior = scores.reshape(b, -1), log_prior.reshape(b, -1)
+    weights = weights_of(flat_scores, flat_prior, plan)
+    kept, _ = significant_samples(weights, plan.adaptive_fraction)
+    summed = (weights * kept).reshape(b, q, g, f)
+    best = weights.argmax(dim=1)
+    everyone = torch.arange(b, device=best.device)
+    best_pair, best_t, best_child = best // (g * f), (best // f) % g, best % f
+    best_translation = translations[index[everyone, best_pair, best_t]]
+    bp_phases = window_phases(prep.bp_window, translations, box_size=plan.ori_size)
+    sums = sum_pairs(
+        (prep.fine_data, prep.fine_ctf, phases),
+        projector,
+        rows,
+        lists,
+        summed,
+        shell_matrix(prep.fine_window, plan.ori_size // 2 + 1),
+        (prep.bp_data, prep.bp_weight, bp_phases),
+        precision=plan.precision,
+        max_bytes=plan.max_bytes,
+    )
+    mass = sums.pair_weights.new_zeros(plan.orientations.pixels.shape[0])
+    mass.index_add_(
+        0, plan.orientations.direction_of(ids).reshape(-1), sums.pair_weights.reshape(-1)
+    )
+    return FineOutcome(
+        rotations=rotation_of(rows[everyone, best_pair] * f + best_child),
+        origins_px=particles.origins_px + best_translation,
+        pmax=weights.amax(dim=1),
+        log_likelihood=log_likelihood_contribution(
+            flat_scores,
+            flat_prior,
+            log_sigma2=prep.log_sigma2,
+            diff2_offset=particles.diff2_offset,
+            cross_correlation=plan.cross_correlation,
+        ),
+        weight_sums=summed.sum(dim=(1, 2, 3)),
+        offset_moments_px2=offset_moments(
+            sums.translation_weights,
+            particles.origins_px,
+            translations.expand(b, -1, -1),
+            particles.offset_priors_px,
+        ),
+        shell_sums=sums.shell_sums,
+        direction_mass=mass,
+        bp_rotations=rotation_of(sums.rows),
+        bp_data=sums.data,
+        bp_weight=sums.weight,
+    )

@@ -1,0 +1,257 @@
+"""The fine pass over the children of each particle's significant coarse pairs.
+
+RELION scores, for each significant coarse (translation, orientation) pair, its
+``g = 2**(ndim oversampling)`` fine translations times its ``f = 8**oversampling``
+fine orientations. Here each
+particle's pairs are a padded list ``(b, q)`` (coarse orientation row and
+coarse translation of each pair, ascending by row), and one pair is a block
+``(g x 2k) @ (2k x f)`` of the products of ``likelihood.scores``, batched over
+particles and pairs: ``[b, q, g, 2k] @ [b, q, 2k, f]``. The particle side
+``Z = w K X S`` is computed once for the whole fine translation grid (coarse
+translation ``i``'s children are fine translations ``i g .. i g + g - 1``).
+
+Projections come in blocks of ``f`` rows (``BlockProjector``): the children of
+one coarse orientation. Pairs are processed in chunks (``passes.row_chunks``) so
+that each block is projected once and the temporaries fit the budget.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Complex, Float, Int
+from torch import Tensor
+
+from cryorefine.likelihood.passes import RowProjector, merge_rows, row_chunks
+from cryorefine.likelihood.scores import (
+    DataTerms,
+    as_real_pairs,
+    matmul_precision,
+    working_dtypes,
+)
+from cryorefine.likelihood.sums import ShellSums, shell_sums_from_products
+
+__all__ = ["BlockProjector", "PairLists", "PairSums", "pair_lists", "score_pairs", "sum_pairs"]
+
+
+@dataclass(frozen=True)
+class BlockProjector:
+    """A ``RowProjector`` read ``block`` consecutive rows at a time: ``(n, block, k)``."""
+
+    projector: RowProjector
+    block: int
+
+    @property
+    def rows(self) -> int:
+        """Number of blocks."""
+        return self.projector.rows // self.block
+
+    @property
+    def values(self) -> Tensor | None:
+        """Precomputed blocks ``(n, block, k)``, or None."""
+        values = self.projector.values
+        return None if values is None else values.reshape(self.rows, self.block, -1)
+
+    def project(self, lo: int, hi: int) -> Complex[Tensor, "c f k"]:
+        """Blocks ``lo .. hi - 1``."""
+        values = self.projector.project(lo * self.block, hi * self.block)
+        return values.reshape(hi - lo, self.block, -1)
+
+    def bytes_per_row(self) -> int:
+        """Peak bytes of projecting one block."""
+        return self.block * self.projector.bytes_per_row()
+
+
+@dataclass(frozen=True)
+class PairLists:
+    """Each particle's significant coarse pairs, ascending by orientation slot.
+
+    Attributes
+    ----------
+    slots
+        Candidate slot (column of ``CoarseOutcome.ids``) of each pair's orientation.
+    translations
+        Coarse translation index of each pair.
+    valid
+        False for padding.
+    """
+
+    slots: Int[Tensor, "b q"]
+    translations: Int[Tensor, "b q"]
+    valid: Bool[Tensor, "b q"]
+
+
+def pair_lists(significant: Bool[Tensor, "b t c"]) -> PairLists:
+    """The significant pairs of each particle, padded to the largest count."""
+    b, t, c = significant.shape
+    by_slot = significant.transpose(1, 2).reshape(b, c * t)  # orientation-major
+    count = by_slot.sum(dim=1)
+    width = max(1, int(count.max()))
+    particle, flat = by_slot.nonzero(as_tuple=True)  # ascending flat per particle
+    first = torch.cumsum(count, dim=0) - count
+    position = torch.arange(particle.shape[0], device=flat.device) - first[particle]
+    chosen = torch.zeros((b, width), dtype=torch.int64, device=flat.device)
+    chosen[particle, position] = flat
+    valid = torch.arange(width, device=flat.device)[None, :] < count[:, None]
+    return PairLists(chosen // t, chosen % t, valid)
+
+
+def _chunk(projector: BlockProjector, b: int, g: int, k: int, kb: int, max_bytes: int) -> int:
+    """Pairs per chunk so that a chunk's temporaries take about half of ``max_bytes``."""
+    f = projector.block
+    floats = 2 * g * k + 5 * f * k + 4 * g * kb + 3 * f * kb + 2 * g * f
+    return max(1, (max_bytes // 2) // (projector.bytes_per_row() + 4 * b * floats))
+
+
+def _translation_index(lists: PairLists, slots: Tensor, g: int) -> Tensor:
+    """Fine translation index ``(b, l, g)`` of the children of the pairs at ``slots``."""
+    coarse = lists.translations.gather(1, slots)
+    return coarse[:, :, None] * g + torch.arange(g, device=slots.device)
+
+
+def _blocks(shifted: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index (b, l, g)`` of ``shifted (b, T, c)``: ``(b, l, g, c)``."""
+    b = index.shape[0]
+    picked = shifted.gather(1, index.reshape(b, -1, 1).expand(-1, -1, shifted.shape[-1]))
+    return picked.reshape(*index.shape, -1)
+
+
+def score_pairs(
+    terms: DataTerms,
+    projector: BlockProjector,
+    rows: Int[Tensor, "b q"],
+    lists: PairLists,
+    *,
+    children: int,
+    cross_correlation: bool,
+    max_bytes: int,
+) -> Float[Tensor, "b q g f"]:
+    """Scores of every pair's ``g x f`` children; padded pairs get +inf.
+
+    ``terms`` hold ``Z`` for the whole fine translation grid ``(b, T g, 2k)``
+    (``children`` = ``g``; weight 1 for the cross-correlation); ``rows`` are the
+    pairs' blocks in ``projector``, ascending per particle.
+    """
+    _, cplx = working_dtypes(terms.precision)
+    b, _, k2 = terms.shifted.shape
+    g, f, q = children, projector.block, rows.shape[1]
+    out = terms.data_power.new_full((b, q + 1, g, f), torch.inf)
+    chunk = _chunk(projector, b, g, k2 // 2, 0, max_bytes)
+    for part in row_chunks(projector, rows, lists.valid, chunk):
+        p = part.projections.to(cplx)  # (b, l, f, k)
+        z = _blocks(terms.shifted, _translation_index(lists, part.slots, g))  # (b, l, g, 2k)
+        p_power = (p.real.square() + p.imag.square()).transpose(-1, -2)  # (b, l, k, f)
+        with matmul_precision(terms.precision):
+            cross = z @ as_real_pairs(p).transpose(-1, -2)  # (b, l, g, f)
+            power = terms.ctf_power[:, None, None, :] @ p_power  # (b, l, 1, f)
+        if cross_correlation:
+            tiny = torch.finfo(cross.dtype).tiny
+            norm = (
+                power.clamp_min(tiny).sqrt()
+                * terms.data_power.clamp_min(tiny).sqrt()[:, None, None, None]
+            )
+            scores = -cross / norm
+        else:
+            scores = cross.mul_(-2.0).add_(power).add_(terms.data_power[:, None, None, None])
+        target = torch.where(part.inside, part.slots, q)[:, :, None, None].expand(-1, -1, g, f)
+        out.scatter_(1, target, scores)
+    return out[:, :q]
+
+
+@dataclass(frozen=True)
+class PairSums:
+    """What the pairs' weights add to the M-step.
+
+    Attributes
+    ----------
+    shell_sums
+        Noise and scale sums per particle and shell.
+    rows, data, weight
+        Fine rows (block row times ``f`` plus child) that carry weight,
+        ascending, and their back-projection data and weight.
+    translation_weights
+        Weight of each fine translation ``(b, T g)``.
+    pair_weights
+        Weight of each pair ``(b, q)``.
+    """
+
+    shell_sums: ShellSums
+    rows: Int[Tensor, " n"]
+    data: Complex[Tensor, "n kb"]
+    weight: Float[Tensor, "n kb"]
+    translation_weights: Float[Tensor, "b tg"]
+    pair_weights: Float[Tensor, "b q"]
+
+
+def sum_pairs(
+    particles: tuple[Tensor, Tensor, Tensor],
+    projector: BlockProjector,
+    rows: Int[Tensor, "b q"],
+    lists: PairLists,
+    weights: Float[Tensor, "b q g f"],
+    shells: Float[Tensor, "k s"],
+    backprojection: tuple[Tensor, Tensor, Tensor],
+    *,
+    precision: str,
+    max_bytes: int,
+) -> PairSums:
+    """Shell sums and back-projection sums of the pairs' children (``likelihood.sums``).
+
+    ``particles`` is ``(X (b, k), K (b, k), S (T g, k))`` on the fine window;
+    ``backprojection`` is ``(Y (b, kb), V (b, kb), S (T g, kb))`` on the
+    back-projection window. ``Q = sum_r w P_r`` is accumulated per fine
+    translation, ``sum_r W_r |P_r|^2`` per particle, and the back-projection
+    terms per fine row; all are linear in the weights.
+    """
+    real, cplx = working_dtypes(precision)
+    x, ctf, phases = particles
+    y, v, bp_phases = backprojection
+    b, _, g, f = weights.shape
+    tg, k = phases.shape
+    w_all = weights.to(real)
+    shifted_bp = as_real_pairs(y.to(cplx)[:, None, :] * bp_phases.to(cplx))  # (b, T g, 2kb)
+    v = v.to(real)
+    q_sum = w_all.new_zeros(b * tg, 2 * k)
+    power = w_all.new_zeros(b, k)
+    owner = torch.arange(b, device=rows.device)
+    entries: list[tuple[Tensor, Tensor, Tensor]] = []
+    chunk = _chunk(projector, b, g, k, v.shape[1], max_bytes)
+    for part in row_chunks(projector, rows, lists.valid, chunk):
+        w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
+        w = w * part.inside[:, :, None, None]
+        index = _translation_index(lists, part.slots, g)  # (b, l, g)
+        p = part.projections.to(cplx)
+        per_child = w.sum(dim=2)  # (b, l, f)
+        with matmul_precision(precision):
+            contribution = w @ as_real_pairs(p)  # (b, l, g, 2k)
+            p_power = p.real.square() + p.imag.square()
+            power += (per_child[:, :, None, :] @ p_power).sum(dim=(1, 2))
+            data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
+        flat = (owner[:, None, None] * tg + index).reshape(-1)
+        q_sum.index_add_(0, flat, contribution.reshape(-1, 2 * k))
+        carried = (per_child > 0) & part.inside[:, :, None]
+        fine_rows = part.rows[:, :, None] * f + torch.arange(f, device=rows.device)
+        who = owner[:, None, None].expand_as(carried)[carried]
+        entries.append((fine_rows[carried], data[carried], per_child[carried][:, None] * v[who]))
+    totals = shell_sums_from_products(
+        x,
+        ctf,
+        phases.expand(b, -1, -1),
+        q_sum.reshape(b, tg, 2 * k),
+        power,
+        w_all.sum(dim=(1, 2, 3)),
+        shells,
+        precision=precision,
+    )
+    columns = [torch.cat(column) for column in zip(*entries, strict=True)]
+    kept, data_sum, weight_sum = merge_rows(*columns)
+    index_all = lists.translations[:, :, None] * g + torch.arange(g, device=rows.device)
+    per_translation = weights.new_zeros(b, tg)
+    per_translation.scatter_add_(1, index_all.reshape(b, -1), weights.sum(dim=3).reshape(b, -1))
+    return PairSums(
+        shell_sums=totals,
+        rows=kept,
+        data=torch.view_as_complex(data_sum.reshape(data_sum.shape[0], -1, 2).contiguous()),
+        weight=weight_sum,
+        translation_weights=per_translation,
+        pair_weights=weights.sum(dim=(2, 3)),
+    )

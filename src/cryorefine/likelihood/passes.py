@@ -1,0 +1,234 @@
+"""Scoring and summing over orientation lists in chunks that fit a memory budget.
+
+The orientations of a pass are rows ``0 .. n - 1`` of a table of matrices
+(``RowProjector``). Either all particles share all rows (``score_shared``), or
+each particle has its own list of rows, ascending and padded at the end
+(``rows (b, r)``, ``valid (b, r)``: ``score_lists``, ``sum_lists``). Rows are
+projected a chunk at a time, each projection once per call; a particle's slots
+that fall in the chunk are a contiguous run of its ascending list, gathered into
+``(b, L, k)`` and scored with the batched products of ``likelihood.scores``.
+"""
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Bool, Complex, Float, Int
+from torch import Tensor
+
+from cryorefine.fourier import extract_slices, rotate_volume
+from cryorefine.likelihood.scores import (
+    data_terms,
+    scores_from_terms,
+)
+from cryorefine.likelihood.window import FourierWindow, gather_window
+
+__all__ = [
+    "Chunk",
+    "ParticleWindowData",
+    "ProjectionTable",
+    "RowProjector",
+    "merge_rows",
+    "row_chunks",
+    "score_lists",
+    "score_shared",
+]
+
+
+@runtime_checkable
+class ProjectionTable(Protocol):
+    """Rows of projections, computed on demand or precomputed (``values``)."""
+
+    @property
+    def rows(self) -> int:
+        """Number of rows."""
+        ...
+
+    @property
+    def values(self) -> Tensor | None:
+        """All rows, if precomputed."""
+        ...
+
+    def project(self, lo: int, hi: int) -> Tensor:
+        """Rows ``lo .. hi - 1``."""
+        ...
+
+    def bytes_per_row(self) -> int:
+        """Peak bytes of computing one row."""
+        ...
+
+
+@dataclass(frozen=True)
+class RowProjector:
+    """Projections of the reference at a table of orientations, on one window.
+
+    With ``values`` the projections are precomputed (``with_values``) and
+    ``project`` only slices them.
+    """
+
+    reference_ft: Complex[Tensor, "p p ph"]
+    rotations: Float[Tensor, "n 3 3"] | None
+    window: FourierWindow
+    padding_factor: int
+    values: Complex[Tensor, "n k"] | None = None
+
+    @property
+    def rows(self) -> int:
+        """Number of orientations in the table."""
+        table = self.values if self.values is not None else self.rotations
+        if table is None:
+            raise ValueError("a RowProjector needs rotations or values")
+        return int(table.shape[0])
+
+    def project(self, lo: int, hi: int) -> Complex[Tensor, "c k"]:
+        """Window coefficients of rows ``lo .. hi - 1``."""
+        if self.values is not None:
+            return self.values[lo:hi]
+        if self.rotations is None:
+            raise ValueError("a RowProjector needs rotations or values")
+        extract = extract_slices if self.window.ndim == 2 else rotate_volume
+        grids = extract(
+            self.reference_ft,
+            self.rotations[lo:hi],
+            out_size=self.window.size,
+            padding_factor=self.padding_factor,
+        )
+        return gather_window(grids, self.window)
+
+    def bytes_per_row(self) -> int:
+        """Peak bytes of one projection (the projector's ~10 grid-sized temporaries)."""
+        if self.values is not None:
+            return 0
+        size = self.window.size
+        grid = math.prod([size] * (self.window.ndim - 1)) * (size // 2 + 1)
+        return 10 * grid * self.reference_ft.element_size()
+
+    def with_values(self, max_bytes: int, *, chunk_bytes: int = 2**24) -> "RowProjector":
+        """The same table with all projections computed once, if they take at most ``max_bytes``.
+
+        They are computed ``chunk_bytes`` of projector temporaries at a time.
+        """
+        table_bytes = self.rows * self.window.count * self.reference_ft.element_size()
+        if self.values is not None or table_bytes > max_bytes:
+            return self
+        chunk = max(1, min(max_bytes, chunk_bytes) // max(1, self.bytes_per_row()))
+        parts = [self.project(lo, min(lo + chunk, self.rows)) for lo in range(0, self.rows, chunk)]
+        return replace(self, values=torch.cat(parts))
+
+
+@dataclass(frozen=True)
+class ParticleWindowData:
+    """One pass's particle terms on its window (``likelihood.scores`` notation)."""
+
+    data: Complex[Tensor, "b k"]
+    ctf: Float[Tensor, "b k"]
+    weight: Float[Tensor, "b k"]
+    phases: Complex[Tensor, "b t k"]
+
+
+def _chunk(projector: RowProjector, b: int, t: int, k: int, max_bytes: int) -> int:
+    """Orientations per chunk so that a chunk's temporaries take about half of ``max_bytes``."""
+    per_row = projector.bytes_per_row() + b * (24 * k + 8 * t)
+    return max(1, (max_bytes // 2) // per_row)
+
+
+def score_shared(
+    particles: ParticleWindowData,
+    projector: RowProjector,
+    *,
+    cross_correlation: bool,
+    precision: str,
+    max_bytes: int,
+) -> Float[Tensor, "b t n"]:
+    """Scores of every particle at every row; ``particles.phases`` must be shared (expanded)."""
+    b, t, k = particles.phases.shape
+    weight = torch.ones_like(particles.ctf) if cross_correlation else particles.weight
+    terms = data_terms(
+        particles.data, particles.ctf, weight, particles.phases[0], precision=precision
+    )
+    out = terms.data_power.new_empty((b, t, projector.rows))
+    chunk = _chunk(projector, b, t, k, max_bytes)
+    for lo in range(0, projector.rows, chunk):
+        hi = min(lo + chunk, projector.rows)
+        p = projector.project(lo, hi)
+        out[:, :, lo:hi] = scores_from_terms(terms, p, cross_correlation=cross_correlation)
+    return out
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Some slots of every particle's list: their projections, positions, mask and rows."""
+
+    projections: Complex[Tensor, "b l ..."]
+    slots: Int[Tensor, "b l"]
+    inside: Bool[Tensor, "b l"]
+    rows: Int[Tensor, "b l"]
+
+
+def row_chunks(
+    projector: ProjectionTable, rows: Tensor, valid: Tensor, chunk: int
+) -> Iterator[Chunk]:
+    """Chunks of the slots of every particle's list ``rows (b, r)`` (ascending, ``valid``).
+
+    With precomputed projections: consecutive slots of every list. Otherwise
+    the slots whose rows fall in consecutive row ranges, so that each row is
+    projected once.
+    """
+    b, r = rows.shape
+    n = projector.rows
+    if projector.values is not None:
+        for lo in range(0, r, chunk):
+            slots = torch.arange(lo, min(lo + chunk, r), device=rows.device).expand(b, -1)
+            picked = rows[:, lo : lo + chunk]
+            yield Chunk(
+                projector.values[picked.clamp(0, n - 1)], slots, valid[:, lo : lo + chunk], picked
+            )
+        return
+    sentinel = torch.where(valid, rows, n)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        bounds = torch.tensor([lo, hi], device=rows.device).expand(b, 2).contiguous()
+        start, end = torch.searchsorted(sentinel, bounds).unbind(-1)
+        length = end - start
+        width = int(length.max())
+        if width == 0:
+            continue
+        step = torch.arange(width, device=rows.device)
+        inside = step[None, :] < length[:, None]
+        slots = (start[:, None] + step[None, :]).clamp(max=r - 1)
+        picked = rows.gather(1, slots)
+        local = (picked - lo).clamp(0, hi - lo - 1)
+        yield Chunk(projector.project(lo, hi)[local], slots, inside, picked)
+
+
+def score_lists(
+    particles: ParticleWindowData,
+    projector: RowProjector,
+    rows: Int[Tensor, "b r"],
+    valid: Bool[Tensor, "b r"],
+    *,
+    cross_correlation: bool,
+    precision: str,
+    max_bytes: int,
+) -> Float[Tensor, "b t r"]:
+    """Scores of each particle at its own rows (ascending per particle); padded slots get +inf."""
+    b, t, k = particles.phases.shape
+    r = rows.shape[1]
+    weight = torch.ones_like(particles.ctf) if cross_correlation else particles.weight
+    terms = data_terms(particles.data, particles.ctf, weight, particles.phases, precision=precision)
+    out = terms.data_power.new_full((b, t, r + 1), torch.inf)
+    for part in row_chunks(projector, rows, valid, _chunk(projector, b, t, k, max_bytes)):
+        scores = scores_from_terms(terms, part.projections, cross_correlation=cross_correlation)
+        target = torch.where(part.inside, part.slots, r)[:, None, :].expand(b, t, -1)
+        out.scatter_(2, target, scores)
+    return out[:, :, :r]
+
+
+def merge_rows(rows: Tensor, data: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Add the entries of equal rows: ascending unique rows and their summed data and weight."""
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    merged_data = data.new_zeros(unique.shape[0], data.shape[1]).index_add_(0, inverse, data)
+    merged_weight = weight.new_zeros(unique.shape[0], weight.shape[1])
+    return unique, merged_data, merged_weight.index_add_(0, inverse, weight)

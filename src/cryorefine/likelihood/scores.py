@@ -1,0 +1,268 @@
+"""Scores of every (particle, translation, orientation) as matrix products.
+
+For particle ``b`` with window coefficients ``X[b, k]`` (complex, already
+shifted by its origin), CTF term ``K[b, k]`` and score weight ``w[b, k]``
+(``1 / (2 sigma2)``, RELION's ``Minvsigma2 / 2``), reference projections
+``P[r, k]`` and phase factors ``S[t, k]`` of the trial translations:
+
+    diff2[b, t, r] = sum_k w |K P[r] - X S[t]|^2
+                   = sum_k w |X|^2                       (|S| = 1)
+                   + sum_k (w K^2)[b, k] |P[r, k]|^2      [b x k] @ [k x r]
+                   - 2 sum_k Re(conj(Z[b, t, k]) P[r, k]),  Z = w K X S
+
+and ``Re(conj(Z) P) = Re Z Re P + Im Z Im P`` is a real dot product of length
+``2k``, so the cross term is ``[(b t) x 2k] @ [2k x r]`` (``torch.view_as_real``
+interleaves real and imaginary parts the same way in both factors). For
+per-particle orientation lists (``..._per_particle``: ``P[b, r, k]``) the same
+products are batched over ``b``.
+
+The normalised cross-correlation of RELION's ``--firstiter_cc`` uses the same
+three terms: ``cc = -sum w Re(K P conj(X S)) / (sqrt(sum w K^2 |P|^2) sqrt(sum w |X|^2))``,
+with ``w = 1`` for RELION's (its sums run over the whole windowed array; the
+window's coefficients give the same value where the reference is zero outside
+``size // 2``, up to the constant image power of the corners).
+
+Precision: ``"float32"`` (default) and ``"float64"`` compute in that real
+dtype; ``"tf32"`` computes in float32 with TF32 matrix products allowed
+(``torch.set_float32_matmul_precision("high")``) for the duration of the call
+only. Scores come back in the working dtype.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Complex, Float
+from torch import Tensor
+
+__all__ = [
+    "PRECISIONS",
+    "DataTerms",
+    "Precision",
+    "as_real_pairs",
+    "cross_correlation_per_particle",
+    "cross_correlation_scores",
+    "data_terms",
+    "matmul_precision",
+    "orientation_terms",
+    "scores_from_terms",
+    "squared_differences",
+    "squared_differences_per_particle",
+    "working_dtypes",
+]
+
+Precision = Literal["float32", "float64", "tf32"]
+PRECISIONS: tuple[str, ...] = ("float32", "float64", "tf32")
+
+
+def working_dtypes(precision: str) -> tuple[torch.dtype, torch.dtype]:
+    """``(real, complex)`` dtypes that ``precision`` computes in."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float64":
+        return torch.float64, torch.complex128
+    return torch.float32, torch.complex64
+
+
+@contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """Allow TF32 matrix products inside the block for ``"tf32"``; restore the setting after."""
+    working_dtypes(precision)  # validates
+    if precision != "tf32":
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def as_real_pairs(z: Complex[Tensor, "... k"]) -> Float[Tensor, "... k2"]:
+    """``(..., k)`` complex -> ``(..., 2k)`` real, ``(Re, Im)`` interleaved."""
+    return torch.view_as_real(z.contiguous()).flatten(-2)
+
+
+@dataclass(frozen=True)
+class DataTerms:
+    """The particle side of the products, computed once per pass.
+
+    Attributes
+    ----------
+    data_power
+        ``sum_k w |X|^2`` per particle.
+    ctf_power
+        ``w K^2``.
+    shifted
+        ``Z = w K X S`` as real pairs ``(b, t, 2k)``.
+    precision
+        Working precision (module docstring).
+    """
+
+    data_power: Float[Tensor, " b"]
+    ctf_power: Float[Tensor, "b k"]
+    shifted: Float[Tensor, "b t k2"]
+    precision: str
+
+
+def data_terms(
+    data: Complex[Tensor, "b k"],
+    ctf: Float[Tensor, "b k"],
+    weight: Float[Tensor, "b k"],
+    phases: Complex[Tensor, "t k"] | Complex[Tensor, "b t k"],
+    *,
+    precision: str = "float32",
+) -> DataTerms:
+    """The particle side of ``squared_differences``, to pair with many orientation chunks."""
+    real, cplx = working_dtypes(precision)
+    x = data.to(cplx)
+    w = weight.to(real)
+    k_ctf = ctf.to(real)
+    data_power = (w * (x.real.square() + x.imag.square())).sum(-1)
+    z = (w * k_ctf * x)[:, None, :] * phases.to(cplx)  # (b, t, k)
+    return DataTerms(data_power, w * k_ctf.square(), as_real_pairs(z), precision)
+
+
+def orientation_terms(
+    terms: DataTerms, projections: Complex[Tensor, "r k"] | Complex[Tensor, "b r k"]
+) -> tuple[Float[Tensor, "b r"], Float[Tensor, "b t r"]]:
+    """``(sum w K^2 |P|^2 (b, r), sum Re(conj(Z) P) (b, t, r))`` for one chunk of orientations."""
+    _, cplx = working_dtypes(terms.precision)
+    p = projections.to(cplx)
+    p_power = p.real.square() + p.imag.square()
+    p_pairs = as_real_pairs(p)
+    b, t, _ = terms.shifted.shape
+    with matmul_precision(terms.precision):
+        if p.dim() == 2:  # shared orientations: one [(b t) x 2k] @ [2k x r] product
+            ref_power = terms.ctf_power @ p_power.T
+            cross = (terms.shifted.reshape(b * t, -1) @ p_pairs.T).reshape(b, t, -1)
+        else:  # per-particle orientations: batched over b
+            ref_power = (terms.ctf_power[:, None, :] @ p_power.transpose(1, 2)).squeeze(1)
+            cross = terms.shifted @ p_pairs.transpose(1, 2)
+    return ref_power, cross
+
+
+def _terms(
+    data: Tensor,
+    ctf: Tensor,
+    weight: Tensor,
+    projections: Tensor,
+    phases: Tensor,
+    precision: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sum w |X|^2 (b,), sum w K^2 |P|^2 (b, r), sum Re(conj(Z) P) (b, t, r))``."""
+    terms = data_terms(data, ctf, weight, phases, precision=precision)
+    return (terms.data_power, *orientation_terms(terms, projections))
+
+
+def scores_from_terms(
+    terms: DataTerms,
+    projections: Complex[Tensor, "r k"] | Complex[Tensor, "b r k"],
+    *,
+    cross_correlation: bool = False,
+) -> Float[Tensor, "b t r"]:
+    """``squared_differences`` (or the cross-correlation) from precomputed ``DataTerms``.
+
+    For the cross-correlation the terms must have been made with ``weight`` 1.
+    """
+    ref_power, cross = orientation_terms(terms, projections)
+    if cross_correlation:
+        return _cc(terms.data_power, ref_power, cross)
+    return _combine(terms.data_power, ref_power, cross)
+
+
+def _combine(data_power: Tensor, ref_power: Tensor, cross: Tensor) -> Tensor:
+    """``data_power + ref_power - 2 cross`` in place of ``cross``."""
+    return cross.mul_(-2.0).add_(ref_power[:, None, :]).add_(data_power[:, None, None])
+
+
+def squared_differences(
+    data: Complex[Tensor, "b k"],
+    ctf: Float[Tensor, "b k"],
+    weight: Float[Tensor, "b k"],
+    projections: Complex[Tensor, "r k"],
+    phases: Complex[Tensor, "t k"],
+    *,
+    precision: str = "float32",
+) -> Float[Tensor, "b t r"]:
+    """``sum_k w |K P[r] - X S[t]|^2`` for every particle, translation and orientation.
+
+    Parameters
+    ----------
+    data
+        Window coefficients ``X`` of each particle (shifted by its origin).
+    ctf
+        ``K`` of the model ``X = K P`` (CTF, or CTF^2 for premultiplied data).
+    weight
+        ``w``: ``1 / (2 sigma2)`` (divided by the multiplicity for RELION-4), 0 to ignore.
+    projections
+        ``P``: reference projections (slices or rotated volumes) on the window.
+    phases
+        ``S``: ``window_phases`` of the trial translations.
+    precision
+        ``"float32"``, ``"float64"`` or ``"tf32"`` (module docstring).
+    """
+    data_power, ref_power, cross = _terms(data, ctf, weight, projections, phases, precision)
+    return _combine(data_power, ref_power, cross)
+
+
+def squared_differences_per_particle(
+    data: Complex[Tensor, "b k"],
+    ctf: Float[Tensor, "b k"],
+    weight: Float[Tensor, "b k"],
+    projections: Complex[Tensor, "b r k"],
+    phases: Complex[Tensor, "b t k"],
+    *,
+    precision: str = "float32",
+) -> Float[Tensor, "b t r"]:
+    """``squared_differences`` with each particle's own orientations and translations.
+
+    ``projections[b]`` and ``phases[b]`` are particle ``b``'s lists (pad with
+    anything and mask the scores); shared phases may be passed ``expand``-ed.
+    """
+    data_power, ref_power, cross = _terms(data, ctf, weight, projections, phases, precision)
+    return _combine(data_power, ref_power, cross)
+
+
+def _cc(data_power: Tensor, ref_power: Tensor, cross: Tensor) -> Tensor:
+    tiny = torch.finfo(cross.dtype).tiny
+    norm = (
+        ref_power.clamp_min(tiny).sqrt()[:, None, :]
+        * data_power.clamp_min(tiny).sqrt()[:, None, None]
+    )
+    return -cross / norm
+
+
+def cross_correlation_scores(
+    data: Complex[Tensor, "b k"],
+    ctf: Float[Tensor, "b k"],
+    projections: Complex[Tensor, "r k"],
+    phases: Complex[Tensor, "t k"],
+    *,
+    weight: Float[Tensor, "b k"] | None = None,
+    precision: str = "float32",
+) -> Float[Tensor, "b t r"]:
+    """Negative normalised cross-correlation (RELION's ``--firstiter_cc`` score; lower is better).
+
+    ``-sum w Re(K P conj(X S)) / (sqrt(sum w K^2 |P|^2) sqrt(sum w |X|^2))``, in
+    [-1, 1]; ``weight`` None means 1 (RELION's). A zero projection scores 0.
+    """
+    w = torch.ones_like(ctf) if weight is None else weight
+    return _cc(*_terms(data, ctf, w, projections, phases, precision))
+
+
+def cross_correlation_per_particle(
+    data: Complex[Tensor, "b k"],
+    ctf: Float[Tensor, "b k"],
+    projections: Complex[Tensor, "b r k"],
+    phases: Complex[Tensor, "b t k"],
+    *,
+    weight: Float[Tensor, "b k"] | None = None,
+    precision: str = "float32",
+) -> Float[Tensor, "b t r"]:
+    """``cross_correlation_scores`` with each particle's own orientations and translations."""
+    w = torch.ones_like(ctf) if weight is None else weight
+    return _cc(*_terms(data, ctf, w, projections, phases, precision))

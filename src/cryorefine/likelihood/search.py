@@ -1,0 +1,206 @@
+"""The first pass of RELION's adaptive oversampling for one chunk of particles.
+
+Coarse pass: every particle's coarse orientations (the whole grid, shared, or
+its own list) x the coarse translations, at the coarse size; posterior; the
+significant coarse samples (``likelihood.fine`` takes it from there).
+
+Priors (RELION's ``convertAllSquaredDifferencesToWeights``): each is divided by
+its mean over the coarse grid it is given on (finite entries), which matters
+only for the log-likelihood contribution.
+"""
+
+import math
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, TypeVar
+
+import torch
+from jaxtyping import Bool, Complex, Float, Int
+from torch import Tensor
+
+from cryorefine.likelihood.passes import ParticleWindowData, RowProjector, score_lists, score_shared
+from cryorefine.likelihood.plan import ExpectationPlan, ParticleTerms
+from cryorefine.likelihood.poses import coarse_rotations
+from cryorefine.likelihood.posterior import (
+    hard_assignment,
+    posterior_weights,
+    significant_samples,
+)
+from cryorefine.likelihood.sums import ShellSums
+from cryorefine.likelihood.window import FourierWindow
+
+__all__ = [
+    "CoarseOutcome",
+    "FineOutcome",
+    "Prepared",
+    "coarse_pass",
+    "compact",
+    "offset_log_prior",
+    "select",
+    "weights_of",
+]
+
+T = TypeVar("T")
+
+
+def select(obj: T, part: slice | Tensor) -> T:
+    """Index every tensor field (and nested dataclass) of a dataclass along its first axis."""
+    changes: dict[str, Any] = {}
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if isinstance(value, Tensor) and value.dim() > 0:
+            changes[f.name] = value[part]
+        elif is_dataclass(value) and not isinstance(value, FourierWindow | type):
+            changes[f.name] = select(value, part)
+    return replace(obj, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Window coefficients of one chunk of particles (``expectation.prepare``)."""
+
+    coarse: ParticleWindowData
+    coarse_window: FourierWindow
+    fine_data: Complex[Tensor, "b kf"]
+    fine_ctf: Float[Tensor, "b kf"]
+    fine_weight: Float[Tensor, "b kf"]
+    fine_window: FourierWindow
+    bp_data: Complex[Tensor, "b kb"]
+    bp_weight: Float[Tensor, "b kb"]
+    bp_window: FourierWindow
+    log_sigma2: Float[Tensor, " b"]
+
+
+@dataclass(frozen=True)
+class CoarseOutcome:
+    """Significant coarse samples ``(b, t, c)`` over each particle's candidate ids ``(b, c)``."""
+
+    significant: Bool[Tensor, "b t c"]
+    count: Int[Tensor, " b"]
+    ids: Int[Tensor, "b c"]
+    log_prior_orientations: Float[Tensor, "b c"]
+    log_norm_translations: Float[Tensor, " b"]
+
+
+@dataclass(frozen=True)
+class FineOutcome:
+    """Per-particle results and sums of the fine pass of some particles."""
+
+    rotations: Float[Tensor, "b 3 3"]
+    origins_px: Float[Tensor, "b ndim"]
+    pmax: Float[Tensor, " b"]
+    log_likelihood: Float[Tensor, " b"]
+    weight_sums: Float[Tensor, " b"]
+    offset_moments_px2: Float[Tensor, " b"]
+    shell_sums: ShellSums
+    direction_mass: Float[Tensor, " m"]
+    bp_rotations: Float[Tensor, "r 3 3"]
+    bp_data: Complex[Tensor, "r kb"]
+    bp_weight: Float[Tensor, "r kb"]
+
+
+def compact(mask: Bool[Tensor, "b n"]) -> tuple[Int[Tensor, "b l"], Bool[Tensor, "b l"]]:
+    """Positions of each row's True entries, ascending, padded at the end; ``l`` = largest count."""
+    count = mask.sum(dim=1)
+    width = max(1, int(count.max()))
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width, device=mask.device)[None, :] < count[:, None]
+    return order, valid
+
+
+def _log_mean_exp(log_values: Tensor) -> Tensor:
+    finite = torch.isfinite(log_values).sum(dim=1).clamp_min(1)
+    return torch.logsumexp(log_values, dim=1) - torch.log(finite.to(log_values.dtype))
+
+
+def offset_log_prior(
+    particles: ParticleTerms, translations_px: Tensor, sigma2_px2: float
+) -> Float[Tensor, "b t"]:
+    """``-|origin + t - prior|^2 / (2 sigma2)``; translations ``(t, ndim)`` or ``(b, t, ndim)``."""
+    b = particles.count
+    if translations_px.dim() == 2:
+        translations_px = translations_px.expand(b, -1, -1)
+    if math.isinf(sigma2_px2):
+        return translations_px.new_zeros(translations_px.shape[:2], dtype=torch.float64)
+    d = particles.origins_px[:, None, :] + translations_px - particles.offset_priors_px[:, None, :]
+    return -d.to(torch.float64).square().sum(dim=-1) / (2.0 * sigma2_px2)
+
+
+def weights_of(scores: Tensor, log_prior: Tensor, plan: ExpectationPlan) -> Tensor:
+    if plan.cross_correlation:
+        return hard_assignment(scores, log_prior)
+    return posterior_weights(scores, log_prior)
+
+
+def _candidates(particles: ParticleTerms, plan: ExpectationPlan) -> tuple[Tensor, Tensor, bool]:
+    """Coarse candidate ids (ascending, valid first), their log priors, whether all are shared."""
+    b, grid_count = particles.count, plan.orientations.count
+    log_prior = particles.log_prior_orientations.to(torch.float64)
+    if particles.orientation_ids is None:
+        if log_prior.shape[1] != grid_count:
+            raise ValueError(
+                f"log_prior_orientations has {log_prior.shape[1]} columns, the grid {grid_count}"
+            )
+        ids = torch.arange(grid_count, device=log_prior.device).expand(b, -1)
+        if bool(torch.isfinite(log_prior).all()):
+            return ids, log_prior, True
+    else:
+        ids, order = torch.sort(particles.orientation_ids, dim=1, stable=True)
+        log_prior = log_prior.gather(1, order)
+    slots, valid = compact(torch.isfinite(log_prior))
+    log_prior = log_prior.gather(1, slots).masked_fill(~valid, -math.inf)
+    return ids.gather(1, slots), log_prior, False
+
+
+def coarse_pass(
+    prep: Prepared,
+    particles: ParticleTerms,
+    reference_ft: Tensor,
+    plan: ExpectationPlan,
+    projections: Tensor | None = None,
+) -> CoarseOutcome:
+    """Score the coarse grid, compute the posterior and mark the significant samples.
+
+    ``projections``: the whole coarse grid's projections on the coarse window, or None.
+    """
+    ids, log_prior_o, shared = _candidates(particles, plan)
+    log_prior_o = log_prior_o - _log_mean_exp(log_prior_o)[:, None]
+    log_prior_t = offset_log_prior(particles, plan.translations_px, plan.sigma2_offset_px2)
+    norm_t = _log_mean_exp(log_prior_t)
+    log_prior_t = log_prior_t - norm_t[:, None]
+    window, pad = prep.coarse_window, plan.padding_factor
+    if shared:
+        table = coarse_rotations(plan.orientations)
+        projector = RowProjector(reference_ft, table, window, pad, projections)
+        scores = score_shared(
+            prep.coarse,
+            projector,
+            cross_correlation=plan.cross_correlation,
+            precision=plan.precision,
+            max_bytes=plan.max_bytes,
+        )
+    else:
+        valid = torch.isfinite(log_prior_o)
+        if projections is None:
+            union = torch.unique(ids[valid])
+            rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
+            table = coarse_rotations(plan.orientations, union)
+        else:
+            rows, table = ids, coarse_rotations(plan.orientations)
+        projector = RowProjector(reference_ft, table, window, pad, projections)
+        scores = score_lists(
+            prep.coarse,
+            projector,
+            rows,
+            valid,
+            cross_correlation=plan.cross_correlation,
+            precision=plan.precision,
+            max_bytes=plan.max_bytes,
+        )
+    b, t, c = scores.shape
+    log_prior = log_prior_t[:, :, None] + log_prior_o[:, None, :]
+    weights = weights_of(scores.reshape(b, -1), log_prior.reshape(b, -1), plan)
+    if not bool(torch.isfinite(weights).all()):
+        bad = (~torch.isfinite(weights).all(dim=1)).nonzero().squeeze(1)[:5].tolist()
+        raise ValueError(f"particles {bad} of the chunk have no searched pose with a finite score")
+    significant, count = significant_samples(weights, plan.adaptive_fraction)
+    return CoarseOutcome(significant.reshape(b, t, c), count, ids, log_prior_o, norm_t)

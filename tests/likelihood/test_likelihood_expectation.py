@@ -1,0 +1,346 @@
+"""likelihood.expectation: one E-step batch, end to end on small synthetic cases."""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from likelihood_cases import (
+    blob_map,
+    make_plan,
+    particle_images,
+    particle_terms,
+    reference_of,
+    whole_grid,
+)
+
+from cryorefine.fourier import fourier_crop, shift_fourier
+from cryorefine.geometry import (
+    angular_distance_deg,
+    angular_step_deg,
+    euler_to_matrix,
+    oversampled_translations,
+)
+from cryorefine.likelihood import (
+    coarse_rotations,
+    expectation,
+    fine_rotations,
+    fourier_window,
+    gather_window,
+    prepare,
+    projection_cache,
+    window_phases,
+)
+
+
+def _fine_pose(plan, coarse_id, child, translation_id, translation_child):
+    rotation = fine_rotations(plan.orientations, torch.tensor([coarse_id]), oversampling=1)
+    shift = oversampled_translations(
+        plan.translations_px[translation_id], offset_step_px=plan.offset_step_px, oversampling=1
+    )
+    return rotation[0, child], shift[translation_child]
+
+
+def _case(ndim, *, b=2, sigma2=None, seed=0, **options):
+    """Noise-free particles at fine grid poses of a small plan (order 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = 16 if ndim == 2 else 12
+    reference = reference_of(blob_map(n, gen))
+    grid = whole_grid(0, perturbation=0.3)
+    plan = make_plan(grid, ndim=ndim, ori_size=n, current_size=n, coarse_size=n - 4, **options)
+    poses = [
+        _fine_pose(
+            plan,
+            int(torch.randint(grid.count, (1,), generator=gen)),
+            int(torch.randint(8, (1,), generator=gen)),
+            int(torch.randint(plan.translations_px.shape[0], (1,), generator=gen)),
+            int(torch.randint(2**ndim, (1,), generator=gen)),
+        )
+        for _ in range(b)
+    ]
+    rotations = torch.stack([p[0] for p in poses])
+    shifts = torch.stack([p[1] for p in poses])
+    images = particle_images(reference, rotations, shifts, ori_size=n, ndim=ndim)
+    if sigma2 is None:  # of the order of the signal power: a broad coarse posterior
+        sigma2 = (images.abs() ** 2).mean().item()
+    return reference, plan, images, rotations, shifts, sigma2
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_noise_free_particles_peak_at_their_fine_grid_pose_and_translation(ndim):
+    reference, plan, images, rotations, shifts, sigma2 = _case(ndim, adaptive_fraction=1.0)
+    particles = particle_terms(
+        images,
+        current_size=plan.current_size,
+        sigma2=sigma2,
+        ndim=ndim,
+        grid_count=plan.orientations.count,
+    )
+    result = expectation(particles, reference, plan)
+    # diff2 = 0 at the true pose (same projections, shifts undone exactly), > 0 elsewhere
+    torch.testing.assert_close(result.rotations, rotations, rtol=0, atol=1e-12)
+    torch.testing.assert_close(result.origins_px, shifts, rtol=0, atol=1e-12)
+    torch.testing.assert_close(euler_to_matrix(result.angles_deg), rotations, rtol=0, atol=1e-9)
+    assert ((result.pmax > 0) & (result.pmax <= 1)).all()
+    assert (result.weight_sums <= 1 + 1e-9).all()
+    assert (result.weight_sums >= plan.adaptive_fraction - 1e-9).all()
+    torch.testing.assert_close(result.direction_mass.sum(), result.weight_sums.sum())
+
+
+def test_the_fine_pass_recovers_off_grid_poses_better_than_the_fine_step():
+    gen = torch.Generator().manual_seed(3)
+    n, b = 24, 6
+    reference = reference_of(blob_map(n, gen))
+    grid = whole_grid(1, perturbation=-0.2)
+    plan = make_plan(
+        grid,
+        ndim=2,
+        ori_size=n,
+        current_size=n,
+        coarse_size=16,
+        offset_range_px=2.0,
+        offset_step_px=2.0,
+    )
+    rotations = euler_to_matrix(torch.rand(b, 3, generator=gen, dtype=torch.float64) * 180)
+    shifts = (torch.rand(b, 2, generator=gen, dtype=torch.float64) - 0.5) * 3
+    images = particle_images(reference, rotations, shifts, ori_size=n, ndim=2)
+    sigma2 = 0.3 * (images.abs() ** 2).mean().item()
+    particles = particle_terms(images, current_size=n, sigma2=sigma2, ndim=2, grid_count=grid.count)
+    result = expectation(particles, reference, plan)
+    fine_step = angular_step_deg(1, oversampling=1)  # 15 degrees
+    coarse_error = angular_distance_deg(coarse_rotations(grid)[None], rotations[:, None]).amin(
+        dim=1
+    )
+    error = angular_distance_deg(result.rotations, rotations)
+    assert (error < fine_step).all()
+    assert error.mean() < coarse_error.mean()  # oversampling does better than the coarse grid
+    # fine translations are 1 px apart (coarse: 2 px); with the orientation off its grid
+    # too, the best pair may take a neighbour of the nearest fine translation: within the
+    # diagonal of a fine cell, sqrt(2) px, against 2 sqrt(2) px for the coarse cell.
+    assert ((result.origins_px - shifts).norm(dim=1) < math.sqrt(2)).all()
+
+
+@pytest.mark.parametrize("premultiplied", [False, True])
+def test_one_particle_with_weight_one_back_projects_k_x_over_sigma2_shifted(premultiplied):
+    gen = torch.Generator().manual_seed(4)
+    reference, plan, images, rotations, shifts, _ = _case(2, b=1, seed=5)
+    origin = torch.tensor([[1.5, -0.5]], dtype=torch.float64)
+    stored = shift_fourier(images, -origin.float())  # centre now at -(origin + t)
+    m = plan.current_size
+    ctf = 0.5 + torch.rand(1, m, m // 2 + 1, generator=gen)
+    sigma2 = 1e-4 * (images.abs() ** 2).mean().item()  # all weight on one pose
+    particles = particle_terms(
+        ctf * stored,
+        current_size=m,
+        sigma2=sigma2,
+        ndim=2,
+        grid_count=plan.orientations.count,
+        ctf=ctf,
+        origins_px=origin,
+        ctf_premultiplied=premultiplied,
+    )
+    result = expectation(particles, reference, plan)
+    assert result.pmax.item() == 1.0
+    torch.testing.assert_close(result.rotations, rotations, rtol=0, atol=1e-12)
+    torch.testing.assert_close(result.origins_px, origin + shifts, rtol=0, atol=1e-12)
+    sums = result.backprojection
+    assert sums.data.shape[0] == 1
+    torch.testing.assert_close(sums.rotations, rotations, rtol=0, atol=1e-12)
+    window = sums.window
+    x = gather_window(ctf * stored, window).to(torch.complex128)
+    k = gather_window(ctf, window).double()
+    phase = window_phases(window, origin + shifts, box_size=m, dtype=torch.complex128)
+    want_data = (x if premultiplied else k * x) * phase / sigma2
+    want_weight = (k if premultiplied else k**2) / sigma2
+    # float32 data, CTF and phases: a few roundings of each term
+    torch.testing.assert_close(
+        sums.data[0].to(torch.complex128),
+        want_data[0],
+        rtol=8 * 2**-24,
+        atol=8 * 2**-24 * want_data.abs().max().item(),
+    )
+    torch.testing.assert_close(sums.weight[0].double(), want_weight[0], rtol=8 * 2**-24, atol=0)
+    # at the true pose the residual vanishes: noise sums ~ 0, signal product = reference power
+    shell = result.shell_sums
+    power = shell.reference_power.sum().item()
+    assert abs(shell.residual_power.sum().item()) < 1e-4 * power
+    torch.testing.assert_close(
+        shell.signal_product, shell.reference_power, rtol=1e-4, atol=1e-6 * power
+    )
+
+
+def _exponent_error(particles, reference, plan):
+    """Bound on the float64 rounding of any score: gamma_(2k+10) M with M <= 2 (A + max B).
+
+    A = sum w |X|^2, B = sum w |P|^2 (K = 1); 2 |P| |X| <= |P|^2 + |X|^2 bounds the cross
+    term. Differences in chunking or ordering move each weight by at most this, relatively.
+    """
+    cache = projection_cache(reference, plan, ndim=particles.ndim, fine=True)
+    w = 0.5 / particles.sigma2_noise.min().item()
+    window = fourier_window(plan.current_size, particles.ndim, device=torch.device("cpu"))
+    a = w * (gather_window(particles.masked_ft, window).abs() ** 2).sum(1).max().item()
+    b = w * max(
+        (cache.coarse.abs() ** 2).sum(1).max().item(), (cache.fine.abs() ** 2).sum(1).max().item()
+    )
+    k = window.count + 1
+    return (2 * k + 10) * 2.0**-53 * 2 * (a + b)
+
+
+def _assert_same(result, want, tol):
+    for name in ("rotations", "origins_px"):
+        torch.testing.assert_close(getattr(result, name), getattr(want, name), rtol=0, atol=0)
+    for name in ("pmax", "weight_sums", "offset_moments_px2", "direction_mass"):
+        # weights: exp of exponents off by <= tol each (4 tol after normalising); sums of them
+        torch.testing.assert_close(getattr(result, name), getattr(want, name), rtol=8 * tol, atol=0)
+    # dLL: log of a sum of such terms, plus the same log-sigma2 constant
+    torch.testing.assert_close(result.log_likelihood, want.log_likelihood, rtol=0, atol=4 * tol)
+    assert (result.significant_samples == want.significant_samples).all()
+
+
+def test_local_search_lists_match_a_dense_prior_that_is_minus_inf_elsewhere():
+    reference, plan, images, *_ = _case(2, b=3, seed=6, precision="float64")
+    count = plan.orientations.count
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
+    log_prior = torch.log(torch.rand(3, 20, generator=gen, dtype=torch.float64))
+    dense = torch.full((3, count), -math.inf, dtype=torch.float64).scatter(1, ids, log_prior)
+    kwargs = {"current_size": plan.current_size, "sigma2": 1.0, "ndim": 2, "grid_count": count}
+    full_particles = particle_terms(images, **kwargs, log_prior_orientations=dense)
+    listed = expectation(
+        particle_terms(images, **kwargs, log_prior_orientations=log_prior, orientation_ids=ids),
+        reference,
+        plan,
+    )
+    full = expectation(full_particles, reference, plan)
+    _assert_same(listed, full, _exponent_error(full_particles, reference, plan))
+
+
+def test_chunks_and_projection_caches_do_not_change_the_result():
+    reference, plan, images, *_ = _case(2, b=4, seed=8, precision="float64")
+    particles = particle_terms(
+        images,
+        current_size=plan.current_size,
+        sigma2=0.3,  # some 200-300 significant coarse samples per particle
+        ndim=2,
+        grid_count=plan.orientations.count,
+    )
+    whole = expectation(particles, reference, plan)
+    tol = _exponent_error(particles, reference, plan)
+    small = replace(plan, max_bytes=500_000)  # 2 particle chunks, chunks of a few pairs
+    cache = projection_cache(reference, plan, ndim=2, coarse=True, fine=True)
+    for result in (
+        expectation(particles, reference, small),
+        expectation(particles, reference, plan, cache=cache),
+    ):
+        _assert_same(result, whole, tol)
+        for name in ("residual_power", "signal_product", "reference_power"):
+            got, want = getattr(result.shell_sums, name), getattr(whole.shell_sums, name)
+            torch.testing.assert_close(got, want, rtol=0, atol=8 * tol * want.abs().max())
+        got, want = result.backprojection.weight.sum(0), whole.backprojection.weight.sum(0)
+        torch.testing.assert_close(got, want, rtol=8 * tol, atol=0)
+
+
+def test_cross_correlation_iteration_assigns_each_particle_to_its_pose():
+    """Hard assignment keeps one coarse sample (RELION): exact at coarse poses, no oversampling."""
+    gen = torch.Generator().manual_seed(9)
+    n = 16
+    reference = reference_of(blob_map(n, gen))
+    grid = whole_grid(0, perturbation=0.3)
+    plan = make_plan(
+        grid,
+        ndim=2,
+        ori_size=n,
+        current_size=n,
+        coarse_size=12,
+        oversampling=0,
+        cross_correlation=True,
+    )
+    rotations = coarse_rotations(grid, torch.tensor([5, 40, 71]))
+    shifts = plan.translations_px[torch.tensor([0, 3, 2])]
+    images = particle_images(reference, rotations, shifts, ori_size=n, ndim=2)
+    particles = particle_terms(images, current_size=n, sigma2=1.0, ndim=2, grid_count=grid.count)
+    result = expectation(particles, reference, plan)
+    assert result.pmax.tolist() == [1.0] * 3
+    assert result.significant_samples.tolist() == [1] * 3
+    assert result.weight_sums.tolist() == [1.0] * 3
+    torch.testing.assert_close(result.rotations, rotations, rtol=0, atol=1e-12)
+    torch.testing.assert_close(result.origins_px, shifts, rtol=0, atol=1e-12)
+    # dLL = -best score = cc of a particle with its own projection: 1 up to the float32
+    # rounding of the correlation, <= 2 gamma_(2k+10) (test_likelihood_scores)
+    k = fourier_window(n, 2, device=torch.device("cpu"), include_dc=True).count
+    tol = 2 * (2 * k + 10) * 2.0**-24
+    torch.testing.assert_close(
+        result.log_likelihood, torch.ones(3, dtype=torch.float64), rtol=0, atol=tol
+    )
+
+
+def test_relion4_scores_divide_by_the_multiplicity_above_one_tenth():
+    reference, plan, images, *_ = _case(3, b=2, seed=10)
+    gen = torch.Generator().manual_seed(11)
+    m = plan.current_size
+    multiplicity = torch.rand(2, m, m, m // 2 + 1, generator=gen) * 3
+    ctf = torch.rand(2, m, m, m // 2 + 1, generator=gen)
+    sigma2 = torch.linspace(1.0, 2.0, plan.ori_size // 2 + 1, dtype=torch.float64)
+    particles = particle_terms(
+        images,
+        current_size=m,
+        sigma2=1.0,
+        ndim=3,
+        grid_count=plan.orientations.count,
+        multiplicity=multiplicity,
+        ctf=ctf,
+        ctf_premultiplied=True,
+        sigma2_noise=sigma2.expand(2, -1),
+    )
+    prep = prepare(particles, plan)
+    window = prep.fine_window
+    mult = gather_window(multiplicity, window).double()
+    s2 = sigma2[window.shell]
+    want = torch.where(mult > 0.1, 0.5 / (s2 * mult), 0.5 / s2)
+    want = torch.where(window.shell > 0, want, 0.0)
+    torch.testing.assert_close(prep.fine_weight, want, rtol=4 * 2**-24, atol=0)
+    bp = prep.bp_window
+    torch.testing.assert_close(
+        prep.bp_weight.double(),
+        gather_window(ctf, bp).double() / sigma2[bp.shell],
+        rtol=4 * 2**-24,
+        atol=0,
+    )
+    result = expectation(particles, reference, plan)
+    dc_window = fourier_window(m, 3, device=torch.device("cpu"), include_dc=True)
+    want_counts = torch.zeros(2, plan.ori_size // 2 + 1, dtype=torch.float64).index_add_(
+        1, dc_window.shell, gather_window(multiplicity, dc_window).double()
+    )
+    torch.testing.assert_close(result.multiplicity_sums, want_counts, rtol=1e-12, atol=0)
+
+
+def test_a_narrow_offset_prior_pulls_the_origin_to_the_nearest_fine_translation():
+    reference, plan, images, *_ = _case(2, b=1, seed=12, sigma2_offset_px2=0.05)
+    prior = torch.tensor([[0.6, -0.3]], dtype=torch.float64)
+    particles = particle_terms(
+        images,
+        current_size=plan.current_size,
+        sigma2=1e6,
+        ndim=2,  # data carry ~no weight
+        grid_count=plan.orientations.count,
+        offset_priors_px=prior,
+    )
+    result = expectation(particles, reference, plan)
+    fine = oversampled_translations(
+        plan.translations_px, offset_step_px=plan.offset_step_px, oversampling=1
+    ).reshape(-1, 2)
+    nearest = fine[(fine - prior).norm(dim=1).argmin()]
+    torch.testing.assert_close(result.origins_px[0], nearest, rtol=0, atol=1e-12)
+
+
+def test_particle_grids_of_the_wrong_size_are_refused():
+    reference, plan, images, *_ = _case(2, b=1)
+    particles = particle_terms(
+        fourier_crop(images, 12, ndim=2),
+        current_size=12,
+        sigma2=1.0,
+        ndim=2,
+        grid_count=plan.orientations.count,
+    )
+    with pytest.raises(ValueError, match="current_size"):
+        expectation(particles, reference, plan)

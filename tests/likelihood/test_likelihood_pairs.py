@@ -1,0 +1,145 @@
+"""likelihood.pairs: the fine pass over the children of significant coarse pairs."""
+
+import pytest
+import torch
+from likelihood_cases import U32, blob_map, gamma, reference_of, score_magnitudes
+
+from cryorefine.geometry import euler_to_matrix
+from cryorefine.likelihood import (
+    backprojection_sums,
+    data_terms,
+    fourier_window,
+    shell_matrix,
+    shell_sums,
+    squared_differences,
+    window_phases,
+)
+from cryorefine.likelihood.pairs import BlockProjector, pair_lists, score_pairs, sum_pairs
+from cryorefine.likelihood.passes import RowProjector
+
+F, G, T, C = 8, 4, 3, 20  # children per orientation and translation; coarse counts
+
+
+def _case(cached):
+    gen = torch.Generator().manual_seed(0)
+    reference = reference_of(blob_map(12, gen))
+    window = fourier_window(8, 2, device=torch.device("cpu"), include_dc=True)
+    table = euler_to_matrix(torch.rand(C * F, 3, generator=gen, dtype=torch.float64) * 180)
+    projector = RowProjector(reference, table, window, 2)
+    if cached:
+        projector = projector.with_values(2**30)
+    significant = torch.rand(3, T, C, generator=gen) < 0.15
+    significant[2] = False
+    significant[2, 1, 7] = True  # a particle with a single pair
+    shifts = (torch.rand(T * G, 2, generator=gen, dtype=torch.float64) - 0.5) * 4
+    data = torch.randn(3, window.count, dtype=torch.complex64, generator=gen)
+    ctf = torch.randn(3, window.count, generator=gen)
+    weight = torch.rand(3, window.count, generator=gen)
+    phases = window_phases(window, shifts, box_size=12)
+    return BlockProjector(projector, F), significant, shifts, (data, ctf, weight, phases)
+
+
+def test_pair_lists_hold_each_particles_significant_pairs_by_orientation():
+    _, significant, _, _ = _case(False)
+    lists = pair_lists(significant)
+    for i in range(3):
+        want = sorted((c, t) for t, c in significant[i].nonzero().tolist())
+        n = len(want)
+        got = list(
+            zip(lists.slots[i, :n].tolist(), lists.translations[i, :n].tolist(), strict=True)
+        )
+        assert got == want
+        assert lists.valid[i].tolist() == [True] * n + [False] * (lists.valid.shape[1] - n)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("max_bytes", [2**30, 1])
+def test_pair_scores_are_the_full_scores_at_the_pairs_children(cached, max_bytes):
+    projector, significant, _, (data, ctf, weight, phases) = _case(cached)
+    lists = pair_lists(significant)
+    terms = data_terms(data, ctf, weight, phases)
+    got = score_pairs(
+        terms,
+        projector,
+        lists.slots,
+        lists,
+        children=G,
+        cross_correlation=False,
+        max_bytes=max_bytes,
+    )
+    table = projector.projector.project(0, C * F)
+    full = squared_differences(data, ctf, weight, table, phases)  # (b, T G, C F)
+    t_index = lists.translations[:, :, None] * G + torch.arange(G)
+    r_index = lists.slots[:, :, None] * F + torch.arange(F)
+    want = full[
+        torch.arange(3)[:, None, None, None], t_index[:, :, :, None], r_index[:, :, None, :]
+    ]
+    magnitude = score_magnitudes(data, ctf, weight, table)
+    bound = (
+        2
+        * gamma(2 * projector.projector.window.count + 10, U32)
+        * magnitude[torch.arange(3)[:, None, None, None], r_index[:, :, None, :]]
+    )
+    valid = lists.valid[:, :, None, None].expand_as(got)
+    assert ((got - want).abs()[valid] <= bound.expand_as(got)[valid]).all()
+    assert torch.isinf(got[~valid]).all()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_pair_sums_are_the_kernel_sums_of_the_scattered_weights(cached):
+    projector, significant, shifts, (data, ctf, _, phases) = _case(cached)
+    lists = pair_lists(significant)
+    gen = torch.Generator().manual_seed(1)
+    weights = torch.rand(*lists.slots.shape, G, F, generator=gen)
+    weights = weights * lists.valid[:, :, None, None]
+    weights[0, 0, :, 3] = 0.0  # a child without weight is not in play
+    bp_window = fourier_window(
+        8, 2, device=torch.device("cpu"), include_dc=True, include_redundant=True
+    )
+    y = torch.randn(3, bp_window.count, dtype=torch.complex64, generator=gen)
+    v = torch.rand(3, bp_window.count, generator=gen)
+    bp_phases = window_phases(bp_window, shifts, box_size=12)
+    shells = shell_matrix(projector.projector.window, 5)
+    got = sum_pairs(
+        (data, ctf, phases),
+        projector,
+        lists.slots,
+        lists,
+        weights,
+        shells,
+        (y, v, bp_phases),
+        precision="float32",
+        max_bytes=1,
+    )
+    dense = torch.zeros(3, T * G, C * F)
+    t_index = (lists.translations[:, :, None] * G + torch.arange(G))[:, :, :, None]
+    r_index = (lists.slots[:, :, None] * F + torch.arange(F))[:, :, None, :]
+    dense[torch.arange(3)[:, None, None, None], t_index, r_index] = weights
+    table = projector.projector.project(0, C * F)
+    want = shell_sums(dense, data, ctf, table, phases.expand(3, -1, -1), shells)
+    # the same float32 products summed in other orders: within 2 gamma_(n) of the magnitudes,
+    # n = number of (t, r) terms plus k per shell
+    n = T * G * C * F + projector.projector.window.count + 10
+    x, kk, p = data.abs(), ctf.abs(), table.abs()
+    per_r = dense.sum(1)  # (b, r)
+    magnitude = (dense.sum((1, 2))[:, None] * x**2).double() + torch.einsum(
+        "br,brk->bk", per_r, (kk[:, None] * p[None] + x[:, None]) ** 2
+    ).double()
+    for name in ("residual_power", "signal_product", "reference_power"):
+        diff = (getattr(got.shell_sums, name) - getattr(want, name)).abs()
+        assert (diff <= 2 * gamma(n, U32) * (magnitude @ shells)).all()
+    want_data, want_weight = backprojection_sums(dense, y, v, bp_phases.expand(3, -1, -1))
+    in_play = (dense.sum(1) > 0).any(0).nonzero().squeeze(1)
+    assert got.rows.tolist() == in_play.tolist()
+    scale_data = dense.sum().item() * y.abs().max().item()
+    scale_weight = dense.sum().item() * v.max().item()
+    tol = 2 * gamma(3 * T * G + 10, U32)
+    assert ((got.data - want_data[in_play]).abs() <= tol * scale_data).all()
+    assert ((got.weight - want_weight[in_play]).abs() <= tol * scale_weight).all()
+    torch.testing.assert_close(
+        got.translation_weights,
+        dense.sum(2),
+        rtol=0,
+        atol=2 * gamma(C * F, U32) * dense.sum().item(),
+    )
+    torch.testing.assert_close(got.pair_weights, weights.sum((2, 3)))

@@ -1,0 +1,79 @@
+"""likelihood.passes: chunked scoring and sums over per-particle orientation lists."""
+
+import pytest
+import torch
+from likelihood_cases import U32, blob_map, gamma, reference_of, score_magnitudes
+
+from cryorefine.geometry import euler_to_matrix
+from cryorefine.likelihood import (
+    fourier_window,
+    squared_differences,
+    squared_differences_per_particle,
+    window_phases,
+)
+from cryorefine.likelihood.passes import ParticleWindowData, RowProjector, score_lists, score_shared
+
+
+def _case(cached: bool):
+    gen = torch.Generator().manual_seed(0)
+    reference = reference_of(blob_map(12, gen))
+    window = fourier_window(8, 2, device=torch.device("cpu"), include_dc=True)
+    rotations = euler_to_matrix(torch.rand(20, 3, generator=gen, dtype=torch.float64) * 180)
+    projector = RowProjector(reference, rotations, window, 2)
+    if cached:
+        projector = projector.with_values(2**30)
+    b, t = 3, 4
+    rows = torch.tensor([[0, 3, 4, 9, 17, 0], [2, 3, 5, 6, 11, 19], [1, 7, 0, 0, 0, 0]])
+    valid = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]]).bool()
+    shifts = (torch.rand(b, t, 2, generator=gen, dtype=torch.float64) - 0.5) * 4
+    particles = ParticleWindowData(
+        data=torch.randn(b, window.count, dtype=torch.complex64, generator=gen),
+        ctf=torch.randn(b, window.count, generator=gen),
+        weight=torch.rand(b, window.count, generator=gen),
+        phases=window_phases(window, shifts, box_size=12),
+    )
+    return projector, rows, valid, particles, shifts
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("max_bytes", [2**30, 1])
+def test_list_scores_equal_the_per_particle_kernel_and_pad_with_inf(cached, max_bytes):
+    projector, rows, valid, particles, _ = _case(cached)
+    got = score_lists(
+        particles,
+        projector,
+        rows,
+        valid,
+        cross_correlation=False,
+        precision="float32",
+        max_bytes=max_bytes,
+    )
+    table = projector.project(0, projector.rows)
+    want = squared_differences_per_particle(
+        particles.data, particles.ctf, particles.weight, table[rows], particles.phases
+    )
+    mask = valid[:, None, :].expand_as(got)
+    # the same float32 terms, batched differently: each side within gamma_(2k+10) M of the
+    # exact value (test_likelihood_scores), so within twice that of each other
+    bound = (
+        2
+        * gamma(2 * projector.window.count + 10, U32)
+        * score_magnitudes(particles.data, particles.ctf, particles.weight, table[rows])[:, None, :]
+    )
+    assert ((got - want).abs()[mask] <= bound.expand_as(got)[mask]).all()
+    assert torch.isinf(got[~mask]).all()
+
+
+def test_shared_scores_equal_the_plain_kernel_in_chunks():
+    projector, _, _, particles, _ = _case(False)
+    phases = particles.phases[:1].expand(3, -1, -1)
+    shared = ParticleWindowData(particles.data, particles.ctf, particles.weight, phases)
+    got = score_shared(shared, projector, cross_correlation=False, precision="float32", max_bytes=1)
+    table = projector.project(0, projector.rows)
+    want = squared_differences(particles.data, particles.ctf, particles.weight, table, phases[0])
+    bound = (
+        2
+        * gamma(2 * projector.window.count + 10, U32)
+        * score_magnitudes(particles.data, particles.ctf, particles.weight, table)[:, None, :]
+    )
+    assert ((got - want).abs() <= bound).all()
