@@ -154,17 +154,32 @@ def test_reference_rotation_is_not_near_a_symmetry_operator() -> None:
     group = point_group("C6", device="cpu")
     for seed in range(5):
         rotation, axis = reference_rotation(
-            60.0, group.rotations, generator=torch.Generator().manual_seed(seed)
+            15.0, group.rotations, generator=torch.Generator().manual_seed(seed)
         )
         distances = angular_distance_deg(rotation[None], group.rotations)
-        # Identity nearest: modulo the symmetry the reference is still 60 degrees away.
-        assert float(distances[0]) == pytest.approx(60.0, abs=1e-9)
-        assert float(distances[1:].min()) >= 61.0
-        assert abs(float(axis[2])) < 1.0  # not the 6-fold axis itself
-    with pytest.raises(InputError, match="--ref_rotation_deg 180"):
-        reference_rotation(
-            180.0, point_group("O", device="cpu").rotations, generator=torch.Generator()
-        )
+        # Identity nearest: modulo the symmetry the reference is still 15 degrees away.
+        assert float(distances[0]) == pytest.approx(15.0, abs=1e-9)
+        assert float(distances[1:].min()) >= 16.0
+        # A cyclic group's reference turns about its axis, keeping the symmetry frame.
+        torch.testing.assert_close(axis, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    with pytest.raises(InputError, match="--ref_rotation_deg 40"):
+        reference_rotation(40.0, group.rotations, generator=torch.Generator())  # 20 from 60
+
+
+def test_reference_of_a_group_with_axes_off_z_keeps_the_frame() -> None:
+    rotation, _ = reference_rotation(
+        15.0, point_group("O", device="cpu").rotations, generator=torch.Generator()
+    )
+    torch.testing.assert_close(rotation, torch.eye(3, dtype=torch.float64))
+
+
+def test_c1_reference_turns_about_a_random_axis() -> None:
+    rotation, axis = reference_rotation(
+        15.0, point_group("C1", device="cpu").rotations, generator=torch.Generator().manual_seed(2)
+    )
+    assert abs(float(axis[2])) < 1.0
+    identity = torch.eye(3, dtype=torch.float64)[None]
+    assert float(angular_distance_deg(rotation[None], identity)[0]) == pytest.approx(15.0, abs=1e-9)
 
 
 def test_mask_is_soft_between_zero_and_one(first: Path) -> None:

@@ -1,19 +1,168 @@
-"""Gold-standard 3D auto-refinement (relion_refine --auto_refine --split_random_halves)."""
+"""Gold-standard 3D auto-refinement (relion_refine --auto_refine --split_random_halves).
+
+A RELION user's command works after changing the program name:
+
+    cryorefine refine --o Refine3D/job012/run --auto_refine --split_random_halves \\
+        --ios Extract/job010/optimisation_set.star --ref Reconstruct/job011/merged.mrc \\
+        --trust_ref_size --ini_high 60 --pad 2 --ctf --particle_diameter 500 \\
+        --flatten_solvent --zero_mask --oversampling 1 --healpix_order 2 \\
+        --auto_local_healpix_order 4 --offset_range 5 --offset_step 2 --sym C6 \\
+        --low_resol_join_halves 40 --norm --scale --gpu
+
+Options RELION has for its own machinery (--pool, --j, --dont_combine_weights_via_disc,
+--preread_images, --scratch_dir, --pipeline_control, --skip_gridding) are accepted;
+the log says once what each became.
+"""
 
 import argparse
+import dataclasses
+import logging
+from pathlib import Path
 
-from cryorefine.cli.not_built import accept_any_arguments, refuse
+from cryorefine.cli.device import device_from_gpu_option
+from cryorefine.errors import InputError
+from cryorefine.refine.options import COMMAND_LINE_FLAGS, RefineOptions
 
-__all__ = ["ACCEPTS_ANY_OPTIONS", "add_arguments", "run"]
+__all__ = ["IGNORED_OPTIONS", "add_arguments", "options_from_arguments", "run"]
 
-ACCEPTS_ANY_OPTIONS = True
+logger = logging.getLogger(__name__)
+
+#: RELION options for its own machinery, accepted, and what each became here.
+IGNORED_OPTIONS: dict[str, tuple[bool, str]] = {
+    "--dont_combine_weights_via_disc": (False, "sums are combined in memory"),
+    "--preread_images": (False, "images are memory-mapped and streamed in batches"),
+    "--scratch_dir": (True, "images are read in place (memory-mapped)"),
+    "--pipeline_control": (True, "no pipeline control files are written"),
+    "--skip_gridding": (False, "gridding is skipped by default (--dont_skip_gridding turns it on)"),
+    "--free_gpu_memory": (True, "batch sizes follow the free GPU memory"),
+    "--keep_free_scratch": (True, "no scratch copies are made"),
+    "--reuse_scratch": (False, "no scratch copies are made"),
+    "--only_flip_phases": (False, "not supported; full CTF correction is used"),
+}
+
+_HELP = {
+    "input_particles": "input particles STAR file (--i)",
+    "optimisation_set": "input optimisation set (--ios)",
+    "reference": "initial reference map (--ref)",
+    "output_root": "output root, e.g. Refine3D/job012/run (--o)",
+    "gpu": 'use a GPU; ids as in RELION, e.g. "0" (without --gpu: the CPU)',
+    "pool": "accepted; particles are batched by free memory",
+    "j": "accepted; threads follow torch's settings",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of this command."""
-    accept_any_arguments(parser)
+    """relion_refine's options (``refine.options.RefineOptions``), plus --continue."""
+    defaults = RefineOptions()
+    for field in dataclasses.fields(RefineOptions):
+        flag = COMMAND_LINE_FLAGS[field.name]
+        default = getattr(defaults, field.name)
+        help_text = _HELP.get(field.name, f"relion_refine's {flag} (default {default})")
+        if field.name == "gpu":
+            parser.add_argument(
+                flag, dest=field.name, nargs="?", const="", default=None, help=help_text
+            )
+        elif isinstance(default, bool):
+            parser.add_argument(
+                flag, dest=field.name, action="store_true", default=default, help=help_text
+            )
+            parser.add_argument(
+                f"--no_{flag[2:]}", dest=field.name, action="store_false", help=argparse.SUPPRESS
+            )
+        else:
+            kind = {int: int, float: float}.get(type(default), str)
+            parser.add_argument(flag, dest=field.name, type=kind, default=default, help=help_text)
+    parser.add_argument(
+        "--continue", dest="continue_from", type=Path, help="resume from run_itNNN_optimiser.star"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "float64", "tf32"),
+        default="float32",
+        help="arithmetic of the E-step's matrix products (default float32)",
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=0, help="particles per batch (0: chosen from memory)"
+    )
+    for flag, (takes_value, _) in IGNORED_OPTIONS.items():
+        if takes_value:
+            parser.add_argument(flag, dest=f"ignored_{flag[2:]}", help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(
+                flag, dest=f"ignored_{flag[2:]}", action="store_true", help=argparse.SUPPRESS
+            )
+
+
+def options_from_arguments(args: argparse.Namespace) -> RefineOptions:
+    """The ``RefineOptions`` of parsed arguments; paths become ``Path``."""
+    values = {}
+    for field in dataclasses.fields(RefineOptions):
+        value = getattr(args, field.name)
+        if field.name in (
+            "input_particles",
+            "optimisation_set",
+            "tomograms",
+            "trajectories",
+            "reference",
+            "output_root",
+            "solvent_mask",
+            "solvent_mask2",
+        ):
+            value = None if value is None else Path(value)
+        values[field.name] = value
+    if values["tau2_fudge"] <= 0:
+        values["tau2_fudge"] = 1.0
+    return RefineOptions(**values)
+
+
+def _log_ignored(args: argparse.Namespace) -> None:
+    for flag, (_, became) in IGNORED_OPTIONS.items():
+        value = getattr(args, f"ignored_{flag[2:]}")
+        if value not in (None, False):
+            logger.info("%s: accepted; %s", flag, became)
+    if args.pool != RefineOptions().pool:
+        logger.info("--pool: accepted; particles are batched by free memory")
+    if args.j != RefineOptions().j:
+        logger.info("--j: accepted; threads follow torch's settings")
+
+
+def _add_run_log(path: Path) -> None:
+    """Log INFO lines to ``run.log`` beside the outputs as well as to the terminal."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"--o: cannot create the output folder {path.parent} ({error})") from error
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    logging.getLogger("cryorefine").addHandler(handler)
 
 
 def run(args: argparse.Namespace) -> None:
-    """Run the command."""
-    refuse("refine", "the likelihood/ and refine/ layers")
+    """Refine, or continue a refinement."""
+    from cryorefine.refine.driver import refine_run  # the engine (written with this command)
+
+    options = options_from_arguments(args)
+    if args.continue_from is None:
+        if options.output_root is None:
+            raise InputError("--o: an output root is required, e.g. --o Refine3D/job001/run")
+        if (options.input_particles is None) == (options.optimisation_set is None):
+            raise InputError(
+                "give exactly one of --i (particles STAR file) and --ios (optimisation set)"
+            )
+        if options.reference is None:
+            raise InputError("--ref: a reference map is required")
+    log_folder = (
+        (options.output_root or Path(".")).parent
+        if args.continue_from is None
+        else args.continue_from.parent
+    )
+    _add_run_log(Path(log_folder) / "run.log")
+    _log_ignored(args)
+    refine_run(
+        options,
+        device=device_from_gpu_option(args.gpu),
+        continue_from=args.continue_from,
+        precision=args.precision,
+        batch_size=args.batch_size,
+    )

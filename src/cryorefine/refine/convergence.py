@@ -133,6 +133,12 @@ def iteration_limit(options: RefineOptions) -> int:
     """Last iteration to run: ``--auto_iter_max`` (999) in auto-refine, else ``--iter``.
 
     RELION stops after the final (converged) iteration or after this one,
-    whichever comes first; at the limit the halves are not joined.
+    whichever comes first; at the limit the halves are not joined. In
+    auto-refine a positive ``--iter`` also stops the run there (cryorefine's
+    choice: a short trial run without converging).
     """
-    return options.auto_iter_max if options.auto_refine else options.iter
+    if not options.auto_refine:
+        return options.iter
+    if options.iter > 0:
+        return min(options.iter, options.auto_iter_max)
+    return options.auto_iter_max

@@ -66,6 +66,10 @@ def reference_rotation(
 ) -> tuple[Float[Tensor, "3 3"], Float[Tensor, " 3"]]:
     """A turn by ``angle_deg`` about a random axis, ``angle_deg`` away modulo ``rotations``.
 
+    For C1 the axis is random; for a cyclic group it is the symmetry axis z
+    (the turned reference keeps the group's frame, as a symmetric refinement
+    needs); for groups with axes off z (D, T, O, I) the reference is not turned.
+
     Parameters
     ----------
     angle_deg
@@ -89,11 +93,18 @@ def reference_rotation(
         is too large for the group).
     """
     device = generator.device
+    ops = rotations.to(device=device, dtype=torch.float64)
+    z_axis = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device)
+    if ops.shape[0] > 1 and not torch.allclose(ops[:, 2, :], z_axis.expand(ops.shape[0], 3)):
+        # D, T, O, I: the symmetry axes fix the frame; a turned reference would be a wrong
+        # input to a symmetric refinement, so the reference keeps the truth's frame.
+        return torch.eye(3, dtype=torch.float64, device=device), z_axis
     axes = torch.randn(_AXIS_TRIES, 3, generator=generator, device=device, dtype=torch.float64)
+    if ops.shape[0] > 1:  # Cn: turn about the symmetry axis, which keeps the group's frame
+        axes = z_axis.expand(_AXIS_TRIES, 3).clone()
     axes = axes / torch.linalg.vector_norm(axes, dim=-1, keepdim=True)
     angle = torch.full((_AXIS_TRIES,), float(angle_deg), dtype=torch.float64, device=device)
     candidates = axis_angle_to_matrix(axes, angle)  # (tries, 3, 3)
-    ops = rotations.to(device=device, dtype=torch.float64)
     distance = angular_distance_deg(candidates[:, None], ops[None])  # (tries, g)
     others = distance[:, 1:].amin(dim=-1) if ops.shape[0] > 1 else distance[:, 0] + 360.0
     good = torch.nonzero(others >= distance[:, 0] + SYMMETRY_MARGIN_DEG).flatten()

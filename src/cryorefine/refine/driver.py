@@ -1,0 +1,405 @@
+"""The auto-refine iteration driver (relion_refine --auto_refine --split_random_halves).
+
+Per iteration (REFINE_SPEC §4.3): convergence check; image sizes; accuracies;
+angular sampling; the E-step of each half set (``half_pass``); symmetrisation;
+the low-resolution join; the gold-standard FSC; per half set the regularised
+reconstruction with tau2 from the FSC, solvent flattening, the noise, offset and
+orientation updates; the current resolution; the files of the iteration. The
+converged iteration joins the halves, goes to Nyquist and writes the final
+``run_*`` files. ``refine_run`` is what ``cryorefine refine`` calls; a user can
+call it from Python with a ``RefineOptions``.
+"""
+
+import dataclasses
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cryorefine.fourier import prepare_reference, symmetrise
+from cryorefine.geometry import (
+    asymmetric_unit_pixels,
+    next_perturbation,
+    perturb_translations,
+    psi_angles_deg,
+    translation_grid,
+)
+from cryorefine.likelihood import ExpectationPlan, OrientationGrid
+from cryorefine.refine.auto_sampling import update_angular_sampling
+from cryorefine.refine.convergence import (
+    check_convergence,
+    hidden_variable_change_sums,
+    iteration_limit,
+    update_hidden_variable_changes,
+)
+from cryorefine.refine.half_models import accuracies, join_sums, m_step, unregularised_map
+from cryorefine.refine.half_pass import PoseUpdate, run_half_set
+from cryorefine.refine.initialise import RefineInputs, initial_models, load_inputs
+from cryorefine.refine.iteration_files import iteration_log_line, write_final, write_iteration
+from cryorefine.refine.maximisation import (
+    flattening_mask,
+    uniform_orientation_pdf,
+)
+from cryorefine.refine.model import HalfSetModel, RefineState, initial_refine_state
+from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.resolution import (
+    gold_standard_fsc,
+    image_sizes,
+    join_halves_at_low_resolution,
+    low_resolution_join_radius,
+    solvent_corrected_fsc,
+    update_current_resolution,
+    update_size_increment,
+)
+from cryorefine.refine.run_files import read_continue
+
+__all__ = ["refine_run"]
+
+logger = logging.getLogger(__name__)
+
+
+def _grid(state: RefineState, group, device: torch.device) -> OrientationGrid:
+    pixels = asymmetric_unit_pixels(state.healpix_order, group)
+    return OrientationGrid(
+        healpix_order=state.healpix_order,
+        pixels=pixels.to(device),
+        psi_deg=psi_angles_deg(state.psi_step_deg, device=device),
+        perturbation=state.perturbation,
+    )
+
+
+def _plan(
+    state: RefineState,
+    options: RefineOptions,
+    inputs: RefineInputs,
+    grid: OrientationGrid,
+    model: HalfSetModel,
+    *,
+    cc: bool,
+    precision: str,
+    device: torch.device,
+) -> ExpectationPlan:
+    range_px, step_px = state.offset_px(inputs.pixel_size_angst)
+    translations = translation_grid(range_px, step_px, ndim=inputs.ndim, device=device)
+    translations = perturb_translations(
+        translations, perturbation=state.perturbation, offset_step_px=step_px
+    )
+    return ExpectationPlan(
+        ori_size=inputs.ori_size,
+        current_size=state.current_size,
+        coarse_size=state.coarse_size,
+        orientations=grid,
+        translations_px=translations,
+        offset_step_px=step_px,
+        sigma2_offset_px2=model.sigma2_offset_angst2 / inputs.pixel_size_angst**2,
+        oversampling=options.oversampling,
+        adaptive_fraction=options.adaptive_fraction,
+        padding_factor=options.pad,
+        cross_correlation=cc,
+        precision=precision,
+        max_bytes=(2**31 if device.type == "cuda" else 2**29),
+    )
+
+
+def _apply_poses(inputs: RefineInputs, updates: list[PoseUpdate]):
+    angles = inputs.particles.angles_deg().copy()
+    origins = inputs.particles.origins_angst().copy()
+    pmax = np.zeros(len(inputs.particles))
+    significant = np.zeros(len(inputs.particles), dtype=np.int64)
+    log_likelihood = np.zeros(len(inputs.particles))
+    for update in updates:
+        angles[update.rows] = update.angles_deg
+        origins[update.rows] = update.origins_angst
+        pmax[update.rows] = update.pmax
+        significant[update.rows] = update.significant_samples
+        log_likelihood[update.rows] = update.log_likelihood
+    particles = inputs.particles.with_poses(angles_deg=angles, origins_angst=origins)
+    from cryorefine.refine.iteration_files import particle_statistics
+
+    return particles, particle_statistics(
+        particles, inputs.half_sets, pmax, significant, log_likelihood
+    )
+
+
+def _iteration(
+    inputs: RefineInputs,
+    options: RefineOptions,
+    state: RefineState,
+    models: tuple[HalfSetModel, HalfSetModel],
+    *,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    generator: torch.Generator,
+):
+    """One iteration; returns the new inputs (poses), state, models and whether it was the last."""
+    start = time.perf_counter()
+    state = dataclasses.replace(state, iteration=state.iteration + 1)
+    state = check_convergence(state, options)
+    final = state.has_converged
+    cc = options.firstiter_cc and state.iteration == 1
+    current, coarse = image_sizes(
+        state,
+        options=options,
+        ori_size=inputs.ori_size,
+        pixel_size_angst=inputs.pixel_size_angst,
+        average_pmax=models[0].average_pmax,
+    )
+    state = dataclasses.replace(state, current_size=current, coarse_size=coarse)
+    references = [
+        prepare_reference(m.reference.to(device), padding_factor=options.pad) for m in models
+    ]
+    if not cc and state.iteration > 1:
+        state = accuracies(
+            state, inputs, options, models, references[0], device=device, generator=generator
+        )
+        order = state.healpix_order
+        state = update_angular_sampling(
+            state,
+            options,
+            data_dimensionality=inputs.ndim,
+            is_tomo=inputs.particles.flavour.startswith("relion"),
+        )
+        if state.healpix_order != order:
+            count = asymmetric_unit_pixels(state.healpix_order, inputs.group).shape[0]
+            models = tuple(
+                dataclasses.replace(m, orientation_pdf=uniform_orientation_pdf(count, device=None))
+                for m in models
+            )
+    perturbation = next_perturbation(
+        state.perturbation, factor=options.perturb, generator=generator
+    )
+    state = dataclasses.replace(state, perturbation=perturbation)
+    grid = _grid(state, inputs.group, device)
+    all_sums, updates = [], []
+    for half, model in zip((1, 2), models, strict=True):
+        rows = np.flatnonzero(inputs.half_sets == half)
+        plan = _plan(state, options, inputs, grid, model, cc=cc, precision=precision, device=device)
+        tic = time.perf_counter()
+        sums, update = run_half_set(
+            inputs.particles,
+            rows,
+            model,
+            state,
+            options,
+            plan,
+            optics_group=inputs.optics_group,
+            operators=inputs.group.rotations,
+            reference_ft=references[half - 1],
+            batch_size=batch_size,
+            device=device,
+            generator=generator,
+        )
+        seconds = time.perf_counter() - tic
+        logger.info(
+            "iter=%03d half_set=%d particles=%d e_step_seconds=%.1f particles_per_second=%.1f",
+            state.iteration,
+            half,
+            len(rows),
+            seconds,
+            len(rows) / max(seconds, 1e-9),
+        )
+        sums.data, sums.weight = symmetrise(
+            sums.data, sums.weight, inputs.group.operators.to(sums.weight.dtype)
+        )
+        all_sums.append(sums)
+        updates.append(update)
+    first, second = all_sums
+    unfiltered = None
+    if final or (inputs.solvent_mask is not None and options.solvent_correct_fsc):
+        unfiltered = (
+            unregularised_map(first, inputs, options),
+            unregularised_map(second, inputs, options),
+        )
+    if not final:
+        radius = low_resolution_join_radius(
+            state.current_resolution_inv_angst,
+            ori_size=inputs.ori_size,
+            pixel_size_angst=inputs.pixel_size_angst,
+            low_resol_join_halves=options.low_resol_join_halves,
+        )
+        if radius:
+            first.data, first.weight, second.data, second.weight = join_halves_at_low_resolution(
+                first.data,
+                first.weight,
+                second.data,
+                second.weight,
+                radius=radius,
+                padding_factor=options.pad,
+            )
+    fsc = gold_standard_fsc(
+        first.data,
+        first.weight,
+        second.data,
+        second.weight,
+        padding_factor=options.pad,
+        current_size=state.current_size,
+    )
+    if inputs.solvent_mask is not None and options.solvent_correct_fsc and unfiltered is not None:
+        fsc, _ = solvent_corrected_fsc(
+            unfiltered[0].to(device),
+            unfiltered[1].to(device),
+            inputs.solvent_mask,
+            current_size=state.current_size,
+            generator=generator,
+        )
+    state = update_size_increment(state, fsc)
+    flatten = None
+    if options.flatten_solvent:
+        flatten = (
+            inputs.solvent_mask
+            if inputs.solvent_mask is not None
+            else flattening_mask(
+                options,
+                ori_size=inputs.ori_size,
+                pixel_size_angst=inputs.pixel_size_angst,
+                device=device,
+            )
+        )
+    if final:
+        joined = m_step(
+            models[0],
+            join_sums(first, second),
+            fsc,
+            state,
+            options,
+            inputs,
+            grid,
+            final=True,
+            cc=cc,
+            flatten=None,
+        )
+        models = (joined, dataclasses.replace(joined, half_set=2))
+    else:
+        models = tuple(
+            m_step(m, s, fsc, state, options, inputs, grid, final=False, cc=cc, flatten=flatten)
+            for m, s in zip(models, all_sums, strict=True)
+        )
+    state = update_current_resolution(
+        state,
+        models[0].ssnr,
+        options=options,
+        ori_size=inputs.ori_size,
+        pixel_size_angst=inputs.pixel_size_angst,
+        iteration=state.iteration,
+    )
+    old = inputs.particles
+    particles, statistics = _apply_poses(inputs, updates)
+    ndim = inputs.ndim
+    changes = hidden_variable_change_sums(
+        _matrices(old.angles_deg(), device),
+        _matrices(particles.angles_deg(), device),
+        torch.as_tensor(old.origins_angst()[:, :ndim], device=device),
+        torch.as_tensor(particles.origins_angst()[:, :ndim], device=device),
+        inputs.group.rotations,
+    )
+    state = update_hidden_variable_changes(state, changes, oversampling=options.oversampling)
+    inputs = dataclasses.replace(inputs, particles=particles)
+    if final:
+        write_final(
+            state,
+            options,
+            models[0],
+            particles,
+            statistics,
+            grid,
+            optimisation_set=inputs.optimisation_set,
+            unfiltered=unfiltered,
+            ndim=ndim,
+        )
+    else:
+        write_iteration(
+            state,
+            options,
+            models,
+            particles,
+            statistics,
+            grid,
+            optimisation_set=inputs.optimisation_set,
+            unfiltered=unfiltered if options.solvent_correct_fsc else None,
+            ndim=ndim,
+        )
+    logger.info(iteration_log_line(state, inputs.pixel_size_angst, time.perf_counter() - start))
+    return inputs, state, models, final
+
+
+def _matrices(angles: np.ndarray, device: torch.device) -> Tensor:
+    from cryorefine.geometry import euler_to_matrix
+
+    return euler_to_matrix(torch.as_tensor(angles, device=device))
+
+
+def refine_run(
+    options: RefineOptions,
+    *,
+    device: torch.device,
+    continue_from: Path | None = None,
+    precision: str = "float32",
+    batch_size: int = 0,
+) -> tuple[HalfSetModel, RefineState]:
+    """Run (or continue) a gold-standard auto-refinement; returns the final model and state.
+
+    Raises
+    ------
+    InputError
+        Any input that is not what RELION's relion_refine expects, before the first iteration.
+    """
+    state: RefineState | None = None
+    models = None
+    if continue_from is not None:
+        continued = read_continue(continue_from, device=device)
+        # As RELION: outputs go next to the optimiser file continued from (its root).
+        root = re.sub(r"_it\d+_optimiser\.star$", "", str(continue_from))
+        options = dataclasses.replace(
+            continued.options,
+            input_particles=Path(continued.data_file),
+            output_root=Path(root),
+        )
+        state, models = continued.state, tuple(continued.half_models)
+        logger.info("continuing from %s (iteration %d)", continue_from, state.iteration)
+    inputs = load_inputs(options, device=device)
+    generator = torch.Generator(device="cpu").manual_seed(
+        max(options.random_seed, 0) + (state.iteration if state else 0)
+    )
+    if state is None or models is None:
+        state = initial_refine_state(
+            options, ori_size=inputs.ori_size, pixel_size_angst=inputs.pixel_size_angst
+        )
+        count = asymmetric_unit_pixels(state.healpix_order, inputs.group).shape[0]
+        models = initial_models(inputs, options, nr_directions=count, device=device)
+        grid = _grid(state, inputs.group, device)
+        particles, statistics = _apply_poses(inputs, [])
+        write_iteration(
+            state,
+            options,
+            models,
+            particles,
+            statistics,
+            grid,
+            optimisation_set=inputs.optimisation_set,
+            unfiltered=None,
+            ndim=inputs.ndim,
+        )
+    if batch_size <= 0:
+        batch_size = 256 if device.type == "cuda" else 32
+    limit = iteration_limit(options)
+    final = False
+    while not final:
+        if state.iteration >= limit:
+            logger.warning("stopping at the iteration limit (%d) before convergence", limit)
+            break
+        inputs, state, models, final = _iteration(
+            inputs,
+            options,
+            state,
+            models,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            generator=generator,
+        )
+    return models[0], state

@@ -1,0 +1,195 @@
+"""The inputs of a refinement, checked, and its starting point (REFINE_SPEC §4.2).
+
+Particles from ``--i`` or ``--ios``; the reference (box and pixel size of the
+particles unless ``--trust_ref_size``); the solvent mask (values in [0, 1]);
+half sets (``rlnRandomSubset`` kept when every particle has one, drawn with the
+seed when none has, an error when mixed); the initial noise spectrum per optics
+group from the first particles' power spectra; both half models from the
+reference low-passed to ``--ini_high``.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cryorefine.errors import InputError
+from cryorefine.fourier import check_mask_values, shift_fourier
+from cryorefine.geometry import SymmetryGroup, point_group
+from cryorefine.io import (
+    OptimisationSet,
+    ParticleSet,
+    load_optimisation_set,
+    load_particles,
+    read_mrc,
+)
+from cryorefine.refine.maximisation import initial_half_model, initial_low_pass, scale_groups
+from cryorefine.refine.model import HalfSetModel
+from cryorefine.refine.noise import initial_noise_sums, initial_sigma2_noise
+from cryorefine.refine.options import RefineOptions
+from cryorefine.tomo import particle_batches
+
+__all__ = ["RefineInputs", "initial_models", "load_inputs"]
+
+_PIXEL_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class RefineInputs:
+    """Everything read from the user's files, validated."""
+
+    particles: ParticleSet
+    optimisation_set: OptimisationSet | None
+    reference: Tensor
+    solvent_mask: Tensor | None
+    half_sets: np.ndarray
+    optics_group: np.ndarray
+    group: SymmetryGroup
+    pixel_size_angst: float
+    ori_size: int
+    ndim: int
+
+
+def _read_volume(path: Path, what: str, device: torch.device) -> tuple[Tensor, float]:
+    volume, voxel = read_mrc(path)
+    if volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise InputError(f"{path}: {what} must be a cubic 3D map, found shape {volume.shape}")
+    return torch.as_tensor(np.asarray(volume, dtype=np.float32), device=device), float(voxel)
+
+
+def _half_sets(particles: ParticleSet, seed: int) -> np.ndarray:
+    given = particles.half_sets()
+    if np.all(np.isin(given, (1, 2))):
+        return given
+    if np.any(np.isin(given, (1, 2))):
+        bad = np.flatnonzero(~np.isin(given, (1, 2)))[:5] + 1
+        raise InputError(
+            f"{particles.path}: rlnRandomSubset is 1 or 2 for some particles but not for rows "
+            f"{', '.join(map(str, bad))}: give it for all particles or for none"
+        )
+    generator = np.random.default_rng(seed)
+    return generator.integers(1, 3, len(particles))
+
+
+def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs:
+    """Read and check the particles, reference, mask and symmetry before the first iteration."""
+    optimisation_set = None
+    particles_file = options.input_particles
+    if options.optimisation_set is not None:
+        optimisation_set = load_optimisation_set(options.optimisation_set)
+        particles_file = particles_file or optimisation_set.particles_file
+    if particles_file is None:
+        raise InputError("--i / --ios: no particles file given")
+    particles = load_particles(particles_file)
+    if len(particles) == 0:
+        raise InputError(f"{particles_file}: the particles table is empty")
+    group = point_group(options.sym, device=device)
+    ori_size = int(particles.box_size_px[0])
+    pixel = float(particles.pixel_size_angst[0])
+    reference_path = options.reference
+    if reference_path is None and optimisation_set is not None:
+        reference_path = optimisation_set.reference_map1
+    if reference_path is None:
+        raise InputError("--ref: a reference map is required")
+    reference, ref_pixel = _read_volume(reference_path, "the reference", device)
+    if reference.shape[0] != ori_size:
+        raise InputError(
+            f"{reference_path}: box of {reference.shape[0]} pixels, but the particles' box is "
+            f"{ori_size}: resample the reference "
+            "(e.g. relion_image_handler --new_box / --rescale_angpix)"
+        )
+    if (
+        not options.trust_ref_size
+        and ref_pixel > 0
+        and abs(ref_pixel - pixel) > _PIXEL_TOLERANCE * pixel
+    ):
+        raise InputError(
+            f"{reference_path}: pixel size {ref_pixel:.4f} A, but the particles' is {pixel:.4f} A: "
+            "rescale the reference, or pass --trust_ref_size if the header is wrong"
+        )
+    mask = None
+    mask_path = options.solvent_mask
+    if mask_path is None and optimisation_set is not None and options.solvent_correct_fsc:
+        mask_path = optimisation_set.reference_mask
+    if mask_path is not None:
+        mask, _ = _read_volume(mask_path, "the solvent mask", device)
+        if mask.shape != reference.shape:
+            raise InputError(
+                f"{mask_path}: mask of shape {tuple(mask.shape)}, "
+                f"reference of shape {tuple(reference.shape)}"
+            )
+        check_mask_values(mask, name=str(mask_path))
+    if options.particle_diameter <= 0:
+        raise InputError("--particle_diameter: expected the particle's diameter in Angstrom (> 0)")
+    ndim = 2 if particles.image_dimensionality == 2 else 3
+    return RefineInputs(
+        particles=particles,
+        optimisation_set=optimisation_set,
+        reference=reference,
+        solvent_mask=mask,
+        half_sets=_half_sets(particles, max(options.random_seed, 0)),
+        optics_group=particles.optics_row.astype(np.int64),
+        group=group,
+        pixel_size_angst=pixel,
+        ori_size=ori_size,
+        ndim=ndim,
+    )
+
+
+def _initial_sigma2(
+    inputs: RefineInputs, options: RefineOptions, *, device: torch.device
+) -> Tensor:
+    """Noise spectrum per optics group from the first particles (REFINE_SPEC §4.2 step 2)."""
+    per_group = options.nr_parts_sigma2noise
+    if per_group <= 0:
+        per_group = 1000 if inputs.ndim == 2 else 10
+    rows = np.concatenate(
+        [
+            np.flatnonzero(inputs.optics_group == g)[:per_group]
+            for g in np.unique(inputs.optics_group)
+        ]
+    )
+    nr_groups = int(inputs.optics_group.max()) + 1
+    power = counts = transform = None
+    for batch in particle_batches(
+        inputs.particles, batch_size=64, device=device, use_ctf=False, rows=rows
+    ):
+        centred = shift_fourier(batch.data_ft, batch.origins_px)
+        groups = torch.as_tensor(inputs.optics_group[batch.rows.cpu().numpy()], device=device)
+        p, c, t = initial_noise_sums(centred, groups, nr_optics_groups=nr_groups, ndim=inputs.ndim)
+        power, counts, transform = (
+            (p, c, t) if power is None else (power + p, counts + c, transform + t)
+        )
+    if power is None or counts is None or transform is None:
+        raise ValueError("no particles to estimate the initial noise from")
+    return initial_sigma2_noise(power, counts, transform, ndim=inputs.ndim)
+
+
+def initial_models(
+    inputs: RefineInputs, options: RefineOptions, *, nr_directions: int, device: torch.device
+) -> tuple[HalfSetModel, HalfSetModel]:
+    """Both half models at iteration 0: the low-passed reference and the initial noise."""
+    sigma2 = _initial_sigma2(inputs, options, device=device)
+    reference = inputs.reference.to(torch.float64)
+    if options.ini_high > 0:
+        reference = initial_low_pass(
+            reference, ini_high_angst=options.ini_high, pixel_size_angst=inputs.pixel_size_angst
+        )
+    _, names, counts = scale_groups(["group"] * len(inputs.particles))
+    models = tuple(
+        initial_half_model(
+            reference.to(torch.float32),
+            sigma2,
+            half_set=half,
+            options=options,
+            pixel_size_angst=inputs.pixel_size_angst,
+            data_dimensionality=inputs.ndim,
+            group_names=names,
+            group_particle_counts=counts,
+            nr_directions=nr_directions,
+        )
+        for half in (1, 2)
+    )
+    return models[0], models[1]

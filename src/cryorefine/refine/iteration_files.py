@@ -1,0 +1,136 @@
+"""The files of one iteration (or of the final one), and its log line."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+
+from cryorefine.geometry import pixel_rot_tilt_deg
+from cryorefine.io import OptimisationSet, ParticleSet
+from cryorefine.likelihood import OrientationGrid
+from cryorefine.refine.model import HalfSetModel, RefineState
+from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.run_files import (
+    ParticleStatistics,
+    iteration_root,
+    write_data_star,
+    write_final_files,
+    write_iteration_files,
+    write_run_optimisation_set,
+)
+
+__all__ = ["iteration_log_line", "particle_statistics", "write_final", "write_iteration"]
+
+logger = logging.getLogger(__name__)
+
+
+def _data_and_set(
+    root: str,
+    particles: ParticleSet,
+    statistics: ParticleStatistics,
+    optimisation_set: OptimisationSet | None,
+    options: RefineOptions,
+) -> None:
+    data_file = f"{root}_data.star"
+    write_data_star(
+        particles,
+        Path(data_file),
+        angles_deg=particles.angles_deg(),
+        origins_angst=particles.origins_angst(),
+        statistics=statistics,
+    )
+    if optimisation_set is not None:
+        write_run_optimisation_set(
+            optimisation_set, f"{root}_optimisation_set.star", data_file=data_file, options=options
+        )
+
+
+def write_iteration(
+    state: RefineState,
+    options: RefineOptions,
+    models: tuple[HalfSetModel, HalfSetModel],
+    particles: ParticleSet,
+    statistics: ParticleStatistics,
+    grid: OrientationGrid,
+    *,
+    optimisation_set: OptimisationSet | None,
+    unfiltered: tuple[Tensor, Tensor] | None,
+    ndim: int,
+) -> None:
+    """``run_itNNN_*`` files (REFINE_SPEC §3)."""
+    write_iteration_files(
+        state,
+        options,
+        models,
+        rot_tilt_deg=pixel_rot_tilt_deg(grid.healpix_order, grid.pixels.cpu()),
+        translations_3d=ndim == 3,
+        unfiltered=unfiltered,
+    )
+    root = iteration_root(options.output_root or Path("run"), state.iteration)
+    _data_and_set(root, particles, statistics, optimisation_set, options)
+
+
+def write_final(
+    state: RefineState,
+    options: RefineOptions,
+    model: HalfSetModel,
+    particles: ParticleSet,
+    statistics: ParticleStatistics,
+    grid: OrientationGrid,
+    *,
+    optimisation_set: OptimisationSet | None,
+    unfiltered: tuple[Tensor, Tensor],
+    ndim: int,
+) -> None:
+    """The final ``run_*`` files (REFINE_SPEC §3)."""
+    write_final_files(
+        state,
+        options,
+        model,
+        unfiltered=unfiltered,
+        rot_tilt_deg=pixel_rot_tilt_deg(grid.healpix_order, grid.pixels.cpu()),
+        translations_3d=ndim == 3,
+    )
+    root = iteration_root(options.output_root or Path("run"), None)
+    _data_and_set(root, particles, statistics, optimisation_set, options)
+
+
+def iteration_log_line(state: RefineState, pixel_size_angst: float, seconds: float) -> str:
+    """One ``key=value`` line per iteration (STYLE.md 2.9)."""
+    resolution = (
+        1.0 / state.current_resolution_inv_angst
+        if state.current_resolution_inv_angst > 0
+        else float("inf")
+    )
+    range_px, step_px = state.offset_px(pixel_size_angst)
+    return (
+        f"iter={state.iteration:03d} resolution_angst={resolution:.2f} "
+        f"current_size={state.current_size} coarse_size={state.coarse_size} "
+        f"healpix_order={state.healpix_order} local_searches={int(state.local_searches)} "
+        f"offset_range_px={range_px:.2f} offset_step_px={step_px:.2f} "
+        f"acc_rot_deg={state.acc_rot_deg:.2f} acc_trans_angst={state.acc_trans_angst:.2f} "
+        f"changes_orientations_deg={state.changes_orientations_deg:.2f} "
+        f"changes_offsets_angst={state.changes_offsets_angst:.2f} "
+        f"converged={int(state.has_converged)} seconds={seconds:.1f}"
+    )
+
+
+def particle_statistics(
+    particles: ParticleSet,
+    half_sets: np.ndarray,
+    pmax: np.ndarray,
+    significant: np.ndarray,
+    log_likelihood: np.ndarray,
+) -> ParticleStatistics:
+    """RELION's per-particle labels of run_data.star."""
+    count = len(particles)
+    return ParticleStatistics(
+        group_number=np.ones(count, dtype=np.int64),
+        class_number=np.ones(count, dtype=np.int64),
+        norm_correction=np.ones(count),
+        half_set=half_sets.astype(np.int64),
+        log_likelihood_contribution=log_likelihood,
+        max_probability=pmax,
+        significant_samples=significant.astype(np.int64),
+    )

@@ -1,0 +1,138 @@
+"""A refinement judged against the ground truth of a simulated data set.
+
+The starting reference of ``simulate`` is the truth turned by a known rotation
+``Q`` (``simulation.json``), so a refinement converges in that frame: a
+particle's refined pose should be ``A_true R Q^T`` for a rotation ``R`` of the
+point group given (the truth's own symmetry, which a C1 refinement cannot
+tell apart), and the refined map should be the truth turned by ``Q``.
+The frame is estimated from the poses (``global_frame``, starting at ``Q``)
+rather than assumed, and both are compared in it: angular errors modulo
+symmetry, origin errors, and the FSC of the refined map against the truth
+turned into that frame, with its resolutions at 0.143 and 0.5.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryorefine.fourier import fsc, prepare_reference, resolution_at, rotate_volume, to_fourier
+from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
+from cryorefine.io import load_particles, read_mrc
+
+__all__ = [
+    "TruthComparison",
+    "compare_map_to_truth",
+    "compare_to_truth",
+    "global_frame",
+    "reference_rotation_of",
+]
+
+
+@dataclass(frozen=True)
+class TruthComparison:
+    """Figures of a refinement against the truth (angles in degrees, lengths in Angstrom)."""
+
+    median_angular_error_deg: float
+    mean_angular_error_deg: float
+    median_origin_error_angst: float
+    resolution_0143_angst: float
+    resolution_05_angst: float
+    fsc: list[float]
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain values for JSON."""
+        return dict(self.__dict__)
+
+
+def reference_rotation_of(simulation_dir: Path) -> torch.Tensor:
+    """The matrix ``Q`` that turned the truth into the starting reference (float64)."""
+    record = json.loads((Path(simulation_dir) / "simulation.json").read_text())
+    reference = record["reference"]
+    if isinstance(reference, str):  # written as a repr by older versions
+        import ast
+
+        reference = ast.literal_eval(reference)
+    return torch.tensor(reference["matrix"], dtype=torch.float64)
+
+
+def global_frame(
+    refined: torch.Tensor, true: torch.Tensor, rotations: torch.Tensor, *, start: torch.Tensor
+) -> torch.Tensor:
+    """The rotation ``G`` that best maps refined poses onto true ones: ``A_r G ~ A_t R_i``.
+
+    A refinement's map is defined up to a global rotation (the gauge of the
+    problem): ``Q`` of the starting reference, or, for a symmetric refinement,
+    the rotation that put the map's axes on the group's. Alternates between the
+    nearest symmetry mate ``R_i`` per particle and the least-squares ``G``
+    (SVD projection of the mean of ``A_r^T A_t R_i``), from ``start``.
+    """
+    frame = start.to(torch.float64)
+    for _ in range(5):
+        candidates = true[:, None] @ rotations[None]  # (b, g, 3, 3)
+        aligned = (refined @ frame)[:, None].expand_as(candidates)
+        traces = (aligned * candidates).sum(dim=(-1, -2))  # cos of the angle, up to affine
+        mates = candidates[torch.arange(len(true)), traces.argmax(dim=1)]
+        mean = (refined.transpose(-1, -2) @ mates).mean(dim=0)
+        u, _, vt = torch.linalg.svd(mean)
+        fix = torch.diag(torch.tensor([1.0, 1.0, float(torch.linalg.det(u @ vt))], dtype=u.dtype))
+        frame = u @ fix @ vt
+    return frame
+
+
+def compare_map_to_truth(
+    volume: torch.Tensor, truth: torch.Tensor, rotation: torch.Tensor, *, pixel_size_angst: float
+) -> tuple[list[float], float, float]:
+    """FSC of ``volume`` against ``truth`` turned by ``rotation``; resolutions at 0.143 and 0.5."""
+    n = truth.shape[0]
+    turned_ft = rotate_volume(prepare_reference(truth.float()), rotation[None].float(), out_size=n)[
+        0
+    ]
+    curve = fsc(to_fourier(volume.double(), 3), turned_ft.to(torch.complex128), ndim=3)
+    curve[0] = 1.0  # the mean alone (shell 0) says nothing of resolution, as in RELION
+    high = resolution_at(curve, 0.143, pixel_size_angst=pixel_size_angst, box_size=n)
+    half = resolution_at(curve, 0.5, pixel_size_angst=pixel_size_angst, box_size=n)
+    return curve.tolist(), float(high), float(half)
+
+
+def compare_to_truth(
+    data_star: Path, map_path: Path, simulation_dir: Path, *, symmetry: str = "C1"
+) -> TruthComparison:
+    """Compare refined poses (``data_star``) and map (``map_path``) with the simulation's truth."""
+    simulation_dir = Path(simulation_dir)
+    rotation = reference_rotation_of(simulation_dir)
+    refined = load_particles(data_star, check_images=False)
+    truth = load_particles(simulation_dir / "truth_particles.star", check_images=False)
+    def keys(particles) -> list[tuple[str, int]]:  # image file and index: names may differ
+        paths = [str(path.resolve()) for path in particles.image_paths()]
+        return list(zip(paths, particles.image_indices().tolist(), strict=True))
+
+    by_image = {key: i for i, key in enumerate(keys(truth))}
+    order = np.array([by_image[key] for key in keys(refined)])
+    refined_matrices = euler_to_matrix(torch.from_numpy(refined.angles_deg()))
+    true_matrices = euler_to_matrix(torch.from_numpy(truth.angles_deg()[order]))
+    group = point_group(symmetry, device="cpu")
+    rotation = global_frame(refined_matrices, true_matrices, group.rotations, start=rotation)
+    # A_refined ~ A_true R G^T for any rotation R of the truth's point group.
+    errors = symmetric_angular_distance_deg(
+        refined_matrices @ rotation, true_matrices, group.rotations
+    ).numpy()
+    origin_errors = np.linalg.norm(refined.origins_angst() - truth.origins_angst()[order], axis=1)
+    volume, pixel = read_mrc(map_path)
+    truth_map, _ = read_mrc(simulation_dir / "truth.mrc")
+    curve, high, half = compare_map_to_truth(
+        torch.as_tensor(np.asarray(volume, dtype=np.float32)),
+        torch.as_tensor(np.asarray(truth_map, dtype=np.float32)),
+        rotation,
+        pixel_size_angst=float(pixel),
+    )
+    return TruthComparison(
+        median_angular_error_deg=float(np.median(errors)),
+        mean_angular_error_deg=float(np.mean(errors)),
+        median_origin_error_angst=float(np.median(origin_errors)),
+        resolution_0143_angst=high,
+        resolution_05_angst=half,
+        fsc=curve,
+    )
