@@ -12,7 +12,6 @@ STAR file's folder and the folders above it; one folder serves the whole set.
 """
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -33,7 +32,7 @@ from cryorefine.io.particle_checks import (
     pixel_origins_to_angst,
     required_labels,
 )
-from cryorefine.io.paths import find_base_folder
+from cryorefine.io.paths import find_base_folder, names_from_project_directory
 from cryorefine.io.star import StarBlock, read_star, write_star
 from cryorefine.io.tables import CtfParameters, describe_rows, float_column, int_column
 
@@ -371,33 +370,9 @@ def write_particles(particle_set: ParticleSet, path: str | PathLike[str]) -> Pat
     if Path(path).resolve() == particle_set.path.resolve():
         raise InputError(f"{path}: is the input particles file; refusing to overwrite it")
     blocks = dict(particle_set.blocks)
-    blocks["particles"] = _names_from_here(particle_set)
+    blocks["particles"] = names_from_project_directory(
+        particle_set.particles, particle_set.image_folder
+    )
     if particle_set.optics is not None:
         blocks["optics"] = particle_set.optics
     return write_star(blocks, path)
-
-
-def _names_from_here(particle_set: ParticleSet) -> pd.DataFrame:
-    """The particle table with image names valid from the current (project) directory.
-
-    Names in a STAR file are read relative to the project directory, as
-    RELION does; a set whose images were found beside its STAR file (or a
-    folder above it) gets names that include that folder, so that the new
-    file, written anywhere, still finds them.
-    """
-    table = particle_set.particles
-    base = particle_set.image_folder
-    if base.resolve() == Path.cwd().resolve():
-        return table
-    prefix = os.path.relpath(base.resolve(), Path.cwd().resolve())
-    table = table.copy()
-    for label in ("rlnImageName", "rlnCtfImage"):
-        if label not in table.columns:
-            continue
-        renamed = []
-        for name in table[label].astype(str):
-            index, path = (name.split("@", 1) if "@" in name else ("", name))
-            full = path if os.path.isabs(path) else os.path.join(prefix, path)
-            renamed.append(f"{index}@{full}" if index else full)
-        table[label] = renamed
-    return table

@@ -13,10 +13,19 @@ path is taken relative to the current directory, as RELION would, and the
 caller reports it as missing. Absolute paths are used as they are.
 """
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["find_base_folder", "not_found", "resolve_path", "search_folders"]
+import pandas as pd
+
+__all__ = [
+    "find_base_folder",
+    "names_from_project_directory",
+    "not_found",
+    "resolve_path",
+    "search_folders",
+]
 
 
 def search_folders(star_path: Path) -> list[Path]:
@@ -68,3 +77,27 @@ def not_found(name: str, base: Path | None = None) -> str:
         f"{name!r} does not exist in the current directory ({Path.cwd()}), beside the "
         "STAR file or in the folders above it"
     )
+
+
+def names_from_project_directory(table: pd.DataFrame, base: Path) -> pd.DataFrame:
+    """The particle table with image names valid from the current (project) directory.
+
+    Names in a STAR file are read relative to the project directory, as
+    RELION does; a table whose images were found (in ``base``) beside its STAR file (or a
+    folder above it) gets names that include that folder, so that the new
+    file, written anywhere, still finds them.
+    """
+    if base.resolve() == Path.cwd().resolve():
+        return table
+    prefix = os.path.relpath(base.resolve(), Path.cwd().resolve())
+    table = table.copy()
+    for label in ("rlnImageName", "rlnCtfImage"):
+        if label not in table.columns:
+            continue
+        renamed = []
+        for name in table[label].astype(str):
+            index, path = name.split("@", 1) if "@" in name else ("", name)
+            full = path if os.path.isabs(path) else os.path.join(prefix, path)
+            renamed.append(f"{index}@{full}" if index else full)
+        table[label] = renamed
+    return table

@@ -23,6 +23,7 @@ from torch import Tensor
 from cryorefine.fourier import prepare_reference, symmetrise
 from cryorefine.geometry import (
     asymmetric_unit_pixels,
+    euler_to_matrix,
     next_perturbation,
     perturb_translations,
     psi_angles_deg,
@@ -37,9 +38,14 @@ from cryorefine.refine.convergence import (
     update_hidden_variable_changes,
 )
 from cryorefine.refine.half_models import accuracies, join_sums, m_step, unregularised_map
-from cryorefine.refine.half_pass import PoseUpdate, run_half_set
+from cryorefine.refine.half_pass import run_half_set
 from cryorefine.refine.initialise import RefineInputs, initial_models, load_inputs
-from cryorefine.refine.iteration_files import iteration_log_line, write_final, write_iteration
+from cryorefine.refine.iteration_files import (
+    apply_poses,
+    iteration_log_line,
+    write_final,
+    write_iteration,
+)
 from cryorefine.refine.maximisation import (
     flattening_mask,
     uniform_orientation_pdf,
@@ -102,26 +108,6 @@ def _plan(
         cross_correlation=cc,
         precision=precision,
         max_bytes=(2**31 if device.type == "cuda" else 2**29),
-    )
-
-
-def _apply_poses(inputs: RefineInputs, updates: list[PoseUpdate]):
-    angles = inputs.particles.angles_deg().copy()
-    origins = inputs.particles.origins_angst().copy()
-    pmax = np.zeros(len(inputs.particles))
-    significant = np.zeros(len(inputs.particles), dtype=np.int64)
-    log_likelihood = np.zeros(len(inputs.particles))
-    for update in updates:
-        angles[update.rows] = update.angles_deg
-        origins[update.rows] = update.origins_angst
-        pmax[update.rows] = update.pmax
-        significant[update.rows] = update.significant_samples
-        log_likelihood[update.rows] = update.log_likelihood
-    particles = inputs.particles.with_poses(angles_deg=angles, origins_angst=origins)
-    from cryorefine.refine.iteration_files import particle_statistics
-
-    return particles, particle_statistics(
-        particles, inputs.half_sets, pmax, significant, log_likelihood
     )
 
 
@@ -288,7 +274,7 @@ def _iteration(
         iteration=state.iteration,
     )
     old = inputs.particles
-    particles, statistics = _apply_poses(inputs, updates)
+    particles, statistics = apply_poses(inputs, updates)
     ndim = inputs.ndim
     changes = hidden_variable_change_sums(
         _matrices(old.angles_deg(), device),
@@ -325,12 +311,6 @@ def _iteration(
         )
     logger.info(iteration_log_line(state, inputs.pixel_size_angst, time.perf_counter() - start))
     return inputs, state, models, final
-
-
-def _matrices(angles: np.ndarray, device: torch.device) -> Tensor:
-    from cryorefine.geometry import euler_to_matrix
-
-    return euler_to_matrix(torch.as_tensor(angles, device=device))
 
 
 def refine_run(
@@ -372,7 +352,7 @@ def refine_run(
         count = asymmetric_unit_pixels(state.healpix_order, inputs.group).shape[0]
         models = initial_models(inputs, options, nr_directions=count, device=device)
         grid = _grid(state, inputs.group, device)
-        particles, statistics = _apply_poses(inputs, [])
+        particles, statistics = apply_poses(inputs, [])
         write_iteration(
             state,
             options,
@@ -403,3 +383,7 @@ def refine_run(
             generator=generator,
         )
     return models[0], state
+
+
+def _matrices(angles: np.ndarray, device: torch.device) -> Tensor:
+    return euler_to_matrix(torch.as_tensor(angles, device=device))

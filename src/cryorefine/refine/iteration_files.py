@@ -9,6 +9,8 @@ from torch import Tensor
 from cryorefine.geometry import pixel_rot_tilt_deg
 from cryorefine.io import OptimisationSet, ParticleSet
 from cryorefine.likelihood import OrientationGrid
+from cryorefine.refine.half_pass import PoseUpdate
+from cryorefine.refine.initialise import RefineInputs
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.run_files import (
@@ -20,7 +22,13 @@ from cryorefine.refine.run_files import (
     write_run_optimisation_set,
 )
 
-__all__ = ["iteration_log_line", "particle_statistics", "write_final", "write_iteration"]
+__all__ = [
+    "apply_poses",
+    "iteration_log_line",
+    "particle_statistics",
+    "write_final",
+    "write_iteration",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -133,4 +141,25 @@ def particle_statistics(
         log_likelihood_contribution=log_likelihood,
         max_probability=pmax,
         significant_samples=significant.astype(np.int64),
+    )
+
+
+def apply_poses(
+    inputs: RefineInputs, updates: list[PoseUpdate]
+) -> tuple[ParticleSet, ParticleStatistics]:
+    """The particle set with the half sets' new poses, and RELION's statistics columns."""
+    angles = inputs.particles.angles_deg().copy()
+    origins = inputs.particles.origins_angst().copy()
+    pmax = np.zeros(len(inputs.particles))
+    significant = np.zeros(len(inputs.particles), dtype=np.int64)
+    log_likelihood = np.zeros(len(inputs.particles))
+    for update in updates:
+        angles[update.rows] = update.angles_deg
+        origins[update.rows] = update.origins_angst
+        pmax[update.rows] = update.pmax
+        significant[update.rows] = update.significant_samples
+        log_likelihood[update.rows] = update.log_likelihood
+    particles = inputs.particles.with_poses(angles_deg=angles, origins_angst=origins)
+    return particles, particle_statistics(
+        particles, inputs.half_sets, pmax, significant, log_likelihood
     )
