@@ -107,7 +107,7 @@ def _plan(
         padding_factor=options.pad,
         cross_correlation=cc,
         precision=precision,
-        max_bytes=(2**31 if device.type == "cuda" else 2**29),
+        max_bytes=(2**30 if device.type == "cuda" else 2**29),
     )
 
 

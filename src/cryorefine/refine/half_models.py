@@ -71,7 +71,7 @@ def m_step(
         volume = solvent_flatten(volume, flatten)
     sigma2 = model.sigma2_noise
     if not cc:
-        counts = _shell_counts(inputs)
+        counts = _shell_counts(inputs).to(sums.noise.device)
         sigma2 = update_sigma2_noise(
             model.sigma2_noise.to(sums.noise.device),
             sums.noise,

@@ -171,7 +171,9 @@ def run_half_set(
     pmax_sum = 0.0
     cache = None
     if not state.local_searches:
-        cache = projection_cache(reference_ft, plan, ndim=ndim, fine=True)
+        # The fine cache holds 8 children per coarse orientation: for 3D data that is
+        # 8 rotated volumes each, too much to keep; it is built for 2D data only.
+        cache = projection_cache(reference_ft, plan, ndim=ndim, fine=ndim == 2)
     outputs: dict[str, list[np.ndarray]] = {
         key: [] for key in ("angles", "origins", "pmax", "nsig", "ll")
     }
