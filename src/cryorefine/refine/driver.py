@@ -365,7 +365,12 @@ def refine_run(
             ndim=inputs.ndim,
         )
     if batch_size <= 0:
-        batch_size = 256 if device.type == "cuda" else 32
+        # 3D data: the per-orientation back-projection sums of a batch are volumes, and
+        # the orientations in play grow with the batch; small batches bound that memory.
+        if inputs.ndim == 3:
+            batch_size = 16 if device.type == "cuda" else 8
+        else:
+            batch_size = 256 if device.type == "cuda" else 32
     limit = iteration_limit(options)
     final = False
     while not final:
