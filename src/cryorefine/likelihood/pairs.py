@@ -213,7 +213,7 @@ def sum_pairs(
     q_sum = w_all.new_zeros(b * tg, 2 * k)
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
-    entries: list[tuple[Tensor, Tensor, Tensor]] = []
+    merged: tuple[Tensor, Tensor, Tensor] | None = None
     chunk = _chunk(projector, b, g, k, v.shape[1], max_bytes)
     for part in row_chunks(projector, rows, lists.valid, chunk):
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
@@ -231,7 +231,12 @@ def sum_pairs(
         carried = (per_child > 0) & part.inside[:, :, None]
         fine_rows = part.rows[:, :, None] * f + torch.arange(f, device=rows.device)
         who = owner[:, None, None].expand_as(carried)[carried]
-        entries.append((fine_rows[carried], data[carried], per_child[carried][:, None] * v[who]))
+        fresh = (fine_rows[carried], data[carried], per_child[carried][:, None] * v[who])
+        # Merge as we go: memory follows the distinct fine rows, not particles x rows.
+        if merged is None:
+            merged = merge_rows(*fresh)
+        else:
+            merged = merge_rows(*(torch.cat(pair) for pair in zip(merged, fresh, strict=True)))
     totals = shell_sums_from_products(
         x,
         ctf,
@@ -242,8 +247,9 @@ def sum_pairs(
         shells,
         precision=precision,
     )
-    columns = [torch.cat(column) for column in zip(*entries, strict=True)]
-    kept, data_sum, weight_sum = merge_rows(*columns)
+    if merged is None:
+        raise ValueError("no fine pairs to sum")
+    kept, data_sum, weight_sum = merged
     index_all = lists.translations[:, :, None] * g + torch.arange(g, device=rows.device)
     per_translation = weights.new_zeros(b, tg)
     per_translation.scatter_add_(1, index_all.reshape(b, -1), weights.sum(dim=3).reshape(b, -1))
