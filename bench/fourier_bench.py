@@ -148,7 +148,10 @@ def main() -> None:
     for n in args.sizes:
         rows += bench_size(n, device, bandwidth, args.repeats)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    header = f"{'device':6} {'box':>4} {'operation':16} {'items':>6} {'items/s':>12} {'seconds':>10} {'x floor':>8}"
+    header = (
+        f"{'device':6} {'box':>4} {'operation':16} {'items':>6} "
+        f"{'items/s':>12} {'seconds':>10} {'x floor':>8}"
+    )
     lines = [
         f"# {name}; copy bandwidth {bandwidth / 1e9:.1f} GB/s; torch {torch.__version__}",
         header,

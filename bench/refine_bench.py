@@ -187,7 +187,7 @@ def main() -> None:
     print(" | ".join(columns))  # noqa: T201
     print(
         " | ".join(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns)
-    )  # noqa: T201
+    )
     Path(args.out).write_text(json.dumps(row, indent=1))
 
 

@@ -18,8 +18,8 @@ from cryorefine.fourier import (
     ctf_2d,
     extract_slices,
     fourier_crop,
-    fsc,
     from_fourier,
+    fsc,
     prepare_reference,
     resolution_at,
     rotate_volume,
@@ -163,7 +163,7 @@ def test_wrong_origin_sign_would_fail(tmp_path):
 
 
 def test_cli_writes_half_set_maps_with_the_pixel_size_that_agree(tmp_path):
-    star, truth, _ = write_particle_set(tmp_path, ndim=2, count=300, seed=11, ctf=True)
+    star, _, _ = write_particle_set(tmp_path, ndim=2, count=300, seed=11, ctf=True)
     outputs = []
     for subset in (1, 2):
         out = tmp_path / f"half{subset}.mrc"

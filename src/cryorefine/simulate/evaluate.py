@@ -105,6 +105,7 @@ def compare_to_truth(
     rotation = reference_rotation_of(simulation_dir)
     refined = load_particles(data_star, check_images=False)
     truth = load_particles(simulation_dir / "truth_particles.star", check_images=False)
+
     def keys(particles) -> list[tuple[str, int]]:  # image file and index: names may differ
         paths = [str(path.resolve()) for path in particles.image_paths()]
         return list(zip(paths, particles.image_indices().tolist(), strict=True))
