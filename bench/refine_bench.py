@@ -15,6 +15,7 @@ The same row is written as JSON.
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -184,10 +185,8 @@ def main() -> None:
         "particles_per_second",
         "peak_gpu_memory_gib",
     ]
-    print(" | ".join(columns))  # noqa: T201
-    print(
-        " | ".join(f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns)
-    )
+    cells = [f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+    sys.stdout.write(" | ".join(columns) + "\n" + " | ".join(cells) + "\n")
     Path(args.out).write_text(json.dumps(row, indent=1))
 
 
