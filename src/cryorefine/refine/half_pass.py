@@ -75,19 +75,23 @@ class PoseUpdate:
 def _masked(
     batch: ParticleBatch,
     mask: Tensor,
-    sigma2: Tensor,
+    sigma2_host: Tensor,
     *,
     zero_mask: bool,
     generator: torch.Generator,
 ) -> Tensor:
-    """Masked transforms: centred by +origin, masked, shifted back (size n)."""
+    """Masked transforms: centred by +origin, masked, shifted back (size n).
+
+    ``sigma2_host``: the batch's noise spectra on the CPU, where the seeded
+    generator draws the background noise (so the draw does not depend on the device).
+    """
     ndim = batch.origins_px.shape[1]
     n = mask.shape[0]
     centred = shift_fourier(batch.data_ft, batch.origins_px)
     images = from_fourier(centred, n, ndim)
     noise = None
     if not zero_mask:
-        noise = noise_images(sigma2.cpu(), n, ndim, generator=generator).to(images)
+        noise = noise_images(sigma2_host, n, ndim, generator=generator).to(images)
     masked = to_fourier(mask_with_background(images, mask, noise=noise), ndim)
     return shift_fourier(masked, -batch.origins_px)
 
@@ -160,7 +164,9 @@ def run_half_set(
     )
     data, weight = zero_accumulators(n, padding_factor=options.pad, device=device)
     nr_groups, shells = model.sigma2_noise.shape
-    sigma2_all = model.sigma2_noise.to(device)
+    sigma2_host = model.sigma2_noise.cpu()
+    sigma2_all = sigma2_host.to(device)
+    angles_all = particles.angles_deg()  # once: the table is not re-read per batch
     noise = torch.zeros(nr_groups, shells, dtype=torch.float64, device=device)
     multiplicity_sums = None
     weight_per_group = torch.zeros(nr_groups, dtype=torch.float64, device=device)
@@ -187,10 +193,14 @@ def run_half_set(
         rows=rows,
         intact_first_peak=options.ctf_intact_first_peak,
     ):
-        groups = torch.as_tensor(optics_group[batch.rows.cpu().numpy()], device=device)
+        host_rows = batch.rows.cpu().numpy()  # one transfer per batch
+        host_groups = torch.as_tensor(optics_group[host_rows])
+        groups = host_groups.to(device)
         sigma2 = sigma2_all[groups]
-        masked_full = _masked(batch, mask, sigma2, zero_mask=options.zero_mask, generator=generator)
-        angles = torch.as_tensor(particles.angles_deg()[batch.rows.cpu().numpy()], device=device)
+        masked_full = _masked(
+            batch, mask, sigma2_host[host_groups], zero_mask=options.zero_mask, generator=generator
+        )
+        angles = torch.as_tensor(angles_all[host_rows], device=device)
         log_prior, ids = _orientation_priors(batch, plan, state, model, operators, angles)
         terms = ParticleTerms(
             masked_ft=fourier_crop(masked_full, m, ndim=ndim),
