@@ -67,18 +67,25 @@ def global_frame(
     problem): ``Q`` of the starting reference, or, for a symmetric refinement,
     the rotation that put the map's axes on the group's. Alternates between the
     nearest symmetry mate ``R_i`` per particle and the least-squares ``G``
-    (SVD projection of the mean of ``A_r^T A_t R_i``), from ``start``.
+    (SVD projection of the mean of ``A_r^T A_t R_i``), from ``start``. The fit
+    is robust: after the first round, particles whose error exceeds three times
+    the median (misassigned views, tens of degrees off) are left out of the
+    mean, which they would otherwise pull by a good fraction of a degree.
     """
     frame = start.to(torch.float64)
-    for _ in range(5):
+    keep = torch.ones(len(true), dtype=torch.bool)
+    for _ in range(6):
         candidates = true[:, None] @ rotations[None]  # (b, g, 3, 3)
         aligned = (refined @ frame)[:, None].expand_as(candidates)
-        traces = (aligned * candidates).sum(dim=(-1, -2))  # cos of the angle, up to affine
-        mates = candidates[torch.arange(len(true)), traces.argmax(dim=1)]
-        mean = (refined.transpose(-1, -2) @ mates).mean(dim=0)
+        traces = (aligned * candidates).sum(dim=(-1, -2))  # 1 + 2 cos(angle)
+        best = traces.max(dim=1)
+        mates = candidates[torch.arange(len(true)), best.indices]
+        mean = (refined[keep].transpose(-1, -2) @ mates[keep]).mean(dim=0)
         u, _, vt = torch.linalg.svd(mean)
         fix = torch.diag(torch.tensor([1.0, 1.0, float(torch.linalg.det(u @ vt))], dtype=u.dtype))
         frame = u @ fix @ vt
+        errors = torch.arccos(((best.values - 1) / 2).clamp(-1.0, 1.0))
+        keep = errors <= 3 * errors.median()
     return frame
 
 
