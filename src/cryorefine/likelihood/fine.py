@@ -36,6 +36,7 @@ from cryorefine.likelihood.search import (
     CoarseOutcome,
     FineOutcome,
     Prepared,
+    compact,
     offset_log_prior,
     weights_of,
 )
@@ -150,21 +151,30 @@ def fine_pass(
     best_pair, best_t, best_child = best // (g * f), (best // f) % g, best % f
     best_translation = translations[index[everyone, best_pair, best_t]]
     bp_phases = window_phases(prep.bp_window, translations, box_size=plan.ori_size)
+    # Only pairs that carry weight after the second cut add to the sums (RELION's
+    # storeWeightedSums skips the others): with peaked posteriors a few of many.
+    pair_weights = summed.sum(dim=(2, 3))  # (b, q)
+    carried, carried_valid = compact(pair_weights > 0)
+    carried_lists = PairLists(
+        lists.slots.gather(1, carried),
+        lists.translations.gather(1, carried),
+        carried_valid & lists.valid.gather(1, carried),
+    )
+    carried_weights = summed.gather(1, carried[:, :, None, None].expand(-1, -1, g, f))
+    carried_weights = carried_weights * carried_lists.valid[:, :, None, None]
     sums = sum_pairs(
         (prep.fine_data, prep.fine_ctf, phases),
         projector,
-        rows,
-        lists,
-        summed,
+        rows.gather(1, carried),
+        carried_lists,
+        carried_weights,
         shell_matrix(prep.fine_window, plan.ori_size // 2 + 1),
         (prep.bp_data, prep.bp_weight, bp_phases),
         precision=plan.precision,
         max_bytes=plan.max_bytes,
     )
     mass = sums.pair_weights.new_zeros(plan.orientations.pixels.shape[0])
-    mass.index_add_(
-        0, plan.orientations.direction_of(ids).reshape(-1), sums.pair_weights.reshape(-1)
-    )
+    mass.index_add_(0, plan.orientations.direction_of(ids).reshape(-1), pair_weights.reshape(-1))
     return FineOutcome(
         rotations=rotation_of(rows[everyone, best_pair] * f + best_child),
         origins_px=particles.origins_px + best_translation,
