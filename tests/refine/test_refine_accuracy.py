@@ -188,3 +188,29 @@ def test_no_signal_gives_the_caps_and_very_low_noise_the_first_steps():
     )
     assert sharp.acc_rot_deg == pytest.approx(0.05, rel=1e-15)
     assert sharp.acc_trans_angst == pytest.approx(0.1 * 2.0)
+
+
+def test_multiplicity_weighs_each_coefficient_as_the_scores_do():
+    # Pseudo-subtomograms: weight 1 / (2 sigma2 M), 0 where M <= 0.1. A multiplicity of 4
+    # everywhere must equal a noise spectrum 4 times larger; a zero multiplicity must leave
+    # no signal at all (the caps: the last ladder values).
+    reference, angles = _setup(12, 3, seed=47)
+    sigma2 = torch.full((3, 7), 1e-3, dtype=torch.float64)
+    pixel = torch.ones(3, dtype=torch.float64)
+    kwargs = {"current_size": 8, "ori_size": 12, "data_dimensionality": 3}
+    plain = estimate_accuracies(
+        reference, angles, None, 4 * sigma2, pixel, generator=torch.Generator().manual_seed(2),
+        **kwargs,
+    )  # fmt: skip
+    four = torch.full((3, 8, 8, 5), 4.0, dtype=torch.float64)
+    with_m = estimate_accuracies(
+        reference, angles, None, sigma2, pixel, generator=torch.Generator().manual_seed(2),
+        multiplicity=four, **kwargs,
+    )  # fmt: skip
+    assert math.isclose(plain.acc_rot_deg, with_m.acc_rot_deg, rel_tol=1e-12)
+    assert math.isclose(plain.acc_trans_angst, with_m.acc_trans_angst, rel_tol=1e-12)
+    empty = estimate_accuracies(
+        reference, angles, None, sigma2, pixel, generator=torch.Generator().manual_seed(2),
+        multiplicity=torch.zeros_like(four), **kwargs,
+    )  # fmt: skip
+    assert math.isclose(empty.acc_rot_deg, accuracy_ladder("rotation")[-1], rel_tol=1e-12)

@@ -196,6 +196,7 @@ def estimate_accuracies(
     generator: torch.Generator,
     padding_factor: int = 2,
     max_elements: int = 1 << 24,
+    multiplicity: Float[Tensor, "b ..."] | None = None,
 ) -> AccuracyEstimate:
     """RELION's accuracy estimate for a batch of particles (module docstring).
 
@@ -222,6 +223,12 @@ def estimate_accuracies(
         Of ``reference_ft``.
     max_elements
         Coefficients projected at once (bounds memory), at least one ladder step.
+    multiplicity
+        RELION-4 pseudo-subtomograms' multiplicity ``M`` cropped like ``ctf``, or
+        None. The SNR then weighs each coefficient by ``1 / (2 sigma2 M)`` (0 where
+        ``M <= 0.1``), the weight the scores use. RELION leaves ``M`` out here, which
+        overstates the SNR by about the number of tilts and so the accuracy, and
+        drives the angular sampling far finer than the poses are known.
     """
     ndim = data_dimensionality
     device = reference_ft.device
@@ -230,6 +237,9 @@ def estimate_accuracies(
     flat, shell, freq = window
     noise = sigma2_noise.to(device, torch.float64)[:, shell]
     weight = torch.where(noise > 0, 1.0 / (2.0 * noise.clamp(min=1e-300)), 0.0)
+    if multiplicity is not None:
+        counts = multiplicity.to(device, torch.float64).reshape(b, -1)[:, flat]
+        weight = torch.where(counts > 0.1, weight / counts.clamp(min=0.1), 0.0)
     draw = torch.rand(b, generator=generator, device=generator.device, dtype=torch.float64).to(
         device
     )

@@ -133,6 +133,11 @@ def accuracies(state, inputs, options, models, reference_ft, *, device, generato
         data_dimensionality=inputs.ndim,
         generator=generator,
         padding_factor=options.pad,
+        multiplicity=(
+            None
+            if batch.multiplicity is None
+            else fourier_crop(batch.multiplicity, state.current_size, ndim=inputs.ndim)
+        ),
     )
     return dataclasses.replace(
         state, acc_rot_deg=estimate.acc_rot_deg, acc_trans_angst=estimate.acc_trans_angst

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from cryorefine.errors import InputError
-from cryorefine.fourier import check_mask_values, shift_fourier
+from cryorefine.fourier import check_mask_values, radial_average, shift_fourier
 from cryorefine.geometry import SymmetryGroup, point_group
 from cryorefine.io import (
     OptimisationSet,
@@ -141,7 +141,16 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
 def _initial_sigma2(
     inputs: RefineInputs, options: RefineOptions, *, device: torch.device
 ) -> Tensor:
-    """Noise spectrum per optics group from the first particles (REFINE_SPEC §4.2 step 2)."""
+    """Noise spectrum per optics group from the first particles (REFINE_SPEC §4.2 step 2).
+
+    For RELION-4 pseudo-subtomograms the spectrum is divided by the mean
+    multiplicity of each shell, so that it is per unit multiplicity as the
+    M-step's ``S / (2 M)`` is and as the scores' weight ``1 / (2 sigma2 M)``
+    expects. RELION starts from the undivided spectrum, which makes its first
+    iteration's posterior flatter by about the number of tilts (and that
+    iteration's fine pass correspondingly longer); from the second iteration on
+    both use the M-step's estimate.
+    """
     per_group = options.nr_parts_sigma2noise
     if per_group <= 0:
         per_group = 1000 if inputs.ndim == 2 else 10
@@ -152,9 +161,10 @@ def _initial_sigma2(
         ]
     )
     nr_groups = int(inputs.optics_group.max()) + 1
-    power = counts = transform = None
+    with_multiplicity = inputs.particles.flavour == "relion4"
+    power = counts = transform = multiplicity = None
     for batch in particle_batches(
-        inputs.particles, batch_size=64, device=device, use_ctf=False, rows=rows
+        inputs.particles, batch_size=64, device=device, use_ctf=with_multiplicity, rows=rows
     ):
         centred = shift_fourier(batch.data_ft, batch.origins_px)
         groups = torch.as_tensor(inputs.optics_group[batch.rows.cpu().numpy()], device=device)
@@ -162,9 +172,18 @@ def _initial_sigma2(
         power, counts, transform = (
             (p, c, t) if power is None else (power + p, counts + c, transform + t)
         )
+        if batch.multiplicity is not None:
+            shells = radial_average(
+                batch.multiplicity.to(torch.float64), inputs.ori_size, 3, exclude_redundant=False
+            ).sum(dim=0)
+            multiplicity = shells if multiplicity is None else multiplicity + shells
     if power is None or counts is None or transform is None:
         raise ValueError("no particles to estimate the initial noise from")
-    return initial_sigma2_noise(power, counts, transform, ndim=inputs.ndim)
+    sigma2 = initial_sigma2_noise(power, counts, transform, ndim=inputs.ndim)
+    if multiplicity is not None:
+        mean = multiplicity / float(len(rows))
+        sigma2 = sigma2 / torch.where(mean > 0.1, mean, 1.0)[None, :]
+    return sigma2
 
 
 def initial_models(
