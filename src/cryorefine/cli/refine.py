@@ -12,15 +12,25 @@ A RELION user's command works after changing the program name:
 Options RELION has for its own machinery (--pool, --j, --dont_combine_weights_via_disc,
 --preread_images, --scratch_dir, --pipeline_control, --skip_gridding) are accepted;
 the log says once what each became.
+
+Several ranks (docs/parallel.md): ``torchrun --nproc_per_node 4 -m cryorefine refine ...
+--gpu 0:1:2:3``, or one ``srun`` task per rank; half of the ranks score each half set.
 """
 
 import argparse
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 from cryorefine.cli.device import device_from_gpu_option
 from cryorefine.errors import InputError
+from cryorefine.parallel import (
+    DEFAULT_TIMEOUT_S,
+    RankFailure,
+    launch_environment,
+    parallel_session,
+)
 from cryorefine.refine.options import COMMAND_LINE_FLAGS, RefineOptions
 
 __all__ = ["IGNORED_OPTIONS", "add_arguments", "options_from_arguments", "run"]
@@ -84,6 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch_size", type=int, default=0, help="particles per batch (0: chosen from memory)"
     )
+    parser.add_argument(
+        "--rank_timeout_min",
+        type=float,
+        default=DEFAULT_TIMEOUT_S / 60,
+        help="parallel runs: minutes a rank waits for the others before the run stops "
+        f"(default {DEFAULT_TIMEOUT_S / 60:g})",
+    )
     for flag, (takes_value, _) in IGNORED_OPTIONS.items():
         if takes_value:
             parser.add_argument(flag, dest=f"ignored_{flag[2:]}", help=argparse.SUPPRESS)
@@ -138,8 +155,29 @@ def _add_run_log(path: Path) -> None:
     logging.getLogger("cryorefine").addHandler(handler)
 
 
+def _resume_hint(options: RefineOptions, continue_from: Path | None) -> str:
+    """``--continue`` with the last iteration whose files are whole."""
+    root = (
+        re.sub(r"_it\d+_optimiser\.star$", "", str(continue_from))
+        if continue_from is not None
+        else str(options.output_root)
+    )
+    done = sorted(Path(root).parent.glob(f"{Path(root).name}_it[0-9][0-9][0-9]_optimiser.star"))
+    if not done:
+        return "start the run again"
+    return f"resume with: cryorefine refine --continue {done[-1]} (any number of ranks)"
+
+
+def _rank_logging(rank: int) -> None:
+    """Ranks other than the writer log warnings only, each line prefixed with the rank."""
+    root = logging.getLogger("cryorefine")
+    root.setLevel(logging.WARNING)
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(f"rank {rank}: %(levelname)s %(message)s"))
+
+
 def run(args: argparse.Namespace) -> None:
-    """Refine, or continue a refinement."""
+    """Refine, or continue a refinement (one process, or one rank of several)."""
     from cryorefine.refine.driver import refine_run  # the engine (written with this command)
 
     options = options_from_arguments(args)
@@ -157,12 +195,28 @@ def run(args: argparse.Namespace) -> None:
         if args.continue_from is None
         else args.continue_from.parent
     )
-    _add_run_log(Path(log_folder) / "run.log")
-    _log_ignored(args)
-    refine_run(
-        options,
-        device=device_from_gpu_option(args.gpu),
-        continue_from=args.continue_from,
-        precision=args.precision,
-        batch_size=args.batch_size,
-    )
+    environment = launch_environment()
+    run_options = {
+        "continue_from": args.continue_from,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+    }
+    if environment.world_size == 1:
+        _add_run_log(Path(log_folder) / "run.log")
+        _log_ignored(args)
+        refine_run(options, device=device_from_gpu_option(args.gpu), **run_options)
+        return
+    if environment.rank == 0:
+        _add_run_log(Path(log_folder) / "run.log")
+        _log_ignored(args)
+    else:
+        _rank_logging(environment.rank)
+    session = parallel_session(environment, gpu=args.gpu, timeout_s=60.0 * args.rank_timeout_min)
+    try:
+        with session as (communicator, device):
+            world, launcher = environment.world_size, environment.launcher
+            logger.info("ranks=%d launcher=%s device=%s", world, launcher, device)
+            refine_run(options, device=device, communicator=communicator, **run_options)
+    except RankFailure:  # its message is logged; the traceback would add nothing
+        logger.error("%s", _resume_hint(options, args.continue_from))
+        raise SystemExit(1) from None

@@ -1,7 +1,8 @@
 """The auto-refine iteration driver (relion_refine --auto_refine --split_random_halves).
 
 Per iteration (REFINE_SPEC §4.3): convergence check; image sizes; accuracies;
-angular sampling; the E-step of each half set (``half_pass``); symmetrisation;
+angular sampling; the E-step of each half set (``e_step``: each rank's share,
+combined through the ``Communicator``); symmetrisation;
 the low-resolution join; the gold-standard FSC; per half set the regularised
 reconstruction with tau2 from the FSC, solvent flattening, the noise, offset and
 orientation updates; the current resolution; the files of the iteration. The
@@ -20,25 +21,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cryorefine.fourier import prepare_reference, symmetrise
+from cryorefine.fourier import prepare_reference
 from cryorefine.geometry import (
     asymmetric_unit_pixels,
     euler_to_matrix,
     next_perturbation,
-    perturb_translations,
     psi_angles_deg,
-    translation_grid,
 )
-from cryorefine.likelihood import ExpectationPlan, OrientationGrid
+from cryorefine.likelihood import OrientationGrid
 from cryorefine.refine.auto_sampling import update_angular_sampling
+from cryorefine.refine.communicator import Communicator, SingleProcess
 from cryorefine.refine.convergence import (
     check_convergence,
     hidden_variable_change_sums,
     iteration_limit,
     update_hidden_variable_changes,
 )
+from cryorefine.refine.e_step import e_step
 from cryorefine.refine.half_models import accuracies, join_sums, m_step, unregularised_map
-from cryorefine.refine.half_pass import run_half_set
 from cryorefine.refine.initialise import RefineInputs, initial_models, load_inputs
 from cryorefine.refine.iteration_files import (
     apply_poses,
@@ -78,39 +78,6 @@ def _grid(state: RefineState, group, device: torch.device) -> OrientationGrid:
     )
 
 
-def _plan(
-    state: RefineState,
-    options: RefineOptions,
-    inputs: RefineInputs,
-    grid: OrientationGrid,
-    model: HalfSetModel,
-    *,
-    cc: bool,
-    precision: str,
-    device: torch.device,
-) -> ExpectationPlan:
-    range_px, step_px = state.offset_px(inputs.pixel_size_angst)
-    translations = translation_grid(range_px, step_px, ndim=inputs.ndim, device=device)
-    translations = perturb_translations(
-        translations, perturbation=state.perturbation, offset_step_px=step_px
-    )
-    return ExpectationPlan(
-        ori_size=inputs.ori_size,
-        current_size=state.current_size,
-        coarse_size=state.coarse_size,
-        orientations=grid,
-        translations_px=translations,
-        offset_step_px=step_px,
-        sigma2_offset_px2=model.sigma2_offset_angst2 / inputs.pixel_size_angst**2,
-        oversampling=options.oversampling,
-        adaptive_fraction=options.adaptive_fraction,
-        padding_factor=options.pad,
-        cross_correlation=cc,
-        precision=precision,
-        max_bytes=(2**30 if device.type == "cuda" else 2**29),
-    )
-
-
 def _iteration(
     inputs: RefineInputs,
     options: RefineOptions,
@@ -121,6 +88,7 @@ def _iteration(
     precision: str,
     batch_size: int,
     generator: torch.Generator,
+    communicator: Communicator,
 ):
     """One iteration; returns the new inputs (poses), state, models and whether it was the last."""
     start = time.perf_counter()
@@ -161,39 +129,19 @@ def _iteration(
     )
     state = dataclasses.replace(state, perturbation=perturbation)
     grid = _grid(state, inputs.group, device)
-    all_sums, updates = [], []
-    for half, model in zip((1, 2), models, strict=True):
-        rows = np.flatnonzero(inputs.half_sets == half)
-        plan = _plan(state, options, inputs, grid, model, cc=cc, precision=precision, device=device)
-        tic = time.perf_counter()
-        sums, update = run_half_set(
-            inputs.particles,
-            rows,
-            model,
-            state,
-            options,
-            plan,
-            optics_group=inputs.optics_group,
-            operators=inputs.group.rotations,
-            reference_ft=references[half - 1],
-            batch_size=batch_size,
-            device=device,
-            generator=generator,
-        )
-        seconds = time.perf_counter() - tic
-        logger.info(
-            "iter=%03d half_set=%d particles=%d e_step_seconds=%.1f particles_per_second=%.1f",
-            state.iteration,
-            half,
-            len(rows),
-            seconds,
-            len(rows) / max(seconds, 1e-9),
-        )
-        sums.data, sums.weight = symmetrise(
-            sums.data, sums.weight, inputs.group.operators.to(sums.weight.dtype)
-        )
-        all_sums.append(sums)
-        updates.append(update)
+    all_sums, updates = e_step(
+        inputs,
+        options,
+        state,
+        models,
+        references,
+        grid,
+        communicator=communicator,
+        cc=cc,
+        precision=precision,
+        batch_size=batch_size,
+        device=device,
+    )
     first, second = all_sums
     unfiltered = None
     if final or (inputs.solvent_mask is not None and options.solvent_correct_fsc):
@@ -285,7 +233,10 @@ def _iteration(
     )
     state = update_hidden_variable_changes(state, changes, oversampling=options.oversampling)
     inputs = dataclasses.replace(inputs, particles=particles)
-    if final:
+    # Every rank computed the same state; the writer's is kept, so that no rounding
+    # difference between devices can make the ranks' samplings part ways.
+    state = communicator.same_everywhere(state)
+    if communicator.is_writer and final:
         write_final(
             state,
             options,
@@ -297,7 +248,7 @@ def _iteration(
             unfiltered=unfiltered,
             ndim=ndim,
         )
-    else:
+    elif communicator.is_writer:
         write_iteration(
             state,
             options,
@@ -309,6 +260,7 @@ def _iteration(
             unfiltered=unfiltered if options.solvent_correct_fsc else None,
             ndim=ndim,
         )
+    communicator.barrier()
     logger.info(iteration_log_line(state, inputs.pixel_size_angst, time.perf_counter() - start))
     return inputs, state, models, final
 
@@ -320,14 +272,19 @@ def refine_run(
     continue_from: Path | None = None,
     precision: str = "float32",
     batch_size: int = 0,
+    communicator: Communicator | None = None,
 ) -> tuple[HalfSetModel, RefineState]:
     """Run (or continue) a gold-standard auto-refinement; returns the final model and state.
+
+    ``communicator`` (default ``SingleProcess``) shares the E-step between ranks;
+    every rank returns the same model and state, only its writer writes files.
 
     Raises
     ------
     InputError
         Any input that is not what RELION's relion_refine expects, before the first iteration.
     """
+    communicator = communicator or SingleProcess()
     state: RefineState | None = None
     models = None
     if continue_from is not None:
@@ -353,17 +310,19 @@ def refine_run(
         models = initial_models(inputs, options, nr_directions=count, device=device)
         grid = _grid(state, inputs.group, device)
         particles, statistics = apply_poses(inputs, [])
-        write_iteration(
-            state,
-            options,
-            models,
-            particles,
-            statistics,
-            grid,
-            optimisation_set=inputs.optimisation_set,
-            unfiltered=None,
-            ndim=inputs.ndim,
-        )
+        if communicator.is_writer:
+            write_iteration(
+                state,
+                options,
+                models,
+                particles,
+                statistics,
+                grid,
+                optimisation_set=inputs.optimisation_set,
+                unfiltered=None,
+                ndim=inputs.ndim,
+            )
+        communicator.barrier()
     if batch_size <= 0:
         # 3D data: the per-orientation back-projection sums of a batch are volumes, and
         # the orientations in play grow with the batch; small batches bound that memory.
@@ -386,6 +345,7 @@ def refine_run(
             precision=precision,
             batch_size=batch_size,
             generator=generator,
+            communicator=communicator,
         )
     return models[0], state
 

@@ -21,7 +21,6 @@ from cryorefine.fourier import (
     fourier_crop,
     from_fourier,
     mask_with_background,
-    noise_images,
     shell_sums,
     shift_fourier,
     soft_sphere_mask,
@@ -40,6 +39,7 @@ from cryorefine.likelihood import (
 from cryorefine.likelihood.search import compact
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.particle_noise import particle_noise_images
 from cryorefine.tomo import ParticleBatch, particle_batches
 
 __all__ = ["HalfSetSums", "PoseUpdate", "run_half_set"]
@@ -75,15 +75,16 @@ class PoseUpdate:
 def _masked(
     batch: ParticleBatch,
     mask: Tensor,
-    sigma2_host: Tensor,
+    sigma2: Tensor,
     *,
     zero_mask: bool,
-    generator: torch.Generator,
+    noise_seed: int,
 ) -> Tensor:
     """Masked transforms: centred by +origin, masked, shifted back (size n).
 
-    ``sigma2_host``: the batch's noise spectra on the CPU, where the seeded
-    generator draws the background noise (so the draw does not depend on the device).
+    ``sigma2``: the batch's noise spectra. The background noise of each particle
+    depends on ``noise_seed`` and its row only (``particle_noise``), not on the
+    batch, the rank or the device.
     """
     ndim = batch.origins_px.shape[1]
     n = mask.shape[0]
@@ -91,7 +92,7 @@ def _masked(
     images = from_fourier(centred, n, ndim)
     noise = None
     if not zero_mask:
-        noise = noise_images(sigma2_host, n, ndim, generator=generator).to(images)
+        noise = particle_noise_images(sigma2, batch.rows, n, ndim, seed=noise_seed).to(images)
     masked = to_fourier(mask_with_background(images, mask, noise=noise), ndim)
     return shift_fourier(masked, -batch.origins_px)
 
@@ -147,10 +148,14 @@ def run_half_set(
     reference_ft: Tensor,
     batch_size: int,
     device: torch.device,
-    generator: torch.Generator,
+    noise_seed: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[HalfSetSums, PoseUpdate]:
-    """E-step of one half set; returns its sums and the particles' new poses."""
+    """E-step of one half set; returns its sums and the particles' new poses.
+
+    ``noise_seed`` seeds the background noise (``particle_noise``): a particle's
+    noise does not depend on the batch, the rank or the order of ``rows``.
+    """
     n = model.ori_size
     ndim = 2 if particles.image_dimensionality == 2 else 3
     pixel = model.pixel_size_angst
@@ -164,8 +169,7 @@ def run_half_set(
     )
     data, weight = zero_accumulators(n, padding_factor=options.pad, device=device)
     nr_groups, shells = model.sigma2_noise.shape
-    sigma2_host = model.sigma2_noise.cpu()
-    sigma2_all = sigma2_host.to(device)
+    sigma2_all = model.sigma2_noise.to(device)
     angles_all = particles.angles_deg()  # once: the table is not re-read per batch
     noise = torch.zeros(nr_groups, shells, dtype=torch.float64, device=device)
     multiplicity_sums = None
@@ -198,7 +202,7 @@ def run_half_set(
         groups = host_groups.to(device)
         sigma2 = sigma2_all[groups]
         masked_full = _masked(
-            batch, mask, sigma2_host[host_groups], zero_mask=options.zero_mask, generator=generator
+            batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
         )
         angles = torch.as_tensor(angles_all[host_rows], device=device)
         log_prior, ids = _orientation_priors(batch, plan, state, model, operators, angles)

@@ -1,0 +1,157 @@
+"""The E-step of an iteration: the half sets here, on this rank's rows, then combined.
+
+For each half set the communicator gives this rank (both in one process),
+``half_pass.run_half_set`` scores this rank's share of the half set's particles;
+``Communicator.combine`` then sums the shares of each half set and brings both
+halves' sums and every rank's pose updates here; each half's back-projector is
+then symmetrised. The background noise seed of the iteration comes from
+``--random_seed`` and the iteration (``particle_noise``), not from the run's
+generator, so that every rank draws the same perturbations and noise.
+"""
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from cryorefine.fourier import symmetrise, zero_accumulators
+from cryorefine.geometry import perturb_translations, translation_grid
+from cryorefine.likelihood import ExpectationPlan, OrientationGrid
+from cryorefine.refine.communicator import Communicator
+from cryorefine.refine.half_pass import HalfSetSums, PoseUpdate, run_half_set
+from cryorefine.refine.initialise import RefineInputs
+from cryorefine.refine.model import HalfSetModel, RefineState
+from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.particle_noise import iteration_noise_seed
+
+__all__ = ["e_step", "empty_pose_update", "empty_sums", "expectation_plan"]
+
+logger = logging.getLogger(__name__)
+
+
+def expectation_plan(
+    state: RefineState,
+    options: RefineOptions,
+    inputs: RefineInputs,
+    grid: OrientationGrid,
+    model: HalfSetModel,
+    *,
+    cc: bool,
+    precision: str,
+    device: torch.device,
+) -> ExpectationPlan:
+    """The sampling and sizes of one half set's E-step in this iteration."""
+    range_px, step_px = state.offset_px(inputs.pixel_size_angst)
+    translations = translation_grid(range_px, step_px, ndim=inputs.ndim, device=device)
+    translations = perturb_translations(
+        translations, perturbation=state.perturbation, offset_step_px=step_px
+    )
+    return ExpectationPlan(
+        ori_size=inputs.ori_size,
+        current_size=state.current_size,
+        coarse_size=state.coarse_size,
+        orientations=grid,
+        translations_px=translations,
+        offset_step_px=step_px,
+        sigma2_offset_px2=model.sigma2_offset_angst2 / inputs.pixel_size_angst**2,
+        oversampling=options.oversampling,
+        adaptive_fraction=options.adaptive_fraction,
+        padding_factor=options.pad,
+        cross_correlation=cc,
+        precision=precision,
+        max_bytes=(2**30 if device.type == "cuda" else 2**29),
+    )
+
+
+def empty_sums(
+    model: HalfSetModel, grid: OrientationGrid, *, padding_factor: int, device: torch.device
+) -> HalfSetSums:
+    """The sums of no particle (a rank whose share of a half set is empty)."""
+    data, weight = zero_accumulators(model.ori_size, padding_factor=padding_factor, device=device)
+    nr_groups, shells = model.sigma2_noise.shape
+    zeros = torch.zeros(nr_groups, shells, dtype=torch.float64, device=device)
+    return HalfSetSums(
+        data=data,
+        weight=weight,
+        noise=zeros,
+        multiplicity=None,
+        weight_per_group=torch.zeros(nr_groups, dtype=torch.float64, device=device),
+        offset_moments_angst2=0.0,
+        direction_mass=torch.zeros(grid.pixels.shape[0], dtype=torch.float64, device=device),
+        pmax_sum=0.0,
+        count=0,
+    )
+
+
+def empty_pose_update() -> PoseUpdate:
+    """The pose update of no particle."""
+    return PoseUpdate(
+        rows=np.zeros(0, dtype=np.int64),
+        angles_deg=np.zeros((0, 3)),
+        origins_angst=np.zeros((0, 3)),
+        pmax=np.zeros(0),
+        significant_samples=np.zeros(0, dtype=np.int64),
+        log_likelihood=np.zeros(0),
+    )
+
+
+def e_step(
+    inputs: RefineInputs,
+    options: RefineOptions,
+    state: RefineState,
+    models: tuple[HalfSetModel, HalfSetModel],
+    references: list[torch.Tensor],
+    grid: OrientationGrid,
+    *,
+    communicator: Communicator,
+    cc: bool,
+    precision: str,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[tuple[HalfSetSums, HalfSetSums], list[PoseUpdate]]:
+    """Both half sets' symmetrised sums and all particles' pose updates, on every rank."""
+    noise_seed = iteration_noise_seed(options.random_seed, state.iteration)
+    sums_by_half: dict[int, HalfSetSums] = {}
+    updates_by_half: dict[int, PoseUpdate] = {}
+    for half in communicator.halves_here():
+        model = models[half - 1]
+        rows = communicator.local_rows(
+            half, np.flatnonzero(inputs.half_sets == half), block_size=batch_size
+        )
+        tic = time.perf_counter()
+        if len(rows) == 0:
+            sums_by_half[half] = empty_sums(model, grid, padding_factor=options.pad, device=device)
+            updates_by_half[half] = empty_pose_update()
+        else:
+            plan = expectation_plan(
+                state, options, inputs, grid, model, cc=cc, precision=precision, device=device
+            )
+            sums_by_half[half], updates_by_half[half] = run_half_set(
+                inputs.particles,
+                rows,
+                model,
+                state,
+                options,
+                plan,
+                optics_group=inputs.optics_group,
+                operators=inputs.group.rotations,
+                reference_ft=references[half - 1],
+                batch_size=batch_size,
+                device=device,
+                noise_seed=noise_seed,
+            )
+        seconds = time.perf_counter() - tic
+        logger.info(
+            "iter=%03d half_set=%d particles=%d e_step_seconds=%.1f particles_per_second=%.1f",
+            state.iteration,
+            half,
+            len(rows),
+            seconds,
+            len(rows) / max(seconds, 1e-9),
+        )
+    totals, updates = communicator.combine(sums_by_half, updates_by_half, iteration=state.iteration)
+    operators = inputs.group.operators
+    for sums in totals.values():
+        sums.data, sums.weight = symmetrise(sums.data, sums.weight, operators.to(sums.weight.dtype))
+    return (totals[1], totals[2]), updates

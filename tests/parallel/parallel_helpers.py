@@ -1,0 +1,61 @@
+"""Helpers of the parallel tests: free ports, quiet environments, command lines."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def one_thread_environment(**extra: str) -> dict[str, str]:
+    """This environment with one thread per process (2 cores shared by several ranks)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+        and not key.startswith(("SLURM_", "TORCHELASTIC_"))
+    }
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+    return env
+
+
+def cryorefine_command(ranks: int, arguments: list[str]) -> list[str]:
+    """``python -m cryorefine ...``, or the same under ``torchrun --nproc_per_node ranks``."""
+    if ranks == 1:
+        return [sys.executable, "-m", "cryorefine", *arguments]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(ranks),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "cryorefine",
+        *arguments,
+    ]
+
+
+def run_cryorefine(
+    ranks: int, arguments: list[str], *, cwd: Path, timeout_s: float = 180.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a command line; the result (stdout, stderr, status) is returned, not checked."""
+    return subprocess.run(
+        cryorefine_command(ranks, arguments),
+        cwd=cwd,
+        env=one_thread_environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )

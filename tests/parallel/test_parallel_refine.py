@@ -1,0 +1,216 @@
+"""`torchrun ... -m cryorefine refine` on 2 and 3 gloo ranks gives the single-process result.
+
+A tiny simulated SPA data set (box 24, 48 particles, C6) is refined to
+convergence, joined final iteration included, by one process and by 2 and 3
+ranks started through the real command line (``torchrun --nproc_per_node K -m
+cryorefine refine``), with batches of 8 particles so that, with 3 ranks, half set
+1's 3 batches are split 2 + 1 between its two ranks and its sums are added in
+another order. Then a run of 2 ranks is continued from an iteration with 3 ranks
+and with one.
+
+Why the results agree (the tolerances below follow from this):
+
+- Every batch a rank scores is a batch of the single-process run
+  (``share_of_rows`` deals whole batches), its background noise depends on the
+  particle's row only (``refine.particle_noise``), and every rank draws the same
+  perturbations: each particle's scores, poses and back-projected terms are the
+  same numbers whatever the number of ranks.
+- With one rank per half set (2 ranks) each half set's sums are also added in
+  the same order, and the other half's sums arrive by copy: bit for bit the
+  single-process run.
+- With 3 ranks half set 1's float64 sums of B = 3 batches are reassociated:
+  they differ by at most (B - 1) 2**-53 sum|terms|, ~1e-16 relative. Written as
+  float32, such a change moves a voxel by at most one float32 rounding step in
+  each float32 stage it crosses; the maps then differ by a few ulps of their
+  largest voxel at most (bound used: 4 * 2**-24 * max|map|), far inside the
+  issue's bar of an FSC above 0.99 up to the final resolution. The float32
+  references of the next E-step change only if a value sits within 1e-16 of a
+  float32 rounding boundary, so the poses stay the same numbers.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from parallel_helpers import run_cryorefine
+
+from cryorefine.cli.main import main
+from cryorefine.fourier import fsc, to_fourier
+from cryorefine.io import read_mrc, read_star
+
+PIXEL = 7.2
+BOX = 24
+FINAL_MAPS = ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc")
+
+
+def _refine_arguments(sim: Path, output_root: Path) -> list[str]:
+    return [
+        "refine",
+        "--i",
+        str(sim / "particles.star"),
+        "--ref",
+        str(sim / "reference.mrc"),
+        "--o",
+        str(output_root),
+        "--ini_high",
+        "40",
+        "--ctf",
+        "--particle_diameter",
+        "150",
+        "--healpix_order",
+        "1",
+        "--auto_local_healpix_order",
+        "3",
+        "--offset_range",
+        "3",
+        "--offset_step",
+        "1",
+        "--sym",
+        "C6",
+        "--flatten_solvent",
+        "--low_resol_join_halves",
+        "40",
+        "--auto_ignore_angles",
+        "--auto_resol_angles",
+        "--batch_size",
+        "8",
+        "--random_seed",
+        "11",
+    ]
+
+
+def _check(result, what: str) -> None:
+    assert result.returncode == 0, f"{what} failed:\n{result.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    folder = tmp_path_factory.mktemp("parallel_refine")
+    sim = folder / "sim"
+    status = main(
+        [
+            "simulate",
+            "--o",
+            str(sim),
+            "--format",
+            "spa",
+            "--box",
+            str(BOX),
+            "--n_particles",
+            "48",
+            "--angpix",
+            str(PIXEL),
+            "--snr",
+            "10",
+            "--sym",
+            "C6",
+            "--seed",
+            "3",
+        ]
+    )
+    assert status == 0
+    outputs: dict[str, object] = {"folder": folder}
+    for ranks in (1, 2, 3):
+        result = run_cryorefine(
+            ranks, _refine_arguments(sim, folder / f"ranks{ranks}" / "run"), cwd=folder
+        )
+        _check(result, f"refine with {ranks} ranks")
+        outputs[f"ranks{ranks}"] = folder / f"ranks{ranks}"
+        outputs[f"stderr{ranks}"] = result.stderr
+    return outputs
+
+
+def _map(path: Path) -> np.ndarray:
+    volume, _ = read_mrc(path)
+    return np.asarray(volume, dtype=np.float32)
+
+
+def _poses(folder: Path) -> np.ndarray:
+    table = read_star(folder / "run_data.star")["particles"]
+    columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
+    return table[columns].to_numpy(dtype=np.float64)
+
+
+def _final_shell(folder: Path) -> int:
+    general = read_star(folder / "run_model.star")["model_general"]
+    return int(BOX * PIXEL / float(general["rlnCurrentResolution"]))
+
+
+def _assert_maps_agree(reference: Path, other: Path) -> None:
+    shell = _final_shell(reference)
+    assert shell >= 2, "the run reached no resolution worth comparing"
+    for name in FINAL_MAPS:
+        a, b = _map(reference / name), _map(other / name)
+        # Reassociated float64 sums, rounded to float32 (module docstring).
+        bound = 4 * 2.0**-24 * float(np.abs(a).max())
+        assert float(np.abs(a - b).max()) <= bound, name
+        curve = fsc(
+            to_fourier(torch.as_tensor(a, dtype=torch.float64), 3),
+            to_fourier(torch.as_tensor(b, dtype=torch.float64), 3),
+        )
+        # The issue's bar: above 0.99 in every shell up to the final resolution.
+        assert float(curve[1 : shell + 1].min()) > 0.99, name
+
+
+def test_one_rank_per_half_set_gives_the_single_process_result_bit_for_bit(runs) -> None:
+    one, two = runs["ranks1"], runs["ranks2"]
+    for name in FINAL_MAPS:
+        np.testing.assert_array_equal(_map(two / name), _map(one / name), err_msg=name)
+    np.testing.assert_array_equal(_poses(two), _poses(one))
+
+
+def test_final_maps_of_one_two_and_three_ranks_agree(runs) -> None:
+    _assert_maps_agree(runs["ranks1"], runs["ranks2"])
+    _assert_maps_agree(runs["ranks1"], runs["ranks3"])
+
+
+def test_three_ranks_find_the_same_poses(runs) -> None:
+    # Each particle is scored in the same batch against the same float32 references.
+    np.testing.assert_array_equal(_poses(runs["ranks3"]), _poses(runs["ranks1"]))
+
+
+def test_every_rank_draws_the_same_half_set_split(runs) -> None:
+    subsets = [
+        read_star(runs[f"ranks{k}"] / "run_data.star")["particles"]["rlnRandomSubset"].to_numpy()
+        for k in (1, 2, 3)
+    ]
+    assert set(subsets[0]) == {1, 2}
+    for other in subsets[1:]:
+        np.testing.assert_array_equal(other, subsets[0])
+
+
+def test_only_the_writer_writes_files_and_logs_iterations(runs) -> None:
+    folder = runs["ranks3"]
+    log = (folder / "run.log").read_text()
+    iterations = re.findall(r"iter=(\d+) resolution_angst", log)
+    assert iterations, "no iteration line in run.log"
+    assert len(iterations) == len(set(iterations)), "an iteration was logged twice"
+    assert "ranks=3 launcher=torchrun" in log
+    assert (folder / "run_class001.mrc").is_file()
+    assert not list(folder.glob(".*partial*")), "a file was left half-written"
+    stderr = runs["stderr3"]
+    assert "rank 1: INFO" not in stderr
+    assert "rank 2: INFO" not in stderr
+
+
+def test_continue_resumes_a_two_rank_run_with_three_ranks_or_one(runs, tmp_path: Path) -> None:
+    source = runs["ranks2"]
+    continued = {}
+    for ranks in (3, 1):
+        folder = tmp_path / f"continued{ranks}"
+        shutil.copytree(source, folder)
+        for final in folder.glob("run_*"):
+            if "_it" not in final.name:
+                final.unlink()
+        result = run_cryorefine(
+            ranks,
+            ["refine", "--continue", str(folder / "run_it002_optimiser.star")],
+            cwd=runs["folder"],
+        )
+        _check(result, f"--continue with {ranks} ranks")
+        assert (folder / "run_class001.mrc").is_file()
+        continued[ranks] = folder
+    _assert_maps_agree(continued[1], continued[3])
