@@ -96,7 +96,8 @@ def test_summary_records_every_option_and_the_snr_definition(first: Path) -> Non
     assert set(options) == {
         "output_dir", "map", "sym", "n_particles", "box", "angpix", "snr", "defocus_range",
         "tilt_range", "tilt_step", "dose", "max_offset", "format", "ref_lowpass",
-        "ref_rotation_deg", "bfactor", "seed",
+        "ref_rotation_deg", "bfactor", "seed", "tomograms", "particles", "bin",
+        "tilt_image_size", "float16",
     }  # fmt: skip
     assert options["box"] == N
     assert summary["snr_definition"] == SNR_DEFINITION
@@ -223,12 +224,21 @@ def test_cli_writes_a_set_and_reports_progress(tmp_path: Path, caplog) -> None:
     assert summary["options"]["seed"] == 7
     assert summary["options"]["format"] == "spa"
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("particles=")]
-    assert progress == ["particles=32/40", "particles=40/40"]
+    # One line per chunk (32 particles): count, rate and time left, key=value.
+    assert [line.split()[0] for line in progress] == ["particles=32/40", "particles=40/40"]
+    for line in progress:
+        fields = dict(field.split("=") for field in line.split()[1:])
+        assert set(fields) == {"particles_per_second", "eta_seconds"}
+        assert float(fields["particles_per_second"]) > 0
+    assert float(dict(f.split("=") for f in progress[-1].split()[1:])["eta_seconds"]) == 0
 
 
 def test_cli_defaults_are_the_documented_ones() -> None:
     args = _command_line(["--o", "out"])
-    assert (args.sym, args.n_particles, args.box, args.angpix) == ("C1", 200, 64, 2.7)
+    # --n_particles and --angpix: None, read as 200 and 2.7 (all picks with --particles).
+    assert (args.sym, args.n_particles, args.box, args.angpix) == ("C1", None, 64, None)
+    assert (args.tomograms, args.particles, args.bin, args.tilt_image_size) == (None,) * 4
+    assert not args.float16
     assert args.snr == 0.05
     assert tuple(args.defocus_range) == (15000.0, 30000.0)
     assert tuple(args.tilt_range) == (-60.0, 60.0)
@@ -242,3 +252,25 @@ def test_cli_refuses_a_bad_option_naming_it(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"^--box 23: expected an even box"):
         simulate_command.run(args)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("data_format", ["relion4", "spa"])
+def test_chunking_does_not_change_the_data(tmp_path: Path, data_format: str) -> None:
+    # Box 10: 1000 (or 100) draws a particle, not a whole number of the CPU generator's
+    # blocks of 16, so the per-particle padding of the noise draws is exercised.
+    contents = []
+    for chunk in (2, 5):
+        folder = tmp_path / f"chunk{chunk}"
+        options = _options(folder, box_size=10, snr=0.5, data_format=data_format)
+        simulate_dataset(options, chunk_particles=chunk)
+        contents.append(_contents(folder))
+    first, second = contents
+    assert first.keys() == second.keys()
+    for name, value in first.items():
+        if isinstance(value, np.ndarray):
+            # Same draws; batched float32 kernels (FFT, GEMM) may round differently with
+            # the batch size: a few ulps of the largest value. Other noise would be O(1).
+            atol = 16 * 2.0**-24 * float(np.abs(value).max())
+            np.testing.assert_allclose(second[name], value, rtol=0, atol=atol, err_msg=name)
+        else:
+            assert second[name] == value, name

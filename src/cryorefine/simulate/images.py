@@ -6,7 +6,11 @@ beyond Nyquist ``|k| > n / 2``) at pose ``A``; the signal is multiplied by the
 B-factor envelope ``exp(-B s^2 / 4)`` and by the flavour's CTF term, then moved
 so that the particle centre lies at ``-origin`` from the box centre
 (``fourier.shift_fourier`` by ``-origin``; REFINE_SPEC §1.2). Microscope: 300 kV,
-Cs 2.7 mm, amplitude contrast 0.1, no astigmatism (``MICROSCOPE``).
+Cs 2.7 mm, amplitude contrast 0.1 (``MICROSCOPE``), or that of real tilt series.
+Tomography takes each particle's tilts as a ``tomo.ParticleTilts``: rotation,
+defocus (astigmatism included), dose, CTF scale and B-factor and visibility of
+every tilt (``poses.scheme_tilts`` for a synthetic scheme, ``simulate.picks``
+for real tilt series).
 
 ``spa``
     ``image = IFT(CTF P_A) + e``: ``CTF`` of the particle's defocus
@@ -39,6 +43,9 @@ Cs 2.7 mm, amplitude contrast 0.1, no astigmatism (``MICROSCOPE``).
     ``fourier.conventions`` (REFINE_SPEC §2.2).
 """
 
+import math
+from collections.abc import Mapping
+
 import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
@@ -49,6 +56,7 @@ from cryorefine.fourier.ctf3d import tilt_series_ctf_weights
 from cryorefine.fourier.filters import bfactor_envelope, shift_fourier
 from cryorefine.fourier.projector import extract_slices, rotate_volume
 from cryorefine.simulate.truth import PADDING_FACTOR
+from cryorefine.tomo import ParticleTilts
 
 __all__ = [
     "MICROSCOPE",
@@ -56,6 +64,7 @@ __all__ = [
     "half_to_centred_cube",
     "pseudo_subtomograms",
     "spa_images",
+    "standard_noise",
     "subtomograms",
 ]
 
@@ -66,10 +75,38 @@ MICROSCOPE = {"voltage_kv": 300.0, "spherical_aberration_mm": 2.7, "amplitude_co
 MULTIPLICITY_THRESHOLD = 0.01
 
 
-def _noise(shape: tuple[int, ...], generator: torch.Generator, like: Tensor) -> Tensor:
-    """Standard normal draws of ``shape`` from ``generator``, moved to ``like``'s device."""
-    draws = torch.randn(shape, generator=generator, device=generator.device, dtype=like.dtype)
-    return draws.to(like.device)
+#: Normal draws per particle are rounded up to a multiple of this (module ``dataset``).
+_DRAW_BLOCK = 16
+
+
+def standard_noise(
+    shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype
+) -> Tensor:
+    """Standard normal draws of ``shape`` (particles first) on the generator's device.
+
+    Each particle (``shape[0]``) takes a whole number of blocks of ``_DRAW_BLOCK``
+    draws, the unit in which torch's CPU generator fills normal tensors: so the
+    stream of a particle does not depend on how the particles are chunked.
+    """
+    per_particle = math.prod(shape[1:])
+    padded = -(-per_particle // _DRAW_BLOCK) * _DRAW_BLOCK
+    draws = torch.randn(
+        (shape[0], padded), generator=generator, device=generator.device, dtype=dtype
+    )
+    return draws[:, :per_particle].reshape(shape)
+
+
+def _noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor, drawn: Tensor | None
+) -> Tensor:
+    """``drawn`` (standard normal, ``shape``) or fresh draws, on ``like``'s device and dtype."""
+    if drawn is None:
+        if generator is None:
+            raise ValueError("noise needs a generator or drawn standard normal values")
+        drawn = standard_noise(shape, generator, like.dtype)
+    if tuple(drawn.shape) != shape:
+        raise ValueError(f"drawn noise has shape {tuple(drawn.shape)}, expected {shape}")
+    return drawn.to(like.device, like.dtype)
 
 
 def _envelope(
@@ -97,11 +134,13 @@ def spa_images(
     noise_sigma: float,
     bfactor_angst2: float = 0.0,
     generator: torch.Generator | None = None,
+    noise: Float[Tensor, "b n n"] | None = None,
 ) -> Float[Tensor, "b n n"]:
     """Single-particle images (module docstring), real dtype of ``reference_ft``.
 
-    ``noise_sigma`` is the real-space standard deviation per pixel (0: none,
-    and ``generator`` may be None).
+    ``noise_sigma`` is the real-space standard deviation per pixel (0: none).
+    The standard normal values it scales are ``noise`` if given (e.g. drawn
+    ahead by another thread, ``standard_noise``), else drawn from ``generator``.
     """
     real = reference_ft.real.dtype
     slices = extract_slices(
@@ -122,36 +161,36 @@ def spa_images(
     signal = shift_fourier(signal, -origins_px.to(slices.device, real))
     images = from_fourier(signal, box_size, 2)
     if noise_sigma > 0:
-        if generator is None:
-            raise ValueError("noise_sigma > 0 needs a generator")
-        images = images + noise_sigma * _noise(tuple(images.shape), generator, images)
+        images = images + noise_sigma * _noise(tuple(images.shape), generator, images, noise)
     return images
 
 
 def _tilt_weights(
-    tilt_matrices: Float[Tensor, "f 3 3"],
-    pre_exposure_e_per_angst2: Float[Tensor, " f"],
-    defocus_angst: Float[Tensor, " b"],
+    tilts: ParticleTilts,
+    microscope: Mapping[str, float],
     *,
     pixel_size_angst: float,
     box_size: int,
     dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``tilt_series_ctf_weights`` of ``b`` particles sharing one tilt scheme, one defocus each."""
-    b, f = defocus_angst.shape[0], tilt_matrices.shape[0]
-    per_tilt = defocus_angst.to(dtype)[:, None].expand(b, f)
-    return tilt_series_ctf_weights(
-        tilt_matrices.to(torch.float64)[None].expand(b, f, 3, 3),
-        defocus_u_angst=per_tilt,
-        defocus_v_angst=per_tilt,
-        defocus_angle_deg=torch.zeros_like(per_tilt),
-        voltage_kv=MICROSCOPE["voltage_kv"],
-        spherical_aberration_mm=MICROSCOPE["spherical_aberration_mm"],
-        amplitude_contrast=MICROSCOPE["amplitude_contrast"],
+    """``tilt_series_ctf_weights`` of the particles' tilts, in ``dtype``."""
+    outputs = tilt_series_ctf_weights(
+        tilts.rotations,
+        defocus_u_angst=tilts.defocus_u_angst,
+        defocus_v_angst=tilts.defocus_v_angst,
+        defocus_angle_deg=tilts.defocus_angle_deg,
+        voltage_kv=microscope["voltage_kv"],
+        spherical_aberration_mm=microscope["spherical_aberration_mm"],
+        amplitude_contrast=microscope["amplitude_contrast"],
         pixel_size_angst=pixel_size_angst,
         box_size=box_size,
-        dose_e_per_angst2=pre_exposure_e_per_angst2.to(dtype)[None].expand(b, f),
+        dose_e_per_angst2=tilts.dose_e_per_angst2,
+        bfactor_angst2=tilts.bfactor_angst2,
+        scale=tilts.scale,
+        visible=tilts.visible,
     )
+    ctf2, multiplicity, ctf_mean = (value.to(dtype) for value in outputs)
+    return ctf2, multiplicity, ctf_mean
 
 
 def _rotated_signal(
@@ -169,34 +208,31 @@ def subtomograms(
     reference_ft: Complex[Tensor, "p p ph"],
     rotations: Float[Tensor, "b 3 3"],
     origins_px: Float[Tensor, "b 3"],
-    defocus_angst: Float[Tensor, " b"],
-    tilt_matrices: Float[Tensor, "f 3 3"],
-    pre_exposure_e_per_angst2: Float[Tensor, " f"],
+    tilts: ParticleTilts,
     *,
     pixel_size_angst: float,
     box_size: int,
     noise_sigma: float,
     bfactor_angst2: float = 0.0,
+    microscope: Mapping[str, float] = MICROSCOPE,
     generator: torch.Generator | None = None,
+    noise: Float[Tensor, "b n n n"] | None = None,
 ) -> tuple[Float[Tensor, "b n n n"], Float[Tensor, "b n n n"]]:
-    """Classic subtomograms and their signed 3D CTF as centred cubes (module docstring)."""
+    """Classic subtomograms and their signed 3D CTF as centred cubes (module docstring).
+
+    ``tilts`` holds each particle's tilts (``tomo.particle_tilts``, ``poses.scheme_tilts``);
+    the noise is ``noise`` (standard normal) if given, else drawn from ``generator``.
+    """
     real = reference_ft.real.dtype
     signal = _rotated_signal(reference_ft, rotations, box_size, pixel_size_angst, bfactor_angst2)
     _, _, ctf_mean = _tilt_weights(
-        tilt_matrices,
-        pre_exposure_e_per_angst2,
-        defocus_angst,
-        pixel_size_angst=pixel_size_angst,
-        box_size=box_size,
-        dtype=real,
+        tilts, microscope, pixel_size_angst=pixel_size_angst, box_size=box_size, dtype=real
     )
     ctf_mean = ctf_mean.to(signal.device)
     signal = shift_fourier(signal * ctf_mean, -origins_px.to(signal.device, real))
     volumes = from_fourier(signal, box_size, 3)
     if noise_sigma > 0:
-        if generator is None:
-            raise ValueError("noise_sigma > 0 needs a generator")
-        volumes = volumes + noise_sigma * _noise(tuple(volumes.shape), generator, volumes)
+        volumes = volumes + noise_sigma * _noise(tuple(volumes.shape), generator, volumes, noise)
     return volumes, half_to_centred_cube(ctf_mean)
 
 
@@ -204,39 +240,35 @@ def pseudo_subtomograms(
     reference_ft: Complex[Tensor, "p p ph"],
     rotations: Float[Tensor, "b 3 3"],
     origins_px: Float[Tensor, "b 3"],
-    defocus_angst: Float[Tensor, " b"],
-    tilt_matrices: Float[Tensor, "f 3 3"],
-    pre_exposure_e_per_angst2: Float[Tensor, " f"],
+    tilts: ParticleTilts,
     *,
     pixel_size_angst: float,
     box_size: int,
     tilt_noise_power: float,
     bfactor_angst2: float = 0.0,
+    microscope: Mapping[str, float] = MICROSCOPE,
     generator: torch.Generator | None = None,
+    noise: Float[Tensor, "b n n n"] | None = None,
 ) -> tuple[Float[Tensor, "b n n n"], Float[Tensor, "b n2 n nh"]]:
     """RELION-4 pseudo-subtomograms (real space) and their CTF^2 || multiplicity volumes.
 
-    ``tilt_noise_power`` is ``s2``, the noise power per Fourier coefficient of a
-    tilt image (module docstring; 0: no noise, and ``generator`` may be None).
+    ``tilts`` holds each particle's tilts (``tomo.particle_tilts``,
+    ``poses.scheme_tilts``); ``tilt_noise_power`` is ``s2``, the noise power per
+    Fourier coefficient of a tilt image (module docstring; 0: no noise). The
+    white noise is ``noise`` if given (standard normal, ``standard_noise``), else
+    drawn from ``generator``.
     """
     n = box_size
     real = reference_ft.real.dtype
     signal = _rotated_signal(reference_ft, rotations, n, pixel_size_angst, bfactor_angst2)
     ctf2, multiplicity, _ = _tilt_weights(
-        tilt_matrices,
-        pre_exposure_e_per_angst2,
-        defocus_angst,
-        pixel_size_angst=pixel_size_angst,
-        box_size=n,
-        dtype=real,
+        tilts, microscope, pixel_size_angst=pixel_size_angst, box_size=n, dtype=real
     )
     ctf2, multiplicity = ctf2.to(signal.device), multiplicity.to(signal.device)
     data = shift_fourier(signal * ctf2, -origins_px.to(signal.device, real))
     if tilt_noise_power > 0:
-        if generator is None:
-            raise ValueError("tilt_noise_power > 0 needs a generator")
         # to_fourier of unit white noise has E|F|^2 = n^-3; the target is ctf2 s2 / n^2.
-        white = to_fourier(_noise((data.shape[0], n, n, n), generator, ctf2), 3)
+        white = to_fourier(_noise((data.shape[0], n, n, n), generator, ctf2, noise), 3)
         data = data + white * torch.sqrt(ctf2.clamp(min=0.0) * (tilt_noise_power * n))
     k = frequency_indices(n, 3, device=data.device)
     inside = (k * k).sum(dim=-1) <= (n // 2) ** 2

@@ -50,11 +50,13 @@ class SimulationOptions:
     symmetry
         ``--sym``: point group; the truth is averaged over its operators unless C1.
     n_particles
-        ``--n_particles``.
+        ``--n_particles``; ``None``: every pick of ``particles_star`` (only with it).
     box_size
         ``--box``: side ``n`` of the particle boxes (even), in pixels.
     pixel_size_angst
-        ``--angpix``: pixel size of the particles; the truth is resampled to it.
+        ``--angpix``: pixel size of the particles; the truth is resampled to it. With
+        ``tomograms_star`` it sets the binning (``pixel / rlnTomoTiltSeriesPixelSize``)
+        unless ``binning`` is given.
     snr
         ``--snr``: ``SNR_DEFINITION``; ``math.inf`` gives noise-free data.
     defocus_range_angst
@@ -76,12 +78,25 @@ class SimulationOptions:
         particle (not written as ``rlnCtfBfactor``: the refinement does not know it).
     seed
         ``--seed``.
+    tomograms_star, particles_star
+        ``--tomograms``, ``--particles``: a real tomograms.star (RELION 4 or 5) and
+        picked positions in it (``rlnTomoName``, ``rlnCenteredCoordinate*Angst`` or
+        ``rlnCoordinate*``). Together they replace the tilt scheme, the defocus and
+        the dose options (``simulate.picks``); tomography formats only.
+    binning
+        ``--bin``: particle pixel = ``binning * rlnTomoTiltSeriesPixelSize``
+        (with ``tomograms_star``; ``None``: from ``pixel_size_angst``).
+    tilt_image_size_px
+        ``--tilt_image_size``: ``(width, height)`` of the real tilt images, which no
+        STAR file records; ``None``: each tomogram's ``rlnTomoSizeX/Y``.
+    float16
+        ``--float16``: write the 3D particle files in half precision (MRC mode 12).
     """
 
     output_dir: Path
     map_path: Path | None = None
     symmetry: str = "C1"
-    n_particles: int = 200
+    n_particles: int | None = 200
     box_size: int = 64
     pixel_size_angst: float = 2.7
     snr: float = 0.05
@@ -95,10 +110,17 @@ class SimulationOptions:
     ref_rotation_deg: float = 15.0
     bfactor_angst2: float = 0.0
     seed: int = 0
+    tomograms_star: Path | None = None
+    particles_star: Path | None = None
+    binning: float | None = None
+    tilt_image_size_px: tuple[int, int] | None = None
+    float16: bool = False
 
     def __post_init__(self) -> None:
         """Check every option (``InputError`` naming the command-line option)."""
-        _positive_int("--n_particles", self.n_particles)
+        if self.n_particles is not None:
+            _positive_int("--n_particles", self.n_particles)
+        self._check_real_geometry()
         _positive_int("--box", self.box_size)
         if self.box_size % 2 or self.box_size < 8:
             raise InputError(f"--box {self.box_size}: expected an even box of at least 8 pixels")
@@ -135,6 +157,36 @@ class SimulationOptions:
             raise InputError(f"--bfactor {self.bfactor_angst2}: expected a finite number")
         if not 0 <= self.seed < 2**63:
             raise InputError(f"--seed {self.seed}: expected a whole number from 0 to 2^63 - 1")
+
+    def _check_real_geometry(self) -> None:
+        given = (self.tomograms_star is not None, self.particles_star is not None)
+        if given[0] != given[1]:
+            raise InputError(
+                "--tomograms and --particles go together: the tilt series and the picked "
+                f"positions in them (got only {'--tomograms' if given[0] else '--particles'})"
+            )
+        if not given[0]:
+            if self.n_particles is None:
+                raise InputError("--n_particles: expected a number (all picks needs --particles)")
+            for option, value in (
+                ("--bin", self.binning),
+                ("--tilt_image_size", self.tilt_image_size_px),
+            ):
+                if value is not None:
+                    raise InputError(f"{option}: only with --tomograms and --particles")
+            return
+        if self.data_format == "spa":
+            raise InputError("--tomograms: real tilt series need --format relion4 or subtomo3d")
+        if self.binning is not None:
+            _positive("--bin", self.binning)
+        if self.tilt_image_size_px is not None and min(self.tilt_image_size_px) < 1:
+            width, height = self.tilt_image_size_px
+            raise InputError(f"--tilt_image_size {width} {height}: expected two positive sizes")
+
+    @property
+    def uses_real_tilt_series(self) -> bool:
+        """``--tomograms`` and ``--particles`` given: the geometry of real files (``picks``)."""
+        return self.tomograms_star is not None
 
     @property
     def is_tomography(self) -> bool:

@@ -37,6 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cryorefine.geometry import euler_to_matrix, matrix_to_euler
+from cryorefine.tomo import ParticleTilts
 
 __all__ = [
     "ParticleDraws",
@@ -44,6 +45,7 @@ __all__ = [
     "draw_particles",
     "quaternion_to_matrix",
     "random_rotations",
+    "scheme_tilts",
     "tilt_scheme",
 ]
 
@@ -166,4 +168,29 @@ def tilt_scheme(tilt_deg: Float[Tensor, " f"], *, dose_per_tilt_e_per_angst2: fl
         acquisition_order=order,
         pre_exposure_e_per_angst2=order.to(torch.float64) * dose_per_tilt_e_per_angst2,
         matrices=matrices,
+    )
+
+
+def scheme_tilts(scheme: TiltScheme, defocus_angst: Float[Tensor, " b"]) -> ParticleTilts:
+    """The scheme's tilts for ``b`` particles at the image centre, one defocus each (U = V).
+
+    Every tilt sees every particle at depth 0 with its own defocus, astigmatism
+    angle 0, the scheme's pre-exposure, B-factor 0 and scale 1; float64 on the
+    device of ``defocus_angst``.
+    """
+    b, f = defocus_angst.shape[0], scheme.matrices.shape[0]
+    device = defocus_angst.device
+    defocus = defocus_angst.to(torch.float64)[:, None].expand(b, f)
+    zeros = torch.zeros(b, f, dtype=torch.float64, device=device)
+    return ParticleTilts(
+        position_px=torch.zeros(b, f, 2, dtype=torch.float64, device=device),
+        depth_px=zeros,
+        rotations=scheme.matrices.to(device, torch.float64)[None].expand(b, f, 3, 3),
+        defocus_u_angst=defocus,
+        defocus_v_angst=defocus,
+        defocus_angle_deg=zeros,
+        dose_e_per_angst2=scheme.pre_exposure_e_per_angst2.to(device)[None].expand(b, f),
+        bfactor_angst2=zeros,
+        scale=torch.ones_like(zeros),
+        visible=torch.ones(b, f, dtype=torch.bool, device=device),
     )

@@ -12,8 +12,11 @@ import math
 import torch
 
 from cryorefine import __version__
+from cryorefine.errors import InputError
+from cryorefine.io import TiltSeries
 from cryorefine.simulate.images import MICROSCOPE, MULTIPLICITY_THRESHOLD
 from cryorefine.simulate.options import SNR_DEFINITION, SimulationOptions
+from cryorefine.simulate.picks import PickedGeometry
 from cryorefine.simulate.poses import TiltScheme
 from cryorefine.simulate.reference import (
     MASK_DILATION_PX,
@@ -33,6 +36,7 @@ def simulation_summary(
     axis: torch.Tensor,
     symmetry: str,
     scheme: TiltScheme | None,
+    picked: PickedGeometry | None = None,
 ) -> dict[str, object]:
     """Everything ``simulation.json`` records (module docstring), JSON-ready."""
     n = options.box_size
@@ -58,6 +62,13 @@ def simulation_summary(
             "ref_rotation_deg": options.ref_rotation_deg,
             "bfactor": options.bfactor_angst2,
             "seed": options.seed,
+            "tomograms": None if options.tomograms_star is None else str(options.tomograms_star),
+            "particles": None if options.particles_star is None else str(options.particles_star),
+            "bin": options.binning,
+            "tilt_image_size": None
+            if options.tilt_image_size_px is None
+            else list(options.tilt_image_size_px),
+            "float16": options.float16,
         },
         "snr_definition": SNR_DEFINITION,
         "signal_power": signal,
@@ -82,7 +93,7 @@ def simulation_summary(
             "dilation_px": MASK_DILATION_PX,
             "edge_width_px": MASK_EDGE_WIDTH_PX,
         },
-        "microscope": MICROSCOPE,
+        "microscope": MICROSCOPE if picked is None else picked.microscope,
         "conventions": {
             "origin": "the particle centre lies at -origin from box centre n // 2 (RELION)",
             "projector": "padding 2, trilinear, separable gridding correction, 0 beyond Nyquist",
@@ -102,4 +113,42 @@ def simulation_summary(
             "dose_weight": "Grant & Grigorieff with the cumulative (pre-)exposure of each tilt",
             "multiplicity_threshold": MULTIPLICITY_THRESHOLD,
         }
+    if picked is not None:
+        summary["tilt_series"] = _picked_summary(picked)
     return summary
+
+
+def _nominal_tilts(series: TiltSeries) -> list[float] | None:
+    try:
+        return [float(angle) for angle in series.nominal_tilt_angles_deg()]
+    except InputError:  # a RELION-4 table without nominal angles
+        return None
+
+
+def _picked_summary(picked: PickedGeometry) -> dict[str, object]:
+    """The real tilt series: which, how binned, how many picks, and each tomogram's tilts."""
+    tomograms = {}
+    for name, geometry in picked.geometries.items():
+        series = picked.tomograms[name]
+        tomograms[name] = {
+            "particles": picked.tomo_names.count(name),
+            "tilts": len(geometry),
+            "nominal_tilt_deg": _nominal_tilts(series),
+            "pre_exposure_e_per_angst2": geometry.pre_exposure_e_per_angst2.tolist(),
+            "defocus_u_angst": geometry.defocus_u_angst.tolist(),
+            "hand": geometry.hand,
+            "image_size_px": list(geometry.image_size_px),
+        }
+    return {
+        "source": "real tilt series (--tomograms) and picks (--particles)",
+        "binning": picked.binning,
+        "tilt_series_pixel_size_angst": picked.tilt_series_pixel_size_angst,
+        "picks_in_file": picked.picks,
+        "picks_dropped_unseen": picked.dropped,
+        "visibility_radius_px": picked.visibility_radius_px,
+        "defocus": "per tilt rlnDefocusU/V plus hand * pixel * depth of the particle "
+        "(tomo.tilt_geometry); astigmatism, CTF scale and B-factor of the tilt",
+        "dose_weight": "Grant & Grigorieff with each tilt's rlnMicrographPreExposure",
+        "multiplicity_threshold": MULTIPLICITY_THRESHOLD,
+        "tomograms": tomograms,
+    }

@@ -7,15 +7,22 @@ input (``particles.star``) has no ``rlnAngle*``/``rlnOrigin*``; the truth table
 adds them. Tomography: every particle has a tilt series of its own, named
 ``TS_<number>``, so that its tilt table can carry the particle's defocus
 exactly; the particle sits at the tomogram's centre, which every projection
-maps to the tilt image's centre at depth 0.
+maps to the tilt image's centre at depth 0. On real tilt series (``picked``) the
+particles are the picks in the real tomograms instead (``simulate.picks_tables``).
 """
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float64, Int64
 
+from cryorefine.io import OptimisationSet, write_optimisation_set, write_star
 from cryorefine.simulate.images import MICROSCOPE
 from cryorefine.simulate.options import SimulationOptions
+from cryorefine.simulate.picks import PickedGeometry
+from cryorefine.simulate.picks_tables import picked_particle_columns, write_picked_tables
+from cryorefine.simulate.poses import ParticleDraws, TiltScheme
 
 __all__ = [
     "TOMOGRAM_SIZE_BOXES",
@@ -24,6 +31,7 @@ __all__ = [
     "tomogram_blocks",
     "tomogram_names",
     "truth_columns",
+    "write_tables",
 ]
 
 #: Tomogram size in particle boxes along (x, y, z), bin-1 pixels (binning is 1).
@@ -41,18 +49,20 @@ def _tomogram_centre_px(options: SimulationOptions) -> np.ndarray:
     return size / 2
 
 
-def optics_table(options: SimulationOptions) -> pd.DataFrame:
-    """data_optics: one group, the microscope of ``images.MICROSCOPE`` and the flavour's labels."""
+def optics_table(options: SimulationOptions, picked: PickedGeometry | None = None) -> pd.DataFrame:
+    """data_optics: one group, its microscope (``MICROSCOPE`` or real) and the flavour's labels."""
+    microscope = MICROSCOPE if picked is None else picked.microscope
     row: dict[str, object] = {
         "rlnOpticsGroup": 1,
         "rlnOpticsGroupName": "opticsGroup1",
-        "rlnVoltage": MICROSCOPE["voltage_kv"],
-        "rlnSphericalAberration": MICROSCOPE["spherical_aberration_mm"],
-        "rlnAmplitudeContrast": MICROSCOPE["amplitude_contrast"],
+        "rlnVoltage": microscope["voltage_kv"],
+        "rlnSphericalAberration": microscope["spherical_aberration_mm"],
+        "rlnAmplitudeContrast": microscope["amplitude_contrast"],
     }
     if options.data_format == "relion4":
-        row["rlnTomoTiltSeriesPixelSize"] = options.pixel_size_angst
-        row["rlnTomoSubtomogramBinning"] = 1.0
+        binning = 1.0 if picked is None else picked.binning
+        row["rlnTomoTiltSeriesPixelSize"] = options.pixel_size_angst / binning
+        row["rlnTomoSubtomogramBinning"] = binning
     row["rlnImagePixelSize"] = options.pixel_size_angst
     row["rlnImageSize"] = options.box_size
     row["rlnImageDimensionality"] = 2 if options.data_format == "spa" else 3
@@ -67,11 +77,18 @@ def particle_table(
     ctf_image_names: list[str] | None,
     half_sets: Int64[np.ndarray, " b"],
     defocus_angst: Float64[np.ndarray, " b"],
+    picked: PickedGeometry | None = None,
 ) -> pd.DataFrame:
     """data_particles of the refinement input (no angles, no origins)."""
     count = len(image_names)
     table: dict[str, object] = {}
-    if options.data_format == "relion4":
+    if picked is not None:
+        relion4 = options.data_format == "relion4"
+        table.update(picked_particle_columns(picked, particle_names=relion4))
+        if relion4:
+            for label in ("Rot", "Tilt", "Psi"):
+                table[f"rlnTomoSubtomogram{label}"] = np.zeros(count)
+    elif options.data_format == "relion4":
         names = tomogram_names(count)
         centre = _tomogram_centre_px(options)
         table["rlnTomoName"] = names
@@ -101,16 +118,16 @@ def truth_columns(
     *,
     angles_deg: Float64[np.ndarray, "b 3"],
     origins_px: Float64[np.ndarray, "b 3"],
-    defocus_angst: Float64[np.ndarray, " b"],
+    defocus_angst: Float64[np.ndarray, " b"] | None,
 ) -> pd.DataFrame:
-    """The particles table plus the true poses (and, for subtomo3d, the defocus)."""
+    """The particles table plus the true poses (and, for subtomo3d, the defocus if given)."""
     out = table.copy()
     for column, label in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
         out[label] = angles_deg[:, column]
     axes = "XYZ" if options.is_tomography else "XY"
     for column, axis in enumerate(axes):
         out[f"rlnOrigin{axis}Angst"] = origins_px[:, column] * options.pixel_size_angst
-    if options.data_format == "subtomo3d":
+    if options.data_format == "subtomo3d" and defocus_angst is not None:
         out["rlnDefocusU"] = defocus_angst
         out["rlnDefocusV"] = defocus_angst
         out["rlnDefocusAngle"] = np.zeros(len(out))
@@ -182,3 +199,59 @@ def tomogram_blocks(
             }
         )
     return blocks
+
+
+def write_tables(
+    options: SimulationOptions,
+    draws: ParticleDraws,
+    scheme: TiltScheme | None,
+    picked: PickedGeometry | None,
+    names: list[str],
+    ctf_names: list[str] | None,
+) -> tuple[Path | None, Path | None]:
+    """particles.star, truth_particles.star and (relion4) tomograms.star, optimisation set.
+
+    ``names`` and ``ctf_names``: rlnImageName and rlnCtfImage of every particle.
+    Returns tomograms.star and optimisation_set.star (relion4; else None).
+    """
+    out = options.output_dir
+    defocus = draws.defocus_angst.cpu().numpy()
+    particles = particle_table(
+        options,
+        image_names=names,
+        ctf_image_names=ctf_names,
+        half_sets=draws.half_sets.cpu().numpy(),
+        defocus_angst=defocus,
+        picked=picked,
+    )
+    truth = truth_columns(
+        particles,
+        options,
+        angles_deg=draws.angles_deg.cpu().numpy(),
+        origins_px=draws.origins_px.cpu().numpy(),
+        defocus_angst=None if picked is not None else defocus,
+    )
+    optics = optics_table(options, picked)
+    write_star({"optics": optics, "particles": particles}, out / "particles.star")
+    write_star({"optics": optics, "particles": truth}, out / "truth_particles.star")
+    if options.data_format != "relion4":
+        return None, None
+    if picked is not None:
+        tomograms = write_picked_tables(picked, out)
+    else:
+        assert scheme is not None
+        blocks = tomogram_blocks(
+            options,
+            defocus_angst=defocus,
+            tilt_deg=scheme.tilt_deg.numpy(),
+            tilt_matrices=scheme.matrices.numpy(),
+            pre_exposure_e_per_angst2=scheme.pre_exposure_e_per_angst2.numpy(),
+        )
+        tomograms = write_star(blocks, out / "tomograms.star")
+    optimisation_set = OptimisationSet(
+        particles_file=Path("particles.star"),
+        tomograms_file=Path("tomograms.star"),
+        reference_map1=Path("reference.mrc"),
+        reference_mask=Path("mask.mrc"),
+    )
+    return tomograms, write_optimisation_set(optimisation_set, out / "optimisation_set.star")
