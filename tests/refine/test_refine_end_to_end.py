@@ -101,6 +101,10 @@ def test_the_run_writes_relions_final_files(refined: Path) -> None:
     log = (refined / "Refine" / "run.log").read_text()
     assert "iter=001" in log
     assert "--pool: accepted" in log
+    # refine ends by writing the run's report (cryorefine report), whole and self-contained.
+    page = (refined / "Refine" / "run_report.html").read_text()
+    assert page.rstrip().endswith("</html>")
+    assert "data:image/png;base64," in page
 
 
 def test_final_map_is_as_good_as_the_true_poses_give(refined: Path) -> None:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from cryorefine.cli.device import device_from_gpu_option
+from cryorefine.report import write_report
 from cryorefine.simulate.demo import run_demo
 
 __all__ = ["add_arguments", "run"]
@@ -30,17 +31,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     """Run the demo and print what it measured."""
     result = run_demo(args.o, device=device_from_gpu_option(args.gpu))
+    report = write_report(
+        result.folder / "Refine3D" / "run", mask=result.folder / "Simulate" / "mask.mrc"
+    )
     logger.info(
         "demo: done in %d iterations\n"
         "  resolution against the truth (FSC 0.143): %.2f A\n"
         "  gold-standard resolution printed by refine: %.2f A\n"
         "  post-processed resolution (masked, corrected FSC): %.2f A\n"
         "  median angular error (modulo C6): %.2f deg\n"
-        "  files: %s (Refine3D/run_*, PostProcess/postprocess*)",
+        "  files: %s (Refine3D/run_*, PostProcess/postprocess*)\n"
+        "  report (open in a browser): %s",
         result.iterations,
         result.resolution_vs_truth_angst,
         result.gold_standard_resolution_angst,
         result.postprocess_resolution_angst,
         result.median_angular_error_deg,
         result.folder,
+        report,
     )

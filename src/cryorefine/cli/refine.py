@@ -176,6 +176,23 @@ def _rank_logging(rank: int) -> None:
         handler.setFormatter(logging.Formatter(f"rank {rank}: %(levelname)s %(message)s"))
 
 
+def _write_report(options: RefineOptions, continue_from: Path | None) -> None:
+    """The run's HTML report (``cryorefine report``); a failure there never fails the run."""
+    from cryorefine.report import write_report
+
+    root = options.output_root
+    if continue_from is not None:  # as the driver: outputs next to the optimiser file
+        root = Path(re.sub(r"_it\d+_optimiser\.star$", "", str(continue_from)))
+    if root is None:
+        return
+    try:
+        logger.info("report: %s", write_report(root))
+    except Exception as error:  # plotting or a half-written folder: say so, keep the run's files
+        logger.warning(
+            "the report could not be written (%s); run `cryorefine report %s`", error, root
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     """Refine, or continue a refinement (one process, or one rank of several)."""
     from cryorefine.refine.driver import refine_run  # the engine (written with this command)
@@ -205,6 +222,7 @@ def run(args: argparse.Namespace) -> None:
         _add_run_log(Path(log_folder) / "run.log")
         _log_ignored(args)
         refine_run(options, device=device_from_gpu_option(args.gpu), **run_options)
+        _write_report(options, args.continue_from)
         return
     if environment.rank == 0:
         _add_run_log(Path(log_folder) / "run.log")
@@ -217,6 +235,8 @@ def run(args: argparse.Namespace) -> None:
             world, launcher = environment.world_size, environment.launcher
             logger.info("ranks=%d launcher=%s device=%s", world, launcher, device)
             refine_run(options, device=device, communicator=communicator, **run_options)
+            if communicator.is_writer:
+                _write_report(options, args.continue_from)
     except RankFailure:  # its message is logged; the traceback would add nothing
         logger.error("%s", _resume_hint(options, args.continue_from))
         raise SystemExit(1) from None

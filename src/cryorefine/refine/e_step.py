@@ -11,6 +11,7 @@ generator, so that every rank draws the same perturbations and noise.
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,6 +29,35 @@ from cryorefine.refine.particle_noise import iteration_noise_seed
 __all__ = ["e_step", "empty_pose_update", "empty_sums", "expectation_plan"]
 
 logger = logging.getLogger(__name__)
+
+
+#: Seconds between two progress lines of one half set's E-step.
+PROGRESS_INTERVAL_S = 10.0
+
+
+def _progress_lines(iteration: int, half: int, start: float) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` that logs, at most every ``PROGRESS_INTERVAL_S``, the
+    particles done, their rate and the time left of this half set's E-step."""
+    last = [start]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] < PROGRESS_INTERVAL_S or done >= total:
+            return
+        last[0] = now
+        rate = done / max(now - start, 1e-9)
+        logger.info(
+            "iter=%03d half_set=%d phase=e_step particles=%d/%d particles_per_second=%.1f "
+            "eta_seconds=%.0f",
+            iteration,
+            half,
+            done,
+            total,
+            rate,
+            (total - done) / max(rate, 1e-9),
+        )
+
+    return progress
 
 
 def expectation_plan(
@@ -140,6 +170,7 @@ def e_step(
                 batch_size=batch_size,
                 device=device,
                 noise_seed=noise_seed,
+                progress=_progress_lines(state.iteration, half, tic),
             )
         seconds = time.perf_counter() - tic
         logger.info(
