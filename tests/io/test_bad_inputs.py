@@ -136,6 +136,32 @@ def _write_optimisation_set(dataset: Dataset) -> None:
     )
 
 
+def _set_optics(label: str, value: object) -> Callable[[Dataset], None]:
+    def edit(dataset: Dataset) -> None:
+        dataset.blocks["optics"][label] = [value]
+        dataset.rewrite()
+
+    return edit
+
+
+def _header_word(index: int, word: int, value: int) -> Callable[[Dataset], None]:
+    """Set 4-byte header word ``word`` (0: nx, 3: mode) of image file ``index`` to ``value``."""
+
+    def edit(dataset: Dataset) -> None:
+        path = dataset.images[index]
+        content = bytearray(path.read_bytes())
+        content[4 * word : 4 * word + 4] = int(value).to_bytes(4, "little", signed=True)
+        path.write_bytes(bytes(content))
+
+    return edit
+
+
+def _indexed_volumes(dataset: Dataset) -> None:
+    names = dataset.blocks["particles"]["rlnImageName"].tolist()
+    dataset.blocks["particles"]["rlnImageName"] = [f"000001@{name}" for name in names]
+    dataset.rewrite()
+
+
 CASES = {
     "missing file": Case("spa", lambda d: d.star.unlink(), ["{star}", "does not exist"]),
     "folder instead of a file": Case(
@@ -339,6 +365,63 @@ CASES = {
             "does not exist",
         ],
         run=lambda d: load_optimisation_set(d.project / "optimisation_set.star"),
+    ),
+    # added by the reliability issue: misspelt labels, CTF and header values, dimensionality
+    "misspelt required label": Case(
+        "spa",
+        lambda d: d.replace_text("_rlnImageName #", "_rlnImageNmae #"),
+        ["{star}", "data_particles", "rlnImageName is missing", "found rlnImageNmae: misspelt?"],
+    ),
+    "misspelt required optics label": Case(
+        "spa",
+        lambda d: d.replace_text("_rlnImageSize #", "_rlnImagSize #"),
+        ["{star}", "data_optics", "rlnImageSize is missing", "found rlnImagSize"],
+    ),
+    "not a finite defocus": Case(
+        "spa",
+        lambda d: _set(d, "rlnDefocusV", 3, "inf"),
+        ["{star}", "data_particles", "row 3", "rlnDefocusV is inf", "finite"],
+    ),
+    "voltage of zero": Case(
+        "spa",
+        _set_optics("rlnVoltage", 0.0),
+        ["{star}", "data_optics row 1", "rlnVoltage is 0", "expected a positive number (kV)"],
+    ),
+    "amplitude contrast above 1": Case(
+        "spa",
+        _set_optics("rlnAmplitudeContrast", 1.5),
+        ["{star}", "data_optics row 1", "rlnAmplitudeContrast is 1.5", "[0, 1)"],
+    ),
+    "dimensionality that is neither 2 nor 3": Case(
+        "spa",
+        _set_optics("rlnImageDimensionality", 4),
+        ["{star}", "data_optics", "rlnImageDimensionality is [4]", "2 or 3"],
+    ),
+    "2D image where a volume is expected": Case(
+        "subtomo3d",
+        _resize_image(1, (BOX, BOX)),
+        ["{star}", "row 2", "p1.mrc", "8x8x1 voxels", "8x8x8 was expected"],
+    ),
+    "stack index into 3D images": Case(
+        "subtomo3d",
+        _indexed_volumes,
+        ["{star}", "rlnImageName names image 1", "images are 3D", "without INDEX@"],
+    ),
+    "MRC header with an unknown mode": Case(
+        "subtomo3d",
+        _header_word(2, 3, 5),
+        ["{star}", "row 3", "p2.mrc", "not a readable MRC file", "mode"],
+    ),
+    "MRC header with a zero size": Case(
+        "subtomo3d",
+        _header_word(0, 0, 0),
+        ["{star}", "row 1", "p0.mrc", "nx, ny, nz = 0, 8, 8", "at least 1"],
+    ),
+    "MRC header with a negative size read directly": Case(
+        "subtomo3d",
+        _header_word(0, 1, -8),
+        ["p0.mrc", "not a readable MRC file", "nx, ny, nz = 8, -8, 8"],
+        run=lambda d: read_mrc(d.images[0]),
     ),
 }
 

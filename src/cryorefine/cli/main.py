@@ -2,8 +2,10 @@
 
 Each sub-command module has ``add_arguments(parser)`` and ``run(args)``; its
 docstring is the help text. ``main`` catches ``InputError`` only: a user's
-mistake is printed as one line and the exit status is 2. Everything else keeps
-its traceback.
+mistake is printed as one line and the exit status is 2 (``--debug`` shows its
+traceback instead). A malformed command line (an unknown option, a value that
+is not a number) is one line and status 2 as well, without argparse's usage
+block. Everything else is a bug and keeps its traceback.
 """
 
 import argparse
@@ -12,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any, NoReturn
 
 from cryorefine import __version__
 from cryorefine.errors import InputError
@@ -37,9 +40,22 @@ def _command_module(name: str) -> ModuleType:
     return importlib.import_module(f"cryorefine.cli.{COMMANDS[name]}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``PROG: error: MESSAGE``), status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the error as one line, with a pointer to ``--help``, and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: object) -> str:
+    """``text`` with its lines joined, so that a message is always one line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per command."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="cryorefine",
         description="Gold-standard 3D auto-refinement for cryo-ET subtomogram averaging "
         "and single-particle cryo-EM, reading and writing RELION's files.",
@@ -63,10 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to whatever ``sys.stderr`` is when a line is written.
+
+    ``main`` may run many times in one process (tests, notebooks), each with its
+    own ``sys.stderr``; a handler that kept the first one would write into a
+    closed stream.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        """The current ``sys.stderr``."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass  # always the current sys.stderr
+
+
 def _configure_logging() -> None:
     root = logging.getLogger("cryorefine")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -76,17 +113,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryorefine COMMAND ...``; return the exit status."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and not getattr(_command_module(args.command), "ACCEPTS_ANY_OPTIONS", False):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}; expected a COMMAND first")
         parser.print_help()
         return 2
+    if unknown and not getattr(_command_module(args.command), "ACCEPTS_ANY_OPTIONS", False):
+        sys.stderr.write(
+            f"cryorefine {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
+            f"(see cryorefine {args.command} --help)\n"
+        )
+        raise SystemExit(2)  # as argparse does for every other malformed command line
     _configure_logging()
     try:
         _command_module(args.command).run(args)
     except InputError as error:
         if args.debug:
             raise
-        sys.stderr.write(f"cryorefine {args.command}: error: {error}\n")
+        sys.stderr.write(f"cryorefine {args.command}: error: {_one_line(error)}\n")
         return 2
     return 0

@@ -32,6 +32,7 @@ from cryorefine.parallel import (
     parallel_session,
 )
 from cryorefine.refine.options import COMMAND_LINE_FLAGS, RefineOptions
+from cryorefine.refine.run_continue import last_finished_iteration
 
 __all__ = ["IGNORED_OPTIONS", "add_arguments", "options_from_arguments", "run"]
 
@@ -162,10 +163,10 @@ def _resume_hint(options: RefineOptions, continue_from: Path | None) -> str:
         if continue_from is not None
         else str(options.output_root)
     )
-    done = sorted(Path(root).parent.glob(f"{Path(root).name}_it[0-9][0-9][0-9]_optimiser.star"))
-    if not done:
+    done = last_finished_iteration(root)
+    if done is None:
         return "start the run again"
-    return f"resume with: cryorefine refine --continue {done[-1]} (any number of ranks)"
+    return f"resume with: cryorefine refine --continue {done} (any number of ranks)"
 
 
 def _rank_logging(rank: int) -> None:

@@ -6,7 +6,7 @@ Every output goes through ``write_atomically``; every user mistake raises
 ``InputError`` naming the file and the row, label or value.
 """
 
-from cryorefine.io.atomic import write_atomically
+from cryorefine.io.atomic import make_output_folder, write_atomically
 from cryorefine.io.labels import NUMERIC_LABELS, TEXT_LABELS
 from cryorefine.io.mrc import (
     MrcHeader,
@@ -29,7 +29,7 @@ from cryorefine.io.particles import FIELD_LABELS, ParticleSet, load_particles, w
 from cryorefine.io.paths import resolve_path
 from cryorefine.io.star import FLOAT_DIGITS, StarBlock, read_star, write_star
 from cryorefine.io.star_tables import combine_particle_tables, particle_block_name, select_rows
-from cryorefine.io.tables import CtfParameters
+from cryorefine.io.tables import CtfParameters, float_column, int_column
 from cryorefine.io.tomograms import (
     TiltAlignment,
     TiltSeries,
@@ -58,10 +58,13 @@ __all__ = [
     "Trajectories",
     "check_particles_against_tomograms",
     "combine_particle_tables",
+    "float_column",
+    "int_column",
     "load_optimisation_set",
     "load_particles",
     "load_tomograms",
     "load_trajectories",
+    "make_output_folder",
     "parse_image_name",
     "particle_block_name",
     "read_image",

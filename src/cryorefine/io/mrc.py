@@ -9,10 +9,19 @@ are marked as image stacks (space group 0), other 3D files as volumes (1).
 
 An image reference ``000012@Extract/job007/stack.mrcs`` names image 12
 (1-based) of a stack; a name without ``@`` is the whole file.
+
+Reading is strict (``permissive=False``): a file that is not MRC, a header with
+a box of zero or negative size, an unknown mode, or a file shorter than its
+header says raises ``InputError`` naming the file. A file longer than its
+header says is read (as RELION reads it) and the surplus is logged as a
+warning naming the file; ``mrcfile``'s own warnings never reach the caller.
 """
 
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -35,7 +44,19 @@ __all__ = [
     "write_mrc",
 ]
 
+logger = logging.getLogger(__name__)
+
 _HEADER_BYTES = 1024
+
+
+@contextmanager
+def _mrcfile_warnings_logged(path: Path) -> Iterator[None]:
+    """Turn ``mrcfile``'s warnings inside the block into one log line each, naming ``path``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        logger.warning("%s: %s", path, warning.message)
 
 
 @dataclass(frozen=True)
@@ -47,7 +68,7 @@ class MrcHeader:
     shape
         ``(nz, ny, nx)``; a stack of ``nz`` images, or a volume.
     voxel_size_angst
-        ``cella.x / mx`` (0 where the header gives no cell).
+        ``cella.x / mx`` (0 where the header gives no usable cell: mx or cella.x not positive).
     mode
         MRC data mode (0 int8, 1 int16, 2 float32, 6 uint16, 12 float16).
     is_stack
@@ -70,7 +91,10 @@ def read_mrc_header(path: str | PathLike[str]) -> MrcHeader:
     """
     mrc_path = _existing(path)
     try:
-        with mrcfile.open(mrc_path, header_only=True, permissive=False) as mrc:
+        with (
+            _mrcfile_warnings_logged(mrc_path),
+            mrcfile.open(mrc_path, header_only=True, permissive=False) as mrc,
+        ):
             header = mrc.header
             nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
             mode = int(header.mode)
@@ -81,6 +105,12 @@ def read_mrc_header(path: str | PathLike[str]) -> MrcHeader:
             ispg = int(header.ispg)
     except (ValueError, OSError) as error:
         raise InputError(f"{mrc_path}: not a readable MRC file ({error})") from error
+    if min(nx, ny, nz) < 1 or extended < 0:
+        raise InputError(
+            f"{mrc_path}: not a readable MRC file: the header gives nx, ny, nz = {nx}, {ny}, "
+            f"{nz} and an extended header of {extended} bytes; expected sizes of at least 1 "
+            "and an extended header of 0 bytes or more"
+        )
     expected = _HEADER_BYTES + extended + nx * ny * nz * np.dtype(dtype).itemsize
     found = os.path.getsize(mrc_path)
     if found < expected:
@@ -88,7 +118,7 @@ def read_mrc_header(path: str | PathLike[str]) -> MrcHeader:
             f"{mrc_path}: truncated MRC file: the header describes {nx}x{ny}x{nz} voxels of "
             f"mode {mode} ({expected} bytes) but the file has {found} bytes"
         )
-    voxel = cell_x / mx if mx > 0 else 0.0
+    voxel = cell_x / mx if mx > 0 and np.isfinite(cell_x) and cell_x > 0 else 0.0
     return MrcHeader(shape=(nz, ny, nx), voxel_size_angst=voxel, mode=mode, is_stack=ispg == 0)
 
 
@@ -118,12 +148,13 @@ def read_mrc(
     """
     header = read_mrc_header(path)
     try:
-        if mmap:
-            with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
-                data: np.ndarray = mrc.data
-        else:
-            with mrcfile.open(path, permissive=False) as mrc:
-                data = np.asarray(mrc.data, dtype=np.float32).copy()
+        with _mrcfile_warnings_logged(Path(path)):
+            if mmap:
+                with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
+                    data: np.ndarray = mrc.data
+            else:
+                with mrcfile.open(path, permissive=False) as mrc:
+                    data = np.asarray(mrc.data, dtype=np.float32).copy()
     except (ValueError, OSError) as error:
         raise InputError(f"{path}: not a readable MRC file ({error})") from error
     return data, header.voxel_size_angst
@@ -157,7 +188,8 @@ def write_mrc(
     values = np.ascontiguousarray(data, dtype=np.float16 if float16 else np.float32)
 
     def write(partial: Path) -> None:
-        with mrcfile.new(partial, overwrite=True) as mrc:
+        mrc = mrcfile.new(partial, overwrite=True)
+        try:
             mrc.set_data(values)
             if values.ndim == 3 and target.suffix == ".mrcs":
                 mrc.set_image_stack()
@@ -172,6 +204,13 @@ def write_mrc(
             header.cellb = (90.0, 90.0, 90.0)
             header.origin = (0.0, 0.0, 0.0)
             header.nxstart = header.nystart = header.nzstart = 0
+            mrc.close()
+        except BaseException:
+            # a failed flush (full disk) leaves mrcfile's file object open: close it here
+            stream = getattr(mrc, "_iostream", None)
+            if stream is not None:
+                stream.close()
+            raise
 
     return write_atomically(target, write)
 
@@ -276,7 +315,7 @@ def _read_from_file(path: Path, indices: np.ndarray) -> list[np.ndarray]:
             "image(s) (indices are 1-based)"
         )
     try:
-        with mrcfile.mmap(path, mode="r", permissive=False) as mrc:
+        with _mrcfile_warnings_logged(path), mrcfile.mmap(path, mode="r", permissive=False) as mrc:
             data = mrc.data
             stack = data if data.ndim == 3 else data[np.newaxis]
             return [np.array(data if i == 0 else stack[i - 1], dtype=np.float32) for i in indices]

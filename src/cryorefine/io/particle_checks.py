@@ -79,7 +79,7 @@ def detect_flavour(
     if "rlnImageName" not in labels:
         if tomo and (set(_CENTERED) <= labels or set(_DECENTRED) <= labels):
             return "relion5_picks", optics if isinstance(optics, pd.DataFrame) else None, particles
-        raise InputError(f"{star}: data_particles: required label rlnImageName is missing")
+        require_labels(particles, ["rlnImageName"], path=star, block="particles")
     if optics is None:
         raise InputError(_RELION30.format(star=star))
     if not isinstance(optics, pd.DataFrame) or len(optics) == 0:
@@ -208,6 +208,7 @@ def map_optics(
                 f"{star}: data_optics {describe_rows(wrong)}: {label} is {values[wrong[0]]}, "
                 "expected a positive number"
             )
+    _check_microscope(star, optics)
     used = np.unique(index)
     if len(set(box[used].tolist())) > 1:
         raise InputError(
@@ -215,6 +216,24 @@ def map_optics(
             f"groups ({', '.join(str(b) for b in box[used])}); all images must have one size"
         )
     return index.astype(np.int64), pixel[index], box[index]
+
+
+def _check_microscope(star: Path, optics: pd.DataFrame) -> None:
+    """rlnVoltage > 0 and 0 <= rlnAmplitudeContrast < 1 where given (a CTF needs both)."""
+    for label, expected in (
+        ("rlnVoltage", "a positive number (kV)"),
+        ("rlnAmplitudeContrast", "a fraction in [0, 1)"),
+    ):
+        if label not in optics.columns:
+            continue
+        values = float_column(optics, label, path=star, block="optics")
+        valid = values > 0 if label == "rlnVoltage" else (values >= 0) & (values < 1)
+        wrong = np.flatnonzero(~valid)
+        if len(wrong):
+            raise InputError(
+                f"{star}: data_optics {describe_rows(wrong)}: {label} is "
+                f"{values[wrong[0]]:g}, expected {expected}"
+            )
 
 
 def pixel_origins_to_angst(particles: pd.DataFrame, pixel_size_angst: np.ndarray) -> pd.DataFrame:
@@ -325,6 +344,14 @@ def _check_shape(
         )
     half = box // 2 + 1
     row = rows[0]
+    found = "x".join(str(n) for n in shape[::-1])
+    if label == "rlnImageName" and flavour in ("subtomo3d", "relion4") and wanted.max() > 0:
+        raise InputError(
+            f"{star}: data_particles {describe_rows(rows)}: {label} names image "
+            f"{wanted.max()} of {file} ({found} voxels), but the images are 3D "
+            f"(rlnImageDimensionality 3): expected one {box}x{box}x{box} volume per file, "
+            "named without INDEX@"
+        )
     if label == "rlnCtfImage":
         allowed = [(box, box, box), (box, box, half)]
         if flavour == "relion4":
@@ -336,7 +363,6 @@ def _check_shape(
     else:
         allowed = [(box, box, box)]
     if shape not in allowed:
-        found = "x".join(str(n) for n in shape[::-1])
         expected = " or ".join("x".join(str(n) for n in a[::-1]) for a in allowed)
         raise InputError(
             f"{star}: data_particles row {row + 1}: {label} file {file} is {found} voxels "

@@ -22,6 +22,7 @@ import pandas as pd
 from jaxtyping import Bool, Float64, Int64
 
 from cryorefine.errors import InputError
+from cryorefine.io.labels import NUMERIC_LABELS, TEXT_LABELS
 from cryorefine.io.mrc import split_image_names
 from cryorefine.io.particle_checks import (
     check_image_files,
@@ -34,7 +35,14 @@ from cryorefine.io.particle_checks import (
 )
 from cryorefine.io.paths import find_base_folder, names_from_project_directory
 from cryorefine.io.star import StarBlock, read_star, write_star
-from cryorefine.io.tables import CtfParameters, describe_rows, float_column, int_column
+from cryorefine.io.tables import (
+    CtfParameters,
+    describe_rows,
+    float_column,
+    int_column,
+    require_labels,
+    warn_misspelt_labels,
+)
 
 __all__ = ["FIELD_LABELS", "ParticleSet", "load_particles", "write_particles"]
 
@@ -284,7 +292,7 @@ class ParticleSet:
 
     def _text(self, label: str) -> list[str]:
         if label not in self.particles.columns:
-            raise InputError(f"{self.path}: data_particles: required label {label} is missing")
+            require_labels(self.particles, [label], path=self.path, block="particles")
         return [str(value) for value in self.particles[label]]
 
 
@@ -309,6 +317,9 @@ def load_particles(path: str | PathLike[str], *, check_images: bool = True) -> P
     star = Path(path)
     blocks = read_star(star)
     flavour, optics, particles = detect_flavour(star, blocks)
+    for block, table in (("particles", particles), ("optics", optics)):
+        if table is not None:
+            warn_misspelt_labels(table, NUMERIC_LABELS | TEXT_LABELS, path=star, block=block)
     required_labels(flavour, particles, star)
     if flavour == "relion5_picks":
         n = len(particles)
@@ -343,10 +354,19 @@ def load_particles(path: str | PathLike[str], *, check_images: bool = True) -> P
     return particle_set
 
 
+#: Per-particle CTF labels checked at loading (finite numbers) where present.
+_CTF_LABELS = (
+    "rlnDefocusU rlnDefocusV rlnDefocusAngle rlnPhaseShift rlnCtfBfactor rlnCtfScalefactor"
+)
+
+
 def _check_values(particle_set: ParticleSet) -> None:
-    """Angles, origins and half sets are finite numbers; half sets are 1 or 2."""
+    """Angles, origins, CTF labels are finite numbers; half sets are 1 or 2."""
     particle_set.angles_deg()
     particle_set.origins_angst()
+    for label in _CTF_LABELS.split():
+        if label in particle_set.particles.columns:
+            float_column(particle_set.particles, label, path=particle_set.path, block="particles")
     half_sets = particle_set.half_sets()
     if "rlnRandomSubset" in particle_set.particles.columns:
         bad = np.flatnonzero((half_sets != 1) & (half_sets != 2))

@@ -11,6 +11,7 @@ Names and paths (``labels.TEXT_LABELS``) stay text even when they look numeric.
 Row numbers in messages are 1-based data rows of the block.
 """
 
+import linecache
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,12 +72,17 @@ def read_star(path: str | PathLike[str]) -> dict[str, StarBlock]:
     star = Path(path)
     text = _read_text(star)
     layouts = _scan(star, text)
+    # starfile reads lines through linecache, which it clears only when it succeeds: a
+    # copy left by a failed read would be parsed instead of the file as it is now
+    linecache.cache.pop(str(star), None)
     try:
         blocks: dict[str, StarBlock] = starfile.read(
             star, always_dict=True, parse_as_string=sorted(TEXT_LABELS)
         )
     except (ValueError, KeyError, IndexError, pd.errors.ParserError) as error:
         raise InputError(f"{star}: cannot be read as a STAR file ({error})") from error
+    finally:
+        linecache.cache.pop(str(star), None)
     if [layout.name for layout in layouts] != list(blocks):
         raise InputError(
             f"{star}: blocks found ({', '.join('data_' + b for b in blocks)}) differ from "

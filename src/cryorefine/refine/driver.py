@@ -93,6 +93,8 @@ def _iteration(
     """One iteration; returns the new inputs (poses), state, models and whether it was the last."""
     start = time.perf_counter()
     state = dataclasses.replace(state, iteration=state.iteration + 1)
+    # Seeded per iteration: a run continued from iteration k draws what the uninterrupted one drew.
+    generator.manual_seed(max(options.random_seed, 0) + state.iteration)
     state = check_convergence(state, options)
     final = state.has_converged
     cc = options.firstiter_cc and state.iteration == 1

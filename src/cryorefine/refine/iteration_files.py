@@ -66,7 +66,10 @@ def write_iteration(
     unfiltered: tuple[Tensor, Tensor] | None,
     ndim: int,
 ) -> None:
-    """``run_itNNN_*`` files (REFINE_SPEC §3)."""
+    """``run_itNNN_*`` files (REFINE_SPEC §3); the optimiser file, which ``--continue`` reads,
+    comes last, so that it marks a whole iteration."""
+    root = iteration_root(options.output_root or Path("run"), state.iteration)
+    _data_and_set(root, particles, statistics, optimisation_set, options)
     write_iteration_files(
         state,
         options,
@@ -75,8 +78,6 @@ def write_iteration(
         translations_3d=ndim == 3,
         unfiltered=unfiltered,
     )
-    root = iteration_root(options.output_root or Path("run"), state.iteration)
-    _data_and_set(root, particles, statistics, optimisation_set, options)
 
 
 def write_final(

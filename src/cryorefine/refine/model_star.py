@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from cryorefine.errors import InputError
-from cryorefine.io import StarBlock, read_mrc, read_star, resolve_path
+from cryorefine.io import StarBlock, float_column, int_column, read_mrc, read_star, resolve_path
 from cryorefine.refine.maximisation import overall_fourier_completeness
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
@@ -157,36 +157,67 @@ def _table(
     missing = [label for label in labels if label not in table.columns]
     if missing:
         raise InputError(f"{path}: data_{name}: labels {', '.join(missing)} are missing")
+    if len(table) == 0:
+        raise InputError(f"{path}: data_{name} has no rows")
     return table
 
 
+#: Whole-number labels of data_model_general and the least value each may take.
+_WHOLE = {
+    "rlnDataDimensionality": 2,
+    "rlnOriginalImageSize": 2,
+    "rlnCurrentImageSize": 1,
+    "rlnPaddingFactor": 1,
+    "rlnMinRadiusNnInterpolation": 0,
+    "rlnNrOpticsGroups": 1,
+    "rlnOrientationalPriorMode": 0,
+}
+
+
 def _general(blocks: dict[str, StarBlock], path: Path) -> dict[str, float]:
+    """data_model_general's numbers: finite, sizes whole, pixel size and resolution positive."""
     general = blocks.get("model_general")
     if not isinstance(general, dict):
         raise InputError(f"{path}: no data_model_general list block")
     labels = (
-        "rlnDataDimensionality rlnOriginalImageSize rlnCurrentResolution rlnCurrentImageSize "
-        "rlnPaddingFactor rlnMinRadiusNnInterpolation rlnPixelSize rlnNrOpticsGroups "
-        "rlnTau2FudgeFactor rlnNormCorrectionAverage rlnSigmaOffsetsAngst "
-        "rlnOrientationalPriorMode "
-        "rlnSigmaPriorRotAngle rlnSigmaPriorTiltAngle rlnSigmaPriorPsiAngle rlnLogLikelihood "
-        "rlnAveragePmax"
+        "rlnCurrentResolution rlnPixelSize rlnTau2FudgeFactor rlnNormCorrectionAverage "
+        "rlnSigmaOffsetsAngst rlnSigmaPriorRotAngle rlnSigmaPriorTiltAngle "
+        "rlnSigmaPriorPsiAngle rlnLogLikelihood rlnAveragePmax"
     ).split()
     out: dict[str, float] = {}
-    for label in labels:
+    for label in [*_WHOLE, *labels]:
         value = general.get(label)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(f"{path}: data_model_general: {label} is {value!r}, expected a number")
+        least = _WHOLE.get(label)
+        wrong = not math.isfinite(value)
+        if least is not None:
+            wrong = wrong or value < least or value != round(value)
+        elif label in ("rlnCurrentResolution", "rlnPixelSize"):
+            wrong = wrong or value <= 0
+        if wrong:
+            expected = (
+                f"a whole number >= {least}" if least is not None else "a finite number"
+            ) + (" > 0" if label in ("rlnCurrentResolution", "rlnPixelSize") else "")
+            raise InputError(f"{path}: data_model_general: {label} is {value}, expected {expected}")
         out[label] = float(value)
     return out
 
 
-def _spectrum(table: pd.DataFrame, label: str, size: int, device: torch.device | None) -> Tensor:
+def _spectrum(
+    table: pd.DataFrame,
+    label: str,
+    size: int,
+    device: torch.device | None,
+    *,
+    path: Path,
+    block: str,
+) -> Tensor:
     """A per-shell column placed by ``rlnSpectralIndex`` into ``size`` shells (0 where absent)."""
     out = np.zeros(size)
-    index = table["rlnSpectralIndex"].to_numpy(dtype=np.int64)
+    index = int_column(table, "rlnSpectralIndex", path=path, block=block)
     inside = (index >= 0) & (index < size)
-    out[index[inside]] = table[label].to_numpy(dtype=np.float64)[inside]
+    out[index[inside]] = float_column(table, label, path=path, block=block)[inside]
     return torch.as_tensor(out, device=device)
 
 
@@ -238,9 +269,18 @@ def half_model_from_star(
             "rlnSigma2Noise",
             size,
             device,
+            path=path,
+            block=f"model_optics_group_{g}",
         )
         for g in range(1, int(general["rlnNrOpticsGroups"]) + 1)
     ]
+
+    def shells(label: str) -> Tensor:
+        return _spectrum(spectra, label, size, device, path=path, block="model_class_1")
+
+    def column(table: pd.DataFrame, label: str, block: str) -> np.ndarray:
+        return float_column(table, label, path=path, block=block)
+
     pdf = blocks.get("model_pdf_orient_class_1")
     orientable = "rlnSpectralOrientabilityContribution" in spectra.columns
     model = HalfSetModel(
@@ -249,32 +289,39 @@ def half_model_from_star(
         pixel_size_angst=general["rlnPixelSize"],
         data_dimensionality=int(general["rlnDataDimensionality"]),
         sigma2_noise=torch.stack(noise),
-        tau2=_spectrum(spectra, "rlnReferenceTau2", size, device),
-        ssnr=_spectrum(spectra, "rlnSsnrMap", size, device),
-        fsc=_spectrum(spectra, "rlnGoldStandardFsc", size, device),
-        sigma2_reconstruction=_spectrum(spectra, "rlnReferenceSigma2", size, device),
-        fourier_completeness=_spectrum(spectra, "rlnFourierCompleteness", size, device),
-        orientability=_spectrum(spectra, "rlnSpectralOrientabilityContribution", size, device)
-        if orientable
-        else None,
+        tau2=shells("rlnReferenceTau2"),
+        ssnr=shells("rlnSsnrMap"),
+        fsc=shells("rlnGoldStandardFsc"),
+        sigma2_reconstruction=shells("rlnReferenceSigma2"),
+        fourier_completeness=shells("rlnFourierCompleteness"),
+        orientability=shells("rlnSpectralOrientabilityContribution") if orientable else None,
         orientation_pdf=None
         if not isinstance(pdf, pd.DataFrame)
         else torch.tensor(
-            pdf["rlnOrientationDistribution"].to_numpy(dtype=np.float64), device=device
+            column(pdf, "rlnOrientationDistribution", "model_pdf_orient_class_1"), device=device
         ),
         sigma2_offset_angst2=general["rlnSigmaOffsetsAngst"] ** 2,
         norm_correction_average=general["rlnNormCorrectionAverage"],
         average_pmax=general["rlnAveragePmax"],
         log_likelihood=general["rlnLogLikelihood"],
-        acc_rot_deg=float(classes["rlnAccuracyRotations"].iloc[0]),
+        acc_rot_deg=float(column(classes, "rlnAccuracyRotations", "model_classes")[0]),
         acc_trans_angst=float(
-            classes.get("rlnAccuracyTranslationsAngst", pd.Series([999.0])).iloc[0]
+            float_column(
+                classes,
+                "rlnAccuracyTranslationsAngst",
+                path=path,
+                block="model_classes",
+                default=999.0,
+            )[0]
         ),
         scale_correction=torch.tensor(
-            groups["rlnGroupScaleCorrection"].to_numpy(dtype=np.float64), device=device
+            column(groups, "rlnGroupScaleCorrection", "model_groups"), device=device
         ),
         group_names=tuple(str(name) for name in groups["rlnGroupName"]),
-        group_particle_counts=tuple(int(c) for c in groups["rlnGroupNrParticles"]),
+        group_particle_counts=tuple(
+            int(c)
+            for c in int_column(groups, "rlnGroupNrParticles", path=path, block="model_groups")
+        ),
     )
     run = ModelStarGeneral(
         current_resolution_inv_angst=1.0 / general["rlnCurrentResolution"],

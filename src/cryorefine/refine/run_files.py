@@ -1,4 +1,4 @@
-"""The files an auto-refine run writes (REFINE_SPEC §3), and ``--continue`` from them.
+"""The files an auto-refine run writes (REFINE_SPEC §3); ``--continue`` from them: ``run_continue``.
 
 Names for ``--o ROOT`` and iteration ``N`` (RELION's): ``ROOT_itNNN_half{1,2}_model.star``,
 ``ROOT_itNNN_half{1,2}_class001.mrc`` (and ``..._class001_unfil.mrc`` with
@@ -21,12 +21,9 @@ import torch
 from jaxtyping import Float, Shaped
 from torch import Tensor
 
-from cryorefine.errors import InputError
 from cryorefine.io import (
     OptimisationSet,
     ParticleSet,
-    read_star,
-    resolve_path,
     write_atomically,
     write_mrc,
     write_optimisation_set,
@@ -34,21 +31,16 @@ from cryorefine.io import (
     write_star,
 )
 from cryorefine.refine.model import HalfSetModel, RefineState
-from cryorefine.refine.model_star import half_model_from_star, model_star_blocks
+from cryorefine.refine.model_star import model_star_blocks
 from cryorefine.refine.options import RefineOptions
-from cryorefine.refine.run_state import (
-    optimiser_block,
-    optimiser_comments,
-    options_from_optimiser,
-    sampling_blocks,
-    state_from_optimiser,
-    state_from_sampling,
-)
+from cryorefine.refine.run_continue import ContinuedRun, last_finished_iteration, read_continue
+from cryorefine.refine.run_state import optimiser_block, optimiser_comments, sampling_blocks
 
 __all__ = [
     "ContinuedRun",
     "ParticleStatistics",
     "iteration_root",
+    "last_finished_iteration",
     "read_continue",
     "write_data_star",
     "write_final_files",
@@ -209,7 +201,9 @@ def write_iteration_files(
     """Half maps, half models, optimiser and sampling files of iteration ``state.iteration``.
 
     ``unfiltered``: the unregularised half maps (``--solvent_correct_fsc``).
-    The data file (``write_data_star``) and optimisation set are the caller's.
+    The data file (``write_data_star``) and optimisation set are the caller's,
+    to be written first: the optimiser file, written last, marks an iteration
+    whose files are all there (``last_finished_iteration``).
     """
     root = iteration_root(_output_root(options), state.iteration)
     written: list[Path] = []
@@ -234,26 +228,15 @@ def write_iteration_files(
                 model_files[-1], model, state, options, reference_image=f"{half}_class001.mrc"
             )
         )
-    pixel = models[0].pixel_size_angst
-    written.append(
-        write_optimiser_star(
-            f"{root}_optimiser.star",
-            state,
-            options,
-            model_files=tuple(model_files),
-            data_file=f"{root}_data.star",
-            sampling_file=f"{root}_sampling.star",
-        )
-    )
-    written.append(
-        write_sampling_star(
-            f"{root}_sampling.star",
-            state,
-            options,
-            rot_tilt_deg=rot_tilt_deg,
-            pixel_size_angst=pixel,
-            translations_3d=translations_3d,
-        )
+    written += _sampling_then_optimiser(
+        root,
+        state,
+        options,
+        tuple(model_files),
+        models[0].pixel_size_angst,
+        rot_tilt_deg,
+        translations_3d=translations_3d,
+        final=False,
     )
     return written
 
@@ -280,28 +263,49 @@ def write_final_files(
             f"{root}_model.star", model, state, options, reference_image=f"{root}_class001.mrc"
         )
     )
-    written.append(
-        write_optimiser_star(
-            f"{root}_optimiser.star",
-            state,
-            options,
-            model_files=(f"{root}_model.star",),
-            data_file=f"{root}_data.star",
-            sampling_file=f"{root}_sampling.star",
-            final=True,
-        )
-    )
-    written.append(
-        write_sampling_star(
-            f"{root}_sampling.star",
-            state,
-            options,
-            rot_tilt_deg=rot_tilt_deg,
-            pixel_size_angst=pixel,
-            translations_3d=translations_3d,
-        )
+    written += _sampling_then_optimiser(
+        root,
+        state,
+        options,
+        (f"{root}_model.star",),
+        pixel,
+        rot_tilt_deg,
+        translations_3d=translations_3d,
+        final=True,
     )
     return written
+
+
+def _sampling_then_optimiser(
+    root: str,
+    state: RefineState,
+    options: RefineOptions,
+    model_files: tuple[str, ...],
+    pixel_size_angst: float,
+    rot_tilt_deg: Float[Tensor, "m 2"],
+    *,
+    translations_3d: bool,
+    final: bool,
+) -> list[Path]:
+    """The sampling file, then the optimiser file: its presence marks a complete set of files."""
+    sampling = write_sampling_star(
+        f"{root}_sampling.star",
+        state,
+        options,
+        rot_tilt_deg=rot_tilt_deg,
+        pixel_size_angst=pixel_size_angst,
+        translations_3d=translations_3d,
+    )
+    optimiser = write_optimiser_star(
+        f"{root}_optimiser.star",
+        state,
+        options,
+        model_files=model_files,
+        data_file=f"{root}_data.star",
+        sampling_file=f"{root}_sampling.star",
+        final=final,
+    )
+    return [sampling, optimiser]
 
 
 def write_run_optimisation_set(
@@ -320,77 +324,3 @@ def write_run_optimisation_set(
         tomograms_file=options.tomograms, trajectories_file=options.trajectories
     )
     return write_optimisation_set(base.replace(particles_file=Path(data_file)), path)
-
-
-@dataclass(frozen=True)
-class ContinuedRun:
-    """Everything ``read_continue`` recovers: options, state, both half models, the data file."""
-
-    optimiser_file: Path
-    options: RefineOptions
-    state: RefineState
-    half_models: tuple[HalfSetModel, HalfSetModel]
-    data_file: Path
-
-
-def _comments(path: Path) -> list[str]:
-    lines = []
-    for line in path.read_text().splitlines():
-        if line.startswith("data_"):
-            break
-        if line.startswith("#"):
-            lines.append(line)
-    return lines
-
-
-def read_continue(path: Path | str, *, device: torch.device | None = None) -> ContinuedRun:
-    """Recover a run from its ``ROOT_itNNN_optimiser.star`` (``--continue``).
-
-    The sampling file, both half model files and their maps are found through
-    the names in the optimiser file (``io.resolve_path``: project directory
-    first, then the folders of the file).
-
-    Raises
-    ------
-    InputError
-        The file is not an optimiser file of a split (gold-standard) iteration,
-        or a file it names is missing or malformed.
-    """
-    star = Path(path)
-    blocks = read_star(star)
-    block = blocks.get("optimiser_general")
-    if not isinstance(block, dict):
-        raise InputError(f"{star}: no data_optimiser_general list block; not an optimiser file")
-    if not block.get("rlnDoSplitRandomHalves") or "rlnModelStarFile2" not in block:
-        raise InputError(
-            f"{star}: rlnDoSplitRandomHalves is 0 (the final file of a finished run, or not a "
-            f"gold-standard refinement); continue from a run_itNNN_optimiser.star instead"
-        )
-    comments = _comments(star)
-    options = options_from_optimiser(block, comments, path=star)
-    fields = state_from_optimiser(block, comments, path=star)
-    sampling_file = resolve_path(str(block["rlnOrientSamplingStarFile"]), star)
-    fields |= state_from_sampling(read_star(sampling_file), path=sampling_file)
-    models, generals = [], []
-    for half, label in ((1, "rlnModelStarFile"), (2, "rlnModelStarFile2")):
-        model, general = half_model_from_star(
-            resolve_path(str(block[label]), star), half_set=half, device=device
-        )
-        models.append(model)
-        generals.append(general)
-    run = generals[0]
-    fields.setdefault("coarse_size", run.current_size)
-    state = RefineState(
-        current_resolution_inv_angst=run.current_resolution_inv_angst,
-        current_size=run.current_size,
-        local_searches=run.local_searches,
-        sigma_rot_deg=run.sigma_rot_deg,
-        sigma_tilt_deg=run.sigma_tilt_deg,
-        sigma_psi_deg=run.sigma_psi_deg,
-        **fields,  # type: ignore[arg-type]
-    )
-    options = dataclasses.replace(
-        options, tau2_fudge=run.tau2_fudge, pad=run.padding_factor, r_min_nn=run.r_min_nn
-    )
-    data_file = resolve_path(str(block["rlnExperimentalDataStarFile"]), star)
-    return ContinuedRun(star, options, state, (models[0], models[1]), data_file)

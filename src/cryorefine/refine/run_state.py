@@ -16,6 +16,7 @@ options, and the directions of the current order kept after symmetry reduction.
 """
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -211,9 +212,18 @@ def _number(
     block: Mapping[str, object], label: str, path: Path, name: str = "optimiser_general"
 ) -> float:
     value = _get(block, label, path, name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{path}: data_{name}: {label} is {value!r}, expected a number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{path}: data_{name}: {label} is {value!r}, expected a finite number")
     return float(value)
+
+
+def _whole(
+    block: Mapping[str, object], label: str, path: Path, name: str = "optimiser_general"
+) -> int:
+    value = _number(block, label, path, name)
+    if value != round(value):
+        raise InputError(f"{path}: data_{name}: {label} is {value}, expected a whole number")
+    return int(value)
 
 
 def options_from_optimiser(
@@ -247,9 +257,10 @@ def options_from_optimiser(
         "fix_sigma_offset": ("rlnFixSigmaOffsetEstimates", bool),
     }
     values: dict[str, Any] = {
-        name: kind(_number(block, label, path)) for name, (label, kind) in number.items()
+        name: (_whole(block, label, path) if kind is int else kind(_number(block, label, path)))
+        for name, (label, kind) in number.items()
     }
-    limit = int(_number(block, "rlnNumberOfIterations", path))
+    limit = _whole(block, "rlnNumberOfIterations", path)
     values["auto_iter_max" if options.auto_refine else "iter"] = limit
     for name, label in (
         ("output_root", "rlnOutputRootName"),
@@ -271,13 +282,16 @@ def state_from_optimiser(
     def number(label: str) -> float:
         return _number(block, label, path)
 
+    def whole(label: str) -> int:
+        return _whole(block, label, path)
+
     fields: dict[str, object] = {
-        "iteration": int(number("rlnCurrentIteration")),
-        "incr_size": int(number("rlnIncrementImageSize")),
-        "nr_iter_wo_resol_gain": int(number("rlnNumberOfIterWithoutResolutionGain")),
+        "iteration": whole("rlnCurrentIteration"),
+        "incr_size": whole("rlnIncrementImageSize"),
+        "nr_iter_wo_resol_gain": whole("rlnNumberOfIterWithoutResolutionGain"),
         "best_resolution_inv_angst": number("rlnBestResolutionThusFar"),
-        "nr_iter_wo_large_hidden_variable_changes": int(
-            number("rlnNumberOfIterWithoutChangingAssignments")
+        "nr_iter_wo_large_hidden_variable_changes": whole(
+            "rlnNumberOfIterWithoutChangingAssignments"
         ),
         "acc_rot_deg": number("rlnOverallAccuracyRotations"),
         "acc_trans_angst": number("rlnOverallAccuracyTranslationsAngst"),
@@ -286,10 +300,10 @@ def state_from_optimiser(
         "changes_classes": number("rlnChangesOptimalClasses"),
         "smallest_changes_orientations_deg": number("rlnSmallestChangesOrientations"),
         "smallest_changes_offsets_angst": number("rlnSmallestChangesOffsets"),
-        "smallest_changes_classes": int(number("rlnSmallestChangesClasses")),
+        "smallest_changes_classes": whole("rlnSmallestChangesClasses"),
         "has_converged": bool(number("rlnHasConverged")),
         "has_high_fsc_at_limit": bool(number("rlnHasHighFscAtResolLimit")),
-        "has_large_incr_size_iter_ago": int(number("rlnHasLargeSizeIncreaseIterationsAgo")),
+        "has_large_incr_size_iter_ago": whole("rlnHasLargeSizeIncreaseIterationsAgo"),
     }
     line = next((c for c in comments if c.startswith(STATE_COMMENT)), None)
     if line is not None:
@@ -298,6 +312,10 @@ def state_from_optimiser(
             if key == "has_fine_enough_angular_sampling":
                 fields[key] = value == "1"
             elif key == "coarse_size":
+                if not value.isdigit():
+                    raise InputError(
+                        f"{path}: {STATE_COMMENT} coarse_size={value!r}, expected pixels"
+                    )
                 fields[key] = int(value)
     return fields
 
@@ -350,7 +368,7 @@ def state_from_sampling(blocks: Mapping[str, object], *, path: Path) -> dict[str
         return _number(general, label, path, "sampling_general")
 
     return {
-        "healpix_order": int(number("rlnHealpixOrder")),
+        "healpix_order": _whole(general, "rlnHealpixOrder", path, "sampling_general"),
         "psi_step_deg": number("rlnPsiStep"),
         "offset_range_angst": number("rlnOffsetRange"),
         "offset_step_angst": number("rlnOffsetStep"),

@@ -1,0 +1,148 @@
+"""``--continue``: a run recovered from its ``ROOT_itNNN_optimiser.star``, and which one to take.
+
+An iteration's files are written optimiser file last (``run_files``), so an
+optimiser file whose named files (data, sampling, both half models, their
+maps) are all there marks a finished iteration; ``last_finished_iteration``
+finds the newest one after a run was stopped, even by SIGKILL while writing.
+``read_continue`` recovers the options (command-line comment and labels), the
+state (optimiser and sampling files) and both half models (model files and maps).
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cryorefine.errors import InputError
+from cryorefine.io import read_star, resolve_path
+from cryorefine.refine.model import HalfSetModel, RefineState
+from cryorefine.refine.model_star import half_model_from_star
+from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.run_state import (
+    options_from_optimiser,
+    state_from_optimiser,
+    state_from_sampling,
+)
+
+__all__ = ["ContinuedRun", "last_finished_iteration", "read_continue"]
+
+
+@dataclass(frozen=True)
+class ContinuedRun:
+    """Everything ``read_continue`` recovers: options, state, both half models, the data file."""
+
+    optimiser_file: Path
+    options: RefineOptions
+    state: RefineState
+    half_models: tuple[HalfSetModel, HalfSetModel]
+    data_file: Path
+
+
+def _comments(path: Path) -> list[str]:
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("data_"):
+            break
+        if line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+_NAMED = ("rlnModelStarFile", "rlnModelStarFile2", "rlnOrientSamplingStarFile")
+
+
+def _named_file(
+    block: Mapping[str, object], label: str, star: Path, *, must_exist: bool = True
+) -> Path:
+    """The file under ``label`` of an optimiser block; ``InputError`` if it is not there."""
+    if label not in block:
+        raise InputError(f"{star}: data_optimiser_general: label {label} is missing")
+    path = resolve_path(str(block[label]), star)
+    if must_exist and not path.is_file():
+        raise InputError(
+            f"{star}: {label} names {block[label]}, which does not exist: this iteration's "
+            "files are incomplete (was the run stopped while writing them?); continue from "
+            "the iteration before"
+        )
+    return path
+
+
+def _split_block(star: Path, *, named: tuple[str, ...] = _NAMED) -> Mapping[str, object]:
+    block = read_star(star).get("optimiser_general")
+    if not isinstance(block, dict):
+        raise InputError(f"{star}: no data_optimiser_general list block; not an optimiser file")
+    if not block.get("rlnDoSplitRandomHalves") or "rlnModelStarFile2" not in block:
+        raise InputError(
+            f"{star}: rlnDoSplitRandomHalves is 0 (the final file of a finished run, or not a "
+            f"gold-standard refinement); continue from a run_itNNN_optimiser.star instead"
+        )
+    for label in named:
+        _named_file(block, label, star)
+    return block
+
+
+def last_finished_iteration(output_root: Path | str) -> Path | None:
+    """The newest ``ROOT_itNNN_optimiser.star`` of ``output_root`` whose files are all there.
+
+    An iteration's optimiser file is written after its other files; one that
+    names a missing file (a run stopped while writing) is passed over. None if
+    no iteration has finished.
+    """
+    root = Path(output_root)
+    found = sorted(root.parent.glob(f"{root.name}_it[0-9][0-9][0-9]_optimiser.star"))
+    for star in reversed(found):
+        try:
+            _split_block(star, named=(*_NAMED, "rlnExperimentalDataStarFile"))
+        except InputError:
+            continue
+        return star
+    return None
+
+
+def read_continue(path: Path | str, *, device: torch.device | None = None) -> ContinuedRun:
+    """Recover a run from its ``ROOT_itNNN_optimiser.star`` (``--continue``).
+
+    The data file, the sampling file, both half model files and their maps are
+    found through the names in the optimiser file (``io.resolve_path``: project
+    directory first, then the folders of the file).
+
+    Raises
+    ------
+    InputError
+        The file is not an optimiser file of a split (gold-standard) iteration,
+        or a model or sampling file it names is missing (``last_finished_iteration``
+        finds the last complete iteration) or malformed.
+    """
+    star = Path(path)
+    block = _split_block(star)
+    comments = _comments(star)
+    options = options_from_optimiser(block, comments, path=star)
+    fields = state_from_optimiser(block, comments, path=star)
+    sampling_file = _named_file(block, "rlnOrientSamplingStarFile", star)
+    fields |= state_from_sampling(read_star(sampling_file), path=sampling_file)
+    models, generals = [], []
+    for half, label in ((1, "rlnModelStarFile"), (2, "rlnModelStarFile2")):
+        model, general = half_model_from_star(
+            _named_file(block, label, star), half_set=half, device=device
+        )
+        models.append(model)
+        generals.append(general)
+    run = generals[0]
+    fields.setdefault("coarse_size", run.current_size)
+    state = RefineState(
+        current_resolution_inv_angst=run.current_resolution_inv_angst,
+        current_size=run.current_size,
+        local_searches=run.local_searches,
+        sigma_rot_deg=run.sigma_rot_deg,
+        sigma_tilt_deg=run.sigma_tilt_deg,
+        sigma_psi_deg=run.sigma_psi_deg,
+        **fields,  # type: ignore[arg-type]
+    )
+    options = dataclasses.replace(
+        options, tau2_fudge=run.tau2_fudge, pad=run.padding_factor, r_min_nn=run.r_min_nn
+    )
+    # the data file is read by the caller, which names it if it is missing
+    data_file = _named_file(block, "rlnExperimentalDataStarFile", star, must_exist=False)
+    return ContinuedRun(star, options, state, (models[0], models[1]), data_file)
