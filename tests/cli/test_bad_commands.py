@@ -590,11 +590,6 @@ NEEDS: dict[str, str] = {
         "without file block or label; refine/initialise.load_inputs should refuse it before "
         "the first iteration naming data_optics rows and rlnImagePixelSize"
     ),
-    "refine: negative healpix order": "refine: check --healpix_order >= 0 (now ValueError)",
-    "refine: padding of zero": "refine: check --pad >= 1 (now RuntimeError in the E-step)",
-    "refine: offset step of zero": "refine: check --offset_step > 0 (now ValueError)",
-    "refine: negative oversampling": "refine: check --oversampling >= 0 (now ValueError)",
-    "refine: --ini_high nan": "refine: --ini_high nan is taken for 'not given'; refuse it",
     "reconstruct: --batch_size 0": "cli/reconstruct.py: check --batch_size >= 1 (ValueError)",
     "reconstruct: negative --maxres": "cli/reconstruct.py: check --maxres > 0 (ValueError)",
     "reconstruct: --maxres coarser than the box": (

@@ -51,7 +51,7 @@ from cryorefine.refine.maximisation import (
     uniform_orientation_pdf,
 )
 from cryorefine.refine.model import HalfSetModel, RefineState, initial_refine_state
-from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.options import RefineOptions, check_option_ranges
 from cryorefine.refine.resolution import (
     gold_standard_fsc,
     image_sizes,
@@ -287,6 +287,7 @@ def refine_run(
         Any input that is not what RELION's relion_refine expects, before the first iteration.
     """
     communicator = communicator or SingleProcess()
+    check_option_ranges(options)
     state: RefineState | None = None
     models = None
     if continue_from is not None:

@@ -17,6 +17,7 @@ know (``--pipeline_control``, ``--scratch_dir``...).
 """
 
 import dataclasses
+import math
 import shlex
 import types
 from collections.abc import Sequence
@@ -26,7 +27,12 @@ from typing import Any
 
 from cryorefine.errors import InputError
 
-__all__ = ["COMMAND_LINE_FLAGS", "RefineOptions", "options_from_command_line"]
+__all__ = [
+    "COMMAND_LINE_FLAGS",
+    "RefineOptions",
+    "check_option_ranges",
+    "options_from_command_line",
+]
 
 
 @dataclass(frozen=True)
@@ -208,3 +214,38 @@ def options_from_command_line(
     if isinstance(values.get("tau2_fudge"), float) and values["tau2_fudge"] <= 0:
         values["tau2_fudge"] = 1.0  # RELION's -1: not given
     return dataclasses.replace(base or RefineOptions(), **values)
+
+
+def check_option_ranges(options: RefineOptions) -> None:
+    """Refuse values no refinement can run with, naming the option.
+
+    Raises
+    ------
+    InputError
+        ``--pad`` below 1, a negative ``--healpix_order``, ``--auto_local_healpix_order``
+        or ``--oversampling``, an ``--offset_step`` that is not positive, a negative
+        ``--offset_range``, or a NaN ``--ini_high`` / ``--particle_diameter``.
+    """
+    checks = [
+        ("--pad", options.pad, options.pad >= 1, "an integer of at least 1 (RELION: 2)"),
+        ("--healpix_order", options.healpix_order, options.healpix_order >= 0, "0 or more"),
+        (
+            "--auto_local_healpix_order",
+            options.auto_local_healpix_order,
+            options.auto_local_healpix_order >= 0,
+            "0 or more",
+        ),
+        ("--oversampling", options.oversampling, options.oversampling >= 0, "0 or more"),
+        ("--offset_step", options.offset_step, options.offset_step > 0, "a positive number"),
+        ("--offset_range", options.offset_range, options.offset_range >= 0, "0 or more"),
+        ("--ini_high", options.ini_high, not math.isnan(options.ini_high), "a number (A)"),
+        (
+            "--particle_diameter",
+            options.particle_diameter,
+            not math.isnan(options.particle_diameter),
+            "a number (A)",
+        ),
+    ]
+    for flag, value, good, expected in checks:
+        if not good:
+            raise InputError(f"option {flag} is {value}, expected {expected}")
