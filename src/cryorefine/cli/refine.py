@@ -20,7 +20,6 @@ Several ranks (docs/parallel.md): ``torchrun --nproc_per_node 4 -m cryorefine re
 import argparse
 import dataclasses
 import logging
-import re
 from pathlib import Path
 
 from cryorefine.cli.device import device_from_gpu_option
@@ -32,7 +31,7 @@ from cryorefine.parallel import (
     parallel_session,
 )
 from cryorefine.refine.options import COMMAND_LINE_FLAGS, RefineOptions
-from cryorefine.refine.run_continue import last_finished_iteration
+from cryorefine.refine.run_continue import last_finished_iteration, output_root_of
 
 __all__ = ["IGNORED_OPTIONS", "add_arguments", "options_from_arguments", "run"]
 
@@ -158,12 +157,8 @@ def _add_run_log(path: Path) -> None:
 
 def _resume_hint(options: RefineOptions, continue_from: Path | None) -> str:
     """``--continue`` with the last iteration whose files are whole."""
-    root = (
-        re.sub(r"_it\d+_optimiser\.star$", "", str(continue_from))
-        if continue_from is not None
-        else str(options.output_root)
-    )
-    done = last_finished_iteration(root)
+    root = output_root_of(continue_from) if continue_from is not None else options.output_root
+    done = last_finished_iteration(root or Path("run"))
     if done is None:
         return "start the run again"
     return f"resume with: cryorefine refine --continue {done} (any number of ranks)"
@@ -181,9 +176,7 @@ def _write_report(options: RefineOptions, continue_from: Path | None) -> None:
     """The run's HTML report (``cryorefine report``); a failure there never fails the run."""
     from cryorefine.report import write_report
 
-    root = options.output_root
-    if continue_from is not None:  # as the driver: outputs next to the optimiser file
-        root = Path(re.sub(r"_it\d+_optimiser\.star$", "", str(continue_from)))
+    root = output_root_of(continue_from) if continue_from is not None else options.output_root
     if root is None:
         return
     try:

@@ -13,7 +13,6 @@ call it from Python with a ``RefineOptions``.
 
 import dataclasses
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -61,6 +60,7 @@ from cryorefine.refine.resolution import (
     update_current_resolution,
     update_size_increment,
 )
+from cryorefine.refine.run_continue import output_root_of
 from cryorefine.refine.run_files import read_continue
 
 __all__ = ["refine_run"]
@@ -293,11 +293,10 @@ def refine_run(
     if continue_from is not None:
         continued = read_continue(continue_from, device=device)
         # As RELION: outputs go next to the optimiser file continued from (its root).
-        root = re.sub(r"_it\d+_optimiser\.star$", "", str(continue_from))
         options = dataclasses.replace(
             continued.options,
             input_particles=Path(continued.data_file),
-            output_root=Path(root),
+            output_root=output_root_of(continue_from),
         )
         state, models = continued.state, tuple(continued.half_models)
         logger.info("continuing from %s (iteration %d)", continue_from, state.iteration)

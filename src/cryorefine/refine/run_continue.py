@@ -9,6 +9,7 @@ state (optimiser and sampling files) and both half models (model files and maps)
 """
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from cryorefine.refine.run_state import (
     state_from_sampling,
 )
 
-__all__ = ["ContinuedRun", "last_finished_iteration", "read_continue"]
+__all__ = ["ContinuedRun", "last_finished_iteration", "output_root_of", "read_continue"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +147,9 @@ def read_continue(path: Path | str, *, device: torch.device | None = None) -> Co
     # the data file is read by the caller, which names it if it is missing
     data_file = _named_file(block, "rlnExperimentalDataStarFile", star, must_exist=False)
     return ContinuedRun(star, options, state, (models[0], models[1]), data_file)
+
+
+def output_root_of(optimiser_star: Path | str) -> Path:
+    """The run's output root (``--o``) of ``ROOT_itNNN_optimiser.star``: as RELION, a continued
+    run writes next to the optimiser file it continues from."""
+    return Path(re.sub(r"_it\d+_optimiser\.star$", "", str(optimiser_star)))
