@@ -36,7 +36,16 @@ def main() -> None:
     parser.add_argument("--iter", type=int, default=4)
     parser.add_argument("--healpix_order", type=int, default=2)
     parser.add_argument("--local_order", type=int, default=4)
+    parser.add_argument("--offset_range", type=float, default=3.0)
+    parser.add_argument("--offset_step", type=float, default=1.0)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument(
+        "--torch_profiler",
+        action="store_true",
+        help="also run torch.profiler (its tables take minutes to build for long runs); "
+        "without it, run with CUDA_LAUNCH_BLOCKING=1 so that cProfile charges device time to "
+        "the function that launched it",
+    )
     parser.add_argument("--work", default="bench_profile_work")
     parser.add_argument("--out", default="bench_profile.json")
     args = parser.parse_args()
@@ -64,8 +73,8 @@ def main() -> None:
         particle_diameter=150.0,
         healpix_order=args.healpix_order,
         auto_local_healpix_order=args.local_order,
-        offset_range=3.0,
-        offset_step=1.0,
+        offset_range=args.offset_range,
+        offset_step=args.offset_step,
         sym=args.sym,
         zero_mask=True,
         flatten_solvent=True,
@@ -77,16 +86,24 @@ def main() -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.gpu else [])
     python_profile = cProfile.Profile()
     tic = time.perf_counter()
-    with profile(activities=activities) as prof:
+    device_table = host_table = "(torch.profiler not run: --torch_profiler)"
+    if args.torch_profiler:
+        with profile(activities=activities) as prof:
+            python_profile.enable()
+            refine_run(options, device=device)
+            python_profile.disable()
+        key = "self_cuda_time_total" if args.gpu else "self_cpu_time_total"
+        device_table = prof.key_averages().table(sort_by=key, row_limit=25)
+        host_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    else:
         python_profile.enable()
         refine_run(options, device=device)
         python_profile.disable()
     refine_seconds = time.perf_counter() - tic
-    key = "self_cuda_time_total" if args.gpu else "self_cpu_time_total"
-    device_table = prof.key_averages().table(sort_by=key, row_limit=25)
-    host_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     stream = io.StringIO()
-    pstats.Stats(python_profile, stream=stream).sort_stats("cumulative").print_stats(45)
+    stats = pstats.Stats(python_profile, stream=stream)
+    stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("tottime").print_stats(30)
     logging.info("simulate %.1f s, refine (%d iterations, profiled) %.1f s", simulate_seconds,
                  args.iter, refine_seconds)  # fmt: skip
     for title, table in (("device time", device_table), ("host time", host_table),
