@@ -14,6 +14,7 @@ from cryorefine.likelihood import (
     squared_differences,
     window_phases,
 )
+from cryorefine.likelihood.fine import distinct_translations
 from cryorefine.likelihood.pairs import BlockProjector, pair_lists, score_pairs, sum_pairs
 from cryorefine.likelihood.passes import RowProjector
 
@@ -143,3 +144,22 @@ def test_pair_sums_are_the_kernel_sums_of_the_scattered_weights(cached):
         atol=2 * gamma(C * F, U32) * dense.sum().item(),
     )
     torch.testing.assert_close(got.pair_weights, weights.sum((2, 3)))
+
+
+def test_distinct_translations_list_each_particles_translations_and_reindex_its_pairs():
+    generator = torch.Generator().manual_seed(23)
+    significant = torch.rand((5, 9, 7), generator=generator) < 0.15
+    significant[3] = False
+    significant[3, 4, 2] = True  # one pair only
+    lists = pair_lists(significant)
+    distinct, local = distinct_translations(lists, 9)
+    for particle in range(5):
+        used = sorted({int(t) for t in torch.nonzero(significant[particle])[:, 0]})
+        width = len(used)
+        assert distinct[particle, :width].tolist() == used  # ascending, then padding
+        valid = lists.valid[particle]
+        # every pair's local index points at its own translation
+        back = distinct[particle, local.translations[particle][valid]]
+        assert back.tolist() == lists.translations[particle][valid].tolist()
+    assert torch.equal(local.slots, lists.slots)
+    assert torch.equal(local.valid, lists.valid)

@@ -17,6 +17,7 @@ from cryorefine.likelihood.plan import (
     ExpectationResult,
     ParticleTerms,
     ProjectionCache,
+    memory_budget,
 )
 from cryorefine.likelihood.poses import OrientationGrid, coarse_rotations, fine_rotations
 from cryorefine.likelihood.posterior import (
@@ -87,6 +88,7 @@ __all__ = [
     "log_likelihood_contribution",
     "log_sigma2_sum",
     "matmul_precision",
+    "memory_budget",
     "offset_moments",
     "orientation_terms",
     "pmax",

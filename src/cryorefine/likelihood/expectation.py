@@ -125,13 +125,17 @@ def projection_cache(
     if coarse:
         table = coarse_rotations(grid).to(device)
         projector = RowProjector(reference_ft, table, coarse_window(plan, ndim, device=device), pad)
-        values["coarse"] = projector.with_values(max_bytes=2**62).values
+        values["coarse"] = projector.with_values(
+            max_bytes=2**62, chunk_bytes=plan.max_bytes // 4
+        ).values
     if fine:
         ids = torch.arange(grid.count, device=grid.pixels.device)
         table = fine_rotations(grid, ids, oversampling=plan.oversampling).reshape(-1, 3, 3)
         window = _fine_window(plan, ndim, device=device)
         projector = RowProjector(reference_ft, table.to(device), window, pad)
-        values["fine"] = projector.with_values(max_bytes=2**62).values
+        values["fine"] = projector.with_values(
+            max_bytes=2**62, chunk_bytes=plan.max_bytes // 4
+        ).values
     return ProjectionCache(**values)
 
 
@@ -181,26 +185,39 @@ def prepare(particles: ParticleTerms, plan: ExpectationPlan) -> Prepared:
     )
 
 
-def _fine_groups(coarse: CoarseOutcome, plan: ExpectationPlan) -> list[Tensor]:
+def _fine_groups(coarse: CoarseOutcome, plan: ExpectationPlan, window_values: int) -> list[Tensor]:
     """Particles grouped by their number of significant coarse pairs, arrays within budget.
 
-    A group's fine arrays ``(b, q, g, f)`` are padded to its largest ``q``;
-    particles are taken in order of ``q`` and a group is closed when its padded
-    size would exceed the budget or twice its particles' own sizes.
+    A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
+    samples of ``_BYTES_PER_SAMPLE`` and, per distinct fine translation, the
+    phases and ``Z`` on the fine and back-projection windows (16 bytes per
+    coefficient of ``window_values``). Particles are taken in order of ``q``; a
+    group is closed when its padded size would exceed the budget or twice its
+    particles' own sizes.
     """
-    children = 8**plan.oversampling * 2 ** (plan.oversampling * plan.translations_px.shape[1])
+    g = 2 ** (plan.oversampling * plan.translations_px.shape[1])
+    children = 8**plan.oversampling * g
     pairs = coarse.significant.sum(dim=(1, 2)).tolist()
+    distinct = coarse.significant.any(dim=2).sum(dim=1).tolist()
     order = sorted(range(len(pairs)), key=pairs.__getitem__)
-    budget = (plan.max_bytes // 2) // (_BYTES_PER_SAMPLE * children)
+    budget = plan.max_bytes // 2
+
+    def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
+        per_particle = widest_pairs * children * _BYTES_PER_SAMPLE
+        return count * (per_particle + widest_distinct * g * 16 * window_values)
+
     groups: list[list[int]] = [[]]
-    total = 0
-    for i in order:  # ascending: particle i sets the padded width
-        padded = (len(groups[-1]) + 1) * pairs[i]
-        if groups[-1] and (padded > budget or padded > 2 * (total + pairs[i])):
+    total = widest_distinct = 0
+    for i in order:  # ascending: particle i sets the padded width of pairs
+        wider = max(widest_distinct, distinct[i])
+        padded = cost(len(groups[-1]) + 1, pairs[i], wider)
+        if groups[-1] and (padded > budget or padded > 2 * (total + cost(1, pairs[i], wider))):
             groups.append([])
             total = 0
+            wider = distinct[i]
         groups[-1].append(i)
-        total += pairs[i]
+        total += cost(1, pairs[i], distinct[i])
+        widest_distinct = wider
     device = coarse.significant.device
     return [torch.tensor(group, dtype=torch.int64, device=device) for group in groups]
 
@@ -274,14 +291,12 @@ def expectation(
         if particles.orientation_ids is None
         else particles.orientation_ids.shape[1]
     )
-    per_particle = plan.translations_px.shape[0] * candidates * _BYTES_PER_SAMPLE
-    # Z and the back-projection terms of the whole fine translation grid (fine.py)
-    fine_translations = plan.translations_px.shape[0] * 2 ** (
-        plan.oversampling * plan.translations_px.shape[1]
-    )
-    window_size = plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
-    per_particle += 2 * fine_translations * 2 * window_size * 4
+    # the coarse scores and the coarse pass's Z and phases (the fine pass is grouped below)
+    coarse_values = plan.coarse_size ** (particles.ndim - 1) * (plan.coarse_size // 2 + 1)
+    t = plan.translations_px.shape[0]
+    per_particle = t * (candidates * _BYTES_PER_SAMPLE + 16 * coarse_values)
     chunk = max(1, (plan.max_bytes // 2) // per_particle)
+    window_values = 2 * plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
     fine: list[FineOutcome] = []
     orders: list[Tensor] = []
     counts: list[Tensor] = []
@@ -290,7 +305,7 @@ def expectation(
         part = particles.select(slice(start, start + chunk))
         prep = prepare(part, plan)
         coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
-        for group in _fine_groups(coarse, plan):
+        for group in _fine_groups(coarse, plan, window_values):
             sub = (select(prep, group), part.select(group), select(coarse, group))
             fine.append(fine_pass(*sub, reference_ft, plan, cache.fine))
             orders.append(group + start)

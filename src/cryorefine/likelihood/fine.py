@@ -43,7 +43,7 @@ from cryorefine.likelihood.search import (
 from cryorefine.likelihood.sums import offset_moments
 from cryorefine.likelihood.window import shell_matrix, window_phases
 
-__all__ = ["fine_pass", "fine_row_rotations", "fine_translations"]
+__all__ = ["distinct_translations", "fine_pass", "fine_row_rotations", "fine_translations"]
 
 
 def fine_row_rotations(plan: ExpectationPlan, rows: Int[Tensor, " n"]) -> Float[Tensor, "n 3 3"]:
@@ -84,8 +84,31 @@ def _projector(
     rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
     table = fine_rotations(plan.orientations, union, oversampling=plan.oversampling)
     table = table.reshape(-1, 3, 3)
-    projector = RowProjector(reference_ft, table, window, pad).with_values(plan.max_bytes // 4)
+    projector = RowProjector(reference_ft, table, window, pad)
+    projector = projector.with_values(plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4)
     return BlockProjector(projector, f), rows, lambda picked: table[picked]
+
+
+def distinct_translations(lists: PairLists, count: int) -> tuple[Tensor, PairLists]:
+    """Each particle's distinct coarse translations ``(b, u)``, and ``lists`` indexing them.
+
+    The fine pass needs ``Z`` only at the children of these (a few per particle
+    once posteriors are peaked), not at the whole fine grid: for 3D data the
+    whole grid's ``Z`` is ~1 GB per particle at box 48. Padding of the result
+    repeats a real translation (wasted work, no effect).
+    """
+    b = lists.translations.shape[0]
+    device = lists.translations.device
+    used = torch.zeros((b, count), dtype=torch.bool, device=device)
+    owner = torch.arange(b, device=device)[:, None].expand_as(lists.translations)
+    used[owner[lists.valid], lists.translations[lists.valid]] = True
+    distinct, distinct_valid = compact(used)
+    position = torch.zeros((b, count), dtype=torch.int64, device=device)
+    column = torch.arange(distinct.shape[1], device=device).expand_as(distinct)
+    position[owner[:, : distinct.shape[1]].expand_as(distinct)[distinct_valid],
+             distinct[distinct_valid]] = column[distinct_valid]  # fmt: skip
+    local = PairLists(lists.slots, position.gather(1, lists.translations), lists.valid)
+    return distinct, local
 
 
 def _log_prior(
@@ -128,14 +151,17 @@ def fine_pass(
     translations = fine_translations(plan)
     b, q = ids.shape
     g, f = translations.shape[0] // plan.translations_px.shape[0], projector.block
-    phases = window_phases(prep.fine_window, translations, box_size=plan.ori_size)
+    distinct, local = distinct_translations(lists, plan.translations_px.shape[0])
+    needed = (distinct[:, :, None] * g + torch.arange(g, device=ids.device)).reshape(b, -1)
+    needed_px = translations[needed]  # (b, u g, ndim)
+    phases = window_phases(prep.fine_window, needed_px, box_size=plan.ori_size)
     weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
     terms = data_terms(prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision)
     scores = score_pairs(
         terms,
         projector,
         rows,
-        lists,
+        local,
         children=g,
         cross_correlation=plan.cross_correlation,
         max_bytes=plan.max_bytes,
@@ -150,15 +176,15 @@ def fine_pass(
     everyone = torch.arange(b, device=best.device)
     best_pair, best_t, best_child = best // (g * f), (best // f) % g, best % f
     best_translation = translations[index[everyone, best_pair, best_t]]
-    bp_phases = window_phases(prep.bp_window, translations, box_size=plan.ori_size)
+    bp_phases = window_phases(prep.bp_window, needed_px, box_size=plan.ori_size)
     # Only pairs that carry weight after the second cut add to the sums (RELION's
     # storeWeightedSums skips the others): with peaked posteriors a few of many.
     pair_weights = summed.sum(dim=(2, 3))  # (b, q)
     carried, carried_valid = compact(pair_weights > 0)
     carried_lists = PairLists(
-        lists.slots.gather(1, carried),
-        lists.translations.gather(1, carried),
-        carried_valid & lists.valid.gather(1, carried),
+        local.slots.gather(1, carried),
+        local.translations.gather(1, carried),
+        carried_valid & local.valid.gather(1, carried),
     )
     carried_weights = summed.gather(1, carried[:, :, None, None].expand(-1, -1, g, f))
     carried_weights = carried_weights * carried_lists.valid[:, :, None, None]
@@ -190,7 +216,7 @@ def fine_pass(
         offset_moments_px2=offset_moments(
             sums.translation_weights,
             particles.origins_px,
-            translations.expand(b, -1, -1),
+            needed_px,
             particles.offset_priors_px,
         ),
         shell_sums=sums.shell_sums,

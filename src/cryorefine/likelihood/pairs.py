@@ -196,19 +196,21 @@ def sum_pairs(
 ) -> PairSums:
     """Shell sums and back-projection sums of the pairs' children (``likelihood.sums``).
 
-    ``particles`` is ``(X (b, k), K (b, k), S (T g, k))`` on the fine window;
-    ``backprojection`` is ``(Y (b, kb), V (b, kb), S (T g, kb))`` on the
-    back-projection window. ``Q = sum_r w P_r`` is accumulated per fine
-    translation, ``sum_r W_r |P_r|^2`` per particle, and the back-projection
-    terms per fine row; all are linear in the weights.
+    ``particles`` is ``(X (b, k), K (b, k), S (b, u, k))`` on the fine window;
+    ``backprojection`` is ``(Y (b, kb), V (b, kb), S (b, u, kb))`` on the
+    back-projection window; ``S`` are the phases of each particle's fine
+    translations, which ``lists.translations`` (times ``g`` plus child) index.
+    ``Q = sum_r w P_r`` is accumulated per fine translation, ``sum_r W_r |P_r|^2``
+    per particle, and the back-projection terms per fine row; all are linear in
+    the weights.
     """
     real, cplx = working_dtypes(precision)
     x, ctf, phases = particles
     y, v, bp_phases = backprojection
     b, _, g, f = weights.shape
-    tg, k = phases.shape
+    tg, k = phases.shape[-2:]
     w_all = weights.to(real)
-    shifted_bp = as_real_pairs(y.to(cplx)[:, None, :] * bp_phases.to(cplx))  # (b, T g, 2kb)
+    shifted_bp = as_real_pairs(y.to(cplx)[:, None, :] * bp_phases.to(cplx))  # (b, u g, 2kb)
     v = v.to(real)
     q_sum = w_all.new_zeros(b * tg, 2 * k)
     power = w_all.new_zeros(b, k)
@@ -240,7 +242,7 @@ def sum_pairs(
     totals = shell_sums_from_products(
         x,
         ctf,
-        phases.expand(b, -1, -1),
+        phases.expand(b, -1, -1) if phases.dim() == 2 else phases,
         q_sum.reshape(b, tg, 2 * k),
         power,
         w_all.sum(dim=(1, 2, 3)),

@@ -105,7 +105,7 @@ class RowProjector:
         grid = math.prod([size] * (self.window.ndim - 1)) * (size // 2 + 1)
         return 10 * grid * self.reference_ft.element_size()
 
-    def with_values(self, max_bytes: int, *, chunk_bytes: int = 2**24) -> "RowProjector":
+    def with_values(self, max_bytes: int, *, chunk_bytes: int = 2**28) -> "RowProjector":
         """The same table with all projections computed once, if they take at most ``max_bytes``.
 
         They are computed ``chunk_bytes`` of projector temporaries at a time.
@@ -113,7 +113,7 @@ class RowProjector:
         table_bytes = self.rows * self.window.count * self.reference_ft.element_size()
         if self.values is not None or table_bytes > max_bytes:
             return self
-        chunk = max(1, min(max_bytes, chunk_bytes) // max(1, self.bytes_per_row()))
+        chunk = max(1, chunk_bytes // max(1, self.bytes_per_row()))
         parts = [self.project(lo, min(lo + chunk, self.rows)) for lo in range(0, self.rows, chunk)]
         return replace(self, values=torch.cat(parts))
 

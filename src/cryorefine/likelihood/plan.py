@@ -3,6 +3,7 @@
 import math
 from dataclasses import dataclass, fields, replace
 
+import torch
 from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
@@ -16,7 +17,22 @@ __all__ = [
     "ExpectationResult",
     "ParticleTerms",
     "ProjectionCache",
+    "memory_budget",
 ]
+
+
+def memory_budget(device: torch.device) -> int:
+    """``ExpectationPlan.max_bytes`` for ``device``: a quarter of the free GPU memory
+    (between 1 and 16 GiB), 512 MiB on the CPU.
+
+    The E-step's intermediates peak near twice the budget (the score arrays of a
+    chunk plus one orientation chunk's gathers); the rest stays free for the
+    reference, the back-projector and the particle batch.
+    """
+    if device.type != "cuda":
+        return 2**29
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(max(free // 4, 2**30), 2**34))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 
 from cryorefine.fourier import symmetrise, zero_accumulators
 from cryorefine.geometry import perturb_translations, translation_grid
-from cryorefine.likelihood import ExpectationPlan, OrientationGrid
+from cryorefine.likelihood import ExpectationPlan, OrientationGrid, memory_budget
 from cryorefine.refine.communicator import Communicator
 from cryorefine.refine.half_pass import HalfSetSums, PoseUpdate, run_half_set
 from cryorefine.refine.initialise import RefineInputs
@@ -90,7 +90,7 @@ def expectation_plan(
         padding_factor=options.pad,
         cross_correlation=cc,
         precision=precision,
-        max_bytes=(2**30 if device.type == "cuda" else 2**29),
+        max_bytes=memory_budget(device),
     )
 
 
