@@ -271,6 +271,25 @@ def test_ctf_and_multiplicity_volume_is_split_cut_at_nyquist_and_thresholded(dev
     assert float(got_multi[0, 1, 1]) == 0.0
 
 
+@pytest.mark.parametrize("layout", ["cube", "half", "ctf_and_multiplicity"])
+def test_a_batch_of_ctf_volumes_converts_as_each_volume_alone(layout, device):
+    n, nh = 8, 5
+    gen = torch.Generator().manual_seed(31)
+    shape = {"cube": (n, n, n), "half": (n, n, nh), "ctf_and_multiplicity": (2 * n, n, nh)}
+    volumes = (3 * torch.rand(4, *shape[layout], generator=gen, dtype=F64)).to(device)
+    got, got_multi = ctf_volume_to_half_complex(volumes, box_size=n, ctf_premultiplied=True)
+    for i in range(4):  # a gather and elementwise maps: exactly equal
+        want, want_multi = ctf_volume_to_half_complex(
+            volumes[i], box_size=n, ctf_premultiplied=True
+        )
+        torch.testing.assert_close(got[i], want, rtol=0.0, atol=0.0)
+        if want_multi is None:
+            assert got_multi is None
+        else:
+            assert got_multi is not None
+            torch.testing.assert_close(got_multi[i], want_multi, rtol=0.0, atol=0.0)
+
+
 def test_ctf_volume_errors_name_the_file():
     n = 8
     with pytest.raises(InputError, match=r"sub01_ctf\.mrc.*\(7, 8, 5\)"):

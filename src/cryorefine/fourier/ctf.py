@@ -232,14 +232,14 @@ def dose_weight(
 
 
 def ctf_volume_to_half_complex(
-    volume: Float[Tensor, "z y x"],
+    volume: Float[Tensor, "*batch z y x"],
     *,
     box_size: int,
     ctf_premultiplied: bool,
     ctf3d_squared: bool = True,
     multiplicity_threshold: float = 0.01,
     file_name: str = "3D CTF volume",
-) -> tuple[Float[Tensor, "n n nh"], Float[Tensor, "n n nh"] | None]:
+) -> tuple[Float[Tensor, "*batch n n nh"], Float[Tensor, "*batch n n nh"] | None]:
     """A particle's ``rlnCtfImage`` volume as the CTF weight and multiplicity of the 3D E-step.
 
     Accepts RELION's three layouts (REFINE_SPEC section 7.4; ``get3DCTFAndMulti``):
@@ -255,7 +255,7 @@ def ctf_volume_to_half_complex(
     For CTF-premultiplied data the returned weight is CTF squared: ``|value|``
     when the file holds CTF squared (``ctf3d_squared``, RELION's default),
     ``value**2`` with ``--ctf3d_not_squared``. Otherwise the signed value is
-    returned as it is.
+    returned as it is. Leading axes (a batch of volumes of one layout) are kept.
 
     Raises
     ------
@@ -264,12 +264,12 @@ def ctf_volume_to_half_complex(
         multiplicities come without premultiplied data; ``file_name`` is named.
     """
     n, nh = box_size, box_size // 2 + 1
-    shape = tuple(volume.shape)
+    shape = tuple(volume.shape[-3:])
     multiplicity = None
     if shape == (n, n, n):
         k = frequency_indices(n, 3, device=volume.device)  # (n, n, nh, 3) as (x, y, z)
         idx = (n // 2 - k) % n
-        ctf = volume[idx[..., 2], idx[..., 1], idx[..., 0]]
+        ctf = volume[..., idx[..., 2], idx[..., 1], idx[..., 0]]
     elif shape == (n, n, nh):
         ctf = volume
     elif shape == (2 * n, n, nh):
@@ -280,8 +280,8 @@ def ctf_volume_to_half_complex(
             )
         k = frequency_indices(n, 3, device=volume.device)
         inside = (k.to(torch.float64) ** 2).sum(-1) <= (nh - 1) ** 2
-        ctf = torch.where(inside, volume[:n], 0.0)
-        raw = torch.where(inside, volume[n:], 0.0)
+        ctf = torch.where(inside, volume[..., :n, :, :], 0.0)
+        raw = torch.where(inside, volume[..., n:, :, :], 0.0)
         if bool((raw < 0).any()):
             raise InputError(f"{file_name}: multiplicity (z-slices n..2n-1) has negative values")
         multiplicity = torch.where(raw > multiplicity_threshold, raw, 0.0)

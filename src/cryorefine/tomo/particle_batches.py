@@ -22,6 +22,7 @@ masks the missing wedge). Without ``--ctf``, ``K = 1``.
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -114,22 +115,19 @@ def _spa_ctf(
 def _volume_ctfs(
     particles: ParticleSet, rows: np.ndarray, box: int, device: torch.device
 ) -> tuple[Tensor, Tensor | None]:
-    paths = [particles.ctf_image_paths()[i] for i in rows]
+    all_paths = particles.ctf_image_paths()
+    paths = [all_paths[i] for i in rows]
     volumes = torch.as_tensor(read_images(paths, np.zeros(len(rows), dtype=np.int64)))
-    ctfs, multiplicities = [], []
-    for volume, path in zip(volumes.to(device), paths, strict=True):
-        ctf, multiplicity = ctf_volume_to_half_complex(
-            volume,
-            box_size=box,
-            ctf_premultiplied=particles.ctf_premultiplied,
-            file_name=str(path),
-        )
-        ctfs.append(ctf)
-        multiplicities.append(multiplicity)
-    ctf_stack = torch.stack(ctfs).to(torch.float32)
-    if any(m is None for m in multiplicities):
-        return ctf_stack, None
-    return ctf_stack, torch.stack([m for m in multiplicities if m is not None]).float()
+    convert = partial(
+        ctf_volume_to_half_complex, box_size=box, ctf_premultiplied=particles.ctf_premultiplied
+    )
+    try:
+        ctf, multiplicity = convert(volumes.to(device))
+    except InputError:  # name the particle's own file
+        for volume, path in zip(volumes, paths, strict=True):
+            convert(volume.to(device), file_name=str(path))
+        raise
+    return ctf.to(torch.float32), None if multiplicity is None else multiplicity.float()
 
 
 def particle_batches(
