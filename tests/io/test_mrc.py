@@ -125,3 +125,23 @@ def test_malformed_image_names_are_refused(name: str) -> None:
 @given(index=st.integers(1, 10**6), path=st.from_regex(r"[A-Za-z0-9_/.-]{1,30}", fullmatch=True))
 def test_formatted_image_names_parse_back(index: int, path: str) -> None:
     assert parse_image_name(f"{index:06d}@{path}") == (index, path)
+
+
+def test_read_images_reads_big_endian_files_in_their_byte_order(tmp_path: Path) -> None:
+    volume = np.arange(2 * 3 * 4, dtype=">f4").reshape(2, 3, 4) - 7.5
+    with mrcfile.new(tmp_path / "big.mrc") as mrc:
+        mrc.set_data(volume)
+    got = read_images([tmp_path / "big.mrc"], [0])
+    np.testing.assert_array_equal(got[0], volume.astype(np.float32))
+
+
+def test_read_images_sees_a_file_rewritten_between_reads(tmp_path: Path) -> None:
+    path = tmp_path / "particle.mrc"
+    first = np.full((4, 4, 4), 1.5, dtype=np.float32)
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(first)
+    np.testing.assert_array_equal(read_images([path], [0])[0], first)
+    second = np.full((6, 6, 6), -2.0, dtype=np.float16)  # another size and mode
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(second)
+    np.testing.assert_array_equal(read_images([path], [0])[0], second.astype(np.float32))

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from os import PathLike
 from pathlib import Path
 
@@ -73,12 +74,18 @@ class MrcHeader:
         MRC data mode (0 int8, 1 int16, 2 float32, 6 uint16, 12 float16).
     is_stack
         Space group 0 with ``nz > 1`` (an image stack rather than a volume).
+    data_offset
+        Bytes before the data (1024 plus the extended header).
+    data_dtype
+        NumPy dtype of the data, in the file's byte order.
     """
 
     shape: tuple[int, int, int]
     voxel_size_angst: float
     mode: int
     is_stack: bool
+    data_offset: int
+    data_dtype: np.dtype
 
 
 def read_mrc_header(path: str | PathLike[str]) -> MrcHeader:
@@ -98,7 +105,7 @@ def read_mrc_header(path: str | PathLike[str]) -> MrcHeader:
             header = mrc.header
             nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
             mode = int(header.mode)
-            dtype = mrcfile.utils.dtype_from_mode(mode)
+            dtype = mrcfile.utils.dtype_from_mode(mode).newbyteorder(header.mode.dtype.byteorder)
             extended = int(header.nsymbt)
             mx = int(header.mx)
             cell_x = float(header.cella.x)
@@ -119,7 +126,34 @@ def read_mrc_header(path: str | PathLike[str]) -> MrcHeader:
             f"mode {mode} ({expected} bytes) but the file has {found} bytes"
         )
     voxel = cell_x / mx if mx > 0 and np.isfinite(cell_x) and cell_x > 0 else 0.0
-    return MrcHeader(shape=(nz, ny, nx), voxel_size_angst=voxel, mode=mode, is_stack=ispg == 0)
+    return MrcHeader(
+        shape=(nz, ny, nx),
+        voxel_size_angst=voxel,
+        mode=mode,
+        is_stack=ispg == 0,
+        data_offset=_HEADER_BYTES + extended,
+        data_dtype=dtype,
+    )
+
+
+@lru_cache(maxsize=2**18)
+def _header_of_version(path: Path, modified_ns: int, size: int) -> MrcHeader:
+    """``read_mrc_header`` of one version of a file (the key changes when the file does)."""
+    return read_mrc_header(path)
+
+
+def _cached_header(path: Path) -> MrcHeader:
+    """The header of ``path``, parsed once per version of the file.
+
+    A refinement reads every particle file in every iteration; RELION-4 writes
+    one file per pseudo-subtomogram (and one per CTF volume), so parsing each
+    header again would cost more than reading its data.
+    """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return read_mrc_header(path)  # names the problem
+    return _header_of_version(path, status.st_mtime_ns, status.st_size)
 
 
 def read_mrc(
@@ -306,7 +340,7 @@ def read_images(
 
 def _read_from_file(path: Path, indices: np.ndarray) -> list[np.ndarray]:
     """Images ``indices`` (1-based, 0 = whole file) of one file, through one memory map."""
-    header = read_mrc_header(path)
+    header = _cached_header(path)
     n_images = header.shape[0]
     beyond = indices[(indices < 0) | (indices > n_images)]
     if len(beyond):
@@ -314,11 +348,21 @@ def _read_from_file(path: Path, indices: np.ndarray) -> list[np.ndarray]:
             f"{path}: image {int(beyond[0])} requested but the stack holds {n_images} "
             "image(s) (indices are 1-based)"
         )
+    # The data are read at the offset and in the dtype of the header mrcfile parsed.
+    nz, ny, nx = header.shape
     try:
-        with _mrcfile_warnings_logged(path), mrcfile.mmap(path, mode="r", permissive=False) as mrc:
-            data = mrc.data
-            stack = data if data.ndim == 3 else data[np.newaxis]
-            return [np.array(data if i == 0 else stack[i - 1], dtype=np.float32) for i in indices]
+        if (indices == 0).all():
+            count = nz * ny * nx
+            data = np.fromfile(path, header.data_dtype, count, offset=header.data_offset)
+            if data.size != count:
+                raise ValueError(f"expected {count} values, found {data.size}")
+            whole = data.reshape((nz, ny, nx) if nz > 1 else (ny, nx)).astype(np.float32)
+            return [whole] * len(indices)
+        stack = np.memmap(
+            path, header.data_dtype, mode="r", offset=header.data_offset, shape=(nz, ny, nx)
+        )
+        volume = stack if nz > 1 else stack[0]
+        return [np.array(volume if i == 0 else stack[i - 1], dtype=np.float32) for i in indices]
     except (ValueError, OSError) as error:
         raise InputError(f"{path}: not a readable MRC file ({error})") from error
 
