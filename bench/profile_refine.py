@@ -37,6 +37,10 @@ def main() -> None:
     parser.add_argument("--healpix_order", type=int, default=2)
     parser.add_argument("--local_order", type=int, default=4)
     parser.add_argument("--offset_range", type=float, default=3.0)
+    parser.add_argument("--batch_size", type=int, default=0, help="0: refine's own choice")
+    parser.add_argument(
+        "--reuse_data", action="store_true", help="keep WORK/sim from an earlier run if present"
+    )
     parser.add_argument("--offset_step", type=float, default=1.0)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument(
@@ -54,11 +58,13 @@ def main() -> None:
     sim = work / "sim"
     gpu = ["--gpu"] if args.gpu else []
     tic = time.perf_counter()
-    status = cryorefine(
-        ["simulate", "--o", str(sim), "--format", args.format, "--sym", args.sym,
-         "--n_particles", str(args.n_particles), "--box", str(args.box),
-         "--angpix", str(args.angpix), "--snr", "10", "--seed", "5", *gpu]
-    )  # fmt: skip
+    status = 0
+    if not (args.reuse_data and (sim / "particles.star").exists()):
+        status = cryorefine(
+            ["simulate", "--o", str(sim), "--format", args.format, "--sym", args.sym,
+             "--n_particles", str(args.n_particles), "--box", str(args.box),
+             "--angpix", str(args.angpix), "--snr", "10", "--seed", "5", *gpu]
+        )  # fmt: skip
     if status != 0:
         raise SystemExit("simulate failed")
     simulate_seconds = time.perf_counter() - tic
@@ -90,14 +96,14 @@ def main() -> None:
     if args.torch_profiler:
         with profile(activities=activities) as prof:
             python_profile.enable()
-            refine_run(options, device=device)
+            refine_run(options, device=device, batch_size=args.batch_size)
             python_profile.disable()
         key = "self_cuda_time_total" if args.gpu else "self_cpu_time_total"
         device_table = prof.key_averages().table(sort_by=key, row_limit=25)
         host_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     else:
         python_profile.enable()
-        refine_run(options, device=device)
+        refine_run(options, device=device, batch_size=args.batch_size)
         python_profile.disable()
     refine_seconds = time.perf_counter() - tic
     stream = io.StringIO()
