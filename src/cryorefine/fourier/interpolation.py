@@ -108,6 +108,40 @@ def _interpolate(
     """Trilinear values ``(..., c)`` of a flattened half-grid ``table`` at points ``q``.
 
     Channel ``conj_channel`` (the imaginary part) changes sign where ``q_x < 0``.
+    One fused ``grid_sample`` (``align_corners=True``: grid index ``i`` sits at
+    ``-1 + 2 i / (size - 1)``) on the centred half-grid with its ``y`` and ``z``
+    planes ``0`` repeated at index ``p``, which is ``_corners``'s wrap-around:
+    the same 8 corners and weights, up to the rounding of the normalised
+    coordinates (float32: ~1e-5 pixel).
+    """
+    ph = p // 2 + 1
+    c = table.shape[1]
+    grid = table.reshape(p, p, ph, c).permute(3, 0, 1, 2)  # (c, z, y, x)
+    grid = torch.cat([grid, grid[:, :1]], dim=1)
+    grid = torch.cat([grid, grid[:, :, :1]], dim=2).unsqueeze(0).contiguous()
+    flip = q[..., 0] < 0
+    folded = torch.where(flip[..., None], -q, q)
+    scale = q.new_tensor([2.0 / (ph - 1), 2.0 / p, 2.0 / p])
+    offset = q.new_tensor([-1.0, 0.0, 0.0])  # (y + p / 2) * 2 / p - 1 = y * 2 / p
+    points = (folded * scale + offset).reshape(1, 1, 1, -1, 3).to(table.dtype)
+    values = torch.nn.functional.grid_sample(
+        grid, points, mode="bilinear", padding_mode="zeros", align_corners=True
+    )  # (1, c, 1, 1, n)
+    out = values.reshape(c, -1).T.reshape(*q.shape[:-1], c)
+    if conj_channel is not None:
+        out[..., conj_channel] = torch.where(flip, -out[..., conj_channel], out[..., conj_channel])
+    return out
+
+
+def _interpolate_corners(
+    table: Float[Tensor, "P c"], q: Float[Tensor, "... 3"], p: int, *, conj_channel: int | None
+) -> Tensor:
+    """Trilinear values ``(..., c)`` of a flattened half-grid ``table`` at points ``q``.
+
+    Channel ``conj_channel`` (the imaginary part) changes sign where ``q_x < 0``.
+    The 8 corners one at a time: exact at grid points (``symmetrise`` with the
+    identity is the Hermitian sum to the last bit), and the plain reference
+    that ``_interpolate`` is tested against.
     """
     base, frac, flip = _fold(q)
     out = torch.zeros((*q.shape[:-1], table.shape[1]), dtype=table.dtype, device=table.device)

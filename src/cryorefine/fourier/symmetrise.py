@@ -19,7 +19,7 @@ from jaxtyping import Complex, Float
 from torch import Tensor
 
 from cryorefine.fourier.interpolation import (
-    _interpolate,
+    _interpolate_corners,
     _real_dtype,
     centred_half_frequencies,
     padded_size,
@@ -87,7 +87,7 @@ def apply_point_group(
     for start in range(0, ops.shape[0], batch):
         # q = R K, i.e. as a row vector K^T R^T: (v, 3) @ (g, 3, 3) -> (g, v, 3)
         q = points @ ops[start : start + batch].transpose(-1, -2)
-        total += _interpolate(table, q, p, conj_channel=1).sum(dim=0)
+        total += _interpolate_corners(table, q, p, conj_channel=1).sum(dim=0)
     out_data = data.clone().reshape(-1)
     out_weight = weight.clone().reshape(-1)
     out_data[inside] = torch.view_as_complex(total[:, :2].contiguous()).to(data.dtype)

@@ -52,11 +52,13 @@ _HEADER_BYTES = 1024
 
 @contextmanager
 def _mrcfile_warnings_logged(path: Path) -> Iterator[None]:
-    """Turn ``mrcfile``'s warnings inside the block into one log line each, naming ``path``."""
+    """Turn ``mrcfile``'s warnings about the file into one log line each, naming ``path``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for warning in caught:
+        if issubclass(warning.category, DeprecationWarning):
+            continue  # mrcfile's use of NumPy, not the user's file
         logger.warning("%s: %s", path, warning.message)
 
 
