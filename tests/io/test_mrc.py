@@ -145,3 +145,13 @@ def test_read_images_sees_a_file_rewritten_between_reads(tmp_path: Path) -> None
     with mrcfile.new(path, overwrite=True) as mrc:
         mrc.set_data(second)
     np.testing.assert_array_equal(read_images([path], [0])[0], second.astype(np.float32))
+
+
+def test_read_images_of_many_files_keep_the_requested_order(tmp_path: Path) -> None:
+    # 12 files: enough to be read by the thread pool; one requested twice
+    volumes = [_random((3, 4, 5), seed=i) for i in range(12)]
+    for i, volume in enumerate(volumes):
+        write_mrc(tmp_path / f"p{i}.mrc", volume, voxel_size_angst=2.0)
+    order = [5, 0, 11, 3, 3, 7, 1, 2, 10, 9, 8, 6, 4]
+    got = read_images([tmp_path / f"p{i}.mrc" for i in order], [0] * len(order))
+    np.testing.assert_array_equal(got, np.stack([volumes[i] for i in order]))

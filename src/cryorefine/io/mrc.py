@@ -21,6 +21,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -329,15 +330,29 @@ def read_images(
     for position, name in enumerate(paths):
         by_file.setdefault(Path(name), []).append(position)
     images: list[np.ndarray | None] = [None] * len(wanted)
-    for file, positions in by_file.items():
-        for position, image in zip(
-            positions, _read_from_file(file, wanted[positions]), strict=True
-        ):
+    files = list(by_file)
+    if len(files) >= _PARALLEL_FILES:  # one file per particle (RELION-4): read them in parallel
+        for file in files:  # headers first, here: mrcfile's warnings are caught process-wide
+            _cached_header(file)
+        read = list(_reader_pool().map(lambda f: _read_from_file(f, wanted[by_file[f]]), files))
+    else:
+        read = [_read_from_file(file, wanted[by_file[file]]) for file in files]
+    for file, file_images in zip(files, read, strict=True):
+        for position, image in zip(by_file[file], file_images, strict=True):
             images[position] = image
     shapes = {image.shape for image in images if image is not None}
     if len(shapes) > 1:
         raise InputError(f"images of different shapes requested together: {sorted(shapes)}")
     return np.stack([image for image in images if image is not None])
+
+
+_PARALLEL_FILES = 8
+
+
+@lru_cache(maxsize=1)
+def _reader_pool() -> ThreadPoolExecutor:
+    """Threads that read particle files (reads release the GIL: page-cache copies overlap)."""
+    return ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1))
 
 
 def _read_from_file(path: Path, indices: np.ndarray) -> list[np.ndarray]:
