@@ -14,7 +14,7 @@ from likelihood_cases import (
     whole_grid,
 )
 
-from cryorefine.fourier import fourier_crop, shift_fourier
+from cryorefine.fourier import fourier_crop, shift_fourier, zero_accumulators
 from cryorefine.geometry import (
     angular_distance_deg,
     angular_step_deg,
@@ -27,6 +27,7 @@ from cryorefine.likelihood import (
     fine_rotations,
     fourier_window,
     gather_window,
+    insert_backprojection,
     prepare,
     projection_cache,
     window_phases,
@@ -238,6 +239,41 @@ def test_chunks_and_projection_caches_do_not_change_the_result():
             torch.testing.assert_close(got, want, rtol=0, atol=8 * tol * want.abs().max())
         got, want = result.backprojection.weight.sum(0), whole.backprojection.weight.sum(0)
         torch.testing.assert_close(got, want, rtol=8 * tol, atol=0)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
+    reference, plan, images, *_ = _case(ndim, b=3, seed=12, precision="float64")
+    plan = replace(plan, max_bytes=2_000_000 if ndim == 2 else 40_000_000)  # several groups
+    particles = particle_terms(
+        images,
+        current_size=plan.current_size,
+        sigma2=0.3,
+        ndim=ndim,
+        grid_count=plan.orientations.count,
+    )
+    whole = expectation(particles, reference, plan)
+    n, device = plan.ori_size, reference.device
+    want = zero_accumulators(n, padding_factor=plan.padding_factor, device=device)
+    sums = whole.backprojection
+    insert_backprojection(
+        sums.data,
+        sums.weight,
+        sums.rotations,
+        sums.window,
+        accumulator_data=want[0],
+        accumulator_weight=want[1],
+        padding_factor=plan.padding_factor,
+    )
+    got = zero_accumulators(n, padding_factor=plan.padding_factor, device=device)
+    direct = expectation(particles, reference, plan, accumulators=got)
+    assert direct.backprojection.data.shape[0] == 0
+    torch.testing.assert_close(direct.pmax, whole.pmax, rtol=0, atol=0)
+    # The same float64 terms added in another order: rounding of sums of ~|terms|.
+    scale = sums.data.abs().sum().item() + sums.weight.abs().sum().item()
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=64 * 2.0**-53 * scale)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=64 * 2.0**-53 * scale)
+    assert want[1].abs().sum() > 0
 
 
 def test_cross_correlation_iteration_assigns_each_particle_to_its_pose():

@@ -50,7 +50,7 @@ from cryorefine.likelihood.plan import (
 from cryorefine.likelihood.poses import coarse_rotations, fine_rotations
 from cryorefine.likelihood.posterior import log_sigma2_sum
 from cryorefine.likelihood.search import CoarseOutcome, FineOutcome, Prepared, coarse_pass, select
-from cryorefine.likelihood.sums import ShellSums, backprojection_inputs
+from cryorefine.likelihood.sums import ShellSums, backprojection_inputs, insert_backprojection
 from cryorefine.likelihood.window import (
     FourierWindow,
     fourier_window,
@@ -261,6 +261,31 @@ def _merge(
     )
 
 
+def _inserted(
+    outcome: FineOutcome,
+    window: FourierWindow,
+    accumulators: tuple[Tensor, Tensor],
+    plan: ExpectationPlan,
+) -> FineOutcome:
+    """Insert ``outcome``'s back-projection sums into ``accumulators``; drop them from it."""
+    insert_backprojection(
+        outcome.bp_data,
+        outcome.bp_weight,
+        outcome.bp_rotations,
+        window,
+        accumulator_data=accumulators[0],
+        accumulator_weight=accumulators[1],
+        padding_factor=plan.padding_factor,
+        max_bytes=plan.max_bytes // 4,
+    )
+    return replace(
+        outcome,
+        bp_rotations=outcome.bp_rotations[:0],
+        bp_data=outcome.bp_data[:0],
+        bp_weight=outcome.bp_weight[:0],
+    )
+
+
 def _multiplicity_sums(particles: ParticleTerms, plan: ExpectationPlan) -> Tensor | None:
     if particles.multiplicity is None:
         return None
@@ -277,12 +302,18 @@ def expectation(
     plan: ExpectationPlan,
     *,
     cache: ProjectionCache | None = None,
+    accumulators: tuple[Tensor, Tensor] | None = None,
 ) -> ExpectationResult:
     """E-step of one batch: best poses, pmax, significant samples, dLL and the M-step sums.
 
     See the module docstring; inputs and outputs are documented in
     ``likelihood.plan``. ``cache``: ``projection_cache(reference_ft, plan, ...)``,
     shared by the batches of a half set, or None to project in each call.
+    ``accumulators``: the back-projector's ``(data, weight)``
+    (``fourier.zero_accumulators``); each group of particles inserts its sums
+    into them as soon as they are made, and the result's ``backprojection`` is
+    empty. Memory then follows one group, not the batch: for 3D data each
+    orientation's sums are a volume.
     """
     _check(particles, plan)
     cache = ProjectionCache() if cache is None else cache
@@ -307,7 +338,10 @@ def expectation(
         coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
         for group in _fine_groups(coarse, plan, window_values):
             sub = (select(prep, group), part.select(group), select(coarse, group))
-            fine.append(fine_pass(*sub, reference_ft, plan, cache.fine))
+            outcome = fine_pass(*sub, reference_ft, plan, cache.fine)
+            if accumulators is not None:
+                outcome = _inserted(outcome, prep.bp_window, accumulators, plan)
+            fine.append(outcome)
             orders.append(group + start)
         counts.append(coarse.count)
         window = prep.bp_window
