@@ -1,4 +1,4 @@
-"""The `cryorefine` command: eight sub-commands; unbuilt ones say so in one line, exit 2."""
+"""The `cryorefine` command: eight sub-commands, each with its own options."""
 
 import subprocess
 import sys
@@ -46,26 +46,6 @@ def test_star_handler_help_uses_relions_option_names(capsys):
         "--combine",
     ):
         assert option in out
-
-
-@pytest.mark.parametrize(
-    "command",
-    [
-        name
-        for name in EIGHT
-        if getattr(
-            __import__(f"cryorefine.cli.{COMMANDS[name]}", fromlist=["x"]),
-            "ACCEPTS_ANY_OPTIONS",
-            False,
-        )
-    ],
-)
-def test_unbuilt_commands_say_so_in_one_line_and_exit_2(command, capsys):
-    status = main([command, "--ios", "optimisation_set.star", "--gpu"])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert "not built" in err
-    assert len(err.strip().splitlines()) == 1
 
 
 def test_no_command_prints_help_and_exits_2(capsys):

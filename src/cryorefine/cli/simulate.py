@@ -21,6 +21,18 @@ times the tilt series' pixel, or --angpix) and hand; --tilt_range, --tilt_step,
 dropped, as relion_tomo_subtomo does. --tilt_image_size is the size of the tilt
 images (not in any STAR file; default: the tomogram's x, y size).
 
+With --format tilt_series the output is whole tilt series to extract particles
+from (cryorefine extract): --per_tomogram particles at random places and poses in
+each small tomogram, tilt images of --tilt_image_size (default 4 x --box square)
+at --angpix (the tilt-series pixel), each tilt with its CTF (the particle's depth
+included) and dose, MRC stacks in tilt_series/, tomograms.star with the per-tilt
+tables, the picks in particles.star and an optimisation set naming both.
+
+    cryorefine simulate --o Simulated/tilt_series --format tilt_series --box 64 \
+        --angpix 1.35 --n_particles 40 --per_tomogram 4 --tilt_step 3
+    cryorefine extract --ios Simulated/tilt_series/optimisation_set.star \
+        --o Simulated/extract --bin 2 --box 32
+
 --snr is the mean power of the CTF-free signal over the noise power, per Fourier
 coefficient of one measurement (an image, a tilt image, or a subtomogram for
 subtomo3d); see simulation.json. The same --seed gives the same data.
@@ -120,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--float16", action="store_true", help="write 3D particles in half precision"
     )
     parser.add_argument(
+        "--per_tomogram", type=int, default=4, help="particles per tomogram (tilt_series)"
+    )
+    parser.add_argument(
         "--gpu", nargs="?", const="", default=None, help='use a GPU; ids as in RELION, e.g. "0"'
     )
 
@@ -152,6 +167,7 @@ def run(args: argparse.Namespace) -> None:
         binning=args.bin,
         tilt_image_size_px=None if args.tilt_image_size is None else tuple(args.tilt_image_size),
         float16=args.float16,
+        particles_per_tomogram=args.per_tomogram,
     )
     simulate_dataset(options, progress=progress_logger(), device=device_from_gpu_option(args.gpu))
 

@@ -52,7 +52,7 @@ from torch import Tensor
 from cryorefine.fourier.conventions import rfft_shape
 from cryorefine.fourier.ctf import electron_wavelength_angst
 
-__all__ = ["tilt_series_ctf_weights"]
+__all__ = ["slab_support", "tilt_series_ctf_weights"]
 
 #: Floor of the multiplicity in the denominator of ``ctf_mean``.
 _MULTIPLICITY_EPS = 1e-6
@@ -106,7 +106,7 @@ def _weighted_ctf(phase: Tensor, envelope: Tensor, scale: Tensor) -> Tensor:
     return -torch.sin(phase) * torch.exp(envelope) * scale
 
 
-def _support(
+def slab_support(
     rotations: Tensor, box_size: int, slab_width_px: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Voxels each slice reaches: slice index, flat voxel index, tent weight, frequency ``k``.
@@ -160,7 +160,7 @@ def _shared_sums(
     """Sums ``(3, b, voxels)`` when all particles share the ``(f, 3, 3)`` tilt matrices."""
     b, f = use.shape
     voxels = math.prod(rfft_shape(box_size, 3))
-    source, flat, weight, k = _support(rotations, box_size, slab_width_px)
+    source, flat, weight, k = slab_support(rotations, box_size, slab_width_px)
     phase_features, envelope_features = _features(
         rotations[source], k, 1.0 / (box_size * pixel_size_angst)
     )
@@ -216,7 +216,7 @@ def _pairwise_sums(
     step = max(1, max_chunk_elements // per_pair)
     for first in range(0, b * f, step):
         pairs = slice(first, min(b * f, first + step))
-        source, flat, weight, k = _support(rotations[pairs], box_size, slab_width_px)
+        source, flat, weight, k = slab_support(rotations[pairs], box_size, slab_width_px)
         pair = source + first
         phase_features, envelope_features = _features(
             rotations[pair], k, 1.0 / (box_size * pixel_size_angst)

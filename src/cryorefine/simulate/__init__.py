@@ -47,6 +47,14 @@ from cryorefine.simulate.reference import (
     reference_rotation,
 )
 from cryorefine.simulate.summary import simulation_summary
+from cryorefine.simulate.tilt_series import (
+    PASTE_FACTOR,
+    TILT_AXIS_DEG,
+    SimulatedTomogram,
+    simulate_tilt_images,
+    simulate_tilt_series,
+    tilt_series_tomograms,
+)
 from cryorefine.simulate.truth import (
     PADDING_FACTOR,
     SYMMETRISE_PADDING,
@@ -71,13 +79,16 @@ __all__ = [
     "MICROSCOPE",
     "MULTIPLICITY_THRESHOLD",
     "PADDING_FACTOR",
+    "PASTE_FACTOR",
     "SNR_DEFINITION",
     "SYMMETRISE_PADDING",
     "SYMMETRY_MARGIN_DEG",
+    "TILT_AXIS_DEG",
     "WRITER_THREADS",
     "ParticleDraws",
     "PickedGeometry",
     "SimulatedDataset",
+    "SimulatedTomogram",
     "SimulationOptions",
     "TiltScheme",
     "chunk_size",
@@ -100,10 +111,13 @@ __all__ = [
     "signal_power",
     "simulate_dataset",
     "simulate_particles",
+    "simulate_tilt_images",
+    "simulate_tilt_series",
     "simulation_summary",
     "spa_images",
     "standard_noise",
     "subtomograms",
     "symmetrise_map",
     "tilt_scheme",
+    "tilt_series_tomograms",
 ]

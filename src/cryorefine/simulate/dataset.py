@@ -20,6 +20,11 @@ Files written in ``options.output_dir`` (every one through the io writers, atomi
     picks, their files ``subtomograms/<tomogram>/<number>_data.mrc``, and
     tomograms.star is the real one in RELION-5 layout (``tilt_series/<name>.star``,
     with the projection rows the simulation used; ``simulate.picks_tables``).
+``tilt_series/`` (tilt_series)
+    Whole tilt series instead of particles: one MRC stack and one per-tilt table
+    per tomogram, tomograms.star, the picks as particles.star and an optimisation
+    set naming both (``simulate.tilt_series``); ``cryorefine extract`` makes
+    particles of them.
 ``simulation.json``
     Every option, the SNR definition and its numbers, the reference's rotation,
     the tilt scheme and the conventions: what a test of a refinement needs.
@@ -27,10 +32,10 @@ Files written in ``options.output_dir`` (every one through the io writers, atomi
 Random numbers: four generators seeded from ``options.seed`` through
 ``numpy.random.SeedSequence``: particle parameters (drawn all at once), noise
 (drawn chunk by chunk, in particle order), the reference's axis and the choice
-of picks. The same options give the same files (MRC headers aside, which carry
-their creation time; float32 rounding aside between chunk sizes); ``snr = inf``
-gives the same particles without noise. How the particles are computed and
-written, chunk by chunk: ``simulate.batches``.
+of picks (tilt_series: where the particles lie). The same options give the same
+files (MRC headers aside, which carry their creation time; float32 rounding aside
+between chunk sizes); ``snr = inf`` gives the same particles without noise. How the
+particles are computed and written, chunk by chunk: ``simulate.batches``.
 """
 
 import json
@@ -42,8 +47,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryorefine.errors import InputError
 from cryorefine.geometry import point_group
-from cryorefine.io import write_atomically, write_mrc
+from cryorefine.io import make_output_folder, write_atomically, write_mrc
 from cryorefine.simulate.batches import chunk_size, image_names, particle_count, simulate_particles
 from cryorefine.simulate.options import SimulationOptions
 from cryorefine.simulate.picks import load_picked_geometry
@@ -51,11 +57,22 @@ from cryorefine.simulate.poses import draw_particles, tilt_scheme
 from cryorefine.simulate.reference import make_mask, make_reference, reference_rotation
 from cryorefine.simulate.summary import simulation_summary
 from cryorefine.simulate.tables import write_tables
+from cryorefine.simulate.tilt_series import simulate_tilt_series
 from cryorefine.simulate.truth import prepare_truth, signal_power
 
-__all__ = ["SimulatedDataset", "simulate_dataset"]
+__all__ = ["MAX_BOX_SIZE", "SimulatedDataset", "simulate_dataset"]
 
 logger = logging.getLogger(__name__)
+
+#: Largest ``--box`` (pixels). The truth's projector (``PADDING_FACTOR`` 2) holds a real pad of
+#: ``(2n)^3`` float32 and its half transform, about 64 n^3 bytes: 8.6 GB at 512, 69 GB at
+#: 1024; symmetrising with a group that is not on the grid pads by 4 (about 512 n^3 bytes,
+#: 8.6 GB at 256, 69 GB at 512). 512 covers the particle boxes of cryo-EM and tomography at
+#: the sizes a simulation is useful at, and fits a GPU or host of 80-128 GB in the worst case.
+MAX_BOX_SIZE = 512
+
+#: Bytes per voxel of the truth's padded projector at padding 2 (real pad and half transform).
+_PROJECTOR_BYTES_PER_VOXEL = 64
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,17 @@ class SimulatedDataset:
     signal_power: float
     noise_power: float
     reference_rotation: list[list[float]]
+
+
+def _check_box(box_size: int) -> None:
+    """Refuse ``--box`` above ``MAX_BOX_SIZE`` before any memory is taken."""
+    if box_size > MAX_BOX_SIZE:
+        gigabytes = _PROJECTOR_BYTES_PER_VOXEL * box_size**3 / 1e9
+        raise InputError(
+            f"--box {box_size}: expected at most {MAX_BOX_SIZE} pixels; the padded Fourier "
+            f"transform of the truth alone would take {gigabytes:.0f} GB (symmetrising it "
+            "8 times more)"
+        )
 
 
 def _generators(seed: int) -> list[torch.Generator]:
@@ -121,8 +149,10 @@ def simulate_dataset(
     Raises
     ------
     InputError
-        A bad ``--map`` or ``--sym``, or a ``--ref_rotation_deg`` too large for the group.
+        A bad ``--map`` or ``--sym``, a ``--ref_rotation_deg`` too large for the group,
+        a box above ``MAX_BOX_SIZE``, or an output folder that cannot be created.
     """
+    _check_box(options.box_size)
     device = torch.device(device)
     out = options.output_dir
     group = point_group(options.symmetry, device=device, option="--sym")
@@ -155,7 +185,7 @@ def simulate_dataset(
     if options.is_tomography and picked is None:
         angles = torch.from_numpy(options.tilt_angles_deg())
         scheme = tilt_scheme(angles, dose_per_tilt_e_per_angst2=options.dose_per_tilt_e_per_angst2)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out, option="--o")
     logger.info(
         "simulating format=%s particles=%d box_px=%d pixel_angst=%g snr=%g signal_power=%.4g",
         options.data_format,
@@ -165,27 +195,38 @@ def simulate_dataset(
         options.snr,
         signal,
     )
-    simulate_particles(
-        options,
-        truth,
-        draws,
-        noise_power,
-        scheme=scheme,
-        picked=picked,
-        generator=noise_generator,
-        progress=progress,
-        step=chunk_size(options, device) if chunk_particles is None else chunk_particles,
-    )
+    layout = None
+    if options.data_format == "tilt_series":
+        assert scheme is not None
+        tomograms, optimisation, layout = simulate_tilt_series(
+            options, truth, draws, scheme, noise_power, noise_generator=noise_generator,
+            layout_generator=picks_generator, progress=progress,
+        )  # fmt: skip
+    else:
+        simulate_particles(
+            options,
+            truth,
+            draws,
+            noise_power,
+            scheme=scheme,
+            picked=picked,
+            generator=noise_generator,
+            progress=progress,
+            step=chunk_size(options, device) if chunk_particles is None else chunk_particles,
+        )
     pixel = options.pixel_size_angst
     write_mrc(out / "truth.mrc", truth.cpu().numpy(), voxel_size_angst=pixel)
     write_mrc(out / "reference.mrc", reference.cpu().numpy(), voxel_size_angst=pixel)
     write_mrc(out / "mask.mrc", mask.cpu().numpy(), voxel_size_angst=pixel)
-    tomograms, optimisation = write_tables(
-        options, draws, scheme, picked, *image_names(options, picked)
-    )
+    if layout is None:
+        tomograms, optimisation = write_tables(
+            options, draws, scheme, picked, *image_names(options, picked)
+        )
     summary = simulation_summary(
         options, truth_info, signal, noise_power, rotation, axis, group.name, scheme, picked
     )
+    if layout is not None:
+        summary["tilt_series"].update(layout)  # type: ignore[attr-defined]
     summary_path = out / "simulation.json"
     text = json.dumps(summary, indent=2) + "\n"
 

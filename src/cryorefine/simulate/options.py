@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 #: Particle flavours ``simulate`` writes (``io.particle_checks`` names them the same way).
-DATA_FORMATS = ("relion4", "subtomo3d", "spa")
+DATA_FORMATS = ("relion4", "subtomo3d", "spa", "tilt_series")
 
 SNR_DEFINITION = (
     "SNR = S / N for one noisy measurement: an image (spa), a tilt image (relion4), the "
@@ -30,7 +30,8 @@ SNR_DEFINITION = (
     "weight or B-factor): for 2D measurements the projection, averaged over uniformly random "
     "orientations, i.e. n^2 times the mean over the 2D coefficients of the truth's 3D shell "
     "power at the coefficient's shell; for subtomo3d the 3D transform of the truth. N is the "
-    "noise power per Fourier coefficient of that measurement. Both use the forward-normalised "
+    "noise power per Fourier coefficient of that measurement (tilt_series: a tilt-image box of "
+    "n pixels). Both use the forward-normalised "
     "transform of fourier.conventions (F = sum / n^d), so white real-space noise of variance "
     "sigma^2 per pixel has N = sigma^2 / n^d (d = 2 or 3)."
 )
@@ -68,7 +69,8 @@ class SimulationOptions:
     max_offset_px
         ``--max_offset``: each origin coordinate is uniform in ``[-max, max]`` pixels.
     data_format
-        ``--format``: ``relion4``, ``subtomo3d`` or ``spa`` (``DATA_FORMATS``).
+        ``--format``: ``relion4``, ``subtomo3d``, ``spa`` or ``tilt_series`` (whole tilt
+        series to extract particles from, ``simulate.tilt_series``; ``DATA_FORMATS``).
     ref_lowpass_angst
         ``--ref_lowpass``: resolution of the starting reference's raised-cosine low-pass.
     ref_rotation_deg
@@ -88,7 +90,10 @@ class SimulationOptions:
         (with ``tomograms_star``; ``None``: from ``pixel_size_angst``).
     tilt_image_size_px
         ``--tilt_image_size``: ``(width, height)`` of the real tilt images, which no
-        STAR file records; ``None``: each tomogram's ``rlnTomoSizeX/Y``.
+        STAR file records; ``None``: each tomogram's ``rlnTomoSizeX/Y``. With
+        ``tilt_series``: the simulated tilt images (``None``: ``4 box`` square).
+    particles_per_tomogram
+        ``--per_tomogram``: particles in each simulated tomogram (``tilt_series``).
     float16
         ``--float16``: write the 3D particle files in half precision (MRC mode 12).
     """
@@ -115,6 +120,7 @@ class SimulationOptions:
     binning: float | None = None
     tilt_image_size_px: tuple[int, int] | None = None
     float16: bool = False
+    particles_per_tomogram: int = 4
 
     def __post_init__(self) -> None:
         """Check every option (``InputError`` naming the command-line option)."""
@@ -151,6 +157,7 @@ class SimulationOptions:
                 f"--format {self.data_format}: expected one of {', '.join(DATA_FORMATS)}"
             )
         _positive("--ref_lowpass", self.ref_lowpass_angst)
+        _positive_int("--per_tomogram", self.particles_per_tomogram)
         if not (0 <= self.ref_rotation_deg <= 180):
             raise InputError(f"--ref_rotation_deg {self.ref_rotation_deg}: expected 0 to 180")
         if not math.isfinite(self.bfactor_angst2):
@@ -172,13 +179,19 @@ class SimulationOptions:
                 ("--bin", self.binning),
                 ("--tilt_image_size", self.tilt_image_size_px),
             ):
-                if value is not None:
+                if value is not None and not (
+                    option == "--tilt_image_size" and self.data_format == "tilt_series"
+                ):
                     raise InputError(f"{option}: only with --tomograms and --particles")
+            self._check_image_size()
             return
-        if self.data_format == "spa":
+        if self.data_format in ("spa", "tilt_series"):
             raise InputError("--tomograms: real tilt series need --format relion4 or subtomo3d")
         if self.binning is not None:
             _positive("--bin", self.binning)
+        self._check_image_size()
+
+    def _check_image_size(self) -> None:
         if self.tilt_image_size_px is not None and min(self.tilt_image_size_px) < 1:
             width, height = self.tilt_image_size_px
             raise InputError(f"--tilt_image_size {width} {height}: expected two positive sizes")

@@ -74,9 +74,12 @@ def simulation_summary(
         "signal_power": signal,
         "noise_power_per_coefficient": noise_power,
         "noise_sigma_per_pixel": math.sqrt(noise_power * n**d),
-        "noise_measurement": {"spa": "image", "relion4": "tilt image", "subtomo3d": "subtomogram"}[
-            options.data_format
-        ],
+        "noise_measurement": {
+            "spa": "image",
+            "relion4": "tilt image",
+            "subtomo3d": "subtomogram",
+            "tilt_series": "tilt image (a box of --box pixels)",
+        }[options.data_format],
         "truth": truth_info,
         "reference": {
             "rotation_deg": options.ref_rotation_deg,

@@ -1,11 +1,21 @@
-"""tomo layer: particles of every flavour as tensors; tilt-series geometry."""
+"""tomo layer: particles of every flavour as tensors; tilt-series geometry; extraction."""
 
+from cryorefine.tomo.extract import (
+    MULTIPLICITY_THRESHOLD,
+    SlabInsertion,
+    insert_tilt_images,
+    pseudo_subtomogram_volumes,
+    slab_insertion,
+)
+from cryorefine.tomo.extract_job import ExtractedSet, ExtractOptions, extract_particles
 from cryorefine.tomo.particle_batches import (
     SUPPORTED_FLAVOURS,
     ParticleBatch,
     backprojection_terms,
+    finite_particles,
     particle_batches,
 )
+from cryorefine.tomo.prefetch import prefetched
 from cryorefine.tomo.tilt_geometry import (
     ParticleTilts,
     TiltSeriesGeometry,
@@ -14,16 +24,42 @@ from cryorefine.tomo.tilt_geometry import (
     relion5_projection_matrices,
     tilt_series_geometry,
 )
+from cryorefine.tomo.tilt_images import (
+    CIRCLE_EDGE_PX,
+    boxes_to_fourier,
+    crop_boxes,
+    cut_boxes,
+    premultiply,
+    source_box_size,
+    tilt_image_transforms,
+)
 
 __all__ = [
+    "CIRCLE_EDGE_PX",
+    "MULTIPLICITY_THRESHOLD",
     "SUPPORTED_FLAVOURS",
+    "ExtractOptions",
+    "ExtractedSet",
     "ParticleBatch",
     "ParticleTilts",
+    "SlabInsertion",
     "TiltSeriesGeometry",
     "backprojection_terms",
+    "boxes_to_fourier",
+    "crop_boxes",
+    "cut_boxes",
     "decentred_coordinates_px",
+    "extract_particles",
+    "finite_particles",
+    "insert_tilt_images",
     "particle_batches",
     "particle_tilts",
+    "prefetched",
+    "premultiply",
+    "pseudo_subtomogram_volumes",
     "relion5_projection_matrices",
+    "slab_insertion",
+    "source_box_size",
+    "tilt_image_transforms",
     "tilt_series_geometry",
 ]
