@@ -10,6 +10,7 @@ resolution; --low_pass 0 leaves it unfiltered.
 """
 
 import argparse
+import math
 from pathlib import Path
 
 from cryorefine.errors import InputError
@@ -94,6 +95,17 @@ def run(args: argparse.Namespace) -> None:
     """Post-process the two half maps and write the outputs."""
     if args.filter_edge_width < 0:
         raise InputError(f"--filter_edge_width {args.filter_edge_width}: expected >= 0 shells")
+    for option, value in (("--angpix", args.angpix), ("--mtf_angpix", args.mtf_angpix)):
+        if not math.isfinite(value):
+            raise InputError(
+                f"{option} {value}: expected a pixel size in Angstrom (or -1: from the header)"
+            )
+    if args.auto_bfac and not args.autob_lowres > args.autob_highres:
+        raise InputError(
+            f"--autob_lowres {args.autob_lowres:g} is finer than --autob_highres "
+            f"{args.autob_highres:g}: the B-factor fit runs from the low resolution to the high "
+            "one, so expected --autob_lowres > --autob_highres (Angstrom; 0: Nyquist)"
+        )
     files = PostprocessFiles(
         half1=args.i,
         half2=args.i2,

@@ -45,8 +45,14 @@ def run(args: argparse.Namespace) -> None:
     """Reconstruct and write the map."""
     if args.pad < 1:
         raise InputError(f"--pad {args.pad}: expected an integer >= 1")
+    if args.batch_size < 1:
+        raise InputError(f"--batch_size {args.batch_size}: expected an integer >= 1")
+    if args.maxres is not None and not args.maxres > 0:
+        raise InputError(f"--maxres {args.maxres:g}: expected a resolution in Angstrom (> 0)")
     device = device_from_gpu_option(args.gpu)
     particles = load_particles(args.i)
+    if args.maxres is not None:
+        _check_maxres(args.maxres, int(particles.box_size_px[0]), particles.pixel_size_angst[0])
     options = ReconstructOptions(
         symmetry=args.sym,
         use_ctf=args.ctf,
@@ -69,3 +75,18 @@ def run(args: argparse.Namespace) -> None:
         )
     write_mrc(args.o, volume.cpu().numpy(), voxel_size_angst=pixel_size)
     logger.info("Written: %s (%d particles, %.4f A/px)", args.o, len(particles), pixel_size)
+
+
+def _check_maxres(maxres_angst: float, box_px: int, pixel_size_angst: float) -> None:
+    """Refuse a ``--maxres`` that keeps no Fourier shell: ``round(box * pixel / maxres) < 1``.
+
+    The back-projection keeps the shells up to ``round(box * pixel / maxres)``
+    (``refine.reconstruct``); shell 1 is the box size itself.
+    """
+    box_angst = box_px * pixel_size_angst
+    if round(box_angst / maxres_angst) < 1:
+        raise InputError(
+            f"--maxres {maxres_angst:g}: coarser than the box ({box_px} px x "
+            f"{pixel_size_angst:g} A = {box_angst:g} A), so no Fourier shell is kept; "
+            f"expected less than {2 * box_angst:g} A"
+        )

@@ -72,12 +72,23 @@ def run(args: argparse.Namespace) -> None:
             f"(given: {', '.join('--' + name for name in chosen) or 'none'})"
         )
     if args.combine:
-        sources = shlex.split(args.i)
+        try:
+            sources = shlex.split(args.i)
+        except ValueError as error:  # shlex: "No closing quotation", "No escaped character"
+            raise InputError(
+                f"--i {args.i}: cannot split into file names ({error}); expected names "
+                'separated by spaces, each quoted whole if it holds a space: "a.star b.star"'
+            ) from error
         tables = [read_star(source) for source in sources]
         write_star(combine_particle_tables(tables, sources), args.o)
         logger.info("Written: %s (%d files combined)", args.o, len(sources))
         return
     if args.select:
+        if args.minval > args.maxval:
+            raise InputError(
+                f"--minval {args.minval:g} is above --maxval {args.maxval:g}: no row could be "
+                "selected; expected --minval <= --maxval"
+            )
         blocks = select_rows(
             read_star(args.i),
             label=args.select,

@@ -226,11 +226,15 @@ def _iteration(
     old = inputs.particles
     particles, statistics = apply_poses(inputs, updates)
     ndim = inputs.ndim
+    # Particles left out (NaN or infinity) kept their poses: they are not "no change".
+    scored = np.ones(len(old), dtype=bool)
+    for update in updates:
+        scored[update.left_out] = False
     changes = hidden_variable_change_sums(
-        _matrices(old.angles_deg(), device),
-        _matrices(particles.angles_deg(), device),
-        torch.as_tensor(old.origins_angst()[:, :ndim], device=device),
-        torch.as_tensor(particles.origins_angst()[:, :ndim], device=device),
+        _matrices(old.angles_deg()[scored], device),
+        _matrices(particles.angles_deg()[scored], device),
+        torch.as_tensor(old.origins_angst()[scored, :ndim], device=device),
+        torch.as_tensor(particles.origins_angst()[scored, :ndim], device=device),
         inputs.group.rotations,
     )
     state = update_hidden_variable_changes(state, changes, oversampling=options.oversampling)
@@ -326,10 +330,10 @@ def refine_run(
             )
         communicator.barrier()
     if batch_size <= 0:
-        # 3D data: the per-orientation back-projection sums of a batch are volumes, and
-        # the orientations in play grow with the batch; small batches bound that memory.
+        # 3D data: a batch's particles are volumes (its orientations' back-projection
+        # sums are inserted group by group, likelihood.expectation).
         if inputs.ndim == 3:
-            batch_size = 16 if device.type == "cuda" else 8
+            batch_size = 64 if device.type == "cuda" else 8
         else:
             batch_size = 256 if device.type == "cuda" else 32
     limit = iteration_limit(options)

@@ -7,6 +7,8 @@ halves' sums and every rank's pose updates here; each half's back-projector is
 then symmetrised. The background noise seed of the iteration comes from
 ``--random_seed`` and the iteration (``particle_noise``), not from the run's
 generator, so that every rank draws the same perturbations and noise.
+Particles with NaN or infinity in their image or CTF volume are left out and
+named once per run (``inputs.non_finite_rows``; ``half_pass``).
 """
 
 import logging
@@ -46,6 +48,7 @@ def _progress_lines(iteration: int, half: int, start: float) -> Callable[[int, i
             return
         last[0] = now
         rate = done / max(now - start, 1e-9)
+        eta_seconds = (total - done) / max(rate, 1e-9)
         logger.info(
             "iter=%03d half_set=%d phase=e_step particles=%d/%d particles_per_second=%.1f "
             "eta_seconds=%.0f",
@@ -54,7 +57,18 @@ def _progress_lines(iteration: int, half: int, start: float) -> Callable[[int, i
             done,
             total,
             rate,
-            (total - done) / max(rate, 1e-9),
+            eta_seconds,
+            extra={  # a redrawn bar on a terminal (cli.progress); this plain line elsewhere
+                "progress": {
+                    "iteration": iteration,
+                    "half_set": half,
+                    "phase": "E-step",
+                    "done": done,
+                    "total": total,
+                    "particles_per_second": rate,
+                    "eta_seconds": eta_seconds,
+                }
+            },
         )
 
     return progress
@@ -171,6 +185,7 @@ def e_step(
                 device=device,
                 noise_seed=noise_seed,
                 progress=_progress_lines(state.iteration, half, tic),
+                named_rows=inputs.non_finite_rows,
             )
         seconds = time.perf_counter() - tic
         logger.info(

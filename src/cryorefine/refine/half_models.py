@@ -114,11 +114,18 @@ def accuracies(state, inputs, options, models, reference_ft, *, device, generato
     """acc_rot and acc_trans from the first particles of half set 1 (REFINE_SPEC §5.3)."""
     count = 100 if inputs.ndim == 2 or inputs.particles.flavour == "relion4" else 10
     rows = np.flatnonzero(inputs.half_sets == 1)[:count]
-    batch = next(
+    loaded = next(
         particle_batches(
-            inputs.particles, batch_size=len(rows), device=device, use_ctf=options.ctf, rows=rows
+            inputs.particles,
+            batch_size=len(rows),
+            device=device,
+            use_ctf=options.ctf,
+            rows=rows,
+            named_rows=inputs.non_finite_rows,
         )
     )
+    finite = loaded.finite.cpu().numpy()
+    batch, rows = loaded.select(loaded.finite), rows[finite]  # bad particles left out
     sigma2 = models[0].sigma2_noise.to(device)[
         torch.as_tensor(inputs.optics_group[rows], device=device)
     ]

@@ -5,10 +5,12 @@ particles unless ``--trust_ref_size``); the solvent mask (values in [0, 1]);
 half sets (``rlnRandomSubset`` kept when every particle has one, drawn with the
 seed when none has, an error when mixed); the initial noise spectrum per optics
 group from the first particles' power spectra; both half models from the
-reference low-passed to ``--ini_high``.
+reference low-passed to ``--ini_high``. A particle whose image or CTF volume
+holds a NaN or an infinity is named once per run (``RefineInputs.non_finite_rows``)
+and left out of every sum, the initial noise's included.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,12 @@ _PIXEL_TOLERANCE = 1e-3
 
 @dataclass(frozen=True)
 class RefineInputs:
-    """Everything read from the user's files, validated."""
+    """Everything read from the user's files, validated.
+
+    ``non_finite_rows``: rows (0-based) of the particles found with a NaN or an
+    infinity in their image or CTF volume, each named in a warning when found
+    (``tomo.particle_batches``); one set for the run, kept by ``dataclasses.replace``.
+    """
 
     particles: ParticleSet
     optimisation_set: OptimisationSet | None
@@ -50,6 +57,7 @@ class RefineInputs:
     pixel_size_angst: float
     ori_size: int
     ndim: int
+    non_finite_rows: set[int] = field(default_factory=set)
 
 
 def _read_volume(path: Path, what: str, device: torch.device) -> tuple[Tensor, float]:
@@ -73,6 +81,26 @@ def _half_sets(particles: ParticleSet, seed: int) -> np.ndarray:
     return generator.integers(1, 3, len(particles))
 
 
+def _check_one_grid(particles: ParticleSet) -> None:
+    """One pixel size and one box for all particles: a refinement has one reference grid."""
+    columns = (
+        ("rlnImagePixelSize", particles.pixel_size_angst, " A", "rescale them to one pixel size"),
+        ("rlnImageSize", particles.box_size_px.astype(float), " px", "re-extract them at one box"),
+    )
+    used = np.unique(particles.optics_row)
+    for label, values, unit, remedy in columns:
+        if not np.ptp(values) > _PIXEL_TOLERANCE * np.min(values):  # NaN: picks, no images
+            continue
+        per_row = [float(values[np.argmax(particles.optics_row == row)]) for row in used]
+        rows = ", ".join(str(row + 1) for row in used[:5])
+        more = f" and {len(used) - 5} more" if len(used) > 5 else ""
+        found = ", ".join(f"{value:g}" for value in per_row[:5])
+        raise InputError(
+            f"{particles.path}: data_optics rows {rows}{more}: {label} is {found}{unit}; "
+            f"expected one value for all particles (one reference grid): {remedy}"
+        )
+
+
 def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs:
     """Read and check the particles, reference, mask and symmetry before the first iteration."""
     optimisation_set = None
@@ -85,6 +113,7 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
     particles = load_particles(particles_file)
     if len(particles) == 0:
         raise InputError(f"{particles_file}: the particles table is empty")
+    _check_one_grid(particles)
     group = point_group(options.sym, device=device)
     ori_size = int(particles.box_size_px[0])
     pixel = float(particles.pixel_size_angst[0])
@@ -163,9 +192,20 @@ def _initial_sigma2(
     nr_groups = int(inputs.optics_group.max()) + 1
     with_multiplicity = inputs.particles.flavour == "relion4"
     power = counts = transform = multiplicity = None
-    for batch in particle_batches(
-        inputs.particles, batch_size=64, device=device, use_ctf=with_multiplicity, rows=rows
+    used = 0
+    for loaded in particle_batches(
+        inputs.particles,
+        batch_size=64,
+        device=device,
+        use_ctf=with_multiplicity,
+        rows=rows,
+        named_rows=inputs.non_finite_rows,
     ):
+        finite = loaded.finite.cpu().numpy()
+        if not finite.any():
+            continue
+        batch = loaded if finite.all() else loaded.select(loaded.finite)
+        used += int(finite.sum())
         centred = shift_fourier(batch.data_ft, batch.origins_px)
         groups = torch.as_tensor(inputs.optics_group[batch.rows.cpu().numpy()], device=device)
         p, c, t = initial_noise_sums(centred, groups, nr_optics_groups=nr_groups, ndim=inputs.ndim)
@@ -178,10 +218,14 @@ def _initial_sigma2(
             ).sum(dim=0)
             multiplicity = shells if multiplicity is None else multiplicity + shells
     if power is None or counts is None or transform is None:
-        raise ValueError("no particles to estimate the initial noise from")
+        raise InputError(
+            f"{inputs.particles.path}: the {len(rows)} particles read for the initial noise "
+            "estimate (the first of each optics group) all hold NaN or infinity in their "
+            "images or CTF volumes; expected finite images"
+        )
     sigma2 = initial_sigma2_noise(power, counts, transform, ndim=inputs.ndim)
     if multiplicity is not None:
-        mean = multiplicity / float(len(rows))
+        mean = multiplicity / float(used)
         sigma2 = sigma2 / torch.where(mean > 0.1, mean, 1.0)[None, :]
     return sigma2
 

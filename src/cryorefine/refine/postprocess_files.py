@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from cryorefine.errors import InputError
 from cryorefine.io import (
     StarBlock,
+    make_output_folder,
     read_mrc,
     read_star,
     write_atomically,
@@ -37,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 #: Tolerance of the mask's [0, 1] range (RELION's, for float rounding in mask files).
 _MASK_RANGE_SLACK = 1e-6
+
+#: Relative difference of the half maps' voxel sizes taken as equal (MRC headers hold float32,
+#: rounded to a few digits by the programs that write them).
+_PIXEL_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,16 @@ def _read_volume(path: Path, what: str) -> tuple[np.ndarray, float]:
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise InputError(f"{path}: {what} of shape (z, y, x) = {data.shape}; expected a cube")
     return data, voxel
+
+
+def _check_same_pixel(half1: Path, pixel1: float, half2: Path, pixel2: float) -> None:
+    """Refuse half maps whose headers give different voxel sizes (both given, > 0)."""
+    if pixel1 > 0 and pixel2 > 0 and abs(pixel1 - pixel2) > _PIXEL_TOLERANCE * pixel1:
+        raise InputError(
+            f"{half2}: voxel size {pixel2:g} A in the header, but half map 1 ({half1}) has "
+            f"{pixel1:g} A: expected two halves of one refinement, on the same grid "
+            "(or give --angpix if a header is wrong)"
+        )
 
 
 def _read_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -122,18 +137,22 @@ def run_postprocess(files: PostprocessFiles, options: PostprocessOptions) -> Pos
     Raises
     ------
     InputError
-        A file is missing or unreadable; the halves differ in shape or are not
-        cubes; the mask has another shape or values outside [0, 1]; the MTF
-        table is malformed; no pixel size is known.
+        A file is missing or unreadable; the halves differ in shape or (without
+        ``pixel_size_angst``) in voxel size, or are not cubes; the mask has
+        another shape or values outside [0, 1]; the MTF table is malformed; no
+        pixel size is known; the output folder cannot be created.
     """
     half2_path = files.half2 or other_half_name(files.half1)
     half1, header_pixel = _read_volume(files.half1, "half map 1")
-    half2, _ = _read_volume(half2_path, "half map 2")
+    half2, half2_pixel = _read_volume(half2_path, "half map 2")
     if half2.shape != half1.shape:
         raise InputError(
             f"{half2_path}: half map 2 of shape {half2.shape} but half map 1 "
             f"({files.half1}) is {half1.shape}"
         )
+    if files.pixel_size_angst is None:
+        _check_same_pixel(files.half1, header_pixel, half2_path, half2_pixel)
+    make_output_folder(files.output_root.parent, option="--o")
     mask = None if files.mask is None else _read_mask(files.mask, half1.shape)
     pixel = files.pixel_size_angst if files.pixel_size_angst else header_pixel
     if not pixel > 0:
@@ -168,7 +187,6 @@ def _write_outputs(
     pixel: float,
 ) -> None:
     root = files.output_root
-    root.parent.mkdir(parents=True, exist_ok=True)
     names = {
         "map": Path(f"{root}.mrc"),
         "masked": Path(f"{root}_masked.mrc"),

@@ -103,6 +103,7 @@ def reconstruct_particles(
         use_ctf=options.use_ctf,
         rows=rows,
         intact_first_peak=options.ctf_intact_first_peak,
+        named_rows=set(),  # a bad particle adds nothing (zero data and weight) and is named
     ):
         batch_data, batch_weight = backprojection_terms(batch)
         centred = shift_fourier(batch_data, batch.origins_px)

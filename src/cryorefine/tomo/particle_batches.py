@@ -18,15 +18,24 @@ RELION-4 pseudo-subtomograms are CTF-premultiplied, so their data already
 carry one CTF and the back-projection adds ``X`` and ``CTF**2`` (REFINE_SPEC
 §7.1); ``multiplicity`` is the number of tilt slices through each voxel (zero
 masks the missing wedge). Without ``--ctf``, ``K = 1``.
+
+Bad particles: a particle whose transform, CTF term or multiplicity holds a NaN
+or an infinity (a damaged image or ``rlnCtfImage`` file) is flagged in
+``ParticleBatch.finite`` and its data, CTF term and multiplicity are set to
+zero, so that nothing non-finite leaves this module: a back-projection adds
+nothing for it, and one bad particle cannot poison the sums of its batch.
+Consumers that count particles leave it out (``ParticleBatch.select``); with
+``named_rows`` each is named once in a warning (file, row, ``rlnImageName``).
 """
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import torch
-from jaxtyping import Complex, Float, Int
+from jaxtyping import Bool, Complex, Float, Int, Shaped
 from torch import Tensor
 
 from cryorefine.errors import InputError
@@ -35,7 +44,15 @@ from cryorefine.fourier.ctf import ctf_2d, ctf_volume_to_half_complex
 from cryorefine.geometry import euler_to_matrix
 from cryorefine.io import ParticleSet, read_images
 
-__all__ = ["SUPPORTED_FLAVOURS", "ParticleBatch", "backprojection_terms", "particle_batches"]
+__all__ = [
+    "SUPPORTED_FLAVOURS",
+    "ParticleBatch",
+    "backprojection_terms",
+    "finite_particles",
+    "particle_batches",
+]
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_FLAVOURS = ("spa", "subtomo3d", "relion4")
 
@@ -61,6 +78,10 @@ class ParticleBatch:
         RELION's matrices ``A`` of the poses in the table ``(b, 3, 3)`` float64.
     origins_px
         Origins ``(x, y[, z])`` in pixels, float64.
+    finite
+        False for a particle whose image, CTF term or multiplicity held a NaN
+        or an infinity; its ``data_ft``, ``ctf`` and ``multiplicity`` are zero
+        (module docstring).
     """
 
     rows: Int[Tensor, " b"]
@@ -70,6 +91,68 @@ class ParticleBatch:
     ctf_premultiplied: bool
     rotations: Float[Tensor, "b 3 3"]
     origins_px: Float[Tensor, "b ndim"]
+    finite: Bool[Tensor, " b"]
+
+    def select(self, keep: Bool[Tensor, " b"]) -> "ParticleBatch":
+        """The particles where ``keep`` is True, in their order (e.g. ``keep = batch.finite``)."""
+        return ParticleBatch(
+            rows=self.rows[keep],
+            data_ft=self.data_ft[keep],
+            ctf=self.ctf[keep],
+            multiplicity=None if self.multiplicity is None else self.multiplicity[keep],
+            ctf_premultiplied=self.ctf_premultiplied,
+            rotations=self.rotations[keep],
+            origins_px=self.origins_px[keep],
+            finite=self.finite[keep],
+        )
+
+
+def finite_particles(values: Shaped[Tensor, "b ..."]) -> Bool[Tensor, " b"]:
+    """Whether every value of each particle is finite (no NaN, no infinity; complex: both parts).
+
+    Parameters
+    ----------
+    values
+        One tensor per particle along the first axis: images, transforms, CTF
+        terms or multiplicities, of any dtype and shape.
+    """
+    finite = torch.isfinite(values)
+    return finite if finite.ndim == 1 else finite.flatten(start_dim=1).all(dim=1)
+
+
+def _zero_where(values: Tensor, bad: Bool[Tensor, " b"]) -> Tensor:
+    """``values`` with the particles where ``bad`` set to zero (NaN * 0 would stay NaN)."""
+    return torch.where(bad.reshape(-1, *([1] * (values.ndim - 1))), values.new_zeros(()), values)
+
+
+def _name_bad_particles(
+    particles: ParticleSet,
+    rows: Int[np.ndarray, " b"],
+    image_ok: Bool[np.ndarray, " b"],
+    ctf_ok: Bool[np.ndarray, " b"],
+    named_rows: set[int],
+) -> None:
+    """One warning per bad particle not yet in ``named_rows`` (which it joins)."""
+    names = particles.image_names()
+    ctf_names = particles.ctf_image_names() if particles.flavour != "spa" else None
+    for row, image_fine, ctf_fine in zip(rows.tolist(), image_ok, ctf_ok, strict=True):
+        if (image_fine and ctf_fine) or row in named_rows:
+            continue
+        if not image_fine:
+            what = "its image"
+        elif ctf_names is not None:
+            what = f"its CTF volume (rlnCtfImage {ctf_names[row]})"
+        else:
+            what = "its CTF"
+        logger.warning(
+            "%s: data_particles row %d (rlnImageName %s): %s holds NaN or infinity; "
+            "the particle is left out",
+            particles.path,
+            row + 1,
+            names[row],
+            what,
+        )
+        named_rows.add(row)
 
 
 def _check_flavour(particles: ParticleSet) -> int:
@@ -138,16 +221,28 @@ def particle_batches(
     use_ctf: bool = True,
     rows: Int[np.ndarray, " c"] | None = None,
     intact_first_peak: bool = False,
+    named_rows: set[int] | None = None,
 ) -> Iterator[ParticleBatch]:
     """Batches of ``particles`` (all, or ``rows`` in that order) as tensors on ``device``.
 
-    Images are read lazily (memory-mapped) one batch at a time.
+    Images are read lazily (memory-mapped) one batch at a time. A particle with
+    a NaN or an infinity in its image or CTF volume has ``finite`` False and
+    zero data, CTF term and multiplicity (module docstring).
+
+    Parameters
+    ----------
+    named_rows
+        Rows (0-based) of bad particles already named: each bad particle not in
+        it is named in one warning (file, 1-based row, ``rlnImageName``) and
+        added, so that a run that passes its one set names each particle once.
+        None: no warning (the caller reads ``finite``).
 
     Raises
     ------
     InputError
         A flavour this layer cannot read yet, images of different sizes, or a
-        bad ``rlnCtfImage``.
+        bad ``rlnCtfImage`` (a malformed file; NaN or infinity inside flag the
+        particle instead).
     """
     box = _check_flavour(particles)
     ndim = particles.image_dimensionality
@@ -166,6 +261,18 @@ def particle_batches(
             ctf = _spa_ctf(particles, chunk, box, device, intact_first_peak)
         else:
             ctf, multiplicity = _volume_ctfs(particles, chunk, box, device)
+        image_ok = finite_particles(data_ft)
+        ctf_ok = finite_particles(ctf)
+        if multiplicity is not None:
+            ctf_ok = ctf_ok & finite_particles(multiplicity)
+        finite = image_ok & ctf_ok
+        if named_rows is not None:
+            flags = torch.stack([image_ok, ctf_ok]).cpu().numpy()  # one transfer per batch
+            if not flags.all():
+                _name_bad_particles(particles, chunk, flags[0], flags[1], named_rows)
+        data_ft, ctf = _zero_where(data_ft, ~finite), _zero_where(ctf, ~finite)
+        if multiplicity is not None:
+            multiplicity = _zero_where(multiplicity, ~finite)
         yield ParticleBatch(
             rows=torch.as_tensor(chunk, device=device),
             data_ft=data_ft,
@@ -174,6 +281,7 @@ def particle_batches(
             ctf_premultiplied=particles.ctf_premultiplied and use_ctf,
             rotations=euler_to_matrix(torch.as_tensor(angles[chunk], device=device)),
             origins_px=torch.as_tensor(origins[chunk, :ndim], device=device),
+            finite=finite,
         )
 
 
