@@ -12,6 +12,13 @@ Seconds per iteration are read from the writer's run.log (``iter=... seconds=``,
 the first iteration left out: it holds start-up work); speed-up and parallel
 efficiency are against the first rank count. Prints a table; the same rows are
 written as JSON.
+
+``--tutorial DIR`` times the tutorial-shaped job instead (``tutorial_bench.py``:
+pseudo-subtomograms with the HIV tutorial's geometry, bin 6, box 96, refined
+with Refine3D/job012's command line) for ``--iterations`` iterations, and adds
+the resolution against the truth of each rank count's last half-1 map (it must
+not depend on the ranks) and the bytes of the back-projector sums summed and
+broadcast per iteration (both halves' float64 accumulators, side ``2 box``).
 """
 
 import argparse
@@ -28,6 +35,7 @@ from pathlib import Path
 import torch
 
 from cryorefine.cli.main import main as cryorefine
+from cryorefine.simulate.evaluate import compare_to_truth
 
 
 def _free_port() -> int:
@@ -78,9 +86,13 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="one GPU per rank (NCCL)")
     parser.add_argument("--work", default="bench_parallel_work")
     parser.add_argument("--out", default="bench_parallel.json")
+    parser.add_argument("--tutorial", type=Path, default=None, help="the tutorial's folder")
     args = parser.parse_args()
     work = Path(args.work)
     sim = work / "sim"
+    if args.tutorial is not None:
+        tutorial_main(args, work, sim)
+        return
     status = cryorefine(
         [
             "simulate",
@@ -150,6 +162,11 @@ def main() -> None:
                 "wall_seconds": wall,
             }
         )
+    _finish(rows, args.out)
+
+
+def _finish(rows: list[dict[str, object]], out: str) -> None:
+    """Speed-up and efficiency against the first row; print the table, write the JSON."""
     base = rows[0]["seconds_per_iteration"] * rows[0]["ranks"]
     for row in rows:
         row["speedup"] = rows[0]["seconds_per_iteration"] / row["seconds_per_iteration"]
@@ -163,7 +180,54 @@ def main() -> None:
             )
         )
     sys.stdout.write("\n".join(lines) + "\n")
-    Path(args.out).write_text(json.dumps(rows, indent=1))
+    Path(out).write_text(json.dumps(rows, indent=1))
+
+
+def tutorial_main(args: argparse.Namespace, work: Path, sim: Path) -> None:
+    """The tutorial-shaped job under 1, 2, ... ranks (module docstring)."""
+    from tutorial_bench import TUTORIAL_OPTIONS, simulate  # bench/ is on sys.path
+
+    tutorial = argparse.Namespace(
+        tutorial=args.tutorial, box=96, bin=6, seed=11, snr=None, gpu=args.gpu,
+        n_particles=args.n_particles,
+    )  # fmt: skip
+    simulate(tutorial, sim)
+    p = 2 * 96
+    accumulator_bytes = 2 * p * p * (p // 2 + 1) * (16 + 8)  # both halves, complex128 + float64
+    rows = []
+    for ranks in [int(k) for k in args.ranks.split(",")]:
+        root = work / f"ranks{ranks}" / "run"
+        root.parent.mkdir(parents=True, exist_ok=True)
+        arguments = [
+            "refine", "--ios", str(sim / "optimisation_set.star"),
+            "--ref", str(sim / "reference.mrc"), "--o", str(root), *TUTORIAL_OPTIONS,
+            "--iter", str(args.iterations), *(["--gpu"] if args.gpu else []),
+        ]  # fmt: skip
+        wall = _refine(ranks, arguments, args.threads_per_rank)
+        seconds = _iteration_seconds(root.parent / "run.log")
+        last = len(seconds)
+        truth = compare_to_truth(
+            root.parent / f"run_it{last:03d}_data.star",
+            root.parent / f"run_it{last:03d}_half1_class001.mrc",
+            sim,
+            symmetry="C6",
+        )
+        rows.append(
+            {
+                "device": torch.cuda.get_device_name() if args.gpu else "CPU",
+                "ranks": ranks,
+                "particles": args.n_particles,
+                "box": 96,
+                "iterations": last,
+                "seconds_per_iteration": statistics.median(seconds[1:] or seconds),
+                "seconds_all_iterations": sum(seconds),
+                "wall_seconds": wall,
+                "bytes_summed_per_iteration": accumulator_bytes if ranks > 1 else 0,
+                "resolution_vs_truth_angst": truth.resolution_0143_angst,
+                "median_angular_error_deg": truth.median_angular_error_deg,
+            }
+        )
+    _finish(rows, args.out)
 
 
 if __name__ == "__main__":

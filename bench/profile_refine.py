@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--healpix_order", type=int, default=2)
     parser.add_argument("--local_order", type=int, default=4)
     parser.add_argument("--offset_range", type=float, default=3.0)
+    parser.add_argument("--ini_high", type=float, default=40.0)
+    parser.add_argument("--diameter", type=float, default=150.0)
+    parser.add_argument("--sigma_tilt", type=float, default=0.0)
     parser.add_argument("--batch_size", type=int, default=0, help="0: refine's own choice")
     parser.add_argument(
         "--reuse_data", action="store_true", help="keep WORK/sim from an earlier run if present"
@@ -74,9 +77,10 @@ def main() -> None:
         input_particles=sim / "particles.star",
         reference=sim / "reference.mrc",
         output_root=work / "Refine" / "run",
-        ini_high=40.0,
+        ini_high=args.ini_high,
         ctf=True,
-        particle_diameter=150.0,
+        particle_diameter=args.diameter,
+        sigma_tilt=args.sigma_tilt,
         healpix_order=args.healpix_order,
         auto_local_healpix_order=args.local_order,
         offset_range=args.offset_range,

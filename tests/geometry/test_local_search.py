@@ -7,6 +7,7 @@ from cryorefine.geometry import (
     asymmetric_unit_pixels,
     euler_to_direction,
     healpix_rot_tilt_deg,
+    local_angle_prior,
     local_direction_prior,
     local_psi_prior,
     pixel_rot_tilt_deg,
@@ -114,3 +115,34 @@ def test_sigma_must_be_positive():
         local_direction_prior(
             dirs[:1], dirs, sigma_deg=0.0, operators=torch.eye(3, dtype=torch.float64)[None]
         )
+
+
+@pytest.mark.parametrize("angle", ["rot", "tilt"])
+def test_a_prior_on_one_angle_weighs_that_angle_of_the_nearest_symmetry_image(angle):
+    group = point_group("D2", device="cpu")
+    order = 2
+    dirs = pixel_rot_tilt_deg(order, asymmetric_unit_pixels(order, group))
+    gen = torch.Generator().manual_seed(7)
+    prior = torch.rand(5, generator=gen, dtype=torch.float64) * (360 if angle == "rot" else 180)
+    prior = prior - (180 if angle == "rot" else 0)
+    sigma = 10.0
+    got = local_angle_prior(prior, dirs, angle=angle, sigma_deg=sigma, operators=group.operators)
+    # slow reference: every operator image of every direction, its angle from atan2/acos
+    d = euler_to_direction(dirs)
+    delta = torch.empty(5, dirs.shape[0], dtype=torch.float64)
+    for i in range(5):
+        for m in range(dirs.shape[0]):
+            best = math.inf
+            for r in group.operators:
+                x, y, z = (r.T @ d[m]).tolist()
+                if angle == "tilt":
+                    diff = abs(math.degrees(math.acos(max(-1.0, min(1.0, z)))) - float(prior[i]))
+                else:
+                    diff = abs(math.degrees(math.atan2(y, x)) - float(prior[i])) % 360
+                    diff = min(diff, 360 - diff)
+                best = min(best, diff)
+            delta[i, m] = best
+    want = torch.exp(-0.5 * (delta / sigma) ** 2) * (delta < 3 * sigma)
+    want = want / want.sum(-1, keepdim=True)
+    # the same float64 trigonometry in another order: ~1e-12 deg, weights follow
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

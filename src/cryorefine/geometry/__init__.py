@@ -31,7 +31,12 @@ from cryorefine.geometry.healpix import (
     healpix_pix2z_phi,
     healpix_xyf2nest,
 )
-from cryorefine.geometry.local_search import SIGMA_CUTOFF, local_direction_prior, local_psi_prior
+from cryorefine.geometry.local_search import (
+    SIGMA_CUTOFF,
+    local_angle_prior,
+    local_direction_prior,
+    local_psi_prior,
+)
 from cryorefine.geometry.recentre import recentre_particles, recentred_origins_px
 from cryorefine.geometry.sampling import (
     angular_step_deg,
@@ -73,6 +78,7 @@ __all__ = [
     "healpix_rot_tilt_deg",
     "healpix_xyf2nest",
     "in_asymmetric_region",
+    "local_angle_prior",
     "local_direction_prior",
     "local_psi_prior",
     "matrix_to_euler",

@@ -14,6 +14,11 @@ angular step):
 - weights are normalised to sum 1 over the kept values of each particle; if
   none is kept, the single nearest one gets weight 1.
 
+With a prior on one of rot or tilt alone (``--sigma_rot`` or ``--sigma_tilt``
+without the other), the distance is that angle's: ``|tilt(R.T @ d) - prior_tilt|``
+or the rot difference on the circle, the smallest over the group; same cut and
+weight (``local_angle_prior``). The tutorial's ``--sigma_tilt 10`` is this case.
+
 Results are dense ``(b, m)`` / ``(b, p)`` weights: 0 means "not searched".
 """
 
@@ -26,7 +31,7 @@ from torch import Tensor
 from cryorefine.geometry.asymmetric_unit import symmetry_mate_directions
 from cryorefine.geometry.euler import euler_to_direction
 
-__all__ = ["SIGMA_CUTOFF", "local_direction_prior", "local_psi_prior"]
+__all__ = ["SIGMA_CUTOFF", "local_angle_prior", "local_direction_prior", "local_psi_prior"]
 
 SIGMA_CUTOFF = 3.0
 """RELION's ``sigma_cutoff``: local searches reach 3 sigma from the prior."""
@@ -98,4 +103,40 @@ def local_psi_prior(
         raise ValueError(f"sigma must be > 0 degrees, got {sigma_deg}")
     delta = (psi_deg[None, :].to(prior_psi_deg.dtype) - prior_psi_deg[:, None]).abs()
     delta = torch.remainder(delta + 180.0, 360.0).sub(180.0).abs()  # RELION's |d - 360| above 180
+    return _normalised_gaussian(delta, sigma_deg, sigma_cutoff)
+
+
+def local_angle_prior(
+    prior_deg: Float[Tensor, " b"],
+    rot_tilt_deg: Float[Tensor, "m 2"],
+    *,
+    angle: str,
+    sigma_deg: float,
+    operators: Float[Tensor, "g 3 3"],
+    sigma_cutoff: float = SIGMA_CUTOFF,
+) -> Float[Tensor, "b m"]:
+    """Prior weight of each sampled direction from a prior on its ``"rot"`` or ``"tilt"`` alone.
+
+    The distance is the difference of that angle between the prior and the
+    nearest symmetry image of the direction (rot on the circle); weights as
+    ``local_direction_prior``.
+    """
+    if angle not in ("rot", "tilt"):
+        raise ValueError(f"angle must be 'rot' or 'tilt', got {angle!r}")
+    if not sigma_deg > 0:
+        raise ValueError(f"sigma must be > 0 degrees, got {sigma_deg}")
+    mates = symmetry_mate_directions(euler_to_direction(rot_tilt_deg), operators)  # (m, g, 3)
+    mates = mates.to(prior_deg.dtype)
+    if angle == "tilt":
+        values = torch.rad2deg(torch.acos(mates[..., 2].clamp(-1.0, 1.0)))
+    else:
+        values = torch.rad2deg(torch.atan2(mates[..., 1], mates[..., 0]))
+    delta = None
+    for g in range(mates.shape[1]):  # over operators: (b, m) memory, not (b, m, g)
+        d = (values[None, :, g] - prior_deg[:, None]).abs()
+        if angle == "rot":
+            d = torch.remainder(d + 180.0, 360.0).sub(180.0).abs()
+        delta = d if delta is None else torch.minimum(delta, d)
+    if delta is None:
+        raise ValueError("operators must hold at least the identity")
     return _normalised_gaussian(delta, sigma_deg, sigma_cutoff)

@@ -6,11 +6,16 @@ mean with ``--zero_mask``, else noise of the current spectrum), cropped to the
 current size, given their noise spectrum, offset and orientation priors, and
 passed to ``likelihood.expectation``; the per-orientation sums go into the
 half set's back-projector, the rest into ``HalfSetSums`` and the new poses.
+
+A particle whose image or CTF volume holds a NaN or an infinity
+(``ParticleBatch.finite`` False; named once per run through ``named_rows``) is
+taken out of its batch before the E-step: it adds nothing to any sum (the
+back-projector, the noise, the weights and counts, the orientation and offset
+statistics) and keeps the pose it had, with ``pmax`` 0.
 """
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,20 +32,19 @@ from cryorefine.fourier import (
     to_fourier,
     zero_accumulators,
 )
-from cryorefine.geometry import local_direction_prior, local_psi_prior, pixel_rot_tilt_deg
 from cryorefine.io import ParticleSet
 from cryorefine.likelihood import (
     ExpectationPlan,
+    ExpectationResult,
     ParticleTerms,
     expectation,
-    insert_backprojection,
     projection_cache,
 )
-from cryorefine.likelihood.search import compact
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.orientation_priors import orientation_priors
 from cryorefine.refine.particle_noise import particle_noise_images
-from cryorefine.tomo import ParticleBatch, particle_batches
+from cryorefine.tomo import ParticleBatch, particle_batches, prefetched
 
 __all__ = ["HalfSetSums", "PoseUpdate", "run_half_set"]
 
@@ -62,7 +66,11 @@ class HalfSetSums:
 
 @dataclass
 class PoseUpdate:
-    """New poses and statistics of the half set's particles (rows of the particle set)."""
+    """New poses and statistics of the half set's particles (rows of the particle set).
+
+    ``left_out``: the rows (a subset of ``rows``) of particles with NaN or infinity,
+    whose poses are the ones they had (module docstring).
+    """
 
     rows: np.ndarray
     angles_deg: np.ndarray
@@ -70,6 +78,7 @@ class PoseUpdate:
     pmax: np.ndarray
     significant_samples: np.ndarray
     log_likelihood: np.ndarray
+    left_out: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def _masked(
@@ -97,42 +106,75 @@ def _masked(
     return shift_fourier(masked, -batch.origins_px)
 
 
-def _orientation_priors(
+def _batch_poses(
+    result: ExpectationResult | None,
+    finite: np.ndarray,
+    angles_deg: np.ndarray,
+    origins_angst: np.ndarray,
+    *,
+    ndim: int,
+    pixel_size_angst: float,
+) -> dict[str, np.ndarray]:
+    """New poses and statistics of a batch; a bad particle (not ``finite``) keeps its pose.
+
+    ``result`` holds the finite particles only, in order (None when there are none);
+    ``angles_deg`` and ``origins_angst`` are the table's, ``(b, 3)`` each.
+    """
+    b = len(finite)
+    poses = {
+        "angles": angles_deg.copy(),
+        "origins": origins_angst.copy(),
+        "pmax": np.zeros(b),
+        "nsig": np.zeros(b, dtype=np.int64),
+        "ll": np.zeros(b),
+    }
+    if result is None:
+        return poses
+    origins = np.zeros((int(finite.sum()), 3))
+    origins[:, :ndim] = result.origins_px.cpu().double().numpy() * pixel_size_angst
+    poses["angles"][finite] = result.angles_deg.cpu().numpy()
+    poses["origins"][finite] = origins
+    poses["pmax"][finite] = result.pmax.cpu().numpy()
+    poses["nsig"][finite] = result.significant_samples.cpu().numpy()
+    poses["ll"][finite] = result.log_likelihood.cpu().numpy()
+    return poses
+
+
+def _add_batch(
+    sums: HalfSetSums,
+    result: ExpectationResult,
     batch: ParticleBatch,
-    plan: ExpectationPlan,
-    state: RefineState,
-    model: HalfSetModel,
-    operators: Tensor,
-    angles_deg: Tensor,
-) -> tuple[Tensor, Tensor | None]:
-    """Log priors of coarse orientations: the pdf (global) or Gaussians about the poses (local)."""
-    grid = plan.orientations
-    p = grid.psi_deg.shape[0]
-    b = batch.rows.shape[0]
-    if not state.local_searches:
-        pdf = model.orientation_pdf
-        if pdf is None or pdf.shape[0] != grid.pixels.shape[0]:
-            log_dir = torch.zeros(
-                grid.pixels.shape[0], dtype=torch.float64, device=angles_deg.device
-            )
-        else:
-            log_dir = torch.log(pdf.to(angles_deg.device).clamp(min=1e-300))
-        return log_dir.repeat_interleave(p).expand(b, -1).contiguous(), None
-    rot_tilt = pixel_rot_tilt_deg(grid.healpix_order, grid.pixels)
-    directions = local_direction_prior(
-        angles_deg[:, :2], rot_tilt, sigma_deg=state.sigma_rot_deg, operators=operators
-    )
-    psis = local_psi_prior(
-        angles_deg[:, 2], grid.psi_deg.to(angles_deg), sigma_deg=state.sigma_psi_deg
-    )
-    # Only the (direction, psi) pairs inside both cut-offs: (b, ld * lp), never (b, m * p).
-    dir_ids, dir_valid = compact(directions > 0)
-    psi_ids, psi_valid = compact(psis > 0)
-    log_dir = torch.where(dir_valid, torch.log(torch.gather(directions, 1, dir_ids)), -math.inf)
-    log_psi = torch.where(psi_valid, torch.log(torch.gather(psis, 1, psi_ids)), -math.inf)
-    ids = (dir_ids[:, :, None] * p + psi_ids[:, None, :]).reshape(b, -1)
-    log_prior = (log_dir[:, :, None] + log_psi[:, None, :]).reshape(b, -1)
-    return log_prior, ids
+    masked_full: Tensor,
+    groups: Tensor,
+    *,
+    current_size: int,
+    pixel_size_angst: float,
+) -> None:
+    """Add one batch's E-step result to the half set's sums, in place.
+
+    The back-projection sums are already in ``sums.data``/``sums.weight``
+    (``expectation(accumulators=...)``).
+    """
+    n = masked_full.shape[1]
+    ndim = batch.origins_px.shape[1]
+    shells = sums.noise.shape[1]
+    residual = result.shell_sums.residual_power.clone()
+    beyond = shell_sums(masked_full.abs() ** 2, n, ndim).to(torch.float64)  # (b, s)
+    outside = torch.arange(shells, device=residual.device) > current_size // 2
+    residual[:, outside] = (beyond * result.weight_sums[:, None])[:, outside]
+    sums.noise.index_add_(0, groups, residual)
+    sums.weight_per_group.index_add_(0, groups, result.weight_sums.to(torch.float64))
+    if result.multiplicity_sums is not None and batch.multiplicity is not None:
+        full_mult = shell_sums(batch.multiplicity, n, ndim).to(torch.float64)
+        mult = result.multiplicity_sums.clone().to(torch.float64)
+        mult[:, outside] = (full_mult * result.weight_sums[:, None])[:, outside]
+        if sums.multiplicity is None:
+            sums.multiplicity = torch.zeros_like(sums.noise)
+        sums.multiplicity.index_add_(0, groups, mult)
+    sums.offset_moments_angst2 += float(result.offset_moments_px2.sum()) * pixel_size_angst**2
+    sums.pmax_sum += float(result.pmax.sum())
+    sums.direction_mass += result.direction_mass.to(torch.float64)
+    sums.count += batch.rows.shape[0]
 
 
 def run_half_set(
@@ -150,11 +192,14 @@ def run_half_set(
     device: torch.device,
     noise_seed: int,
     progress: Callable[[int, int], None] | None = None,
+    named_rows: set[int] | None = None,
 ) -> tuple[HalfSetSums, PoseUpdate]:
     """E-step of one half set; returns its sums and the particles' new poses.
 
     ``noise_seed`` seeds the background noise (``particle_noise``): a particle's
     noise does not depend on the batch, the rank or the order of ``rows``.
+    Particles with NaN or infinity are left out (module docstring); ``named_rows``
+    is the run's set of those already named (``tomo.particle_batches``).
     """
     n = model.ori_size
     ndim = 2 if particles.image_dimensionality == 2 else 3
@@ -167,107 +212,85 @@ def run_half_set(
     mask = soft_sphere_mask(
         n, ndim, radius_px=radius, edge_width_px=options.maskedge, device=device
     )
-    data, weight = zero_accumulators(n, padding_factor=options.pad, device=device)
-    nr_groups, shells = model.sigma2_noise.shape
+    sums = _zero_sums(model, plan, padding_factor=options.pad, device=device)
     sigma2_all = model.sigma2_noise.to(device)
     angles_all = particles.angles_deg()  # once: the table is not re-read per batch
-    noise = torch.zeros(nr_groups, shells, dtype=torch.float64, device=device)
-    multiplicity_sums = None
-    weight_per_group = torch.zeros(nr_groups, dtype=torch.float64, device=device)
-    direction_mass = torch.zeros(
-        plan.orientations.pixels.shape[0], dtype=torch.float64, device=device
-    )
-    offsets = 0.0
-    pmax_sum = 0.0
+    origins_all = particles.origins_angst()
     cache = None
     if not state.local_searches:
         # The fine cache holds 8 children per coarse orientation: for 3D data that is
         # 8 rotated volumes each, too much to keep; it is built for 2D data only.
         cache = projection_cache(reference_ft, plan, ndim=ndim, fine=ndim == 2)
     outputs: dict[str, list[np.ndarray]] = {
-        key: [] for key in ("angles", "origins", "pmax", "nsig", "ll")
+        key: [] for key in ("angles", "origins", "pmax", "nsig", "ll", "left_out")
     }
     done = 0
     m = plan.current_size
-    for batch in particle_batches(
+    batches = particle_batches(
         particles,
         batch_size=batch_size,
         device=device,
         use_ctf=options.ctf,
         rows=rows,
         intact_first_peak=options.ctf_intact_first_peak,
-    ):
-        host_rows = batch.rows.cpu().numpy()  # one transfer per batch
-        host_groups = torch.as_tensor(optics_group[host_rows])
-        groups = host_groups.to(device)
-        sigma2 = sigma2_all[groups]
-        masked_full = _masked(
-            batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
+        named_rows=named_rows,
+    )
+    for loaded in prefetched(batches):  # the next batch is read while this one is scored
+        all_rows = loaded.rows.cpu().numpy()  # one transfer per batch
+        finite = loaded.finite.cpu().numpy()
+        result = None
+        if finite.any():
+            batch = loaded if finite.all() else loaded.select(loaded.finite)
+            host_rows = all_rows[finite]
+            groups = torch.as_tensor(optics_group[host_rows]).to(device)
+            sigma2 = sigma2_all[groups]
+            masked_full = _masked(
+                batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
+            )
+            angles = torch.as_tensor(angles_all[host_rows], device=device)
+            log_prior, ids = orientation_priors(
+                plan, state, model.orientation_pdf, operators, angles
+            )
+            terms = ParticleTerms(
+                masked_ft=fourier_crop(masked_full, m, ndim=ndim),
+                unmasked_ft=fourier_crop(batch.data_ft, m, ndim=ndim),
+                ctf=fourier_crop(batch.ctf, m, ndim=ndim),
+                sigma2_noise=sigma2,
+                origins_px=batch.origins_px,
+                offset_priors_px=torch.zeros_like(batch.origins_px),
+                log_prior_orientations=log_prior,
+                orientation_ids=ids,
+                multiplicity=None
+                if batch.multiplicity is None
+                else fourier_crop(batch.multiplicity, m, ndim=ndim),
+                ctf_premultiplied=batch.ctf_premultiplied,
+            )
+            result = expectation(
+                terms, reference_ft, plan, cache=cache, accumulators=(sums.data, sums.weight)
+            )
+            _add_batch(
+                sums,
+                result,
+                batch,
+                masked_full,
+                groups,
+                current_size=m,
+                pixel_size_angst=pixel,
+            )
+        poses = _batch_poses(
+            result,
+            finite,
+            angles_all[all_rows],
+            origins_all[all_rows],
+            ndim=ndim,
+            pixel_size_angst=pixel,
         )
-        angles = torch.as_tensor(angles_all[host_rows], device=device)
-        log_prior, ids = _orientation_priors(batch, plan, state, model, operators, angles)
-        terms = ParticleTerms(
-            masked_ft=fourier_crop(masked_full, m, ndim=ndim),
-            unmasked_ft=fourier_crop(batch.data_ft, m, ndim=ndim),
-            ctf=fourier_crop(batch.ctf, m, ndim=ndim),
-            sigma2_noise=sigma2,
-            origins_px=batch.origins_px,
-            offset_priors_px=torch.zeros_like(batch.origins_px),
-            log_prior_orientations=log_prior,
-            orientation_ids=ids,
-            multiplicity=None
-            if batch.multiplicity is None
-            else fourier_crop(batch.multiplicity, m, ndim=ndim),
-            ctf_premultiplied=batch.ctf_premultiplied,
-        )
-        result = expectation(terms, reference_ft, plan, cache=cache)
-        backprojection = result.backprojection
-        insert_backprojection(
-            backprojection.data,
-            backprojection.weight,
-            backprojection.rotations,
-            backprojection.window,
-            accumulator_data=data,
-            accumulator_weight=weight,
-            padding_factor=options.pad,
-        )
-        residual = result.shell_sums.residual_power.clone()
-        beyond = shell_sums(masked_full.abs() ** 2, n, ndim).to(torch.float64)  # (b, s)
-        outside = torch.arange(shells, device=device) > m // 2
-        residual[:, outside] = (beyond * result.weight_sums[:, None])[:, outside]
-        noise.index_add_(0, groups, residual)
-        weight_per_group.index_add_(0, groups, result.weight_sums.to(torch.float64))
-        if result.multiplicity_sums is not None:
-            full_mult = shell_sums(batch.multiplicity, n, ndim).to(torch.float64)
-            mult = result.multiplicity_sums.clone().to(torch.float64)
-            mult[:, outside] = (full_mult * result.weight_sums[:, None])[:, outside]
-            if multiplicity_sums is None:
-                multiplicity_sums = torch.zeros_like(noise)
-            multiplicity_sums.index_add_(0, groups, mult)
-        offsets += float(result.offset_moments_px2.sum()) * pixel**2
-        pmax_sum += float(result.pmax.sum())
-        direction_mass += result.direction_mass.to(torch.float64)
-        outputs["angles"].append(result.angles_deg.cpu().numpy())
-        origins = torch.zeros(len(batch.rows), 3, dtype=torch.float64)
-        origins[:, :ndim] = result.origins_px.cpu().double() * pixel
-        outputs["origins"].append(origins.numpy())
-        outputs["pmax"].append(result.pmax.cpu().numpy())
-        outputs["nsig"].append(result.significant_samples.cpu().numpy())
-        outputs["ll"].append(result.log_likelihood.cpu().numpy())
-        done += len(batch.rows)
+        for key, values in poses.items():
+            outputs[key].append(values)
+        outputs["left_out"].append(all_rows[~finite])
+        done += len(all_rows)
         if progress is not None:
             progress(done, len(rows))
-    sums = HalfSetSums(
-        data=data,
-        weight=weight,
-        noise=noise,
-        multiplicity=multiplicity_sums,
-        weight_per_group=weight_per_group,
-        offset_moments_angst2=offsets,
-        direction_mass=direction_mass,
-        pmax_sum=pmax_sum,
-        count=len(rows),
-    )
     update = PoseUpdate(
         rows=rows,
         angles_deg=np.concatenate(outputs["angles"]),
@@ -275,5 +298,27 @@ def run_half_set(
         pmax=np.concatenate(outputs["pmax"]),
         significant_samples=np.concatenate(outputs["nsig"]),
         log_likelihood=np.concatenate(outputs["ll"]),
+        left_out=np.concatenate(outputs["left_out"]).astype(np.int64),
     )
     return sums, update
+
+
+def _zero_sums(
+    model: HalfSetModel, plan: ExpectationPlan, *, padding_factor: int, device: torch.device
+) -> HalfSetSums:
+    """The sums of no particle, to be added to (``_add_batch``)."""
+    data, weight = zero_accumulators(model.ori_size, padding_factor=padding_factor, device=device)
+    nr_groups, shells = model.sigma2_noise.shape
+    return HalfSetSums(
+        data=data,
+        weight=weight,
+        noise=torch.zeros(nr_groups, shells, dtype=torch.float64, device=device),
+        multiplicity=None,
+        weight_per_group=torch.zeros(nr_groups, dtype=torch.float64, device=device),
+        offset_moments_angst2=0.0,
+        direction_mass=torch.zeros(
+            plan.orientations.pixels.shape[0], dtype=torch.float64, device=device
+        ),
+        pmax_sum=0.0,
+        count=0,
+    )

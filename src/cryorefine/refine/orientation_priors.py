@@ -1,0 +1,100 @@
+"""Prior weights of each particle's coarse orientations for one iteration.
+
+Global searches: the orientational pdf of the half set (or flat). Local
+searches (auto-refine's local phase, or ``--sigma_ang``/``--sigma_rot``/
+``--sigma_tilt``/``--sigma_psi``): Gaussians about each particle's current angles
+as RELION's ``selectOrientationsWithNonZeroPriorProbability``
+(``geometry.local_search``), and only the orientations inside the cut-offs.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from cryorefine.geometry import (
+    local_angle_prior,
+    local_direction_prior,
+    local_psi_prior,
+    pixel_rot_tilt_deg,
+)
+from cryorefine.likelihood import ExpectationPlan, OrientationGrid
+from cryorefine.likelihood.search import compact
+from cryorefine.refine.model import RefineState
+
+__all__ = ["DENSE_FRACTION_INVERSE", "orientation_priors"]
+
+DENSE_FRACTION_INVERSE = 4
+"""Lists longer than 1/4 of the grid are scored as the whole grid with -inf outside."""
+
+
+def _direction_prior(
+    grid: OrientationGrid, state: RefineState, operators: Tensor, angles_deg: Tensor
+) -> Tensor:
+    """``(b, m)`` prior weights of the directions about the particles' (rot, tilt).
+
+    As RELION: a prior on both angles is one on the angle between directions
+    with the larger sigma; on one angle alone, on that angle (``--sigma_tilt``
+    of the tutorial); on neither, every direction alike.
+    """
+    rot_tilt = pixel_rot_tilt_deg(grid.healpix_order, grid.pixels)
+    sigma_rot, sigma_tilt = state.sigma_rot_deg, state.sigma_tilt_deg
+    if sigma_rot > 0 and sigma_tilt > 0:
+        return local_direction_prior(
+            angles_deg[:, :2], rot_tilt, sigma_deg=max(sigma_rot, sigma_tilt), operators=operators
+        )
+    if sigma_rot > 0 or sigma_tilt > 0:
+        angle, column, sigma = ("rot", 0, sigma_rot) if sigma_rot > 0 else ("tilt", 1, sigma_tilt)
+        return local_angle_prior(
+            angles_deg[:, column], rot_tilt, angle=angle, sigma_deg=sigma, operators=operators
+        )
+    flat = torch.ones_like(angles_deg[:, :1]).expand(-1, rot_tilt.shape[0])
+    return flat / rot_tilt.shape[0]
+
+
+def orientation_priors(
+    plan: ExpectationPlan,
+    state: RefineState,
+    orientation_pdf: Tensor | None,
+    operators: Tensor,
+    angles_deg: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """Log priors ``(b, c)`` of coarse orientations and their ids ``(b, c)`` (None: all).
+
+    Global: the half set's ``orientation_pdf`` over directions (or flat). Local: Gaussians about
+    ``angles_deg (b, 3)``, over the (direction, psi) pairs inside the cut-offs;
+    when those lists reach a quarter of the grid, over the whole grid with
+    ``-inf`` outside them instead (the same posterior, scored as a global search).
+    """
+    b = angles_deg.shape[0]
+    grid = plan.orientations
+    p = grid.psi_deg.shape[0]
+    if not state.local_searches:
+        pdf = orientation_pdf
+        if pdf is None or pdf.shape[0] != grid.pixels.shape[0]:
+            log_dir = torch.zeros(
+                grid.pixels.shape[0], dtype=torch.float64, device=angles_deg.device
+            )
+        else:
+            log_dir = torch.log(pdf.to(angles_deg.device).clamp(min=1e-300))
+        return log_dir.repeat_interleave(p).expand(b, -1).contiguous(), None
+    directions = _direction_prior(grid, state, operators, angles_deg)
+    psis = torch.ones((b, p), dtype=angles_deg.dtype, device=angles_deg.device) / p
+    if state.sigma_psi_deg > 0:
+        psis = local_psi_prior(
+            angles_deg[:, 2], grid.psi_deg.to(angles_deg), sigma_deg=state.sigma_psi_deg
+        )
+    # Only the (direction, psi) pairs inside both cut-offs: (b, ld * lp), never (b, m * p).
+    dir_ids, dir_valid = compact(directions > 0)
+    psi_ids, psi_valid = compact(psis > 0)
+    log_dir = torch.where(dir_valid, torch.log(torch.gather(directions, 1, dir_ids)), -math.inf)
+    log_psi = torch.where(psi_valid, torch.log(torch.gather(psis, 1, psi_ids)), -math.inf)
+    ids = (dir_ids[:, :, None] * p + psi_ids[:, None, :]).reshape(b, -1)
+    log_prior = (log_dir[:, :, None] + log_psi[:, None, :]).reshape(b, -1)
+    if ids.shape[1] * DENSE_FRACTION_INVERSE < grid.count:
+        return log_prior, ids
+    # Long lists (a prior on tilt alone, wide cut-offs): the whole grid, scored once
+    # for all particles, is cheaper than gathering each particle's own projections.
+    # Padding ids are orientations outside the cut-offs, distinct from the kept ones.
+    dense = log_prior.new_full((b, grid.count), -math.inf)
+    return dense.scatter_(1, ids, log_prior), None

@@ -1,0 +1,85 @@
+"""refine.orientation_priors: global pdf, local lists, and long lists scored as the whole grid."""
+
+import dataclasses
+import math
+
+import torch
+
+from cryorefine.geometry import (
+    angular_step_deg,
+    healpix_npix,
+    local_angle_prior,
+    pixel_rot_tilt_deg,
+    point_group,
+    psi_angles_deg,
+)
+from cryorefine.likelihood import ExpectationPlan, OrientationGrid
+from cryorefine.refine.model import RefineState
+from cryorefine.refine.orientation_priors import DENSE_FRACTION_INVERSE, orientation_priors
+
+
+def _plan(order: int) -> ExpectationPlan:
+    grid = OrientationGrid(
+        order,
+        torch.arange(healpix_npix(order)),
+        psi_angles_deg(angular_step_deg(order), device="cpu"),
+    )
+    return ExpectationPlan(
+        ori_size=16,
+        current_size=16,
+        coarse_size=16,
+        orientations=grid,
+        translations_px=torch.zeros(1, 3, dtype=torch.float64),
+        offset_step_px=1.0,
+    )
+
+
+def _state(**sigmas: float) -> RefineState:
+    state = RefineState(
+        iteration=1,
+        healpix_order=1,
+        psi_step_deg=15.0,
+        offset_range_angst=5.0,
+        offset_step_angst=1.0,
+        current_resolution_inv_angst=0.05,
+        best_resolution_inv_angst=0.05,
+        current_size=16,
+        coarse_size=16,
+        incr_size=10,
+    )
+    return dataclasses.replace(state, local_searches=True, **sigmas)
+
+
+def _angles(b: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(5)
+    return torch.rand(b, 3, generator=gen, dtype=torch.float64) * torch.tensor(
+        [360.0, 180.0, 360.0], dtype=torch.float64
+    ) - torch.tensor([180.0, 0.0, 180.0], dtype=torch.float64)
+
+
+def test_narrow_local_searches_list_each_particles_orientations():
+    plan, operators = _plan(2), point_group("C1", device="cpu").operators
+    state = _state(sigma_rot_deg=5.0, sigma_tilt_deg=5.0, sigma_psi_deg=5.0)
+    log_prior, ids = orientation_priors(plan, state, None, operators, _angles(4))
+    assert ids is not None
+    assert ids.shape[1] * DENSE_FRACTION_INVERSE < plan.orientations.count
+    assert torch.isfinite(log_prior).any(dim=1).all()
+
+
+def test_a_prior_on_tilt_alone_is_scored_as_the_whole_grid_with_the_same_weights():
+    plan, operators = _plan(1), point_group("C1", device="cpu").operators
+    grid = plan.orientations
+    angles = _angles(3)
+    log_prior, ids = orientation_priors(plan, _state(sigma_tilt_deg=10.0), None, operators, angles)
+    assert ids is None
+    assert log_prior.shape == (3, grid.count)
+    # every psi alike (no psi prior), directions weighted by the tilt prior alone
+    rot_tilt = pixel_rot_tilt_deg(grid.healpix_order, grid.pixels)
+    directions = local_angle_prior(
+        angles[:, 1], rot_tilt, angle="tilt", sigma_deg=10.0, operators=operators
+    )
+    p = grid.psi_deg.shape[0]
+    want = torch.log(directions / p).repeat_interleave(p, dim=1)  # log 0 = -inf outside
+    torch.testing.assert_close(log_prior, want, rtol=1e-12, atol=0.0)
+    assert (torch.isinf(log_prior) == (directions == 0).repeat_interleave(p, dim=1)).all()
+    assert math.isclose(float(log_prior.exp().sum(dim=1)[0]), 1.0, rel_tol=1e-12)
