@@ -14,9 +14,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from cryorefine import __version__
+from cryorefine.cli.progress import TerminalHandler
 from cryorefine.errors import InputError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -79,34 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Log lines to whatever ``sys.stderr`` is when a line is written.
-
-    ``main`` may run many times in one process (tests, notebooks), each with its
-    own ``sys.stderr``; a handler that kept the first one would write into a
-    closed stream.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self) -> Any:
-        """The current ``sys.stderr``."""
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: object) -> None:
-        pass  # always the current sys.stderr
-
-
 def _configure_logging() -> None:
+    """INFO lines to the current ``sys.stderr``, progress as a redrawn bar on a terminal."""
     root = logging.getLogger("cryorefine")
-    if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
-        handler = _StderrHandler()
+    if not any(isinstance(handler, TerminalHandler) for handler in root.handlers):
+        handler = TerminalHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def _end_progress_bars() -> None:
+    """End the line of a bar left unfinished (an error, Ctrl-C): what follows starts a new line."""
+    for handler in logging.getLogger("cryorefine").handlers:
+        if isinstance(handler, TerminalHandler):
+            handler.end_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as error:
         if args.debug:
             raise
+        _end_progress_bars()  # the error's line starts on a line of its own
         sys.stderr.write(f"cryorefine {args.command}: error: {_one_line(error)}\n")
         return 2
+    finally:
+        _end_progress_bars()
     return 0
