@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--local_order", type=int, default=4)
     parser.add_argument("--offset_range", type=float, default=3.0)
     parser.add_argument("--ini_high", type=float, default=40.0)
+    parser.add_argument("--snr", type=float, default=10.0)
     parser.add_argument("--diameter", type=float, default=150.0)
     parser.add_argument("--sigma_tilt", type=float, default=0.0)
     parser.add_argument("--batch_size", type=int, default=0, help="0: refine's own choice")
@@ -66,7 +67,7 @@ def main() -> None:
         status = cryorefine(
             ["simulate", "--o", str(sim), "--format", args.format, "--sym", args.sym,
              "--n_particles", str(args.n_particles), "--box", str(args.box),
-             "--angpix", str(args.angpix), "--snr", "10", "--seed", "5", *gpu]
+             "--angpix", str(args.angpix), "--snr", str(args.snr), "--seed", "5", *gpu]
         )  # fmt: skip
     if status != 0:
         raise SystemExit("simulate failed")

@@ -185,7 +185,9 @@ def prepare(particles: ParticleTerms, plan: ExpectationPlan) -> Prepared:
     )
 
 
-def _fine_groups(coarse: CoarseOutcome, plan: ExpectationPlan, window_values: int) -> list[Tensor]:
+def _fine_groups(
+    coarse: CoarseOutcome, plan: ExpectationPlan, window_values: int, projected_values: int
+) -> list[Tensor]:
     """Particles grouped by their number of significant coarse pairs, arrays within budget.
 
     A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
@@ -193,7 +195,11 @@ def _fine_groups(coarse: CoarseOutcome, plan: ExpectationPlan, window_values: in
     phases and ``Z`` on the fine and back-projection windows (16 bytes per
     coefficient of ``window_values``). Particles are taken in order of ``q``; a
     group is closed when its padded size would exceed the budget or twice its
-    particles' own sizes.
+    particles' own sizes, or when the children of its particles' significant
+    coarse orientations (``projected_values`` complex64 values each; 0 when a
+    cache holds them) would not fit the quarter of the budget that
+    ``fine._projector`` keeps them in: beyond it every child would be projected
+    twice, once to score and once to sum (for 3D data, a rotated volume each).
     """
     g = 2 ** (plan.oversampling * plan.translations_px.shape[1])
     children = 8**plan.oversampling * g
@@ -206,17 +212,23 @@ def _fine_groups(coarse: CoarseOutcome, plan: ExpectationPlan, window_values: in
         per_particle = widest_pairs * children * _BYTES_PER_SAMPLE
         return count * (per_particle + widest_distinct * g * 16 * window_values)
 
+    orientations = coarse.significant.any(dim=1).sum(dim=1).tolist()
+    projected = [8**plan.oversampling * 8 * projected_values * o for o in orientations]
     groups: list[list[int]] = [[]]
-    total = widest_distinct = 0
+    total = widest_distinct = held = 0
     for i in order:  # ascending: particle i sets the padded width of pairs
         wider = max(widest_distinct, distinct[i])
         padded = cost(len(groups[-1]) + 1, pairs[i], wider)
-        if groups[-1] and (padded > budget or padded > 2 * (total + cost(1, pairs[i], wider))):
+        too_many = held + projected[i] > plan.max_bytes // 4
+        if groups[-1] and (
+            padded > budget or padded > 2 * (total + cost(1, pairs[i], wider)) or too_many
+        ):
             groups.append([])
-            total = 0
+            total = held = 0
             wider = distinct[i]
         groups[-1].append(i)
         total += cost(1, pairs[i], distinct[i])
+        held += projected[i]
         widest_distinct = wider
     device = coarse.significant.device
     return [torch.tensor(group, dtype=torch.int64, device=device) for group in groups]
@@ -328,6 +340,7 @@ def expectation(
     per_particle = t * (candidates * _BYTES_PER_SAMPLE + 16 * coarse_values)
     chunk = max(1, (plan.max_bytes // 2) // per_particle)
     window_values = 2 * plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
+    projected_values = 0 if cache.fine is not None else window_values // 2
     fine: list[FineOutcome] = []
     orders: list[Tensor] = []
     counts: list[Tensor] = []
@@ -336,7 +349,7 @@ def expectation(
         part = particles.select(slice(start, start + chunk))
         prep = prepare(part, plan)
         coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
-        for group in _fine_groups(coarse, plan, window_values):
+        for group in _fine_groups(coarse, plan, window_values, projected_values):
             sub = (select(prep, group), part.select(group), select(coarse, group))
             outcome = fine_pass(*sub, reference_ft, plan, cache.fine)
             if accumulators is not None:
