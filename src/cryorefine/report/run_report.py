@@ -142,7 +142,8 @@ def _intro(history: RunHistory, page: _Page) -> str:
     lines = [
         ("run", str(history.files.root)),
         ("state", "finished (final files written)" if finished else "not finished"),
-        ("iterations", str(len(history.iterations))),
+        # iteration 0 is the start (RELION's run_it000 files), not an iteration run
+        ("iterations", str(sum(1 for r in history.iterations if r.is_final or r.iteration > 0))),
         ("resolution", f"{_number(final[-1].resolution_angst)} Å" if final else "–"),
         ("pixel size", f"{_number(history.pixel_size_angst, 3)} Å"),
         ("box", f"{history.ori_size_px} px" if history.ori_size_px else "–"),
