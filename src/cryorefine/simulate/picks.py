@@ -32,9 +32,7 @@ import torch
 from jaxtyping import Float64, Int64
 
 from cryorefine.errors import InputError
-from cryorefine.geometry import euler_to_matrix
 from cryorefine.io import (
-    ParticleSet,
     TomogramSet,
     check_particles_against_tomograms,
     load_particles,
@@ -42,6 +40,7 @@ from cryorefine.io import (
 )
 from cryorefine.simulate.options import SimulationOptions
 from cryorefine.tomo import ParticleTilts, TiltSeriesGeometry, particle_tilts, tilt_series_geometry
+from cryorefine.tomo.extract_tables import particle_centres_angst
 
 __all__ = ["PickedGeometry", "load_picked_geometry"]
 
@@ -110,22 +109,6 @@ class PickedGeometry:
             self.centered_coordinates_angst[rows], device=geometry.projections.device
         )
         return particle_tilts(geometry, positions, visibility_radius_px=self.visibility_radius_px)
-
-
-def _positions_angst(particles: ParticleSet, tomograms: TomogramSet) -> np.ndarray:
-    """Centred positions in Angstrom of every pick, origins folded in (module docstring)."""
-    try:
-        centred = particles.centered_coordinates_angst()
-    except InputError:
-        decentred = particles.coordinates_px()
-        centred = np.empty_like(decentred)
-        for row, name in enumerate(particles.tomo_names()):
-            series = tomograms[name]
-            centre = np.array(series.size_px, dtype=np.float64) / 2
-            centred[row] = (decentred[row] - centre) * series.pixel_size_angst
-    frames = euler_to_matrix(torch.as_tensor(particles.subtomogram_angles_deg())).numpy()
-    shifted: np.ndarray = centred - np.einsum("bij,bj->bi", frames, particles.origins_angst())
-    return shifted
 
 
 def _common(
@@ -199,7 +182,7 @@ def load_picked_geometry(
         )
         for name in used
     }
-    positions = _positions_angst(particles, tomograms)
+    positions = particle_centres_angst(particles, tomograms, apply_offsets=True)
     radius = binning * options.box_size / 2
     keep = np.zeros(len(names), dtype=bool)
     tomo = np.array(names)
