@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from cryorefine.geometry import (
@@ -15,7 +16,11 @@ from cryorefine.geometry import (
 )
 from cryorefine.likelihood import ExpectationPlan, OrientationGrid
 from cryorefine.refine.model import RefineState
-from cryorefine.refine.orientation_priors import DENSE_FRACTION_INVERSE, orientation_priors
+from cryorefine.refine.orientation_priors import (
+    DENSE_FRACTION_INVERSE,
+    orientation_priors,
+    prior_centres_deg,
+)
 
 
 def _plan(order: int) -> ExpectationPlan:
@@ -83,3 +88,15 @@ def test_a_prior_on_tilt_alone_is_scored_as_the_whole_grid_with_the_same_weights
     torch.testing.assert_close(log_prior, want, rtol=1e-12, atol=0.0)
     assert (torch.isinf(log_prior) == (directions == 0).repeat_interleave(p, dim=1)).all()
     assert math.isclose(float(log_prior.exp().sum(dim=1)[0]), 1.0, rel_tol=1e-12)
+
+
+def test_priors_centre_on_the_tables_prior_angles_where_defined_until_auto_local_searches():
+    angles = np.array([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0], [70.0, 80.0, 90.0]])
+    priors = np.array(
+        [[np.nan, 90.0, np.nan], [999.0, 999.0, 5.0], [1.0, 2.0, 3.0]]  # 999: RELION's unset
+    )
+    got = prior_centres_deg(angles, priors, use_priors=True)
+    want = np.array([[10.0, 90.0, 30.0], [40.0, 50.0, 5.0], [1.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(got, want)
+    # auto-refine's local searches centre on the current angles, priors or not
+    np.testing.assert_array_equal(prior_centres_deg(angles, priors, use_priors=False), angles)

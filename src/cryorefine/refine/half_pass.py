@@ -42,7 +42,7 @@ from cryorefine.likelihood import (
 )
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
-from cryorefine.refine.orientation_priors import orientation_priors
+from cryorefine.refine.orientation_priors import orientation_priors, prior_centres_deg
 from cryorefine.refine.particle_noise import particle_noise_images
 from cryorefine.tomo import ParticleBatch, particle_batches, prefetched
 
@@ -215,6 +215,11 @@ def run_half_set(
     sums = _zero_sums(model, plan, padding_factor=options.pad, device=device)
     sigma2_all = model.sigma2_noise.to(device)
     angles_all = particles.angles_deg()  # once: the table is not re-read per batch
+    centres_all = prior_centres_deg(
+        angles_all,
+        particles.angle_priors_deg(),
+        use_priors=state.healpix_order < options.auto_local_healpix_order,
+    )
     origins_all = particles.origins_angst()
     cache = None
     if not state.local_searches:
@@ -247,7 +252,7 @@ def run_half_set(
             masked_full = _masked(
                 batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
             )
-            angles = torch.as_tensor(angles_all[host_rows], device=device)
+            angles = torch.as_tensor(centres_all[host_rows], device=device)
             log_prior, ids = orientation_priors(
                 plan, state, model.orientation_pdf, operators, angles
             )

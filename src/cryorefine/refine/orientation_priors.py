@@ -9,6 +9,7 @@ as RELION's ``selectOrientationsWithNonZeroPriorProbability``
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,10 +23,24 @@ from cryorefine.likelihood import ExpectationPlan, OrientationGrid
 from cryorefine.likelihood.search import compact
 from cryorefine.refine.model import RefineState
 
-__all__ = ["DENSE_FRACTION_INVERSE", "orientation_priors"]
+__all__ = ["DENSE_FRACTION_INVERSE", "orientation_priors", "prior_centres_deg"]
 
 DENSE_FRACTION_INVERSE = 4
 """Lists longer than 1/4 of the grid are scored as the whole grid with -inf outside."""
+
+
+def prior_centres_deg(
+    angles_deg: np.ndarray, angle_priors_deg: np.ndarray, *, use_priors: bool
+) -> np.ndarray:
+    """``(b, 3)`` angles the local priors are centred on, as RELION chooses them.
+
+    Each angle's ``rlnAngle*Prior`` where the table defines it (finite and not
+    RELION's 999 for "unset") and ``use_priors``; otherwise the current angle.
+    Auto-refine's own local searches (from ``--auto_local_healpix_order``) are
+    centred on the current angles: ``use_priors`` False.
+    """
+    defined = np.isfinite(angle_priors_deg) & (np.abs(angle_priors_deg - 999.0) > 0.01)
+    return np.where(defined & use_priors, angle_priors_deg, angles_deg)
 
 
 def _direction_prior(
