@@ -499,6 +499,9 @@ CASES: dict[str, Case] = {
     "postprocess: infinite --angpix": Case(
         lambda p, w: _postprocess(p, w, "--angpix", "inf"), ["--angpix", "inf"]
     ),
+    "postprocess: NaN --adhoc_bfac (found by fuzzing: wrote a NaN map)": Case(
+        lambda p, w: _postprocess(p, w, "--adhoc_bfac", "nan"), ["--adhoc_bfac", "finite"]
+    ),
     "postprocess: MTF file missing": Case(
         lambda p, w: _postprocess(p, w, "--mtf", str(w / "mtf.star")),
         ["mtf.star", "does not exist"],

@@ -100,6 +100,11 @@ def run(args: argparse.Namespace) -> None:
             raise InputError(
                 f"{option} {value}: expected a pixel size in Angstrom (or -1: from the header)"
             )
+    for option in ("autob_lowres", "autob_highres", "adhoc_bfac", "low_pass", "randomize_at_fsc",
+                   "randomize_at_A"):  # fmt: skip
+        value = getattr(args, option)
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"--{option} {value}: expected a finite number")
     if args.auto_bfac and not args.autob_lowres > args.autob_highres:
         raise InputError(
             f"--autob_lowres {args.autob_lowres:g} is finer than --autob_highres "
