@@ -10,8 +10,10 @@ of the tutorial's ``Refine3D/job012`` (its run_optimiser.star header: ini_high
 60, healpix order 2 then local searches from order 4, offset range 5 step 2,
 particle diameter 500 A, --norm --scale, --pool/--j/--scratch_dir accepted and
 ignored) to convergence, and prints one table: total and per-iteration time,
-E-step time and the rest (M-step, files), particles per second, peak GPU
-memory, and the resolution against the truth (FSC 0.143 of the final map with
+E-step time and its phases (waiting for data, masking, coarse pass, fine pass,
+insertion into the back-projector; run.log's ``phase_seconds`` lines), the rest
+(M-step, files), particles per second, peak GPU memory, and the resolution
+against the truth (FSC 0.143 of the final map with
 the truth, after the global frame fit) next to RELION's own 16.5 A on the real
 data. The same is written as JSON. ``--n_particles`` takes a random subset of
 the picks (a CPU-sized run).
@@ -126,6 +128,10 @@ def main() -> None:
         final_map = refine / f"run_it{last:03d}_half1_class001.mrc"
     truth = compare_to_truth(data, final_map, sim, symmetry="C6")
     e_step = sum(r["e_step_seconds"] for r in iterations)
+    phases: dict[str, float] = {}  # E-step phases summed over iterations and half sets
+    for line in re.findall(r"half_set=\d phase_seconds (.*)", log):
+        for name, seconds in re.findall(r"(\w+)=([\d.]+)", line):
+            phases[name] = phases.get(name, 0.0) + float(seconds)
     total_iterations = sum(r["seconds"] for r in iterations)
     summary = {
         "device": torch.cuda.get_device_name() if args.gpu else "CPU",
@@ -138,6 +144,7 @@ def main() -> None:
         "iteration_seconds_total": total_iterations,
         "e_step_seconds_total": e_step,
         "other_seconds_total": total_iterations - e_step,
+        "e_step_phase_seconds": phases,
         "particles_per_second_e_step": particles * len(iterations) / max(e_step, 1e-9),
         "peak_gpu_memory_gib": peak,
         "resolution_vs_truth_angst": truth.resolution_0143_angst,

@@ -58,6 +58,7 @@ from cryorefine.likelihood.window import (
     shell_matrix,
     window_phases,
 )
+from cryorefine.timing import PhaseTimes
 
 __all__ = ["coarse_window", "expectation", "prepare", "projection_cache"]
 
@@ -315,6 +316,7 @@ def expectation(
     *,
     cache: ProjectionCache | None = None,
     accumulators: tuple[Tensor, Tensor] | None = None,
+    times: PhaseTimes | None = None,
 ) -> ExpectationResult:
     """E-step of one batch: best poses, pmax, significant samples, dLL and the M-step sums.
 
@@ -325,9 +327,11 @@ def expectation(
     (``fourier.zero_accumulators``); each group of particles inserts its sums
     into them as soon as they are made, and the result's ``backprojection`` is
     empty. Memory then follows one group, not the batch: for 3D data each
-    orientation's sums are a volume.
+    orientation's sums are a volume. ``times``: where the phases ``coarse``,
+    ``fine`` and ``insert`` add their seconds, or None.
     """
     _check(particles, plan)
+    times = PhaseTimes(particles.masked_ft.device) if times is None else times
     cache = ProjectionCache() if cache is None else cache
     candidates = (
         plan.orientations.count
@@ -347,13 +351,16 @@ def expectation(
     window = None
     for start in range(0, particles.count, chunk):
         part = particles.select(slice(start, start + chunk))
-        prep = prepare(part, plan)
-        coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
+        with times.phase("coarse"):
+            prep = prepare(part, plan)
+            coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
         for group in _fine_groups(coarse, plan, window_values, projected_values):
             sub = (select(prep, group), part.select(group), select(coarse, group))
-            outcome = fine_pass(*sub, reference_ft, plan, cache.fine)
+            with times.phase("fine"):
+                outcome = fine_pass(*sub, reference_ft, plan, cache.fine)
             if accumulators is not None:
-                outcome = _inserted(outcome, prep.bp_window, accumulators, plan)
+                with times.phase("insert"):
+                    outcome = _inserted(outcome, prep.bp_window, accumulators, plan)
             fine.append(outcome)
             orders.append(group + start)
         counts.append(coarse.count)

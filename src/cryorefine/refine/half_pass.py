@@ -14,8 +14,11 @@ back-projector, the noise, the weights and counts, the orientation and offset
 statistics) and keeps the pose it had, with ``pmax`` 0.
 """
 
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -44,9 +47,14 @@ from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.orientation_priors import orientation_priors, prior_centres_deg
 from cryorefine.refine.particle_noise import particle_noise_images
+from cryorefine.timing import PhaseTimes
 from cryorefine.tomo import ParticleBatch, particle_batches, prefetched
 
 __all__ = ["HalfSetSums", "PoseUpdate", "run_half_set"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -104,6 +112,19 @@ def _masked(
         noise = particle_noise_images(sigma2, batch.rows, n, ndim, seed=noise_seed).to(images)
     masked = to_fourier(mask_with_background(images, mask, noise=noise), ndim)
     return shift_fourier(masked, -batch.origins_px)
+
+
+def _timed(items: Iterator[T], times: PhaseTimes, name: str) -> Iterator[T]:
+    """The items, with the host time spent waiting for each added to ``times[name]``."""
+    iterator = iter(items)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        times.add_host_seconds(name, time.perf_counter() - start)
+        yield item
 
 
 def _batch_poses(
@@ -240,7 +261,9 @@ def run_half_set(
         intact_first_peak=options.ctf_intact_first_peak,
         named_rows=named_rows,
     )
-    for loaded in prefetched(batches):  # the next batch is read while this one is scored
+    times = PhaseTimes(device)
+    # the next batch is read while this one is scored; the wait for it is timed
+    for loaded in _timed(prefetched(batches), times, "wait_for_data"):
         all_rows = loaded.rows.cpu().numpy()  # one transfer per batch
         finite = loaded.finite.cpu().numpy()
         result = None
@@ -249,9 +272,10 @@ def run_half_set(
             host_rows = all_rows[finite]
             groups = torch.as_tensor(optics_group[host_rows]).to(device)
             sigma2 = sigma2_all[groups]
-            masked_full = _masked(
-                batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
-            )
+            with times.phase("mask"):
+                masked_full = _masked(
+                    batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
+                )
             angles = torch.as_tensor(centres_all[host_rows], device=device)
             log_prior, ids = orientation_priors(
                 plan, state, model.orientation_pdf, operators, angles
@@ -271,7 +295,12 @@ def run_half_set(
                 ctf_premultiplied=batch.ctf_premultiplied,
             )
             result = expectation(
-                terms, reference_ft, plan, cache=cache, accumulators=(sums.data, sums.weight)
+                terms,
+                reference_ft,
+                plan,
+                cache=cache,
+                accumulators=(sums.data, sums.weight),
+                times=times,
             )
             _add_batch(
                 sums,
@@ -296,6 +325,12 @@ def run_half_set(
         done += len(all_rows)
         if progress is not None:
             progress(done, len(rows))
+    logger.info(
+        "iter=%03d half_set=%d phase_seconds %s",
+        state.iteration,
+        model.half_set,
+        " ".join(f"{name}={seconds:.2f}" for name, seconds in times.seconds().items()),
+    )
     update = PoseUpdate(
         rows=rows,
         angles_deg=np.concatenate(outputs["angles"]),

@@ -1,0 +1,56 @@
+"""Seconds spent per phase of an iteration, without a host sync inside it.
+
+On a GPU each phase is bracketed by CUDA events on the current stream and the
+elapsed times are read once, at the end (``seconds``); on the CPU the host
+clock is used. Work that other threads put on the same stream between a
+phase's events (the batch reader's FFTs) is counted in that phase.
+"""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["PhaseTimes"]
+
+
+class PhaseTimes:
+    """Accumulated seconds per named phase on one device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {}
+        self._host: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Count the time of the block (its device work, on a GPU) towards ``name``."""
+        if not self._cuda:
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._host[name] = self._host.get(name, 0.0) + time.perf_counter() - start
+            return
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        try:
+            yield
+        finally:
+            end.record()
+            self._events.setdefault(name, []).append((begin, end))
+
+    def add_host_seconds(self, name: str, seconds: float) -> None:
+        """Count host wall time (e.g. waiting for the next batch) towards ``name``."""
+        self._host[name] = self._host.get(name, 0.0) + seconds
+
+    def seconds(self) -> dict[str, float]:
+        """Seconds per phase, in the order phases first appeared (one device sync)."""
+        out = dict(self._host)
+        if self._events:
+            torch.cuda.synchronize()
+            for name, pairs in self._events.items():
+                total = sum(begin.elapsed_time(end) for begin, end in pairs) / 1000.0
+                out[name] = out.get(name, 0.0) + total
+        return out
