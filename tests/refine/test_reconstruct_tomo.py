@@ -68,9 +68,12 @@ def test_half_maps_and_merged_map_are_the_extracted_particles_back_projected(map
 def test_noise_free_merged_map_follows_the_truth_in_every_shell(tilt_series: Path, maps: Path):
     truth = mrcfile.read(tilt_series / "truth.mrc")
     merged = mrcfile.read(maps / "merged.mrc")
-    # No noise: what separates the map from the truth is the sampling of 12 particles x 21
-    # tilts (empty and thinly filled voxels, regularised) and the slab interpolation of the
-    # extraction (1-4% per shell); measured 0.86-0.99. 0.8 leaves room for either.
+    # A sanity floor, not a derived bound: without noise, what separates the map from the
+    # truth is the coverage of 12 particles x 21 tilts (empty and thinly filled voxels,
+    # regularised) and the extraction's slab interpolation (1-4% per shell); 0.86-0.99 was
+    # measured. The exact checks are the equality above and extraction's own tests against
+    # the direct relion4 model (tests/tomo/test_extract_model.py). Poses 30 deg off in psi
+    # gave FSC <= 0.27 from shell 4 on (checked once by hand), far below this floor.
     assert (_fsc(merged, truth) > 0.8).all()
 
 
