@@ -56,6 +56,7 @@ from cryorefine.fourier.reconstruction import (
     reconstruction_sigma2,
     regularised_average,
 )
+from cryorefine.fourier.rotated_samples import sample_rotated, splat_rotated
 from cryorefine.fourier.shells import (
     first_shell_below,
     fsc,
@@ -120,6 +121,7 @@ __all__ = [
     "resolution_shell",
     "rfft_shape",
     "rotate_volume",
+    "sample_rotated",
     "shell_counts",
     "shell_index",
     "shell_sums",
@@ -127,6 +129,7 @@ __all__ = [
     "shift_fourier",
     "soft_sphere_mask",
     "solvent_flatten",
+    "splat_rotated",
     "symmetrise",
     "tilt_series_ctf_weights",
     "to_fourier",

@@ -27,12 +27,8 @@ import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
 
-from cryorefine.fourier.interpolation import (
-    _kept_frequencies,
-    _real_dtype,
-    _splat,
-    padded_size,
-)
+from cryorefine.fourier.interpolation import _kept_frequencies, padded_size
+from cryorefine.fourier.rotated_samples import splat_rotated
 
 __all__ = ["insert_slices", "insert_volumes", "zero_accumulators"]
 
@@ -80,13 +76,18 @@ def _insert(
         raise ValueError(f"data size {n} exceeds the accumulators' size {p // padding_factor}")
     radius = n // 2 if max_radius is None else max_radius
     flat, freq = _kept_frequencies(n, ndim, float(radius), data_ft.device, skip_redundant)
-    real_dtype = _real_dtype(accumulator_data.dtype)
-    q = (freq.to(real_dtype) * padding_factor) @ rotations.to(data_ft.device, real_dtype)
-    values = torch.view_as_real(data_ft.reshape(data_ft.shape[0], -1)[:, flat])
-    table = torch.view_as_real(accumulator_data).reshape(-1, 2)
-    _splat(table, q, values, p, conj_channel=1)
-    weight_values = weights.reshape(weights.shape[0], -1)[:, flat, None]
-    _splat(accumulator_weight.reshape(-1, 1), q, weight_values, p, conj_channel=None)
+    splat_rotated(
+        data_ft.reshape(data_ft.shape[0], -1)[:, flat],
+        weights.reshape(weights.shape[0], -1)[:, flat],
+        rotations,
+        freq,
+        padding_factor=padding_factor,
+        accumulator_data=accumulator_data,
+        accumulator_weight=accumulator_weight,
+        max_radius=float(radius),
+        skip_redundant=False,  # the kept frequencies already leave the mates out
+        ndim=ndim,
+    )
 
 
 def insert_slices(

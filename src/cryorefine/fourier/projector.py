@@ -27,12 +27,11 @@ from torch import Tensor
 from cryorefine.fourier.conventions import to_fourier
 from cryorefine.fourier.gridding import GriddingCorrection, trilinear_gridding_correction
 from cryorefine.fourier.interpolation import (
-    _interpolate,
     _kept_frequencies,
-    _real_dtype,
     centred_half_frequencies,
     padded_size,
 )
+from cryorefine.fourier.rotated_samples import sample_rotated
 
 __all__ = ["extract_slices", "prepare_reference", "rotate_volume"]
 
@@ -109,13 +108,16 @@ def _sample(
         raise ValueError(f"out_size {out_size} exceeds the reference's size {p // padding_factor}")
     radius = out_size // 2 if max_radius is None else max_radius
     flat, freq = _kept_frequencies(out_size, ndim, float(radius), reference_ft.device)
-    real_dtype = _real_dtype(reference_ft.dtype)
-    # q = A.T k, i.e. q as a row vector is k^T A: (k, 3) @ (r, 3, 3) -> (r, k, 3)
-    q = (freq.to(real_dtype) * padding_factor) @ rotations.to(reference_ft.device, real_dtype)
-    table = torch.view_as_real(reference_ft.contiguous()).reshape(-1, 2)
-    values = _interpolate(table, q, p, conj_channel=1)
-    if scale != 1:
-        values = values * scale
+    values = torch.view_as_real(
+        sample_rotated(
+            reference_ft,
+            rotations,
+            freq,
+            padding_factor=padding_factor,
+            max_radius=float(radius),
+            scale=float(scale),
+        )
+    )
     nh = out_size // 2 + 1
     out = values.new_zeros((rotations.shape[0], out_size ** (ndim - 1) * nh, 2))
     out[:, flat] = values

@@ -9,7 +9,6 @@ that fall in the chunk are a contiguous run of its ascending list, gathered into
 ``(b, L, k)`` and scored with the batched products of ``likelihood.scores``.
 """
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
@@ -18,12 +17,12 @@ import torch
 from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
-from cryorefine.fourier import extract_slices, rotate_volume
+from cryorefine.fourier import sample_rotated
 from cryorefine.likelihood.scores import (
     data_terms,
     scores_from_terms,
 )
-from cryorefine.likelihood.window import FourierWindow, gather_window
+from cryorefine.likelihood.window import FourierWindow, window_frequencies_xyz
 
 __all__ = [
     "Chunk",
@@ -88,22 +87,22 @@ class RowProjector:
             return self.values[lo:hi]
         if self.rotations is None:
             raise ValueError("a RowProjector needs rotations or values")
-        extract = extract_slices if self.window.ndim == 2 else rotate_volume
-        grids = extract(
+        size, ndim = self.window.size, self.window.ndim
+        scale = self.reference_ft.shape[0] // self.padding_factor if ndim == 2 else 1
+        return sample_rotated(
             self.reference_ft,
             self.rotations[lo:hi],
-            out_size=self.window.size,
+            window_frequencies_xyz(self.window),
             padding_factor=self.padding_factor,
+            max_radius=float(size // 2),
+            scale=float(scale),
         )
-        return gather_window(grids, self.window)
 
     def bytes_per_row(self) -> int:
-        """Peak bytes of one projection (the projector's ~10 grid-sized temporaries)."""
+        """Peak bytes of one projection: its values, and the torch path's ~4x temporaries."""
         if self.values is not None:
             return 0
-        size = self.window.size
-        grid = math.prod([size] * (self.window.ndim - 1)) * (size // 2 + 1)
-        return 10 * grid * self.reference_ft.element_size()
+        return 5 * self.window.count * self.reference_ft.element_size()
 
     def with_values(self, max_bytes: int, *, chunk_bytes: int = 2**28) -> "RowProjector":
         """The same table with all projections computed once, if they take at most ``max_bytes``.

@@ -28,9 +28,9 @@ import torch
 from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
-from cryorefine.fourier import insert_slices, insert_volumes
+from cryorefine.fourier import splat_rotated
 from cryorefine.likelihood.scores import matmul_precision, working_dtypes
-from cryorefine.likelihood.window import FourierWindow, scatter_window
+from cryorefine.likelihood.window import FourierWindow, window_frequencies_xyz
 
 __all__ = [
     "ShellSums",
@@ -239,17 +239,20 @@ def insert_backprojection(
     ``window`` is the one the sums live on (usually with DC and the redundant
     mates: ``fourier.insert_slices`` / ``insert_volumes`` skip the mates as RELION).
     """
-    grid_values = window.size ** (window.ndim - 1) * (window.size // 2 + 1)
-    per_orientation = 4 * grid_values * data.element_size()
+    per_orientation = 16 * window.count * data.element_size()  # the torch path's temporaries
     chunk = max(1, max_bytes // per_orientation)
-    insert = insert_slices if window.ndim == 2 else insert_volumes
+    frequencies = window_frequencies_xyz(window)
     for start in range(0, data.shape[0], chunk):
         part = slice(start, start + chunk)
-        insert(
-            scatter_window(data[part], window),
-            scatter_window(weight[part], window),
+        splat_rotated(
+            data[part],
+            weight[part],
             rotations[part],
+            frequencies,
             padding_factor=padding_factor,
             accumulator_data=accumulator_data,
             accumulator_weight=accumulator_weight,
+            max_radius=float(window.size // 2),
+            skip_redundant=True,
+            ndim=window.ndim,
         )

@@ -30,6 +30,7 @@ __all__ = [
     "gather_window",
     "scatter_window",
     "shell_matrix",
+    "window_frequencies_xyz",
     "window_phases",
 ]
 
@@ -102,6 +103,13 @@ def fourier_window(
     return FourierWindow(
         size=size, ndim=ndim, flat_index=flat, shell=shell[flat], frequencies=k[flat]
     )
+
+
+def window_frequencies_xyz(window: FourierWindow) -> Int[Tensor, "k 3"]:
+    """The window's frequencies as ``(kx, ky, kz)`` (``kz = 0`` for 2D)."""
+    if window.ndim == 3:
+        return window.frequencies
+    return torch.nn.functional.pad(window.frequencies, (0, 1))
 
 
 def _check_grid(grid: Tensor, window: FourierWindow) -> None:

@@ -27,7 +27,7 @@ from cryorefine.geometry import (
     next_perturbation,
     psi_angles_deg,
 )
-from cryorefine.likelihood import OrientationGrid
+from cryorefine.likelihood import OrientationGrid, working_dtypes
 from cryorefine.refine.auto_sampling import update_angular_sampling
 from cryorefine.refine.communicator import Communicator, SingleProcess
 from cryorefine.refine.convergence import (
@@ -106,8 +106,11 @@ def _iteration(
         average_pmax=models[0].average_pmax,
     )
     state = dataclasses.replace(state, current_size=current, coarse_size=coarse)
+    # the projector works in the E-step's precision (the maps are float64 after an M-step)
+    real_dtype = working_dtypes(precision)[0]
     references = [
-        prepare_reference(m.reference.to(device), padding_factor=options.pad) for m in models
+        prepare_reference(m.reference.to(device, real_dtype), padding_factor=options.pad)
+        for m in models
     ]
     if not cc and state.iteration > 1:
         state = accuracies(

@@ -1,0 +1,137 @@
+"""Values of a padded Fourier grid at rotated frequencies, and their adjoint insertion.
+
+The core of the projector and the back-projector for any list of integer
+frequencies ``k`` (a window's, or every kept one of a box): frequency ``k`` of
+an output with rotation ``A`` samples, or is splatted at, ``q = A.T @ k *
+padding_factor`` of a padded centred half-grid (layout and Friedel fold:
+``fourier.interpolation``). On a CUDA device with Triton the fused kernels of
+``fourier.trilinear_kernels`` run for single-precision inputs (float32
+coordinates and values; the accumulators keep their own dtype); elsewhere, and
+for double-precision inputs, the torch path of ``fourier.interpolation``.
+"""
+
+import torch
+from jaxtyping import Complex, Float, Int
+from torch import Tensor
+
+from cryorefine.fourier import trilinear_kernels
+from cryorefine.fourier.interpolation import _interpolate, _real_dtype, _splat, padded_size
+
+__all__ = ["sample_rotated", "splat_rotated"]
+
+
+def _redundant(frequencies: Tensor, ndim: int) -> Tensor:
+    """The Friedel-redundant mates of the ``kx = 0`` line (2D) or plane (3D)."""
+    kx, ky, kz = frequencies.unbind(-1)
+    if ndim == 2:
+        return (kx == 0) & (ky < 0)
+    return (kx == 0) & ((kz < 0) | ((kz == 0) & (ky < 0)))
+
+
+def _within(frequencies: Tensor, max_radius: float) -> Tensor:
+    return (frequencies.to(torch.float64).square().sum(dim=-1)) <= max_radius**2
+
+
+def sample_rotated(
+    reference_ft: Complex[Tensor, "p p ph"],
+    rotations: Float[Tensor, "r 3 3"],
+    frequencies: Int[Tensor, "k 3"],
+    *,
+    padding_factor: int,
+    max_radius: float,
+    scale: float = 1.0,
+) -> Complex[Tensor, "r k"]:
+    """Trilinear values of ``reference_ft`` at ``A.T @ k * padding_factor``, times ``scale``.
+
+    Parameters
+    ----------
+    reference_ft
+        Padded centred half-grid (``prepare_reference``).
+    rotations
+        RELION's matrices ``A``.
+    frequencies
+        Integer ``(kx, ky, kz)`` of the unpadded box (``kz = 0`` for 2D slices).
+    padding_factor
+        The one ``reference_ft`` was made with.
+    max_radius
+        Frequencies with ``|k| > max_radius`` get 0.
+    scale
+        Factor on every value (``extract_slices``: the unpadded size).
+
+    Returns
+    -------
+    Tensor
+        ``(r, k)`` in ``reference_ft``'s dtype.
+    """
+    p = padded_size(reference_ft.shape)
+    device = reference_ft.device
+    frequencies = frequencies.to(device)
+    if trilinear_kernels.available(reference_ft) and reference_ft.dtype == torch.complex64:
+        return trilinear_kernels.sample_kernel(
+            reference_ft,
+            rotations.to(device),
+            frequencies,
+            padding_factor=padding_factor,
+            max_radius=max_radius,
+            scale=scale,
+        )
+    real_dtype = _real_dtype(reference_ft.dtype)
+    q = (frequencies.to(real_dtype) * padding_factor) @ rotations.to(device, real_dtype)
+    table = torch.view_as_real(reference_ft.contiguous()).reshape(-1, 2)
+    values = _interpolate(table, q, p, conj_channel=1)
+    values = values * _within(frequencies, max_radius)[:, None].to(values.dtype)
+    if scale != 1:
+        values = values * scale
+    return torch.view_as_complex(values.contiguous())
+
+
+def splat_rotated(
+    data: Complex[Tensor, "r k"],
+    weights: Float[Tensor, "r k"],
+    rotations: Float[Tensor, "r 3 3"],
+    frequencies: Int[Tensor, "k 3"],
+    *,
+    padding_factor: int,
+    accumulator_data: Complex[Tensor, "p p ph"],
+    accumulator_weight: Float[Tensor, "p p ph"],
+    max_radius: float,
+    skip_redundant: bool,
+    ndim: int,
+) -> None:
+    """Add ``data`` and ``weights`` at ``A.T @ k * padding_factor`` into the accumulators.
+
+    The adjoint of ``sample_rotated`` (trilinear weights; conjugated at ``-q``
+    where ``q_x < 0``). Frequencies beyond ``max_radius`` are left out, and with
+    ``skip_redundant`` the Friedel-redundant mates (``_redundant``) as RELION
+    does. The accumulators (contiguous, e.g. ``zero_accumulators``) are updated
+    in place; values are cast to their dtype.
+    """
+    p = padded_size(accumulator_data.shape)
+    device = accumulator_data.device
+    frequencies = frequencies.to(device)
+    single = data.dtype == torch.complex64 and weights.dtype == torch.float32
+    if trilinear_kernels.available(accumulator_data) and single:
+        trilinear_kernels.splat_kernel(
+            accumulator_data,
+            accumulator_weight,
+            rotations.to(device),
+            frequencies,
+            data,
+            weights,
+            padding_factor=padding_factor,
+            max_radius=max_radius,
+            skip_redundant=skip_redundant,
+            ndim=ndim,
+        )
+        return
+    keep = _within(frequencies, max_radius)
+    if skip_redundant:
+        keep &= ~_redundant(frequencies, ndim)
+    columns = keep.nonzero().squeeze(1)
+    real_dtype = _real_dtype(accumulator_data.dtype)
+    kept = frequencies[columns].to(real_dtype) * padding_factor
+    q = kept @ rotations.to(device, real_dtype)
+    table = torch.view_as_real(accumulator_data).reshape(-1, 2)
+    _splat(table, q, torch.view_as_real(data[:, columns].contiguous()), p, conj_channel=1)
+    weight_values = weights[:, columns, None]
+    _splat(accumulator_weight.reshape(-1, 1), q, weight_values, p, conj_channel=None)

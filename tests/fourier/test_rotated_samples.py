@@ -1,0 +1,122 @@
+"""Sampling at, and splatting into, rotated frequency lists equal the plain float64 corner loop.
+
+On CUDA with Triton these run the fused kernels (``fourier.trilinear_kernels``);
+on the CPU the torch path. Both are held to the same float64 reference.
+"""
+
+import pytest
+import torch
+
+from cryorefine.fourier import sample_rotated, splat_rotated, trilinear_kernels
+from cryorefine.fourier.interpolation import _interpolate_corners, _splat
+from cryorefine.geometry import euler_to_matrix
+
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+def _case(seed: int, n: int, pad: int, device: torch.device):
+    gen = torch.Generator().manual_seed(seed)
+    p = n * pad
+    reference = torch.randn((p, p, p // 2 + 1), dtype=torch.complex64, generator=gen)
+    rotations = euler_to_matrix(torch.rand((5, 3), generator=gen, dtype=torch.float64) * 360)
+    half = n // 2
+    axes = (torch.arange(0, half + 1), torch.arange(-half, half), torch.arange(-half, half))
+    frequencies = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    return reference.to(device), rotations.to(device), frequencies.to(device), p
+
+
+def _redundant(k: torch.Tensor) -> torch.Tensor:
+    return (k[:, 0] == 0) & ((k[:, 2] < 0) | ((k[:, 2] == 0) & (k[:, 1] < 0)))
+
+
+def _coordinate_bound(p: int) -> float:
+    """Float32 rounding of ``q = A.T k pad`` (|q| <= sqrt(3) half pad < p): a few units of
+    ``p``, which moves each trilinear weight by as much; the value by that times the sum of
+    the 8 corners' magnitudes; plus the float32 sum of 8 terms."""
+    return (4 * p * 8 + 8) * U32
+
+
+@pytest.mark.parametrize(("n", "pad"), [(12, 2), (10, 1)])
+def test_sampled_values_equal_the_float64_corner_loop(device, n, pad):
+    reference, rotations, frequencies, p = _case(n, n, pad, device)
+    radius = n / 2 - 0.5
+    values = sample_rotated(
+        reference, rotations, frequencies, padding_factor=pad, max_radius=radius, scale=3.0
+    )
+    q = (frequencies.to(torch.float64) * pad) @ rotations.to(torch.float64)
+    table = torch.view_as_real(reference.to(torch.complex128)).reshape(-1, 2)
+    expected = torch.view_as_complex(_interpolate_corners(table, q, p, conj_channel=1))
+    inside = frequencies.to(torch.float64).square().sum(dim=-1) <= radius**2
+    expected = torch.where(inside, expected * 3.0, 0)
+    bound = 3.0 * _coordinate_bound(p) * table.abs().max().item()
+    assert values.dtype == torch.complex64
+    torch.testing.assert_close(values.to(torch.complex128), expected, rtol=0.0, atol=bound)
+    assert bool((values[:, ~inside] == 0).all())  # exactly zero beyond the radius
+
+
+@pytest.mark.parametrize("accumulator_dtype", [torch.float64, torch.float32])
+def test_splatting_equals_the_float64_corner_loop_and_skips_mates(device, accumulator_dtype):
+    n, pad = 12, 2
+    _, rotations, frequencies, p = _case(3, n, pad, device)
+    gen = torch.Generator().manual_seed(4)
+    r, k = rotations.shape[0], frequencies.shape[0]
+    data = torch.randn((r, k), dtype=torch.complex64, generator=gen).to(device)
+    weights = torch.rand((r, k), generator=gen).to(device)
+    complex_dtype = torch.complex128 if accumulator_dtype == torch.float64 else torch.complex64
+    shape = (p, p, p // 2 + 1)
+    acc_data = torch.zeros(shape, dtype=complex_dtype, device=device)
+    acc_weight = torch.zeros(shape, dtype=accumulator_dtype, device=device)
+    radius = 5.0
+    splat_rotated(
+        data, weights, rotations, frequencies, padding_factor=pad,
+        accumulator_data=acc_data, accumulator_weight=acc_weight,
+        max_radius=radius, skip_redundant=True, ndim=3,
+    )  # fmt: skip
+    keep = frequencies.to(torch.float64).square().sum(dim=-1) <= radius**2
+    keep &= ~_redundant(frequencies)
+    q = (frequencies[keep].to(torch.float64) * pad) @ rotations.to(torch.float64)
+    want_data = torch.zeros(shape, dtype=torch.complex128, device=device)
+    want_weight = torch.zeros(shape, dtype=torch.float64, device=device)
+    values = torch.view_as_real(data[:, keep].to(torch.complex128))
+    _splat(torch.view_as_real(want_data).reshape(-1, 2), q, values, p, conj_channel=1)
+    _splat(want_weight.reshape(-1, 1), q, weights[:, keep, None].double(), p, conj_channel=None)
+    # each accumulator element sums up to ~8 r k / p^3 * 8 contributions of <= max|value|:
+    # the float32 weights' rounding (coordinate bound) per contribution, and, in float32
+    # accumulators, the running sum's rounding, bounded by the number of terms
+    terms = 8 * r * int(keep.sum())
+    unit = U32 if accumulator_dtype == torch.float32 else 0.0
+    scale = data.abs().max().item()
+    bound = (_coordinate_bound(p) * 8 + terms * unit) * scale
+    torch.testing.assert_close(acc_data.to(torch.complex128), want_data, rtol=0.0, atol=bound)
+    torch.testing.assert_close(acc_weight.double(), want_weight, rtol=0.0, atol=bound)
+    # a wrong mate rule or radius would leave ~|value| (order 1) differences
+    assert bound < 0.01 * scale
+
+
+def test_splatting_is_the_adjoint_of_sampling(device):
+    """``Re <sample(x), y> = Re <x, splat(y)>`` on the half-grid's real inner product."""
+    n, pad = 12, 2
+    reference, rotations, frequencies, p = _case(5, n, pad, device)
+    gen = torch.Generator().manual_seed(6)
+    y = torch.randn((rotations.shape[0], frequencies.shape[0]), dtype=torch.complex64,
+                    generator=gen).to(device)  # fmt: skip
+    sampled = sample_rotated(
+        reference, rotations, frequencies, padding_factor=pad, max_radius=n / 2
+    )
+    acc = torch.zeros(reference.shape, dtype=torch.complex128, device=device)
+    acc_weight = torch.zeros(reference.shape, dtype=torch.float64, device=device)
+    splat_rotated(
+        y, y.real, rotations, frequencies, padding_factor=pad, accumulator_data=acc,
+        accumulator_weight=acc_weight, max_radius=n / 2, skip_redundant=False, ndim=3,
+    )  # fmt: skip
+    left = (sampled.to(torch.complex128).conj() * y).real.sum()
+    right = (reference.to(torch.complex128).conj() * acc).real.sum()
+    # float32 sampling: each of r k products is off by ~the coordinate bound times |x||y|
+    bound = _coordinate_bound(p) * y.numel() * 4 * y.abs().max().item()
+    assert abs(left.item() - right.item()) <= bound
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels need CUDA")
+def test_cuda_runs_the_fused_kernels():
+    reference = torch.zeros((8, 8, 5), dtype=torch.complex64, device="cuda")
+    assert trilinear_kernels.available(reference) == (trilinear_kernels.triton is not None)
