@@ -20,7 +20,10 @@ the picks (a CPU-sized run).
 """
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import re
 import sys
 import time
@@ -43,9 +46,12 @@ TUTORIAL_OPTIONS = (
 RELION_RESOLUTION_ANGST = 16.54  # Refine3D/job012/run_model.star on the real data
 
 
-def run(arguments: list[str]) -> float:
+def run(arguments: list[str], profile: cProfile.Profile | None = None) -> float:
     start = time.perf_counter()
-    status = cryorefine(arguments)
+    if profile is None:
+        status = cryorefine(arguments)
+    else:
+        status = profile.runcall(cryorefine, arguments)
     if status != 0:
         raise SystemExit(f"cryorefine {arguments[0]} failed with status {status}")
     return time.perf_counter() - start
@@ -62,6 +68,12 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--iter", type=int, default=0, help="stop after N iterations (0: converge)")
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run refine under cProfile and print its cryorefine functions by cumulative time "
+        "(with CUDA_LAUNCH_BLOCKING=1, device time is charged to the function that launched it)",
+    )
     parser.add_argument("--work", type=Path, default=Path("bench_tutorial_work"))
     parser.add_argument("--out", type=Path, default=Path("bench_tutorial.json"))
     return parser.parse_args()
@@ -115,7 +127,8 @@ def main() -> None:
     ]  # fmt: skip
     if args.iter:
         command += ["--iter", str(args.iter)]
-    refine_seconds = run(command + (["--gpu", "0"] if args.gpu else []))
+    profile = cProfile.Profile() if args.profile else None
+    refine_seconds = run(command + (["--gpu", "0"] if args.gpu else []), profile)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
     log = (refine / "run.log").read_text()
     counts = re.findall(r"iter=001 half_set=\d particles=(\d+)", log)
@@ -161,6 +174,11 @@ def main() -> None:
     ]
     lines += [f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}"
               for key, value in summary.items() if key != "per_iteration"]  # fmt: skip
+    if profile is not None:
+        stream = io.StringIO()
+        pstats.Stats(profile, stream=stream).sort_stats("cumulative").print_stats("cryorefine", 45)
+        summary["profile_cumulative"] = stream.getvalue()
+        lines.append(stream.getvalue())
     sys.stdout.write("\n".join(lines) + "\n")
     args.out.write_text(json.dumps(summary, indent=1))
 

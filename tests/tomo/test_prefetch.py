@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from cryorefine.tomo.prefetch import prefetched
 
@@ -67,3 +68,21 @@ def test_stopping_early_stops_the_thread():
 def test_depth_below_one_is_refused():
     with pytest.raises(ValueError, match="depth"):
         list(prefetched(iter([1]), depth=0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_items_are_made_on_a_side_stream_and_safe_to_use_on_the_consumers():
+    device = torch.device("cuda")
+    made_on: list[int] = []
+
+    def items():
+        for i in range(6):
+            made_on.append(torch.cuda.current_stream(device).stream_id)
+            # a large product keeps the side stream busy; the consumer must wait for it
+            a = torch.full((2048, 2048), float(i), device=device)
+            yield {"i": i}, (a @ a)[:1, :1]
+
+    main = torch.cuda.current_stream(device).stream_id
+    results = [(meta["i"], value.item()) for meta, value in prefetched(items(), device=device)]
+    assert results == [(i, 2048.0 * i * i) for i in range(6)]
+    assert all(stream != main for stream in made_on)

@@ -263,9 +263,10 @@ def run_half_set(
     )
     times = PhaseTimes(device)
     # the next batch is read while this one is scored; the wait for it is timed
-    for loaded in _timed(prefetched(batches), times, "wait_for_data"):
-        all_rows = loaded.rows.cpu().numpy()  # one transfer per batch
-        finite = loaded.finite.cpu().numpy()
+    # the host copies of rows and flags are made on the reading thread's stream
+    with_flags = ((b, b.rows.cpu().numpy(), b.finite.cpu().numpy()) for b in batches)
+    loading = prefetched(with_flags, device=device)
+    for loaded, all_rows, finite in _timed(loading, times, "wait_for_data"):
         result = None
         if finite.any():
             batch = loaded if finite.all() else loaded.select(loaded.finite)
