@@ -155,3 +155,22 @@ def test_read_images_of_many_files_keep_the_requested_order(tmp_path: Path) -> N
     order = [5, 0, 11, 3, 3, 7, 1, 2, 10, 9, 8, 6, 4]
     got = read_images([tmp_path / f"p{i}.mrc" for i in order], [0] * len(order))
     np.testing.assert_array_equal(got, np.stack([volumes[i] for i in order]))
+
+
+@pytest.mark.parametrize("count", [3, 12])  # one thread, and the thread pool
+def test_read_images_into_a_buffer_keeps_the_files_values_and_order(tmp_path: Path, count) -> None:
+    volumes = [_random((3, 4, 5), seed=i).astype(np.float16) for i in range(count)]
+    for i, volume in enumerate(volumes):
+        write_mrc(tmp_path / f"p{i}.mrc", volume, voxel_size_angst=2.0)
+    order = [*range(count - 1, -1, -1), 0]
+    out = np.full((len(order), 3, 4, 5), np.nan, dtype=np.float16)
+    got = read_images([tmp_path / f"p{i}.mrc" for i in order], [0] * len(order), out=out)
+    assert got is out
+    # float16 files into a float16 buffer: the stored values, bit for bit
+    np.testing.assert_array_equal(out, np.stack([volumes[i] for i in order]))
+
+
+def test_read_images_refuses_a_buffer_of_the_wrong_shape(tmp_path: Path) -> None:
+    write_mrc(tmp_path / "p.mrc", _random((3, 4, 5), seed=0), voxel_size_angst=2.0)
+    with pytest.raises(InputError, match=r"p\.mrc.*\(3, 4, 5\)"):
+        read_images([tmp_path / "p.mrc"], [0], out=np.zeros((1, 3, 4, 4), dtype=np.float32))

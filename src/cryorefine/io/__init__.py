@@ -7,12 +7,11 @@ Every output goes through ``write_atomically``; every user mistake raises
 """
 
 from cryorefine.io.atomic import make_output_folder, write_atomically
+from cryorefine.io.image_stacks import read_image, read_images
 from cryorefine.io.labels import NUMERIC_LABELS, TEXT_LABELS
 from cryorefine.io.mrc import (
     MrcHeader,
     parse_image_name,
-    read_image,
-    read_images,
     read_mrc,
     read_mrc_header,
     split_image_names,

@@ -21,7 +21,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
-from jaxtyping import Float32, Int64, Real
+from jaxtyping import Int64, Real
 
 from cryorefine.errors import InputError
 from cryorefine.io.atomic import write_atomically
@@ -38,8 +37,6 @@ from cryorefine.io.atomic import write_atomically
 __all__ = [
     "MrcHeader",
     "parse_image_name",
-    "read_image",
-    "read_images",
     "read_mrc",
     "read_mrc_header",
     "split_image_names",
@@ -291,97 +288,6 @@ def split_image_names(names: Sequence[str]) -> tuple[Int64[np.ndarray, " b"], li
         paths.append(tail)
         indices[i] = int(head) if head.isdigit() and int(head) > 0 and tail else -1
     return indices, paths
-
-
-def read_image(path: str | PathLike[str], index: int | None = None) -> Float32[np.ndarray, "..."]:
-    """One image of a stack (1-based ``index``), or the whole file, as float32.
-
-    The file is memory-mapped: only the requested image is read from disk.
-
-    Raises
-    ------
-    InputError
-        The file is missing, not an MRC file, truncated, or has fewer images than ``index``.
-    """
-    wanted = np.array([0 if index is None else index], dtype=np.int64)
-    if index is not None and index < 1:
-        raise InputError(f"{path}: image index {index} is not 1-based (the first image is 1)")
-    return _read_from_file(_existing(path), wanted)[0]
-
-
-def read_images(
-    paths: Sequence[str | PathLike[str]], indices: Sequence[int] | np.ndarray
-) -> Float32[np.ndarray, "b ..."]:
-    """Images ``indices[i]`` (1-based; 0 = whole file) of ``paths[i]``, stacked, float32.
-
-    Each distinct file is memory-mapped once and only the requested images are
-    read. All requested images must have one shape.
-
-    Raises
-    ------
-    InputError
-        A file is missing, not an MRC file or truncated; an index is beyond its
-        stack; the images differ in shape.
-    """
-    wanted = np.asarray(indices, dtype=np.int64)
-    if len(paths) != len(wanted):
-        raise ValueError(f"{len(paths)} paths but {len(wanted)} indices")
-    by_file: dict[Path, list[int]] = {}
-    for position, name in enumerate(paths):
-        by_file.setdefault(Path(name), []).append(position)
-    images: list[np.ndarray | None] = [None] * len(wanted)
-    files = list(by_file)
-    if len(files) >= _PARALLEL_FILES:  # one file per particle (RELION-4): read them in parallel
-        for file in files:  # headers first, here: mrcfile's warnings are caught process-wide
-            _cached_header(file)
-        read = list(_reader_pool().map(lambda f: _read_from_file(f, wanted[by_file[f]]), files))
-    else:
-        read = [_read_from_file(file, wanted[by_file[file]]) for file in files]
-    for file, file_images in zip(files, read, strict=True):
-        for position, image in zip(by_file[file], file_images, strict=True):
-            images[position] = image
-    shapes = {image.shape for image in images if image is not None}
-    if len(shapes) > 1:
-        raise InputError(f"images of different shapes requested together: {sorted(shapes)}")
-    return np.stack([image for image in images if image is not None])
-
-
-_PARALLEL_FILES = 8
-
-
-@lru_cache(maxsize=1)
-def _reader_pool() -> ThreadPoolExecutor:
-    """Threads that read particle files (reads release the GIL: page-cache copies overlap)."""
-    return ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1))
-
-
-def _read_from_file(path: Path, indices: np.ndarray) -> list[np.ndarray]:
-    """Images ``indices`` (1-based, 0 = whole file) of one file, through one memory map."""
-    header = _cached_header(path)
-    n_images = header.shape[0]
-    beyond = indices[(indices < 0) | (indices > n_images)]
-    if len(beyond):
-        raise InputError(
-            f"{path}: image {int(beyond[0])} requested but the stack holds {n_images} "
-            "image(s) (indices are 1-based)"
-        )
-    # The data are read at the offset and in the dtype of the header mrcfile parsed.
-    nz, ny, nx = header.shape
-    try:
-        if (indices == 0).all():
-            count = nz * ny * nx
-            data = np.fromfile(path, header.data_dtype, count, offset=header.data_offset)
-            if data.size != count:
-                raise ValueError(f"expected {count} values, found {data.size}")
-            whole = data.reshape((nz, ny, nx) if nz > 1 else (ny, nx)).astype(np.float32)
-            return [whole] * len(indices)
-        stack = np.memmap(
-            path, header.data_dtype, mode="r", offset=header.data_offset, shape=(nz, ny, nx)
-        )
-        volume = stack if nz > 1 else stack[0]
-        return [np.array(volume if i == 0 else stack[i - 1], dtype=np.float32) for i in indices]
-    except (ValueError, OSError) as error:
-        raise InputError(f"{path}: not a readable MRC file ({error})") from error
 
 
 def _existing(path: str | PathLike[str]) -> Path:
