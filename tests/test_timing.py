@@ -42,3 +42,11 @@ def test_device_phases_are_timed_by_events_and_read_once():
             a = a @ a / 2048
     seconds = times.seconds()
     assert seconds["matmul"] > 0
+
+
+def test_work_counts_add_up_per_name_in_first_order():
+    times = PhaseTimes(torch.device("cpu"))
+    times.add_count("fine_samples", 64)
+    times.add_count("coarse_samples", 10)
+    times.add_count("fine_samples", 36)
+    assert list(times.counts().items()) == [("fine_samples", 100), ("coarse_samples", 10)]

@@ -16,12 +16,13 @@ __all__ = ["PhaseTimes"]
 
 
 class PhaseTimes:
-    """Accumulated seconds per named phase on one device."""
+    """Accumulated seconds per named phase on one device, and counts of the work done."""
 
     def __init__(self, device: torch.device) -> None:
         self._cuda = device.type == "cuda"
         self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {}
         self._host: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -44,6 +45,14 @@ class PhaseTimes:
     def add_host_seconds(self, name: str, seconds: float) -> None:
         """Count host wall time (e.g. waiting for the next batch) towards ``name``."""
         self._host[name] = self._host.get(name, 0.0) + seconds
+
+    def add_count(self, name: str, count: int) -> None:
+        """Count work done (samples scored, orientations projected, ...) towards ``name``."""
+        self._counts[name] = self._counts.get(name, 0) + int(count)
+
+    def counts(self) -> dict[str, int]:
+        """The work counted per name, in the order names first appeared."""
+        return dict(self._counts)
 
     def seconds(self) -> dict[str, float]:
         """Seconds per phase, in the order phases first appeared (one device sync)."""

@@ -32,6 +32,7 @@ from cryorefine.likelihood import (
     projection_cache,
     window_phases,
 )
+from cryorefine.timing import PhaseTimes
 
 
 def _fine_pose(plan, coarse_id, child, translation_id, translation_child):
@@ -380,3 +381,26 @@ def test_particle_grids_of_the_wrong_size_are_refused():
     )
     with pytest.raises(ValueError, match="current_size"):
         expectation(particles, reference, plan)
+
+
+def test_the_work_counted_is_the_searched_grid_and_the_children_scored():
+    reference, plan, images, *_ = _case(3, b=2, seed=3)
+    particles = particle_terms(
+        images,
+        current_size=plan.current_size,
+        sigma2=0.3,
+        ndim=3,
+        grid_count=plan.orientations.count,
+    )
+    times = PhaseTimes(torch.device("cpu"))
+    result = expectation(particles, reference, plan, times=times)
+    counts = times.counts()
+    t, m = plan.translations_px.shape[0], plan.orientations.count
+    assert counts["coarse_samples"] == 2 * t * m  # a global search: every sample of both
+    # each significant coarse pair has 8 orientation x 8 translation children (3D,
+    # oversampling 1); a group pads its particles to its widest one
+    pairs = result.significant_samples
+    assert 64 * int(pairs.sum()) <= counts["fine_samples"] <= 64 * 2 * int(pairs.max())
+    assert counts["projected_orientations"] % 8 == 0
+    assert counts["projected_orientations"] > 0
+    assert counts["inserted_orientations"] == result.backprojection.rotations.shape[0]

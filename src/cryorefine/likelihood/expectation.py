@@ -328,7 +328,9 @@ def expectation(
     into them as soon as they are made, and the result's ``backprojection`` is
     empty. Memory then follows one group, not the batch: for 3D data each
     orientation's sums are a volume. ``times``: where the phases ``coarse``,
-    ``fine`` and ``insert`` add their seconds, or None.
+    ``fine`` and ``insert`` add their seconds, and the work done is counted
+    (``coarse_samples``, ``fine_samples``, ``projected_orientations``,
+    ``inserted_orientations``), or None.
     """
     _check(particles, plan)
     times = PhaseTimes(particles.masked_ft.device) if times is None else times
@@ -358,12 +360,16 @@ def expectation(
             sub = (select(prep, group), part.select(group), select(coarse, group))
             with times.phase("fine"):
                 outcome = fine_pass(*sub, reference_ft, plan, cache.fine)
+            times.add_count("fine_samples", outcome.scored_samples)
+            times.add_count("projected_orientations", outcome.projected_orientations)
+            times.add_count("inserted_orientations", outcome.bp_rotations.shape[0])
             if accumulators is not None:
                 with times.phase("insert"):
                     outcome = _inserted(outcome, prep.bp_window, accumulators, plan)
             fine.append(outcome)
             orders.append(group + start)
         counts.append(coarse.count)
+        times.add_count("coarse_samples", coarse.significant.numel())
         window = prep.bp_window
     if window is None:
         raise ValueError("expectation needs at least one particle")

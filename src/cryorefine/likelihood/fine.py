@@ -224,4 +224,6 @@ def fine_pass(
         bp_rotations=rotation_of(sums.rows),
         bp_data=sums.data,
         bp_weight=sums.weight,
+        scored_samples=scores.numel(),
+        projected_orientations=0 if projections is not None else projector.projector.rows,
     )

@@ -96,6 +96,8 @@ class FineOutcome:
     bp_rotations: Float[Tensor, "r 3 3"]
     bp_data: Complex[Tensor, "r kb"]
     bp_weight: Float[Tensor, "r kb"]
+    scored_samples: int = 0  # (particle, orientation, translation) samples scored, padding included
+    projected_orientations: int = 0  # child orientations projected (0 when cached)
 
 
 def compact(mask: Bool[Tensor, "b n"]) -> tuple[Int[Tensor, "b l"], Bool[Tensor, "b l"]]:

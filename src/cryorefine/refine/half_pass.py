@@ -332,6 +332,12 @@ def run_half_set(
         model.half_set,
         " ".join(f"{name}={seconds:.2f}" for name, seconds in times.seconds().items()),
     )
+    logger.info(
+        "iter=%03d half_set=%d work %s",
+        state.iteration,
+        model.half_set,
+        " ".join(f"{name}={count}" for name, count in times.counts().items()),
+    )
     update = PoseUpdate(
         rows=rows,
         angles_deg=np.concatenate(outputs["angles"]),
