@@ -166,6 +166,9 @@ def valid_command_line(command: str, project: Project) -> list[str]:
         "reconstruct": ["--i", str(project.star), "--o", f"{out}.mrc"],
         "postprocess": ["--i", project.path("run_half1_class001_unfil.mrc"), "--o", out],
         "star-handler": ["--i", str(project.star), "--o", f"{out}.star", "--center"],
+        "image-handler": [
+            *("--i", project.path("reference.mrc"), "--o", f"{out}.mrc", "--new_box", "12")
+        ],
         "simulate": ["--o", out, "--box", "16", "--n_particles", "2"],
         "report": [out],
         "demo": ["--o", out],
@@ -320,7 +323,7 @@ def test_the_valid_command_line_passes_its_checks(
 ) -> None:
     # the fuzzed lines build on these: they must get past the checks, to the work
     expected = {"extract": "input_error", "reconstruct": "ok", "postprocess": "ok"}
-    expected["star-handler"] = "ok"  # the other commands call their (stubbed) engine
+    expected["star-handler"] = expected["image-handler"] = "ok"  # the others: stubbed engines
     argv = [command, *valid_command_line(command, project)]
     result = outcome(argv, lambda: capsys.readouterr().err)
     assert result == expected.get(command, "reached_the_engine")

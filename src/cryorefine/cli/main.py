@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "reconstruct": "reconstruct",
     "extract": "extract",
     "star-handler": "star_handler",
+    "image-handler": "image_handler",
     "postprocess": "postprocess",
     "simulate": "simulate",
     "report": "report",

@@ -1,3 +1,5 @@
 """refine layer."""
 
-__all__: list[str] = []
+from cryorefine.refine.rescale import rescale_map, rescaled_size, window_map
+
+__all__: list[str] = ["rescale_map", "rescaled_size", "window_map"]
