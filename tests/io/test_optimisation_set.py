@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cryorefine.errors import InputError
-from cryorefine.io import load_optimisation_set, read_star, write_optimisation_set
+from cryorefine.io import load_optimisation_set, read_star, write_optimisation_set, write_star
 
 
 def _project(tmp_path: Path) -> Path:
@@ -81,6 +81,27 @@ def test_writing_keeps_other_entries_and_how_paths_were_written(tmp_path: Path, 
         "rlnTomoTrajectoriesFile": "",
         "rlnTomoSomethingNew": "keep/me.star",
     }
+
+
+def test_a_set_written_elsewhere_still_finds_its_files(tmp_path: Path, monkeypatch):
+    # a set beside its files, names relative to its folder, copied to an unrelated folder
+    folder = tmp_path / "sim"
+    folder.mkdir()
+    (folder / "tomograms.star").write_text("data_\n")
+    (folder / "particles.star").write_text("data_\n")
+    write_star(
+        {"": {"rlnTomoParticlesFile": "particles.star", "rlnTomoTomogramsFile": "tomograms.star"}},
+        folder / "optimisation_set.star",
+    )
+    monkeypatch.chdir(tmp_path / "sim")
+    opt = load_optimisation_set(folder / "optimisation_set.star")
+    elsewhere = tmp_path / "other" / "deeper"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    write_optimisation_set(opt, elsewhere / "copy.star")
+    copy = load_optimisation_set(elsewhere / "copy.star")
+    assert copy.tomograms_file.resolve() == (folder / "tomograms.star").resolve()
+    assert copy.particles_file.resolve() == (folder / "particles.star").resolve()
 
 
 def test_unknown_field_is_a_bug_not_an_input_error(tmp_path: Path, monkeypatch) -> None:

@@ -123,7 +123,8 @@ def write_optimisation_set(optimisation_set: OptimisationSet, path: str | PathLi
     """Write an optimisation set as a list block, other entries kept as they were.
 
     A file that did not change since loading is written as it was written
-    before (e.g. still relative to the project directory); a new one as given.
+    before (e.g. still relative to the project directory) if that name still
+    finds it from ``path``; otherwise, and for a new one, as its path.
     Entries set to ``None`` are left out.
 
     Raises
@@ -142,10 +143,11 @@ def write_optimisation_set(optimisation_set: OptimisationSet, path: str | PathLi
             if raw:
                 del entries[label]
             continue
-        unchanged = (
+        unchanged = (  # and still naming the same file from where it is written now
             raw
             and optimisation_set.path is not None
             and resolve_path(raw, optimisation_set.path) == value
+            and resolve_path(raw, Path(path).absolute()) == value
         )
         entries[label] = raw if unchanged else str(value)
     if not entries:
