@@ -95,9 +95,15 @@ def test_the_run_writes_relions_final_files(refined: Path) -> None:
         "run_sampling.star",
         "run_it000_half1_model.star",
         "run_it001_data.star",
+        "run_it001_half1_class001_angdist.bild",
+        "run_class001_angdist.bild",
         "run.log",
     ):
         assert (refined / "Refine" / name).is_file(), name
+    # one cylinder (and its colour) per direction that holds posterior mass
+    bild = (refined / "Refine" / "run_class001_angdist.bild").read_text().splitlines()
+    assert bild
+    assert all(line.startswith((".color ", ".cylinder ")) for line in bild)
     log = (refined / "Refine" / "run.log").read_text()
     assert "iter=001" in log
     assert "--pool: accepted" in log

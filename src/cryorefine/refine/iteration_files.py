@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from cryorefine.geometry import pixel_rot_tilt_deg
+from cryorefine.geometry import angular_step_deg, pixel_rot_tilt_deg
 from cryorefine.io import OptimisationSet, ParticleSet
 from cryorefine.likelihood import OrientationGrid
+from cryorefine.refine.angdist import write_angdist_bild
 from cryorefine.refine.half_pass import PoseUpdate
 from cryorefine.refine.initialise import RefineInputs
 from cryorefine.refine.model import HalfSetModel, RefineState
@@ -54,6 +55,23 @@ def _data_and_set(
         )
 
 
+def _angdist(path: str, model: HalfSetModel, grid: OrientationGrid) -> None:
+    """``*_class001_angdist.bild`` of a model's orientation distribution, if it has one."""
+    if model.orientation_pdf is None:
+        return
+    pdf = model.orientation_pdf.detach().cpu().numpy()
+    rot_tilt = pixel_rot_tilt_deg(grid.healpix_order, grid.pixels.cpu()).numpy()
+    if pdf.shape[0] != rot_tilt.shape[0]:  # the order changed after the E-step: not yet summed
+        return
+    write_angdist_bild(
+        path,
+        pdf,
+        rot_tilt,
+        radius_angst=model.ori_size * model.pixel_size_angst / 2,
+        angular_step_deg=angular_step_deg(grid.healpix_order),
+    )
+
+
 def write_iteration(
     state: RefineState,
     options: RefineOptions,
@@ -78,6 +96,8 @@ def write_iteration(
         translations_3d=ndim == 3,
         unfiltered=unfiltered,
     )
+    for model in models:
+        _angdist(f"{root}_half{model.half_set}_class001_angdist.bild", model, grid)
 
 
 def write_final(
@@ -102,6 +122,7 @@ def write_final(
         translations_3d=ndim == 3,
     )
     root = iteration_root(options.output_root or Path("run"), None)
+    _angdist(f"{root}_class001_angdist.bild", model, grid)
     _data_and_set(root, particles, statistics, optimisation_set, options)
 
 
