@@ -26,7 +26,7 @@ from cryorefine.refine.maximisation import (
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.noise import update_sigma2_noise
 from cryorefine.refine.options import RefineOptions
-from cryorefine.tomo import particle_batches
+from cryorefine.tomo import PSEUDO_SUBTOMOGRAM_FLAVOURS, particle_batches
 
 __all__ = ["accuracies", "join_sums", "m_step", "unregularised_map"]
 
@@ -112,7 +112,9 @@ def _shell_counts(inputs: RefineInputs) -> Tensor:
 
 def accuracies(state, inputs, options, models, reference_ft, *, device, generator) -> RefineState:
     """acc_rot and acc_trans from the first particles of half set 1 (REFINE_SPEC §5.3)."""
-    count = 100 if inputs.ndim == 2 or inputs.particles.flavour == "relion4" else 10
+    count = (
+        100 if inputs.ndim == 2 or inputs.particles.flavour in PSEUDO_SUBTOMOGRAM_FLAVOURS else 10
+    )
     rows = np.flatnonzero(inputs.half_sets == 1)[:count]
     loaded = next(
         particle_batches(

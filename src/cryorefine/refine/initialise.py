@@ -31,7 +31,7 @@ from cryorefine.refine.maximisation import initial_half_model, initial_low_pass,
 from cryorefine.refine.model import HalfSetModel
 from cryorefine.refine.noise import initial_noise_sums, initial_sigma2_noise
 from cryorefine.refine.options import RefineOptions
-from cryorefine.tomo import particle_batches
+from cryorefine.tomo import PSEUDO_SUBTOMOGRAM_FLAVOURS, particle_batches, with_tomograms
 
 __all__ = ["RefineInputs", "initial_models", "load_inputs"]
 
@@ -110,7 +110,10 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
         particles_file = particles_file or optimisation_set.particles_file
     if particles_file is None:
         raise InputError("--i / --ios: no particles file given")
-    particles = load_particles(particles_file)
+    tomograms_file = options.tomograms
+    if tomograms_file is None and optimisation_set is not None:
+        tomograms_file = optimisation_set.tomograms_file
+    particles = with_tomograms(load_particles(particles_file), tomograms_file=tomograms_file)
     if len(particles) == 0:
         raise InputError(f"{particles_file}: the particles table is empty")
     _check_one_grid(particles)
@@ -190,7 +193,7 @@ def _initial_sigma2(
         ]
     )
     nr_groups = int(inputs.optics_group.max()) + 1
-    with_multiplicity = inputs.particles.flavour == "relion4"
+    with_multiplicity = inputs.particles.flavour in PSEUDO_SUBTOMOGRAM_FLAVOURS
     power = counts = transform = multiplicity = None
     used = 0
     for loaded in particle_batches(

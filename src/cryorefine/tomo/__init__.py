@@ -16,6 +16,13 @@ from cryorefine.tomo.particle_batches import (
     particle_batches,
 )
 from cryorefine.tomo.prefetch import prefetched
+from cryorefine.tomo.stack_batches import (
+    PSEUDO_SUBTOMOGRAM_FLAVOURS,
+    STACK2D_FLAVOUR,
+    StackParticleSet,
+    stack_volumes,
+    with_tomograms,
+)
 from cryorefine.tomo.tilt_geometry import (
     ParticleTilts,
     TiltSeriesGeometry,
@@ -37,12 +44,15 @@ from cryorefine.tomo.tilt_images import (
 __all__ = [
     "CIRCLE_EDGE_PX",
     "MULTIPLICITY_THRESHOLD",
+    "PSEUDO_SUBTOMOGRAM_FLAVOURS",
+    "STACK2D_FLAVOUR",
     "SUPPORTED_FLAVOURS",
     "ExtractOptions",
     "ExtractedSet",
     "ParticleBatch",
     "ParticleTilts",
     "SlabInsertion",
+    "StackParticleSet",
     "TiltSeriesGeometry",
     "backprojection_terms",
     "boxes_to_fourier",
@@ -60,6 +70,8 @@ __all__ = [
     "relion5_projection_matrices",
     "slab_insertion",
     "source_box_size",
+    "stack_volumes",
     "tilt_image_transforms",
     "tilt_series_geometry",
+    "with_tomograms",
 ]

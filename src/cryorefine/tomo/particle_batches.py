@@ -12,12 +12,17 @@ flavour            ``K`` (``ctf``)                       back-projected data/wei
 spa                CTF from the defocus labels (signed)  ``K X`` and ``K**2``
 subtomo3d          the signed 3D CTF in ``rlnCtfImage``  ``K X`` and ``K**2``
 relion4            CTF**2 volume of ``rlnCtfImage``      ``X`` and ``K``
+relion5_stack2d    as relion4, from the tilt images      ``X`` and ``K``
 =================  ====================================  ==========================
 
 RELION-4 pseudo-subtomograms are CTF-premultiplied, so their data already
 carry one CTF and the back-projection adds ``X`` and ``CTF**2`` (REFINE_SPEC
 §7.1); ``multiplicity`` is the number of tilt slices through each voxel (zero
-masks the missing wedge). Without ``--ctf``, ``K = 1``.
+masks the missing wedge). RELION-5 2D stacks (one stack of tilt images per
+particle) are turned into the same three volumes on the device, batch by batch
+(``tomo.stack_batches``: RELION-4's pseudo-subtomogram approximation of scoring
+a particle over its tilts); they need their tomograms (``stack_batches.with_tomograms``).
+Without ``--ctf``, ``K = 1``.
 
 Bad particles: a particle whose transform, CTF term or multiplicity holds a NaN
 or an infinity (a damaged image or ``rlnCtfImage`` file) is flagged in
@@ -43,6 +48,7 @@ from cryorefine.fourier.conventions import to_fourier
 from cryorefine.fourier.ctf import ctf_2d, ctf_volume_to_half_complex
 from cryorefine.geometry import euler_to_matrix
 from cryorefine.io import ParticleSet, read_images
+from cryorefine.tomo.stack_batches import STACK2D_FLAVOUR, StackParticleSet, stack_volumes
 
 __all__ = [
     "SUPPORTED_FLAVOURS",
@@ -54,7 +60,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_FLAVOURS = ("spa", "subtomo3d", "relion4")
+SUPPORTED_FLAVOURS = ("spa", "subtomo3d", "relion4", STACK2D_FLAVOUR)
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,8 @@ def _name_bad_particles(
 ) -> None:
     """One warning per bad particle not yet in ``named_rows`` (which it joins)."""
     names = particles.image_names()
-    ctf_names = particles.ctf_image_names() if particles.flavour != "spa" else None
+    with_files = particles.flavour in ("subtomo3d", "relion4")
+    ctf_names = particles.ctf_image_names() if with_files else None
     for row, image_fine, ctf_fine in zip(rows.tolist(), image_ok, ctf_ok, strict=True):
         if (image_fine and ctf_fine) or row in named_rows:
             continue
@@ -160,6 +167,11 @@ def _check_flavour(particles: ParticleSet) -> int:
         raise InputError(
             f"{particles.path}: particles of flavour {particles.flavour} are not read by this "
             f"command yet (supported: {', '.join(SUPPORTED_FLAVOURS)})"
+        )
+    if particles.flavour == STACK2D_FLAVOUR and not isinstance(particles, StackParticleSet):
+        raise InputError(
+            f"{particles.path}: RELION-5 2D stacks are read with their tilt series: give --ios "
+            "with an optimisation set that names the tomograms (rlnTomoTomogramsFile)"
         )
     sizes = np.unique(particles.box_size_px)
     if len(sizes) != 1:
@@ -240,9 +252,9 @@ def particle_batches(
     Raises
     ------
     InputError
-        A flavour this layer cannot read yet, images of different sizes, or a
-        bad ``rlnCtfImage`` (a malformed file; NaN or infinity inside flag the
-        particle instead).
+        A flavour this layer cannot read yet, 2D stacks without their tomograms,
+        images of different sizes, or a bad ``rlnCtfImage`` (a malformed file;
+        NaN or infinity inside flag the particle instead).
     """
     box = _check_flavour(particles)
     ndim = particles.image_dimensionality
@@ -250,16 +262,23 @@ def particle_batches(
     angles = particles.angles_deg()
     origins = particles.origins_angst() / particles.pixel_size_angst[:, None]
     image_paths, image_indices = particles.image_paths(), particles.image_indices()
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        images = read_images([image_paths[i] for i in chunk], image_indices[chunk])
-        data_ft = to_fourier(torch.as_tensor(images, device=device), ndim)
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    stacks = None
+    if isinstance(particles, StackParticleSet):
+        stacks = stack_volumes(particles, chunks, device=device, use_ctf=use_ctf)
+    for chunk in chunks:
         multiplicity = None
+        if stacks is not None:  # 2D stacks: the volumes a RELION-4 particle's files hold
+            data_ft, ctf, multiplicity = next(stacks)
+        else:
+            images = read_images([image_paths[i] for i in chunk], image_indices[chunk])
+            data_ft = to_fourier(torch.as_tensor(images, device=device), ndim)
         if not use_ctf:
             ctf = torch.ones(data_ft.shape, dtype=torch.float32, device=device)
+            multiplicity = None
         elif particles.flavour == "spa":
             ctf = _spa_ctf(particles, chunk, box, device, intact_first_peak)
-        else:
+        elif stacks is None:
             ctf, multiplicity = _volume_ctfs(particles, chunk, box, device)
         image_ok = finite_particles(data_ft)
         ctf_ok = finite_particles(ctf)
@@ -278,7 +297,7 @@ def particle_batches(
             data_ft=data_ft,
             ctf=ctf,
             multiplicity=multiplicity,
-            ctf_premultiplied=particles.ctf_premultiplied and use_ctf,
+            ctf_premultiplied=(particles.ctf_premultiplied or stacks is not None) and use_ctf,
             rotations=euler_to_matrix(torch.as_tensor(angles[chunk], device=device)),
             origins_px=torch.as_tensor(origins[chunk, :ndim], device=device),
             finite=finite,
