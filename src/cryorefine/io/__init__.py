@@ -7,7 +7,7 @@ Every output goes through ``write_atomically``; every user mistake raises
 """
 
 from cryorefine.io.atomic import make_output_folder, write_atomically
-from cryorefine.io.image_stacks import read_image, read_images
+from cryorefine.io.image_stacks import read_image, read_images, stored_image_layout
 from cryorefine.io.labels import NUMERIC_LABELS, TEXT_LABELS
 from cryorefine.io.mrc import (
     MrcHeader,
@@ -74,6 +74,7 @@ __all__ = [
     "resolve_path",
     "select_rows",
     "split_image_names",
+    "stored_image_layout",
     "write_atomically",
     "write_mrc",
     "write_optimisation_set",

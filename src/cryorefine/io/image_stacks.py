@@ -20,7 +20,19 @@ from jaxtyping import Float32, Real
 from cryorefine.errors import InputError
 from cryorefine.io.mrc import _cached_header, _existing
 
-__all__ = ["read_image", "read_images"]
+__all__ = ["read_image", "read_images", "stored_image_layout"]
+
+
+def stored_image_layout(path: str | PathLike[str], index: int) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and stored dtype of image ``index`` (1-based; 0 = the whole file) of ``path``.
+
+    From the header, parsed once per file version: what a buffer for
+    ``read_images(..., out=)`` needs.
+    """
+    header = _cached_header(Path(path))
+    nz, ny, nx = header.shape
+    shape = (nz, ny, nx) if index == 0 and nz > 1 else (ny, nx)
+    return shape, np.dtype(header.data_dtype)
 
 
 def read_images(

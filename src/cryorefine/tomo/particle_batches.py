@@ -47,7 +47,7 @@ from cryorefine.errors import InputError
 from cryorefine.fourier.conventions import to_fourier
 from cryorefine.fourier.ctf import ctf_2d, ctf_volume_to_half_complex
 from cryorefine.geometry import euler_to_matrix
-from cryorefine.io import ParticleSet, read_images
+from cryorefine.io import ParticleSet, read_images, stored_image_layout
 from cryorefine.tomo.stack_batches import STACK2D_FLAVOUR, StackParticleSet, stack_volumes
 
 __all__ = [
@@ -207,17 +207,30 @@ def _spa_ctf(
     )
 
 
+def _read_to_device(paths: list, indices: np.ndarray, device: torch.device) -> Tensor:
+    """A batch's images on ``device``, float32.
+
+    The reading threads write them into one buffer in the files' own dtype
+    (float16 stays float16 until it is on the device), pinned on a GPU so that
+    the copy does not wait on the host.
+    """
+    shape, stored = stored_image_layout(paths[0], int(indices[0]))
+    dtype = torch.float16 if stored == np.float16 else torch.float32
+    pinned = device.type == "cuda"
+    buffer = torch.empty((len(paths), *shape), dtype=dtype, pin_memory=pinned)
+    read_images(paths, indices, out=buffer.numpy())
+    return buffer.to(device, non_blocking=pinned).to(torch.float32)
+
+
 def _volume_ctfs(
-    particles: ParticleSet, rows: np.ndarray, box: int, device: torch.device
+    particles: ParticleSet, paths: list, box: int, device: torch.device
 ) -> tuple[Tensor, Tensor | None]:
-    all_paths = particles.ctf_image_paths()
-    paths = [all_paths[i] for i in rows]
-    volumes = torch.as_tensor(read_images(paths, np.zeros(len(rows), dtype=np.int64)))
+    volumes = _read_to_device(paths, np.zeros(len(paths), dtype=np.int64), device)
     convert = partial(
         ctf_volume_to_half_complex, box_size=box, ctf_premultiplied=particles.ctf_premultiplied
     )
     try:
-        ctf, multiplicity = convert(volumes.to(device))
+        ctf, multiplicity = convert(volumes)
     except InputError:  # name the particle's own file
         for volume, path in zip(volumes, paths, strict=True):
             convert(volume.to(device), file_name=str(path))
@@ -262,6 +275,8 @@ def particle_batches(
     angles = particles.angles_deg()
     origins = particles.origins_angst() / particles.pixel_size_angst[:, None]
     image_paths, image_indices = particles.image_paths(), particles.image_indices()
+    with_volumes = use_ctf and particles.flavour in ("subtomo3d", "relion4")
+    ctf_paths = particles.ctf_image_paths() if with_volumes else []
     chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     stacks = None
     if isinstance(particles, StackParticleSet):
@@ -271,15 +286,15 @@ def particle_batches(
         if stacks is not None:  # 2D stacks: the volumes a RELION-4 particle's files hold
             data_ft, ctf, multiplicity = next(stacks)
         else:
-            images = read_images([image_paths[i] for i in chunk], image_indices[chunk])
-            data_ft = to_fourier(torch.as_tensor(images, device=device), ndim)
+            images = _read_to_device([image_paths[i] for i in chunk], image_indices[chunk], device)
+            data_ft = to_fourier(images, ndim)
         if not use_ctf:
             ctf = torch.ones(data_ft.shape, dtype=torch.float32, device=device)
             multiplicity = None
         elif particles.flavour == "spa":
             ctf = _spa_ctf(particles, chunk, box, device, intact_first_peak)
         elif stacks is None:
-            ctf, multiplicity = _volume_ctfs(particles, chunk, box, device)
+            ctf, multiplicity = _volume_ctfs(particles, [ctf_paths[i] for i in chunk], box, device)
         image_ok = finite_particles(data_ft)
         ctf_ok = finite_particles(ctf)
         if multiplicity is not None:
@@ -289,9 +304,10 @@ def particle_batches(
             flags = torch.stack([image_ok, ctf_ok]).cpu().numpy()  # one transfer per batch
             if not flags.all():
                 _name_bad_particles(particles, chunk, flags[0], flags[1], named_rows)
-        data_ft, ctf = _zero_where(data_ft, ~finite), _zero_where(ctf, ~finite)
-        if multiplicity is not None:
-            multiplicity = _zero_where(multiplicity, ~finite)
+        if not bool(finite.all()):  # rare: one host check spares three passes over the batch
+            data_ft, ctf = _zero_where(data_ft, ~finite), _zero_where(ctf, ~finite)
+            if multiplicity is not None:
+                multiplicity = _zero_where(multiplicity, ~finite)
         yield ParticleBatch(
             rows=torch.as_tensor(chunk, device=device),
             data_ft=data_ft,
