@@ -15,8 +15,12 @@ insertion into the back-projector; run.log's ``phase_seconds`` lines), the rest
 (M-step, files), particles per second, peak GPU memory, and the resolution
 against the truth (FSC 0.143 of the final map with
 the truth, after the global frame fit) next to RELION's own 16.5 A on the real
-data. The same is written as JSON. ``--n_particles`` takes a random subset of
-the picks (a CPU-sized run).
+data. After the refine, on the same device and in the same process, it
+measures the matrix rate and bandwidths and prints the E-step's floor
+(``floor_table.py``): per iteration and phase, summed over the half sets,
+measured seconds, floor seconds and their ratio. The same is written as JSON
+(the floor's rows per half set under ``floor``). ``--n_particles`` takes a
+random subset of the picks (a CPU-sized run).
 """
 
 import argparse
@@ -30,6 +34,8 @@ import time
 from pathlib import Path
 
 import torch
+from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
+from floor_table import floor_rows, format_totals, iteration_totals
 
 from cryorefine.cli.main import main as cryorefine
 from cryorefine.simulate.evaluate import compare_to_truth
@@ -44,6 +50,7 @@ TUTORIAL_OPTIONS = (
 ).split()
 
 RELION_RESOLUTION_ANGST = 16.54  # Refine3D/job012/run_model.star on the real data
+TABLES = ("per_iteration", "floor")  # summary entries printed as tables, not as key: value
 
 
 def run(arguments: list[str], profile: cProfile.Profile | None = None) -> float:
@@ -114,6 +121,15 @@ def iteration_table(log: str) -> list[dict[str, float]]:
     return rows
 
 
+def floor(refine: Path, *, gpu: bool, precision: str = "float32") -> dict:
+    """The E-step floor of the finished refine: rates measured now, on its device."""
+    device = torch.device("cuda:0" if gpu else "cpu")
+    rates = measure_rates(device, rate_shapes(refine, gpu=gpu))
+    rows = floor_rows(refine, rates, precision=precision)
+    return {"precision": precision, "rates": rates, "rows": rows,
+            "per_iteration": iteration_totals(rows)}  # fmt: skip
+
+
 def main() -> None:
     args = parse_arguments()
     sim, refine = args.work / "sim", args.work / "Refine3D"
@@ -130,6 +146,7 @@ def main() -> None:
     profile = cProfile.Profile() if args.profile else None
     refine_seconds = run(command + (["--gpu", "0"] if args.gpu else []), profile)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
+    floors = floor(refine, gpu=args.gpu)  # the refine's default --precision float32
     log = (refine / "run.log").read_text()
     counts = re.findall(r"iter=001 half_set=\d particles=(\d+)", log)
     particles = sum(int(c) for c in counts)
@@ -165,6 +182,7 @@ def main() -> None:
         "median_origin_error_angst": truth.median_origin_error_angst,
         "relion_resolution_real_data_angst": RELION_RESOLUTION_ANGST,
         "per_iteration": iterations,
+        "floor": floors,
     }
     lines = ["iteration | seconds | e_step_seconds | resolution_angst | current_size"]
     lines += [
@@ -173,14 +191,16 @@ def main() -> None:
         for r in iterations
     ]
     lines += [f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}"
-              for key, value in summary.items() if key != "per_iteration"]  # fmt: skip
+              for key, value in summary.items() if key not in TABLES]  # fmt: skip
+    lines += [*rate_lines(floors["rates"], floors["precision"]),
+              format_totals(floors["per_iteration"])]  # fmt: skip
     if profile is not None:
         stream = io.StringIO()
         pstats.Stats(profile, stream=stream).sort_stats("cumulative").print_stats("cryorefine", 45)
         summary["profile_cumulative"] = stream.getvalue()
         lines.append(stream.getvalue())
     sys.stdout.write("\n".join(lines) + "\n")
-    args.out.write_text(json.dumps(summary, indent=1))
+    args.out.write_text(json.dumps(summary, indent=1, default=float))
 
 
 if __name__ == "__main__":
