@@ -183,6 +183,13 @@ def _finish(rows: list[dict[str, object]], out: str) -> None:
     Path(out).write_text(json.dumps(rows, indent=1))
 
 
+def _particle_count(sim: Path) -> int:
+    """Particles of the simulated set (``--n_particles 0``: every pick)."""
+    from cryorefine.io import load_particles
+
+    return len(load_particles(sim / "particles.star", check_images=False))
+
+
 def tutorial_main(args: argparse.Namespace, work: Path, sim: Path) -> None:
     """The tutorial-shaped job under 1, 2, ... ranks (module docstring)."""
     from tutorial_bench import TUTORIAL_OPTIONS, simulate  # bench/ is on sys.path
@@ -216,7 +223,7 @@ def tutorial_main(args: argparse.Namespace, work: Path, sim: Path) -> None:
             {
                 "device": torch.cuda.get_device_name() if args.gpu else "CPU",
                 "ranks": ranks,
-                "particles": args.n_particles,
+                "particles": args.n_particles or _particle_count(sim),
                 "box": 96,
                 "iterations": last,
                 "seconds_per_iteration": statistics.median(seconds[1:] or seconds),
