@@ -11,7 +11,13 @@ from cryorefine.likelihood import (
     squared_differences_per_particle,
     window_phases,
 )
-from cryorefine.likelihood.passes import ParticleWindowData, RowProjector, score_lists, score_shared
+from cryorefine.likelihood.passes import (
+    ParticleWindowData,
+    RowProjector,
+    row_chunks,
+    score_lists,
+    score_shared,
+)
 
 
 def _case(cached: bool):
@@ -77,3 +83,35 @@ def test_shared_scores_equal_the_plain_kernel_in_chunks():
         * score_magnitudes(particles.data, particles.ctf, particles.weight, table)[:, None, :]
     )
     assert ((got - want).abs() <= bound).all()
+
+
+class _CountingTable:
+    """A projection table whose row ``i`` is the constant ``i``; counts its projections."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows, self.values, self.projected = rows, None, []
+
+    def project(self, lo: int, hi: int) -> torch.Tensor:
+        self.projected.append((lo, hi))
+        return torch.arange(lo, hi).to(torch.complex64)[:, None].expand(-1, 3)
+
+    def bytes_per_row(self) -> int:
+        return 0
+
+
+def test_row_chunks_bound_the_slots_per_list_even_when_one_row_holds_many():
+    # particle 0: six pairs on row 1 (one orientation, six translations), then row 4
+    rows = torch.tensor([[1, 1, 1, 1, 1, 1, 4], [0, 2, 3, 4, 4, 4, 4]])
+    valid = torch.tensor([[True] * 7, [True] * 6 + [False]])
+    table = _CountingTable(5)
+    seen = torch.zeros(rows.shape, dtype=torch.int64)
+    for part in row_chunks(table, rows, valid, 2):
+        assert part.slots.shape[1] <= 2  # the budget's slots per list
+        owner = torch.arange(2)[:, None].expand_as(part.slots)
+        seen.index_put_((owner[part.inside], part.slots[part.inside]), torch.tensor(1),
+                        accumulate=True)  # fmt: skip
+        # each slot gets its own row's projection
+        want = part.rows[part.inside].to(torch.complex64)
+        torch.testing.assert_close(part.projections[part.inside][:, 0], want)
+    assert torch.equal(seen, valid.to(torch.int64))  # every valid slot exactly once
+    assert table.projected == [(0, 2), (2, 4), (4, 5)]  # each row projected once

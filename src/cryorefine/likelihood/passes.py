@@ -173,7 +173,8 @@ def row_chunks(
 
     With precomputed projections: consecutive slots of every list. Otherwise
     the slots whose rows fall in consecutive row ranges, so that each row is
-    projected once.
+    projected once, at most ``chunk`` slots of each list at a time (a row can
+    hold several slots of one list).
     """
     b, r = rows.shape
     n = projector.rows
@@ -194,12 +195,16 @@ def row_chunks(
         width = int(length.max())
         if width == 0:
             continue
-        step = torch.arange(width, device=rows.device)
-        inside = step[None, :] < length[:, None]
-        slots = (start[:, None] + step[None, :]).clamp(max=r - 1)
-        picked = rows.gather(1, slots)
-        local = (picked - lo).clamp(0, hi - lo - 1)
-        yield Chunk(projector.project(lo, hi)[local], slots, inside, picked)
+        projected = projector.project(lo, hi)
+        # a row can hold many slots of one particle (pairs of one orientation at several
+        # translations): at most ``chunk`` slots per particle at a time, as for the budget
+        for first in range(0, width, chunk):
+            step = torch.arange(first, min(first + chunk, width), device=rows.device)
+            inside = step[None, :] < length[:, None]
+            slots = (start[:, None] + step[None, :]).clamp(max=r - 1)
+            picked = rows.gather(1, slots)
+            local = (picked - lo).clamp(0, hi - lo - 1)
+            yield Chunk(projected[local], slots, inside, picked)
 
 
 def score_lists(
