@@ -32,6 +32,8 @@ from cryorefine.likelihood import (
     projection_cache,
     window_phases,
 )
+from cryorefine.likelihood.expectation import _fine_groups
+from cryorefine.likelihood.search import CoarseOutcome
 from cryorefine.timing import PhaseTimes
 
 
@@ -404,3 +406,26 @@ def test_the_work_counted_is_the_searched_grid_and_the_children_scored():
     assert counts["projected_orientations"] % 8 == 0
     assert counts["projected_orientations"] > 0
     assert counts["inserted_orientations"] == result.backprojection.rotations.shape[0]
+
+
+def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_budget():
+    gen = torch.Generator().manual_seed(8)
+    plan = make_plan(whole_grid(1), ndim=3, ori_size=32, current_size=32, coarse_size=16)
+    b, t, c = 40, plan.translations_px.shape[0], plan.orientations.count
+    significant = torch.rand((b, t, c), generator=gen) < 0.02
+    significant[:, 0, 0] = True
+    coarse = CoarseOutcome(
+        significant, significant.sum(dim=(1, 2)), torch.arange(c).expand(b, c),
+        torch.zeros(b, c), torch.zeros(b),
+    )  # fmt: skip
+    k = 7_000  # complex64 coefficients of one child projection on the fine window
+    per_orientation = 8 * 8 * k  # 8 children of 8 bytes per coefficient
+    plan = replace(plan, max_bytes=4 * 30 * per_orientation)  # a quarter holds 30 orientations
+    groups = _fine_groups(coarse, plan, window_values=1, projected_values=k)
+    orientations = significant.any(dim=1).sum(dim=1)
+    assert sorted(torch.cat(groups).tolist()) == list(range(b))  # each particle once
+    for group in groups:
+        held = int(orientations[group].sum()) * per_orientation
+        assert held <= plan.max_bytes // 4 or group.numel() == 1
+    # closed only when the next particle would not fit: few groups, not one per particle
+    assert len(groups) <= 2 * int(orientations.sum()) // 30 + 1

@@ -346,7 +346,6 @@ def expectation(
     per_particle = t * (candidates * _BYTES_PER_SAMPLE + 16 * coarse_values)
     chunk = max(1, (plan.max_bytes // 2) // per_particle)
     window_values = 2 * plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
-    projected_values = 0 if cache.fine is not None else window_values // 2
     fine: list[FineOutcome] = []
     orders: list[Tensor] = []
     counts: list[Tensor] = []
@@ -356,6 +355,8 @@ def expectation(
         with times.phase("coarse"):
             prep = prepare(part, plan)
             coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
+        # the children's projections live on the fine window (not the whole grid)
+        projected_values = 0 if cache.fine is not None else prep.fine_window.count
         for group in _fine_groups(coarse, plan, window_values, projected_values):
             sub = (select(prep, group), part.select(group), select(coarse, group))
             with times.phase("fine"):
