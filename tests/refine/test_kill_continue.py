@@ -272,6 +272,10 @@ def assert_every_file_is_whole(folder: Path) -> list[str]:
             header = read_mrc_header(path)  # raises for a truncated file
             n_voxels = int(np.prod(header.shape))
             assert path.stat().st_size == 1024 + 4 * n_voxels, f"{path}: not whole"
+        elif path.suffix == ".bild":  # whole lines of BILD commands
+            text = path.read_text()
+            assert text == "" or text.endswith("\n"), f"{path}: not whole"
+            assert all(line.startswith((".color ", ".cylinder ")) for line in text.splitlines())
         else:  # the log, and the report of a converged run
             assert path.suffix in (".log", ".html", ".png"), f"unexpected file {path}"
     return partials

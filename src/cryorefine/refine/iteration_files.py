@@ -96,7 +96,7 @@ def write_iteration(
         translations_3d=ndim == 3,
         unfiltered=unfiltered,
     )
-    for model in models:
+    for model in models if state.iteration > 0 else ():  # iteration 0 has no posterior yet
         _angdist(f"{root}_half{model.half_set}_class001_angdist.bild", model, grid)
 
 
