@@ -42,23 +42,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timed_command import run  # bench/ is on sys.path
 
-from cryorefine.cli.main import main as cryorefine
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
 from cryorefine.io import load_optimisation_set, read_mrc, read_star, write_optimisation_set
 from cryorefine.refine import rescale_map
 from cryorefine.simulate.evaluate import compare_map_to_truth, global_frame, reference_rotation_of
 
 CRITERION = "bin-2 refined resolution vs truth <= 1.10 x bin-2 true-poses resolution"
-
-
-def run(arguments: list[str]) -> float:
-    """Run one ``cryorefine`` command; its seconds."""
-    start = time.perf_counter()
-    status = cryorefine(arguments)
-    if status != 0:
-        raise SystemExit(f"cryorefine {arguments[0]} failed with status {status}")
-    return time.perf_counter() - start
 
 
 def parse_arguments() -> argparse.Namespace:

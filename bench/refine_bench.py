@@ -17,25 +17,15 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timed_command import run  # bench/ is on sys.path
 
-from cryorefine.cli.main import main as cryorefine
 from cryorefine.geometry import angular_step_deg
 from cryorefine.io import read_mrc, read_star
 from cryorefine.simulate.evaluate import compare_map_to_truth, compare_to_truth
-
-
-def run(arguments: list[str]) -> float:
-    start = time.perf_counter()
-    status = cryorefine(arguments)
-    if status != 0:
-        raise SystemExit(f"cryorefine {arguments[0]} failed with status {status}")
-    return time.perf_counter() - start
-
 
 CRITERIA = (
     "resolution within 10% of the true poses'; median angular error below the final "

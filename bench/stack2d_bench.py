@@ -25,13 +25,12 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timed_command import run  # bench/ is on sys.path
 
-from cryorefine.cli.main import main as cryorefine
 from cryorefine.fourier.conventions import from_fourier, to_fourier
 from cryorefine.fourier.filters import fourier_crop
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
@@ -45,14 +44,6 @@ REFINE_OPTIONS = (
     "--low_resol_join_halves 40 --auto_ignore_angles --auto_resol_angles --pad 2"
 ).split()
 ROUTES = {"pseudo_subtomograms": [], "stacks_2d": ["--stack2d"]}
-
-
-def run(arguments: list[str]) -> float:
-    start = time.perf_counter()
-    status = cryorefine(arguments)
-    if status != 0:
-        raise SystemExit(f"cryorefine {arguments[0]} failed with status {status}")
-    return time.perf_counter() - start
 
 
 def parse_arguments() -> argparse.Namespace:
