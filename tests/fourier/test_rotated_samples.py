@@ -120,3 +120,19 @@ def test_splatting_is_the_adjoint_of_sampling(device):
 def test_cuda_runs_the_fused_kernels():
     reference = torch.zeros((8, 8, 5), dtype=torch.complex64, device="cuda")
     assert trilinear_kernels.available(reference) == (trilinear_kernels.triton is not None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the launch limit is CUDA's")
+def test_more_rotations_than_one_cuda_launch_holds_are_all_sampled():
+    # CUDA grids hold at most 65,535 blocks in their second dimension (one per rotation)
+    reference, _, frequencies, _ = _case(9, 8, 2, torch.device("cuda"))
+    gen = torch.Generator().manual_seed(10)
+    rotations = euler_to_matrix(torch.rand((70_000, 3), generator=gen, dtype=torch.float64) * 360)
+    values = sample_rotated(
+        reference, rotations.cuda(), frequencies[:16], padding_factor=2, max_radius=4.0
+    )
+    last = sample_rotated(
+        reference, rotations[-3:].cuda(), frequencies[:16], padding_factor=2, max_radius=4.0
+    )
+    torch.testing.assert_close(values[-3:], last, rtol=0.0, atol=0.0)
+    assert bool(values[-3:].abs().sum() > 0)

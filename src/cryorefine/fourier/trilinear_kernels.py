@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 __all__ = ["available", "sample_kernel", "splat_kernel"]
 
 _BLOCK = 256
+_MAX_GRID_ROWS = 65_535  # rows per launch: the grid's second dimension
 
 
 def available(tensor: Tensor) -> bool:
@@ -179,11 +180,12 @@ def sample_kernel(
     r, k = rotations.shape[0], frequencies.shape[0]
     table = torch.view_as_real(reference_ft.contiguous())
     out = torch.empty((r, k, 2), dtype=torch.float32, device=reference_ft.device)
-    if r and k:
-        freq = frequencies.to(torch.int32).contiguous()
-        grid = (triton.cdiv(k, _BLOCK), r)
-        _sample[grid](
-            table, _rotation_rows(rotations), freq, out, k, p, ph, float(padding_factor),
+    freq = frequencies.to(torch.int32).contiguous()
+    rows = _rotation_rows(rotations)
+    for lo in range(0, r if k else 0, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit
+        hi = min(lo + _MAX_GRID_ROWS, r)
+        _sample[(triton.cdiv(k, _BLOCK), hi - lo)](
+            table, rows[lo:hi], freq, out[lo:hi], k, p, ph, float(padding_factor),
             float(max_radius) ** 2, float(scale), BLOCK=_BLOCK,
         )  # fmt: skip
     return torch.view_as_complex(out)
@@ -213,10 +215,12 @@ def splat_kernel(
     if not (r and k):
         return
     values = torch.view_as_real(data.to(torch.complex64).contiguous())
-    grid = (triton.cdiv(k, _BLOCK), r)
-    _splat[grid](
-        torch.view_as_real(accumulator_data), accumulator_weight, _rotation_rows(rotations),
-        frequencies.to(torch.int32).contiguous(), values,
-        weights.to(torch.float32).contiguous(), k, p, ph, float(padding_factor),
-        float(max_radius) ** 2, int(skip_redundant), ndim, BLOCK=_BLOCK,
-    )  # fmt: skip
+    weights = weights.to(torch.float32).contiguous()
+    freq, rows = frequencies.to(torch.int32).contiguous(), _rotation_rows(rotations)
+    for lo in range(0, r, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit
+        hi = min(lo + _MAX_GRID_ROWS, r)
+        _splat[(triton.cdiv(k, _BLOCK), hi - lo)](
+            torch.view_as_real(accumulator_data), accumulator_weight, rows[lo:hi], freq,
+            values[lo:hi], weights[lo:hi], k, p, ph, float(padding_factor),
+            float(max_radius) ** 2, int(skip_redundant), ndim, BLOCK=_BLOCK,
+        )  # fmt: skip
