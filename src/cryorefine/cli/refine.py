@@ -20,12 +20,16 @@ Several ranks (docs/parallel.md): ``torchrun --nproc_per_node 4 -m cryorefine re
 import argparse
 import dataclasses
 import logging
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from typing import Any
 
 from cryorefine.cli.device import device_from_gpu_option
+from cryorefine.cli.progress import log_file
 from cryorefine.errors import InputError
 from cryorefine.parallel import (
     DEFAULT_TIMEOUT_S,
+    LaunchEnvironment,
     RankFailure,
     launch_environment,
     parallel_session,
@@ -143,16 +147,14 @@ def _log_ignored(args: argparse.Namespace) -> None:
         logger.info("--j: accepted; threads follow torch's settings")
 
 
-def _add_run_log(path: Path) -> None:
-    """Log INFO lines to ``run.log`` beside the outputs as well as to the terminal."""
+def _run_log(path: Path) -> AbstractContextManager[object]:
+    """Log INFO lines to ``run.log`` beside the outputs as well as to the terminal, while the
+    block runs (a second run in the same process does not write into the first's log)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"--o: cannot create the output folder {path.parent} ({error})") from error
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    handler.setLevel(logging.INFO)
-    logging.getLogger("cryorefine").addHandler(handler)
+    return log_file(path)
 
 
 def _resume_hint(options: RefineOptions, continue_from: Path | None) -> str:
@@ -212,17 +214,30 @@ def run(args: argparse.Namespace) -> None:
         "precision": args.precision,
         "batch_size": args.batch_size,
     }
-    if environment.world_size == 1:
-        _add_run_log(Path(log_folder) / "run.log")
-        _log_ignored(args)
-        refine_run(options, device=device_from_gpu_option(args.gpu), **run_options)
-        _write_report(options, args.continue_from)
-        return
-    if environment.rank == 0:
-        _add_run_log(Path(log_folder) / "run.log")
-        _log_ignored(args)
-    else:
-        _rank_logging(environment.rank)
+    with ExitStack() as stack:
+        if environment.world_size == 1:
+            stack.enter_context(_run_log(Path(log_folder) / "run.log"))
+            _log_ignored(args)
+            refine_run(options, device=device_from_gpu_option(args.gpu), **run_options)
+            _write_report(options, args.continue_from)
+            return
+        if environment.rank == 0:
+            stack.enter_context(_run_log(Path(log_folder) / "run.log"))
+            _log_ignored(args)
+        else:
+            _rank_logging(environment.rank)
+        _run_ranks(args, options, environment, run_options)
+
+
+def _run_ranks(
+    args: argparse.Namespace,
+    options: RefineOptions,
+    environment: LaunchEnvironment,
+    run_options: dict[str, Any],
+) -> None:
+    """One rank of several: the session, the refinement, the report on the writer."""
+    from cryorefine.refine.driver import refine_run  # the engine (written with this command)
+
     session = parallel_session(environment, gpu=args.gpu, timeout_s=60.0 * args.rank_timeout_min)
     try:
         with session as (communicator, device):
