@@ -26,7 +26,7 @@ image names and compares origins; extract folds origins into the coordinates and
 names no common image): particles are matched by ``rlnTomoParticleName``; angular
 errors modulo the symmetry after the global frame fit (``global_frame``); position
 errors are between ``coordinate - origin`` of the refined and true tables; the
-FSC is against the truth Fourier-cropped to the stage's grid (``refine.rescale_map``)
+FSC is against the truth Fourier-cropped to the stage's grid (``fourier.rescale_map``)
 and turned into the refined frame. Prints a table (stage, pixel size, resolution
 against the truth at FSC 0.143, median angular and position errors, seconds) and
 the ratio of the bin-2 refined resolution to the bin-2 true-poses one; writes JSON.
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from timed_command import run  # bench/ is on sys.path
 
+from cryorefine.fourier import rescale_map
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
 from cryorefine.io import load_optimisation_set, read_mrc, read_star, write_optimisation_set
-from cryorefine.refine import rescale_map
 from cryorefine.simulate.evaluate import compare_map_to_truth, global_frame, reference_rotation_of
 
 CRITERION = "bin-2 refined resolution vs truth <= 1.10 x bin-2 true-poses resolution"

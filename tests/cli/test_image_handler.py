@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cryorefine.cli.main import main
+from cryorefine.fourier import rescale_map
 from cryorefine.io import read_mrc, write_mrc
-from cryorefine.refine import rescale_map
 
 
 def _map(folder: Path, *, n: int = 20, pixel: float = 4.0, shape: tuple | None = None) -> Path:

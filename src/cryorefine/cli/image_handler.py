@@ -7,7 +7,7 @@ re-extracting at a finer binning, bring the previous run's map to the new grid:
         --o Refine3D/job012/run_class001_bin2.mrc --rescale_angpix 2.7 --new_box 288
 
 --rescale_angpix resamples by cropping or zero-padding the map's Fourier
-transform (refine.rescale): the new side is round(n x old / new pixel size),
+transform (fourier.rescale): the new side is round(n x old / new pixel size),
 made even, so the pixel size written is old x n / side, the closest to the one
 asked for (logged when they differ). --new_box then crops or pads with zeros in
 real space about the centre. --angpix overrides the input header's pixel size.
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from cryorefine.errors import InputError
+from cryorefine.fourier import rescale_map, rescaled_size
 from cryorefine.io import read_mrc, write_mrc
-from cryorefine.refine.rescale import rescale_map, rescaled_size
 
 __all__ = ["add_arguments", "run"]
 

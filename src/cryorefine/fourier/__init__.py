@@ -56,6 +56,7 @@ from cryorefine.fourier.reconstruction import (
     reconstruction_sigma2,
     regularised_average,
 )
+from cryorefine.fourier.rescale import rescale_map, rescaled_size, window_map
 from cryorefine.fourier.rotated_samples import sample_rotated, splat_rotated
 from cryorefine.fourier.shells import (
     first_shell_below,
@@ -117,6 +118,8 @@ __all__ = [
     "reconstruct",
     "reconstruction_sigma2",
     "regularised_average",
+    "rescale_map",
+    "rescaled_size",
     "resolution_at",
     "resolution_shell",
     "rfft_shape",
@@ -134,5 +137,6 @@ __all__ = [
     "tilt_series_ctf_weights",
     "to_fourier",
     "trilinear_gridding_correction",
+    "window_map",
     "zero_accumulators",
 ]

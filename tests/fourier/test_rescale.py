@@ -1,4 +1,4 @@
-"""`refine.rescale`: a map resampled to another pixel size (Fourier crop/pad) and boxed.
+"""`fourier.rescale`: a map resampled to another pixel size (Fourier crop/pad) and boxed.
 
 Analytic: a band-limited sum of Gaussians rescaled from 4 to 2 A/px equals the same
 Gaussians sampled at 2 A/px, and back at 4 A/px equals itself, each within a bound
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryorefine.refine import rescale_map, rescaled_size, window_map
+from cryorefine.fourier import rescale_map, rescaled_size, window_map
 
 F64 = torch.float64
 U64 = 2.0**-53

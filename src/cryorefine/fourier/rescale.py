@@ -26,13 +26,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from cryorefine.fourier import (
-    fourier_crop,
-    fourier_pad,
-    frequency_indices,
-    from_fourier,
-    to_fourier,
-)
+from cryorefine.fourier.conventions import frequency_indices, from_fourier, to_fourier
+from cryorefine.fourier.filters import fourier_crop, fourier_pad
 
 __all__ = ["rescale_map", "rescaled_size", "window_map"]
 
