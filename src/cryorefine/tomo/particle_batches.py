@@ -300,11 +300,10 @@ def particle_batches(
         if multiplicity is not None:
             ctf_ok = ctf_ok & finite_particles(multiplicity)
         finite = image_ok & ctf_ok
-        if named_rows is not None:
-            flags = torch.stack([image_ok, ctf_ok]).cpu().numpy()  # one transfer per batch
-            if not flags.all():
-                _name_bad_particles(particles, chunk, flags[0], flags[1], named_rows)
-        if not bool(finite.all()):  # rare: one host check spares three passes over the batch
+        flags = torch.stack([image_ok, ctf_ok]).cpu().numpy()  # one transfer per batch
+        if named_rows is not None and not flags.all():
+            _name_bad_particles(particles, chunk, flags[0], flags[1], named_rows)
+        if not flags.all():  # rare: the host check spares three passes over the batch
             data_ft, ctf = _zero_where(data_ft, ~finite), _zero_where(ctf, ~finite)
             if multiplicity is not None:
                 multiplicity = _zero_where(multiplicity, ~finite)
