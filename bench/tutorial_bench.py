@@ -146,6 +146,7 @@ def main() -> None:
     profile = cProfile.Profile() if args.profile else None
     refine_seconds = run(command + (["--gpu", "0"] if args.gpu else []), profile)
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
+    allocator = torch.cuda.memory_stats() if args.gpu else {}
     floors = floor(refine, gpu=args.gpu)  # the refine's default --precision float32
     log = (refine / "run.log").read_text()
     counts = re.findall(r"iter=001 half_set=\d particles=(\d+)", log)
@@ -177,6 +178,9 @@ def main() -> None:
         "e_step_phase_seconds": phases,
         "particles_per_second_e_step": particles * len(iterations) / max(e_step, 1e-9),
         "peak_gpu_memory_gib": peak,
+        "peak_gpu_reserved_gib": allocator.get("reserved_bytes.all.peak", 0) / 2**30,
+        # cudaMalloc retries after freeing the cache: allocator pressure near the card's limit
+        "allocator_retries": allocator.get("num_alloc_retries", 0),
         "resolution_vs_truth_angst": truth.resolution_0143_angst,
         "median_angular_error_deg": truth.median_angular_error_deg,
         "median_origin_error_angst": truth.median_origin_error_angst,

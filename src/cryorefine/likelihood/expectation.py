@@ -360,7 +360,8 @@ def expectation(
         for group in _fine_groups(coarse, plan, window_values, projected_values):
             sub = (select(prep, group), part.select(group), select(coarse, group))
             with times.phase("fine"):
-                outcome = fine_pass(*sub, reference_ft, plan, cache.fine)
+                outcome = fine_pass(*sub, reference_ft, plan, cache.fine, times)
+            times.add_count("fine_groups", 1)
             times.add_count("fine_samples", outcome.scored_samples)
             times.add_count("projected_orientations", outcome.projected_orientations)
             times.add_count("inserted_orientations", outcome.bp_rotations.shape[0])

@@ -14,6 +14,7 @@ same mean as the coarse one.
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from jaxtyping import Float, Int
@@ -42,6 +43,7 @@ from cryorefine.likelihood.search import (
 )
 from cryorefine.likelihood.sums import offset_moments
 from cryorefine.likelihood.window import shell_matrix, window_phases
+from cryorefine.timing import PhaseTimes
 
 __all__ = ["distinct_translations", "fine_pass", "fine_row_rotations", "fine_translations"]
 
@@ -137,35 +139,46 @@ def fine_pass(
     reference_ft: Tensor,
     plan: ExpectationPlan,
     projections: Tensor | None = None,
+    times: PhaseTimes | None = None,
 ) -> FineOutcome:
     """Score the children of the significant coarse pairs; posterior, best pose, sums.
 
     ``projections``: the whole fine grid's projections on the fine window
-    (``ProjectionCache.fine``), or None.
+    (``ProjectionCache.fine``), or None. ``times``: where the sub-phases
+    ``fine_project`` (the children's projections), ``fine_score`` and
+    ``fine_sum`` add their seconds, or None.
     """
+
+    def phase(name: str) -> AbstractContextManager[None]:
+        return nullcontext() if times is None else times.phase(name)
+
     lists = pair_lists(coarse.significant)
     ids = coarse.ids.gather(1, lists.slots)  # ascending per particle
-    projector, rows, rotation_of = _projector(
-        ids, lists.valid, prep, reference_ft, plan, projections
-    )
+    with phase("fine_project"):
+        projector, rows, rotation_of = _projector(
+            ids, lists.valid, prep, reference_ft, plan, projections
+        )
     translations = fine_translations(plan)
     b, q = ids.shape
     g, f = translations.shape[0] // plan.translations_px.shape[0], projector.block
     distinct, local = distinct_translations(lists, plan.translations_px.shape[0])
     needed = (distinct[:, :, None] * g + torch.arange(g, device=ids.device)).reshape(b, -1)
     needed_px = translations[needed]  # (b, u g, ndim)
-    phases = window_phases(prep.fine_window, needed_px, box_size=plan.ori_size)
-    weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
-    terms = data_terms(prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision)
-    scores = score_pairs(
-        terms,
-        projector,
-        rows,
-        local,
-        children=g,
-        cross_correlation=plan.cross_correlation,
-        max_bytes=plan.max_bytes,
-    )
+    with phase("fine_score"):
+        phases = window_phases(prep.fine_window, needed_px, box_size=plan.ori_size)
+        weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
+        terms = data_terms(
+            prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision
+        )
+        scores = score_pairs(
+            terms,
+            projector,
+            rows,
+            local,
+            children=g,
+            cross_correlation=plan.cross_correlation,
+            max_bytes=plan.max_bytes,
+        )
     index = lists.translations[:, :, None] * g + torch.arange(g, device=ids.device)  # (b, q, g)
     log_prior = _log_prior(particles, coarse, lists, translations, index, f, plan)
     flat_scores, flat_prior = scores.reshape(b, -1), log_prior.reshape(b, -1)
@@ -176,7 +189,6 @@ def fine_pass(
     everyone = torch.arange(b, device=best.device)
     best_pair, best_t, best_child = best // (g * f), (best // f) % g, best % f
     best_translation = translations[index[everyone, best_pair, best_t]]
-    bp_phases = window_phases(prep.bp_window, needed_px, box_size=plan.ori_size)
     # Only pairs that carry weight after the second cut add to the sums (RELION's
     # storeWeightedSums skips the others): with peaked posteriors a few of many.
     pair_weights = summed.sum(dim=(2, 3))  # (b, q)
@@ -188,17 +200,19 @@ def fine_pass(
     )
     carried_weights = summed.gather(1, carried[:, :, None, None].expand(-1, -1, g, f))
     carried_weights = carried_weights * carried_lists.valid[:, :, None, None]
-    sums = sum_pairs(
-        (prep.fine_data, prep.fine_ctf, phases),
-        projector,
-        rows.gather(1, carried),
-        carried_lists,
-        carried_weights,
-        shell_matrix(prep.fine_window, plan.ori_size // 2 + 1),
-        (prep.bp_data, prep.bp_weight, bp_phases),
-        precision=plan.precision,
-        max_bytes=plan.max_bytes,
-    )
+    with phase("fine_sum"):
+        bp_phases = window_phases(prep.bp_window, needed_px, box_size=plan.ori_size)
+        sums = sum_pairs(
+            (prep.fine_data, prep.fine_ctf, phases),
+            projector,
+            rows.gather(1, carried),
+            carried_lists,
+            carried_weights,
+            shell_matrix(prep.fine_window, plan.ori_size // 2 + 1),
+            (prep.bp_data, prep.bp_weight, bp_phases),
+            precision=plan.precision,
+            max_bytes=plan.max_bytes,
+        )
     mass = sums.pair_weights.new_zeros(plan.orientations.pixels.shape[0])
     mass.index_add_(0, plan.orientations.direction_of(ids).reshape(-1), pair_weights.reshape(-1))
     return FineOutcome(
