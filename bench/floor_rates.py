@@ -168,7 +168,26 @@ def rate_shapes(refine_dir: Path, *, gpu: bool) -> dict[str, tuple[int, int, int
     r = max(math.prod(sampling(refine_dir, it)[1:3]) for it in info)
     b = 256 if gpu else 8
     g, f = 2**ndim, 8
-    return {"coarse": (1, b * t, 2 * k_c, r), "fine": (b * (64 if gpu else 8), g, 2 * k_f, f)}
+    shapes = {"coarse": (1, b * t, 2 * k_c, r), "fine": (b * (64 if gpu else 8), g, 2 * k_f, f)}
+    return {name: _within(shape, MAX_OPERAND_BYTES) for name, shape in shapes.items()}
+
+
+MAX_OPERAND_BYTES = 2**30
+"""Operands larger than this are measured on a slice (fewer batches, rows or columns)."""
+
+
+def _within(shape: tuple[int, int, int, int], limit: int) -> tuple[int, int, int, int]:
+    """``shape`` with batch, then ``m`` and ``n``, cut until each float32 operand fits ``limit``.
+
+    The rate per flop of these products does not depend on how many there are
+    once the device is full; 3D windows at box 96 would otherwise ask for
+    hundreds of GiB (256 particles x 64 pairs x 8 x 2 k_f).
+    """
+    batch, m, k, n = shape
+    batch = max(1, min(batch, limit // (4 * k * max(m, n))))
+    m = max(1, min(m, limit // (4 * k * batch)))
+    n = max(1, min(n, limit // (4 * k * batch)))
+    return batch, m, k, n
 
 
 def _copy_rates(device: torch.device, repeats: int) -> dict[str, float]:

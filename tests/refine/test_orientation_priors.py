@@ -20,6 +20,7 @@ from cryorefine.refine.orientation_priors import (
     DENSE_FRACTION_INVERSE,
     orientation_priors,
     prior_centres_deg,
+    search_order,
 )
 
 
@@ -100,3 +101,31 @@ def test_priors_centre_on_the_tables_prior_angles_where_defined_until_auto_local
     np.testing.assert_array_equal(got, want)
     # auto-refine's local searches centre on the current angles, priors or not
     np.testing.assert_array_equal(prior_centres_deg(angles, priors, use_priors=False), angles)
+
+
+def test_search_order_puts_particles_with_the_same_local_search_next_to_each_other():
+    plan, operators = _plan(2), point_group("C1", device="cpu").operators
+    grid = plan.orientations
+    state = _state(sigma_rot_deg=5.0, sigma_tilt_deg=5.0, sigma_psi_deg=5.0)
+    gen = torch.Generator().manual_seed(3)
+    # 24 centres on distinct grid orientations, 4 particles each within 0.2 degrees
+    # of them (well inside half the 15-degree step), shuffled
+    picked = torch.randperm(grid.count, generator=gen)[:24]
+    rot_tilt = pixel_rot_tilt_deg(grid.healpix_order, grid.pixels)
+    p = grid.psi_deg.shape[0]
+    centres = torch.cat([rot_tilt[picked // p], grid.psi_deg[picked % p, None]], dim=1)
+    owner = torch.arange(24).repeat_interleave(4)
+    jitter = (torch.rand(96, 3, generator=gen, dtype=torch.float64) - 0.5) * 0.4
+    shuffle = torch.randperm(96, generator=gen)
+    angles, owner = (centres[owner] + jitter)[shuffle], owner[shuffle]
+    order = search_order(plan, state, operators, angles)
+    assert sorted(order.tolist()) == list(range(96))
+    runs = owner[torch.as_tensor(order)]
+    # each centre's particles form one run: 23 changes between neighbours, no more
+    assert int((runs[1:] != runs[:-1]).sum()) == 23
+
+
+def test_search_order_keeps_the_given_order_for_global_searches():
+    plan, operators = _plan(1), point_group("C1", device="cpu").operators
+    state = dataclasses.replace(_state(), local_searches=False)
+    assert search_order(plan, state, operators, _angles(7)).tolist() == list(range(7))

@@ -201,6 +201,8 @@ def _fine_groups(
     cache holds them) would not fit the quarter of the budget that
     ``fine._projector`` keeps them in: beyond it every child would be projected
     twice, once to score and once to sum (for 3D data, a rotated volume each).
+    Orientations that several particles of a group share are counted once, as
+    they are projected once.
     """
     g = 2 ** (plan.oversampling * plan.translations_px.shape[1])
     children = 8**plan.oversampling * g
@@ -213,23 +215,30 @@ def _fine_groups(
         per_particle = widest_pairs * children * _BYTES_PER_SAMPLE
         return count * (per_particle + widest_distinct * g * 16 * window_values)
 
-    orientations = coarse.significant.any(dim=1).sum(dim=1).tolist()
-    projected = [8**plan.oversampling * 8 * projected_values * o for o in orientations]
+    per_orientation = 8**plan.oversampling * 8 * projected_values  # its children, complex64
+    held_orientations = plan.max_bytes // 4 // max(1, per_orientation)
+    owner, slot = coarse.significant.any(dim=1).nonzero(as_tuple=True)
+    ids = coarse.ids[owner, slot].tolist()
+    significant_ids: list[list[int]] = [[] for _ in pairs]
+    for particle, orientation in zip(owner.tolist(), ids, strict=True):
+        significant_ids[particle].append(orientation)
     groups: list[list[int]] = [[]]
-    total = widest_distinct = held = 0
+    held: set[int] = set()  # the group's significant coarse orientations: projected once each
+    total = widest_distinct = 0
     for i in order:  # ascending: particle i sets the padded width of pairs
         wider = max(widest_distinct, distinct[i])
         padded = cost(len(groups[-1]) + 1, pairs[i], wider)
-        too_many = held + projected[i] > plan.max_bytes // 4
+        too_many = per_orientation > 0 and len(held.union(significant_ids[i])) > held_orientations
         if groups[-1] and (
             padded > budget or padded > 2 * (total + cost(1, pairs[i], wider)) or too_many
         ):
             groups.append([])
-            total = held = 0
+            total = 0
+            held = set()
             wider = distinct[i]
         groups[-1].append(i)
         total += cost(1, pairs[i], distinct[i])
-        held += projected[i]
+        held.update(significant_ids[i])
         widest_distinct = wider
     device = coarse.significant.device
     return [torch.tensor(group, dtype=torch.int64, device=device) for group in groups]

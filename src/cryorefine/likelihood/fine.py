@@ -167,9 +167,7 @@ def fine_pass(
     with phase("fine_score"):
         phases = window_phases(prep.fine_window, needed_px, box_size=plan.ori_size)
         weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
-        terms = data_terms(
-            prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision
-        )
+        terms = data_terms(prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision)
         scores = score_pairs(
             terms,
             projector,

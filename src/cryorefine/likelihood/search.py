@@ -186,9 +186,14 @@ def coarse_pass(
             union = torch.unique(ids[valid])
             rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
             table = coarse_rotations(plan.orientations, union)
+            # projected once, if they fit: then chunks are each list's own slots, with no
+            # padding to the widest list of a row range
+            projector = RowProjector(reference_ft, table, window, pad).with_values(
+                plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4
+            )
         else:
             rows, table = ids, coarse_rotations(plan.orientations)
-        projector = RowProjector(reference_ft, table, window, pad, projections)
+            projector = RowProjector(reference_ft, table, window, pad, projections)
         scores = score_lists(
             prep.coarse,
             projector,

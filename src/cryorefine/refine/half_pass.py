@@ -45,7 +45,11 @@ from cryorefine.likelihood import (
 )
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
-from cryorefine.refine.orientation_priors import orientation_priors, prior_centres_deg
+from cryorefine.refine.orientation_priors import (
+    orientation_priors,
+    prior_centres_deg,
+    search_order,
+)
 from cryorefine.refine.particle_noise import particle_noise_images
 from cryorefine.timing import PhaseTimes
 from cryorefine.tomo import ParticleBatch, particle_batches, prefetched
@@ -242,6 +246,9 @@ def run_half_set(
         use_priors=state.healpix_order < options.auto_local_healpix_order,
     )
     origins_all = particles.origins_angst()
+    # local searches: neighbouring particles share candidates (``search_order``)
+    centres = torch.as_tensor(centres_all[rows], device=device)
+    rows = rows[search_order(plan, state, operators, centres)]
     cache = None
     if not state.local_searches:
         # The fine cache holds 8 children per coarse orientation: for 3D data that is

@@ -23,7 +23,7 @@ from cryorefine.likelihood import ExpectationPlan, OrientationGrid
 from cryorefine.likelihood.search import compact
 from cryorefine.refine.model import RefineState
 
-__all__ = ["DENSE_FRACTION_INVERSE", "orientation_priors", "prior_centres_deg"]
+__all__ = ["DENSE_FRACTION_INVERSE", "orientation_priors", "prior_centres_deg", "search_order"]
 
 DENSE_FRACTION_INVERSE = 4
 """Lists longer than 1/4 of the grid are scored as the whole grid with -inf outside."""
@@ -113,3 +113,39 @@ def orientation_priors(
     # Padding ids are orientations outside the cut-offs, distinct from the kept ones.
     dense = log_prior.new_full((b, grid.count), -math.inf)
     return dense.scatter_(1, ids, log_prior), None
+
+
+def search_order(
+    plan: ExpectationPlan,
+    state: RefineState,
+    operators: Tensor,
+    angles_deg: Tensor,
+    *,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """An order of the particles in which neighbours search nearly the same orientations.
+
+    Local searches only (identity otherwise): particles sorted by the grid
+    direction of their largest direction prior, then by the psi of their largest
+    psi prior. Grid directions are NESTED HEALPix pixels, so ascending ids are
+    near on the sphere, and symmetry mates share a direction. Batches and fine
+    groups taken in this order project each orientation for many particles at
+    once: the union of their candidate lists is a few particles' lists, not one
+    list per particle. ``angles_deg (n, 3)``: the centres of the priors.
+    """
+    n = angles_deg.shape[0]
+    if not state.local_searches or n == 0:
+        return np.arange(n)
+    grid = plan.orientations
+    direction = torch.empty(n, dtype=torch.int64, device=angles_deg.device)
+    psi = torch.zeros(n, dtype=torch.int64, device=angles_deg.device)
+    for lo in range(0, n, chunk):  # (chunk, m) priors at a time
+        part = angles_deg[lo : lo + chunk]
+        direction[lo : lo + chunk] = _direction_prior(grid, state, operators, part).argmax(dim=1)
+        if state.sigma_psi_deg > 0:
+            weights = local_psi_prior(
+                part[:, 2], grid.psi_deg.to(part), sigma_deg=state.sigma_psi_deg
+            )
+            psi[lo : lo + chunk] = weights.argmax(dim=1)
+    key = direction * grid.psi_deg.shape[0] + psi
+    return torch.argsort(key, stable=True).cpu().numpy()

@@ -131,7 +131,7 @@ def slab_insertion(
 
     def sparse(v: Tensor) -> Tensor:
         matrix = torch.sparse_coo_tensor(
-            indices, v.to(dtype), (voxels, f * nn), check_invariants=False
+            indices, v.to(dtype), (voxels, f * nn), check_invariants=True
         )
         return matrix.coalesce()  # sorted, repeated entries (zero-weight corners) summed
 
