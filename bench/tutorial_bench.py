@@ -200,7 +200,9 @@ def main() -> None:
               format_totals(floors["per_iteration"])]  # fmt: skip
     if profile is not None:
         stream = io.StringIO()
-        pstats.Stats(profile, stream=stream).sort_stats("cumulative").print_stats("cryorefine", 45)
+        stats = pstats.Stats(profile, stream=stream)
+        stats.sort_stats("cumulative").print_stats("cryorefine", 60)
+        stats.sort_stats("tottime").print_stats(30)  # torch's own calls: where device time lands
         summary["profile_cumulative"] = stream.getvalue()
         lines.append(stream.getvalue())
     sys.stdout.write("\n".join(lines) + "\n")

@@ -130,9 +130,9 @@ def slab_insertion(
     sign = torch.where(flip, -1.0, 1.0).expand(4, -1).reshape(-1)
 
     def sparse(v: Tensor) -> Tensor:
-        matrix = torch.sparse_coo_tensor(
-            indices, v.to(dtype), (voxels, f * nn), check_invariants=True
-        )
+        # checked explicitly (an unset choice warns on some torch versions)
+        with torch.sparse.check_sparse_tensor_invariants(enable=True):
+            matrix = torch.sparse_coo_tensor(indices, v.to(dtype), (voxels, f * nn))
         return matrix.coalesce()  # sorted, repeated entries (zero-weight corners) summed
 
     return SlabInsertion(sparse(values), sparse(values * sign), rotations, n)
