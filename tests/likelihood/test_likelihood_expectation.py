@@ -30,6 +30,7 @@ from cryorefine.likelihood import (
     insert_backprojection,
     prepare,
     projection_cache,
+    search,
     window_phases,
 )
 from cryorefine.likelihood.expectation import _fine_groups
@@ -201,7 +202,10 @@ def _assert_same(result, want, tol):
     assert (result.significant_samples == want.significant_samples).all()
 
 
-def test_local_search_lists_match_a_dense_prior_that_is_minus_inf_elsewhere():
+@pytest.mark.parametrize("union", [True, False], ids=["union product", "per-particle lists"])
+def test_local_search_lists_match_a_dense_prior_that_is_minus_inf_elsewhere(monkeypatch, union):
+    # both ways of scoring lists: every particle at the batch's union, or each at its own
+    monkeypatch.setattr(search, "union_is_cheaper", lambda *_: union)
     reference, plan, images, *_ = _case(2, b=3, seed=6, precision="float64")
     count = plan.orientations.count
     gen = torch.Generator().manual_seed(7)
@@ -425,7 +429,8 @@ def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_bu
     orientations = significant.any(dim=1).sum(dim=1)
     assert sorted(torch.cat(groups).tolist()) == list(range(b))  # each particle once
     for group in groups:
-        held = int(orientations[group].sum()) * per_orientation
-        assert held <= plan.max_bytes // 4 or group.numel() == 1
+        # orientations shared by particles of the group are projected once
+        union = int(significant[group].any(dim=1).any(dim=0).sum())
+        assert union * per_orientation <= plan.max_bytes // 4 or group.numel() == 1
     # closed only when the next particle would not fit: few groups, not one per particle
     assert len(groups) <= 2 * int(orientations.sum()) // 30 + 1

@@ -6,11 +6,17 @@ mistake is printed as one line and the exit status is 2 (``--debug`` shows its
 traceback instead). A malformed command line (an unknown option, a value that
 is not a number) is one line and status 2 as well, without argparse's usage
 block. Everything else is a bug and keeps its traceback.
+
+GPU memory: unless the user's ``PYTORCH_CUDA_ALLOC_CONF`` says otherwise, the
+caching allocator grows its segments (``expandable_segments``): the E-step's
+tensors change size with every batch, and fixed segments fragmented to 73 GiB
+reserved for 16 GiB allocated on an H100 (bench/tutorial_bench.py).
 """
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -100,6 +106,7 @@ def _end_progress_bars() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cryorefine COMMAND ...``; return the exit status."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # docstring
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:

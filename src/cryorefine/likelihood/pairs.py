@@ -95,6 +95,14 @@ def pair_lists(significant: Bool[Tensor, "b t c"]) -> PairLists:
     return PairLists(chosen // t, chosen % t, valid)
 
 
+MAX_TRANSLATIONS_PER_PRODUCT = 14
+"""``score_pairs`` multiplies each pair's children by all of its particle's ``T`` distinct
+coarse translations' ``Z`` (``T`` times the flops of its own ``g``) when ``T`` is at most
+this: per pair the blocks of ``Z`` gathered and its ``|P|^2`` temporaries move about
+``(28 f + 16 g) k`` bytes, the wider product ``4 T g f k`` flops instead of ``4 g f k``;
+at float32's ~17 flops per byte (H100) the product wins below ``T`` ~ 15."""
+
+
 def _chunk(projector: BlockProjector, b: int, g: int, k: int, kb: int, max_bytes: int) -> int:
     """Pairs per chunk so that a chunk's temporaries take about half of ``max_bytes``."""
     f = projector.block
@@ -132,17 +140,26 @@ def score_pairs(
     pairs' blocks in ``projector``, ascending per particle.
     """
     _, cplx = working_dtypes(terms.precision)
-    b, _, k2 = terms.shifted.shape
+    b, tg, k2 = terms.shifted.shape
     g, f, q = children, projector.block, rows.shape[1]
     out = terms.data_power.new_full((b, q + 1, g, f), torch.inf)
     chunk = _chunk(projector, b, g, k2 // 2, 0, max_bytes)
+    every_translation = tg // g <= MAX_TRANSLATIONS_PER_PRODUCT
+    ctf_pairs = terms.ctf_power.repeat_interleave(2, dim=-1)[:, :, None]  # (b, 2k, 1)
     for part in row_chunks(projector, rows, lists.valid, chunk):
-        p = part.projections.to(cplx)  # (b, l, f, k)
-        z = _blocks(terms.shifted, _translation_index(lists, part.slots, g))  # (b, l, g, 2k)
-        p_power = (p.real.square() + p.imag.square()).transpose(-1, -2)  # (b, l, k, f)
+        p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
+        index = _translation_index(lists, part.slots, g)  # (b, l, g)
+        width = p.shape[1]  # l
         with matmul_precision(terms.precision):
-            cross = z @ as_real_pairs(p).transpose(-1, -2)  # (b, l, g, f)
-            power = terms.ctf_power[:, None, None, :] @ p_power  # (b, l, 1, f)
+            if every_translation:  # (b, T g, 2k) @ (b, 2k, l f): no copies of Z's rows
+                product = terms.shifted @ p.reshape(b, width * f, k2).transpose(1, 2)
+                product = product.reshape(b, tg, width, f).transpose(1, 2)  # (b, l, T g, f)
+                cross = product.gather(2, index[:, :, :, None].expand(-1, -1, -1, f))
+            else:
+                cross = _blocks(terms.shifted, index) @ p.transpose(-1, -2)  # (b, l, g, f)
+            # |P|^2 weighted by w K^2: square the copy in place, one product
+            power = p.square_().reshape(b, width * f, k2) @ ctf_pairs
+            power = power.reshape(b, width, 1, f)
         if cross_correlation:
             tiny = torch.finfo(cross.dtype).tiny
             norm = (
@@ -221,12 +238,13 @@ def sum_pairs(
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
         w = w * part.inside[:, :, None, None]
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
-        p = part.projections.to(cplx)
+        p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
         per_child = w.sum(dim=2)  # (b, l, f)
         with matmul_precision(precision):
-            contribution = w @ as_real_pairs(p)  # (b, l, g, 2k)
-            p_power = p.real.square() + p.imag.square()
-            power += (per_child[:, :, None, :] @ p_power).sum(dim=(1, 2))
+            contribution = w @ p  # (b, l, g, 2k)
+            # |P|^2: square the copy in place; (Re^2, Im^2) pairs added after the sum
+            power_pairs = (per_child[:, :, None, :] @ p.square_()).sum(dim=(1, 2))
+            power += power_pairs.reshape(b, k, 2).sum(dim=-1)
             data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
         flat = (owner[:, None, None] * tg + index).reshape(-1)
         q_sum.index_add_(0, flat, contribution.reshape(-1, 2 * k))

@@ -158,7 +158,10 @@ def score_shared(
 
 @dataclass(frozen=True)
 class Chunk:
-    """Some slots of every particle's list: their projections, positions, mask and rows."""
+    """Some slots of every particle's list: their projections, positions, mask and rows.
+
+    ``projections`` is a copy made for the chunk (a gather): callers may overwrite it.
+    """
 
     projections: Complex[Tensor, "b l ..."]
     slots: Int[Tensor, "b l"]

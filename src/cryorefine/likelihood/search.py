@@ -36,6 +36,7 @@ __all__ = [
     "compact",
     "offset_log_prior",
     "select",
+    "union_is_cheaper",
     "weights_of",
 ]
 
@@ -153,6 +154,25 @@ def _candidates(particles: ParticleTerms, plan: ExpectationPlan) -> tuple[Tensor
     return ids.gather(1, slots), log_prior, False
 
 
+UNION_PRODUCT_RATIO = 128
+"""``union_is_cheaper``'s constant: a GPU's float32 matrix rate over its bandwidth, in
+bytes moved per list entry over flops per union entry (module docstring of the rule)."""
+
+
+def union_is_cheaper(union: int, mean_list: float, translations: int) -> bool:
+    """Whether every particle is better scored at the whole union of the batch's lists.
+
+    Per-particle lists gather each listed projection for its particle (about
+    ``4 * 8 k`` bytes moved per list entry: the gather written and read, its
+    power); the union is one dense product, ``4 t k`` flops per particle and
+    union row, at full matrix rate. With float32 rates about 17 flops per byte
+    (H100: ~42 TFLOP/s over ~2.5 TB/s) the union wins while
+    ``union * t < UNION_PRODUCT_RATIO * mean_list`` (the constant 8 * 17, rounded).
+    Batches in ``search_order`` share most of their candidates.
+    """
+    return union * translations < UNION_PRODUCT_RATIO * mean_list
+
+
 def coarse_pass(
     prep: Prepared,
     particles: ParticleTerms,
@@ -186,23 +206,28 @@ def coarse_pass(
             union = torch.unique(ids[valid])
             rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
             table = coarse_rotations(plan.orientations, union)
-            # projected once, if they fit: then chunks are each list's own slots, with no
-            # padding to the widest list of a row range
-            projector = RowProjector(reference_ft, table, window, pad).with_values(
-                plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4
-            )
+            projector = RowProjector(reference_ft, table, window, pad)
         else:
             rows, table = ids, coarse_rotations(plan.orientations)
             projector = RowProjector(reference_ft, table, window, pad, projections)
-        scores = score_lists(
-            prep.coarse,
-            projector,
-            rows,
-            valid,
-            cross_correlation=plan.cross_correlation,
-            precision=plan.precision,
-            max_bytes=plan.max_bytes,
-        )
+        scoring = {
+            "cross_correlation": plan.cross_correlation,
+            "precision": plan.precision,
+            "max_bytes": plan.max_bytes,
+        }
+        t = plan.translations_px.shape[0]
+        mean_list = float(valid.sum()) / max(1, valid.shape[0])
+        if union_is_cheaper(projector.rows, mean_list, t):
+            everything = score_shared(prep.coarse, projector, **scoring)  # (b, t, union)
+            picked = everything.gather(2, rows[:, None, :].expand(-1, t, -1))
+            scores = picked.masked_fill(~valid[:, None, :], torch.inf)
+        else:
+            if projections is None:  # projected once, if they fit: chunks are then each
+                # list's own slots, not padded to the widest list of a row range
+                projector = projector.with_values(
+                    plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4
+                )
+            scores = score_lists(prep.coarse, projector, rows, valid, **scoring)
     b, t, c = scores.shape
     log_prior = log_prior_t[:, :, None] + log_prior_o[:, None, :]
     weights = weights_of(scores.reshape(b, -1), log_prior.reshape(b, -1), plan)
