@@ -434,3 +434,44 @@ def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_bu
         assert union * per_orientation <= plan.max_bytes // 4 or group.numel() == 1
     # closed only when the next particle would not fit: few groups, not one per particle
     assert len(groups) <= 2 * int(orientations.sum()) // 30 + 1
+
+
+@pytest.mark.parametrize("premultiplied", [False, True], ids=["ctf", "premultiplied"])
+def test_a_group_scale_scores_as_a_scaled_reference_and_back_projects_s_y_with_s2_v(
+    premultiplied,
+):
+    # X = s K P: scoring with scale s is scoring against the reference s P; the
+    # back-projection inserts s Y with weight s^2 V (RELION's Mctf *= scale), for
+    # premultiplied data too, where Y = X / sigma2 and V = K / sigma2
+    s = 1.25  # exact in float32, the CTF's dtype
+    reference, plan, images, *_ = _case(3, b=3, seed=14, precision="float64")
+    reference = reference.to(torch.complex128)  # s P exact to float64 rounding
+    kwargs = {
+        "current_size": plan.current_size,
+        "sigma2": 0.3,
+        "ndim": 3,
+        "grid_count": plan.orientations.count,
+        "ctf_premultiplied": premultiplied,
+    }
+    plain = particle_terms(images, **kwargs)
+    scaled = replace(plain, scale=torch.full((3,), s, dtype=torch.float64))
+    got = expectation(scaled, reference, plan)
+    want = expectation(plain, reference * s, plan)
+    _assert_same(got, want, _exponent_error(plain, reference * s, plan))
+    for name in ("residual_power", "signal_product", "reference_power"):
+        torch.testing.assert_close(
+            getattr(got.shell_sums, name), getattr(want.shell_sums, name), rtol=1e-9, atol=0
+        )
+    # The inputs are float32 (complex64 images): s Y and s^2 V are each rounded once
+    # (u = 2^-24 relative), then summed with the same weights in the same order. Data:
+    # |error| <= u s sum_i w_i |Y_i| <= u s b max|Y| (weights of a particle sum to 1);
+    # weights are sums of positive terms: relative error <= 2 u.
+    u = 2.0**-24
+    unscaled = want.backprojection
+    largest = prepare(plain, plan).bp_data.abs().max().item()
+    torch.testing.assert_close(
+        got.backprojection.data, s * unscaled.data, rtol=0, atol=u * s * 3 * largest
+    )
+    torch.testing.assert_close(
+        got.backprojection.weight, s**2 * unscaled.weight, rtol=2 * u, atol=0
+    )

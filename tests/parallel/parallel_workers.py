@@ -22,6 +22,7 @@ from cryorefine.parallel import (
 from cryorefine.refine.half_pass import HalfSetSums, PoseUpdate
 
 GROUPS, SHELLS, DIRECTIONS, SIDE = 2, 5, 7, 8
+SCALE_GROUPS = 3  # scale groups (tomograms) differ from optics groups
 
 
 def rank_sums(rank: int, *, with_multiplicity: bool) -> HalfSetSums:
@@ -40,6 +41,7 @@ def rank_sums(rank: int, *, with_multiplicity: bool) -> HalfSetSums:
         direction_mass=torch.rand(DIRECTIONS, dtype=torch.float64, generator=gen),
         pmax_sum=float(torch.rand(1, dtype=torch.float64, generator=gen)),
         count=3 + rank,
+        scale_sums=torch.rand(2, SCALE_GROUPS, SHELLS, dtype=torch.float64, generator=gen),
     )
 
 

@@ -76,6 +76,7 @@ def _sums(count: int) -> HalfSetSums:
         direction_mass=torch.zeros(5, dtype=torch.float64),
         pmax_sum=0.0,
         count=count,
+        scale_sums=torch.zeros(2, 1, zeros.shape[1], dtype=torch.float64),
     )
 
 

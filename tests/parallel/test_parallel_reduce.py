@@ -69,7 +69,7 @@ def _expected_half(half: int) -> dict:
     ranks = ranks_of_half(half, 3)
     parts = [vars(rank_sums(r, with_multiplicity=has_multiplicity(r))) for r in ranks]
     total = {}
-    for key in ("data", "weight", "noise", "weight_per_group", "direction_mass"):
+    for key in ("data", "weight", "noise", "weight_per_group", "direction_mass", "scale_sums"):
         total[key] = parts[0][key].clone()
         for part in parts[1:]:
             total[key] = total[key] + part[key]

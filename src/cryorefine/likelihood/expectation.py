@@ -159,10 +159,16 @@ def prepare(particles: ParticleTerms, plan: ExpectationPlan) -> Prepared:
         return _on(window, grids, ndim) * phase
 
     b = particles.count
+    scale = None if particles.scale is None else particles.scale.to(particles.ctf.dtype)[:, None]
+
+    def scaled_ctf(window: FourierWindow) -> Tensor:  # s K: the group scale (--scale)
+        ctf = _on(window, particles.ctf, ndim)
+        return ctf if scale is None else ctf * scale
+
     coarse_phases = window_phases(coarse_w, plan.translations_px, box_size=plan.ori_size)
     coarse = ParticleWindowData(
         data=shifted(coarse_w, particles.masked_ft),
-        ctf=_on(coarse_w, particles.ctf, ndim),
+        ctf=scaled_ctf(coarse_w),
         weight=_score_weight(particles, coarse_w, sigma2[:, coarse_w.shell]),
         phases=coarse_phases.expand(b, -1, -1),
     )
@@ -172,11 +178,13 @@ def prepare(particles: ParticleTerms, plan: ExpectationPlan) -> Prepared:
         1.0 / sigma2[:, bp_w.shell],
         ctf_premultiplied=particles.ctf_premultiplied,
     )
+    if scale is not None:  # s Y and s^2 V, premultiplied data too (s X, s^2 K)
+        bp_data, bp_weight = bp_data * scale, bp_weight * scale.square()
     return Prepared(
         coarse=coarse,
         coarse_window=coarse_w,
         fine_data=shifted(fine_w, particles.masked_ft),
-        fine_ctf=_on(fine_w, particles.ctf, ndim),
+        fine_ctf=scaled_ctf(fine_w),
         fine_weight=_score_weight(particles, fine_w, sigma2[:, fine_w.shell]),
         fine_window=fine_w,
         bp_data=bp_data,

@@ -106,7 +106,7 @@ class ParticleTerms:
     unmasked_ft
         Unmasked transforms (back-projection).
     ctf
-        ``K`` of ``X = K P`` (``tomo.ParticleBatch.ctf``, times the group scale if used).
+        ``K`` of ``X = K P`` (``tomo.ParticleBatch.ctf``).
     sigma2_noise
         Noise spectrum of each particle's optics group, ``(b, ori_size // 2 + 1)``,
         positive up to shell ``current_size // 2``.
@@ -127,6 +127,10 @@ class ParticleTerms:
     diff2_offset
         Constant added to each particle's scores for the log-likelihood only
         (RELION: half the image power beyond ``current_size``), or None.
+    scale
+        Intensity scale ``s`` of each particle's group (``--scale``), or None
+        for 1: the model becomes ``X = s K P``, scored and summed with ``s K``,
+        and the back-projection inserts ``s Y`` with weight ``s^2 V``.
     """
 
     masked_ft: Complex[Tensor, "b ..."]
@@ -140,6 +144,7 @@ class ParticleTerms:
     multiplicity: Float[Tensor, "b ..."] | None = None
     ctf_premultiplied: bool = False
     diff2_offset: Float[Tensor, " b"] | None = None
+    scale: Float[Tensor, " b"] | None = None
 
     @property
     def count(self) -> int:

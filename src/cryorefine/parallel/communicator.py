@@ -59,6 +59,7 @@ def _pack(sums: HalfSetSums) -> list[Tensor]:
             multiplicity.to(torch.float64).flatten(),
             sums.weight_per_group.to(torch.float64),
             sums.direction_mass.to(torch.float64),
+            sums.scale_sums.to(torch.float64).flatten(),
             scalars,
         ]
     )
@@ -69,8 +70,16 @@ def _unpack(packed: list[Tensor], like: HalfSetSums) -> HalfSetSums:
     """``HalfSetSums`` from ``_pack``'s tensors (shapes taken from ``like``)."""
     data, weight, vector = packed
     groups, shells = like.noise.shape
-    sizes = [groups * shells, groups * shells, groups, like.direction_mass.shape[0], 4]
-    noise, multiplicity, per_group, mass, scalars = torch.split(vector, sizes)
+    scale_shape = like.scale_sums.shape
+    sizes = [
+        groups * shells,
+        groups * shells,
+        groups,
+        like.direction_mass.shape[0],
+        scale_shape.numel(),
+        4,
+    ]
+    noise, multiplicity, per_group, mass, scale_sums, scalars = torch.split(vector, sizes)
     offsets, pmax_sum, count, has_multiplicity = scalars.tolist()  # one transfer per iteration
     return HalfSetSums(
         data=torch.view_as_complex(data),
@@ -82,6 +91,7 @@ def _unpack(packed: list[Tensor], like: HalfSetSums) -> HalfSetSums:
         direction_mass=mass,
         pmax_sum=pmax_sum,
         count=round(count),
+        scale_sums=scale_sums.reshape(scale_shape),
     )
 
 

@@ -125,6 +125,9 @@ def empty_sums(
         direction_mass=torch.zeros(grid.pixels.shape[0], dtype=torch.float64, device=device),
         pmax_sum=0.0,
         count=0,
+        scale_sums=torch.zeros(
+            2, len(model.group_names), shells, dtype=torch.float64, device=device
+        ),
     )
 
 
@@ -179,6 +182,7 @@ def e_step(
                 options,
                 plan,
                 optics_group=inputs.optics_group,
+                scale_group=inputs.scale_group,
                 operators=inputs.group.rotations,
                 reference_ft=references[half - 1],
                 batch_size=batch_size,

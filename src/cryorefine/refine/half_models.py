@@ -1,8 +1,9 @@
 """The M-step of the half sets: new models from their sums (REFINE_SPEC §4.5), and helpers.
 
 ``m_step`` reconstructs a half set's reference with tau2 from the FSC,
-flattens the solvent, and updates the noise spectrum, the offset prior and the
-orientation pdf; ``accuracies`` estimates acc_rot and acc_trans (§5.3);
+flattens the solvent, and updates the noise spectrum, the offset prior, the
+orientation pdf and, with ``--scale``, the groups' intensity scales
+(``group_scales``); ``accuracies`` estimates acc_rot and acc_trans (§5.3);
 ``join_sums`` adds two half sets' sums (the final iteration);
 ``unregularised_map`` is the map without the tau2 term (``_unfil.mrc``).
 """
@@ -11,6 +12,7 @@ import dataclasses
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from cryorefine.fourier import fourier_crop, reconstruct, shell_counts, solvent_flatten
@@ -21,6 +23,7 @@ from cryorefine.refine.initialise import RefineInputs
 from cryorefine.refine.maximisation import (
     reconstruction_statistics,
     update_orientation_pdf,
+    update_scale_correction,
     update_sigma2_offset,
 )
 from cryorefine.refine.model import HalfSetModel, RefineState
@@ -28,7 +31,7 @@ from cryorefine.refine.noise import update_sigma2_noise
 from cryorefine.refine.options import RefineOptions
 from cryorefine.tomo import PSEUDO_SUBTOMOGRAM_FLAVOURS, particle_batches
 
-__all__ = ["accuracies", "join_sums", "m_step", "unregularised_map"]
+__all__ = ["accuracies", "group_scales", "join_sums", "m_step", "unregularised_map"]
 
 
 def m_step(
@@ -80,6 +83,9 @@ def m_step(
             multiplicity_sums=sums.multiplicity,
             ctf_premultiplied=inputs.particles.ctf_premultiplied,
         )
+    scale = model.scale_correction
+    if options.scale and not cc:  # RELION keeps the scales in a cross-correlation iteration
+        scale = group_scales(sums.scale_sums, model.ssnr, model.group_particle_counts)
     total_weight = float(sums.weight_per_group.sum())
     pdf = model.orientation_pdf
     if not state.local_searches and total_weight > 0:
@@ -103,6 +109,29 @@ def m_step(
         if total_weight > 0
         else model.sigma2_offset_angst2,
         average_pmax=sums.pmax_sum / max(sums.count, 1),
+        scale_correction=scale.cpu(),
+    )
+
+
+SCALE_SSNR_THRESHOLD = 3.0
+"""Shells whose SSNR (``rlnSsnrMap``) exceeds this enter the scale sums (RELION)."""
+
+
+def group_scales(
+    scale_sums: Float[Tensor, "2 g s"], ssnr: Float[Tensor, " s"], counts: tuple[int, ...]
+) -> Float[Tensor, " g"]:
+    """``rlnGroupScaleCorrection``: ``XA / AA`` per group over the shells of SSNR > 3.
+
+    ``ssnr`` is the model the E-step used (RELION masks the shells with it while
+    summing); ``maximisation.update_scale_correction`` clamps about the median and
+    renormalises to a particle-weighted mean of 1.
+    """
+    sums = scale_sums.to(torch.float64)
+    shells = (ssnr.to(sums.device) > SCALE_SSNR_THRESHOLD)[: sums.shape[2]]
+    xa = sums[0, :, : shells.shape[0]][:, shells].sum(dim=1)
+    aa = sums[1, :, : shells.shape[0]][:, shells].sum(dim=1)
+    return update_scale_correction(
+        xa, aa, torch.tensor(counts, dtype=torch.float64, device=xa.device)
     )
 
 
@@ -169,6 +198,7 @@ def join_sums(a: HalfSetSums, b: HalfSetSums) -> HalfSetSums:
         direction_mass=a.direction_mass + b.direction_mass,
         pmax_sum=a.pmax_sum + b.pmax_sum,
         count=a.count + b.count,
+        scale_sums=a.scale_sums + b.scale_sums,
     )
 
 

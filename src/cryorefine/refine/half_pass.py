@@ -74,6 +74,9 @@ class HalfSetSums:
     direction_mass: Float[Tensor, " m"]
     pmax_sum: float
     count: int
+    scale_sums: Float[Tensor, "2 g s"]
+    """Per scale group and shell: ``sum w Re(K P conj X)`` and ``sum w |K P|^2``, the
+    group scale divided out (RELION's XA / s and AA / s^2), for ``--scale``."""
 
 
 @dataclass
@@ -171,6 +174,8 @@ def _add_batch(
     batch: ParticleBatch,
     masked_full: Tensor,
     groups: Tensor,
+    scale_groups: Tensor,
+    scale: Tensor | None,
     *,
     current_size: int,
     pixel_size_angst: float,
@@ -189,6 +194,13 @@ def _add_batch(
     residual[:, outside] = (beyond * result.weight_sums[:, None])[:, outside]
     sums.noise.index_add_(0, groups, residual)
     sums.weight_per_group.index_add_(0, groups, result.weight_sums.to(torch.float64))
+    signal = result.shell_sums.signal_product.to(torch.float64)
+    power = result.shell_sums.reference_power.to(torch.float64)
+    if scale is not None:  # the sums were made with s K: the group scale divided out
+        s = scale.to(torch.float64)[:, None]
+        signal, power = signal / s, power / s.square()
+    sums.scale_sums[0].index_add_(0, scale_groups, signal)
+    sums.scale_sums[1].index_add_(0, scale_groups, power)
     if result.multiplicity_sums is not None and batch.multiplicity is not None:
         full_mult = shell_sums(batch.multiplicity, n, ndim).to(torch.float64)
         mult = result.multiplicity_sums.clone().to(torch.float64)
@@ -211,6 +223,7 @@ def run_half_set(
     plan: ExpectationPlan,
     *,
     optics_group: np.ndarray,
+    scale_group: np.ndarray,
     operators: Tensor,
     reference_ft: Tensor,
     batch_size: int,
@@ -279,6 +292,13 @@ def run_half_set(
             batch = loaded if finite.all() else loaded.select(loaded.finite)
             host_rows = all_rows[finite]
             groups = torch.as_tensor(optics_group[host_rows]).to(device)
+            scale_groups = torch.as_tensor(scale_group[host_rows]).to(device)
+            # RELION floors a group's scale at 0.001 (a group too small to estimate)
+            scale = (
+                model.scale_correction.to(device)[scale_groups].clamp_min(0.001)
+                if options.scale
+                else None
+            )
             sigma2 = sigma2_all[groups]
             with times.phase("mask"):
                 masked_full = _masked(
@@ -301,6 +321,7 @@ def run_half_set(
                 if batch.multiplicity is None
                 else fourier_crop(batch.multiplicity, m, ndim=ndim),
                 ctf_premultiplied=batch.ctf_premultiplied,
+                scale=scale,
             )
             result = expectation(
                 terms,
@@ -316,6 +337,8 @@ def run_half_set(
                 batch,
                 masked_full,
                 groups,
+                scale_groups,
+                scale,
                 current_size=m,
                 pixel_size_angst=pixel,
             )
@@ -375,4 +398,7 @@ def _zero_sums(
         ),
         pmax_sum=0.0,
         count=0,
+        scale_sums=torch.zeros(
+            2, len(model.group_names), shells, dtype=torch.float64, device=device
+        ),
     )

@@ -53,11 +53,26 @@ class RefineInputs:
     solvent_mask: Tensor | None
     half_sets: np.ndarray
     optics_group: np.ndarray
+    scale_group: np.ndarray
+    scale_group_names: tuple[str, ...]
+    scale_group_counts: tuple[int, ...]
     group: SymmetryGroup
     pixel_size_angst: float
     ori_size: int
     ndim: int
     non_finite_rows: set[int] = field(default_factory=set)
+
+
+SCALE_GROUP_LABELS = ("rlnGroupName", "rlnMicrographName", "rlnTomoName")
+"""Where RELION takes a particle's intensity-scale group from, first present first."""
+
+
+def _scale_group_names(particles: ParticleSet) -> list[str]:
+    """Each particle's scale group: its group, micrograph or tomogram name (one group if none)."""
+    for label in SCALE_GROUP_LABELS:
+        if label in particles.particles.columns:
+            return [str(value) for value in particles.particles[label]]
+    return ["group"] * len(particles)
 
 
 def _read_volume(path: Path, what: str, device: torch.device) -> tuple[Tensor, float]:
@@ -156,6 +171,7 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
     if options.particle_diameter <= 0:
         raise InputError("--particle_diameter: expected the particle's diameter in Angstrom (> 0)")
     ndim = 2 if particles.image_dimensionality == 2 else 3
+    scale_group, scale_names, scale_counts = scale_groups(_scale_group_names(particles))
     return RefineInputs(
         particles=particles,
         optimisation_set=optimisation_set,
@@ -163,6 +179,9 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
         solvent_mask=mask,
         half_sets=_half_sets(particles, max(options.random_seed, 0)),
         optics_group=particles.optics_row.astype(np.int64),
+        scale_group=scale_group,
+        scale_group_names=scale_names,
+        scale_group_counts=scale_counts,
         group=group,
         pixel_size_angst=pixel,
         ori_size=ori_size,
@@ -243,7 +262,7 @@ def initial_models(
         reference = initial_low_pass(
             reference, ini_high_angst=options.ini_high, pixel_size_angst=inputs.pixel_size_angst
         )
-    _, names, counts = scale_groups(["group"] * len(inputs.particles))
+    names, counts = inputs.scale_group_names, inputs.scale_group_counts
     models = tuple(
         initial_half_model(
             reference.to(torch.float32),

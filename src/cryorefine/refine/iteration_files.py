@@ -152,11 +152,13 @@ def particle_statistics(
     pmax: np.ndarray,
     significant: np.ndarray,
     log_likelihood: np.ndarray,
+    scale_group: np.ndarray | None = None,
 ) -> ParticleStatistics:
-    """RELION's per-particle labels of run_data.star."""
+    """RELION's per-particle labels of run_data.star (``scale_group`` 0-based, or all 1)."""
     count = len(particles)
+    groups = np.zeros(count, dtype=np.int64) if scale_group is None else scale_group
     return ParticleStatistics(
-        group_number=np.ones(count, dtype=np.int64),
+        group_number=groups.astype(np.int64) + 1,
         class_number=np.ones(count, dtype=np.int64),
         norm_correction=np.ones(count),
         half_set=half_sets.astype(np.int64),
@@ -183,5 +185,5 @@ def apply_poses(
         log_likelihood[update.rows] = update.log_likelihood
     particles = inputs.particles.with_poses(angles_deg=angles, origins_angst=origins)
     return particles, particle_statistics(
-        particles, inputs.half_sets, pmax, significant, log_likelihood
+        particles, inputs.half_sets, pmax, significant, log_likelihood, inputs.scale_group
     )

@@ -1,0 +1,74 @@
+"""``--scale``: each group's intensity scale is estimated and used (rlnGroupScaleCorrection).
+
+SPA particles of the embedded C6 hexamer (as the end-to-end test) in two groups
+(``rlnGroupName``): the images of one group multiplied by 1.5. After a few
+iterations with ``--scale`` the model's scales stand in that ratio, with a
+particle-weighted mean of 1, and run_data.star numbers each particle's group.
+"""
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+
+from cryorefine.cli.main import main
+from cryorefine.io import read_star
+from cryorefine.simulate import SimulationOptions, simulate_dataset
+
+BRIGHT = 1.5
+
+
+@pytest.fixture(scope="module")
+def refined(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("refine_scale")
+    sim = folder / "sim"
+    simulate_dataset(
+        SimulationOptions(
+            output_dir=sim,
+            symmetry="C6",
+            n_particles=200,
+            box_size=32,
+            pixel_size_angst=5.4,
+            snr=10.0,
+            data_format="spa",
+            ref_lowpass_angst=40.0,
+            ref_rotation_deg=15.0,
+            seed=2027,
+        )
+    )
+    tables = starfile.read(sim / "particles.star", always_dict=True)
+    particles = tables["particles"]
+    bright = np.arange(len(particles)) % 2 == 0
+    particles["rlnGroupName"] = np.where(bright, "bright", "plain")
+    starfile.write(tables, sim / "grouped.star")
+    with mrcfile.open(sim / "particles.mrcs", mode="r+") as stack:
+        stack.data[bright] *= BRIGHT  # rows are the stack's images in order
+    arguments = [
+        "refine", "--i", str(sim / "grouped.star"), "--ref", str(sim / "reference.mrc"),
+        "--o", str(folder / "Refine" / "run"), "--ini_high", "40", "--ctf",
+        "--particle_diameter", "150", "--healpix_order", "1", "--auto_local_healpix_order", "3",
+        "--offset_range", "3", "--offset_step", "1", "--sym", "C6", "--zero_mask",
+        "--flatten_solvent", "--low_resol_join_halves", "40", "--scale", "--iter", "4",
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    return folder / "Refine"
+
+
+def test_group_scales_stand_in_the_images_ratio_with_a_mean_of_one(refined: Path) -> None:
+    for half in (1, 2):
+        groups = read_star(refined / f"run_it004_half{half}_model.star")["model_groups"]
+        scale = dict(zip(groups["rlnGroupName"], groups["rlnGroupScaleCorrection"], strict=True))
+        counts = dict(zip(groups["rlnGroupName"], groups["rlnGroupNrParticles"], strict=True))
+        # XA / AA of ~50 particles per group and half at SNR 10: a few per cent of noise
+        assert scale["bright"] / scale["plain"] == pytest.approx(BRIGHT, rel=0.05)
+        mean = sum(scale[g] * counts[g] for g in scale) / sum(counts.values())
+        assert mean == pytest.approx(1.0, abs=1e-6)
+
+
+def test_run_data_numbers_each_particles_group(refined: Path) -> None:
+    data = read_star(refined / "run_it004_data.star")["particles"]
+    names = list(data["rlnGroupName"])
+    numbers = list(data["rlnGroupNumber"])
+    assert {(n, g) for n, g in zip(names, numbers, strict=True)} == {("bright", 1), ("plain", 2)}
