@@ -33,7 +33,7 @@ from cryorefine.likelihood import (
     search,
     window_phases,
 )
-from cryorefine.likelihood.expectation import _fine_groups
+from cryorefine.likelihood.fine_groups import fine_groups
 from cryorefine.likelihood.search import CoarseOutcome
 from cryorefine.timing import PhaseTimes
 
@@ -251,7 +251,7 @@ def test_chunks_and_projection_caches_do_not_change_the_result():
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
     reference, plan, images, *_ = _case(ndim, b=3, seed=12, precision="float64")
-    plan = replace(plan, max_bytes=2_000_000 if ndim == 2 else 40_000_000)  # several groups
+    plan = replace(plan, max_bytes=2_000_000 if ndim == 2 else 12_000_000)  # 3 groups each
     particles = particle_terms(
         images,
         current_size=plan.current_size,
@@ -273,7 +273,9 @@ def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
         padding_factor=plan.padding_factor,
     )
     got = zero_accumulators(n, padding_factor=plan.padding_factor, device=device)
-    direct = expectation(particles, reference, plan, accumulators=got)
+    times = PhaseTimes(device)
+    direct = expectation(particles, reference, plan, accumulators=got, times=times)
+    assert times.counts()["fine_groups"] > 1  # inserted group by group
     assert direct.backprojection.data.shape[0] == 0
     torch.testing.assert_close(direct.pmax, whole.pmax, rtol=0, atol=0)
     # The same float64 terms added in another order: rounding of sums of ~|terms|.
@@ -425,7 +427,7 @@ def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_bu
     k = 7_000  # complex64 coefficients of one child projection on the fine window
     per_orientation = 8 * 8 * k  # 8 children of 8 bytes per coefficient
     plan = replace(plan, max_bytes=4 * 30 * per_orientation)  # a quarter holds 30 orientations
-    groups = _fine_groups(coarse, plan, window_values=1, projected_values=k)
+    groups = fine_groups(coarse, plan, window_values=1, projected_values=k)
     orientations = significant.any(dim=1).sum(dim=1)
     assert sorted(torch.cat(groups).tolist()) == list(range(b))  # each particle once
     for group in groups:

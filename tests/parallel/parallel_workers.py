@@ -19,7 +19,8 @@ from cryorefine.parallel import (
     parallel_session,
     start_process_groups,
 )
-from cryorefine.refine.half_pass import HalfSetSums, PoseUpdate
+from cryorefine.refine.half_pass import PoseUpdate
+from cryorefine.refine.half_sums import HalfSetSums
 
 GROUPS, SHELLS, DIRECTIONS, SIDE = 2, 5, 7, 8
 SCALE_GROUPS = 3  # scale groups (tomograms) differ from optics groups

@@ -13,7 +13,8 @@ from cryorefine.parallel import (
     half_sets_of_rank,
 )
 from cryorefine.refine.communicator import Communicator, SingleProcess, share_of_rows
-from cryorefine.refine.half_pass import HalfSetSums, PoseUpdate
+from cryorefine.refine.half_pass import PoseUpdate
+from cryorefine.refine.half_sums import HalfSetSums
 
 
 @given(

@@ -39,6 +39,7 @@ from torch import Tensor
 from cryorefine.fourier import fourier_crop
 from cryorefine.geometry import matrix_to_euler
 from cryorefine.likelihood.fine import fine_pass
+from cryorefine.likelihood.fine_groups import BYTES_PER_SAMPLE, fine_groups
 from cryorefine.likelihood.passes import ParticleWindowData, RowProjector
 from cryorefine.likelihood.plan import (
     BackprojectionSums,
@@ -49,7 +50,7 @@ from cryorefine.likelihood.plan import (
 )
 from cryorefine.likelihood.poses import coarse_rotations, fine_rotations
 from cryorefine.likelihood.posterior import log_sigma2_sum
-from cryorefine.likelihood.search import CoarseOutcome, FineOutcome, Prepared, coarse_pass, select
+from cryorefine.likelihood.search import FineOutcome, Prepared, coarse_pass, select
 from cryorefine.likelihood.sums import ShellSums, backprojection_inputs, insert_backprojection
 from cryorefine.likelihood.window import (
     FourierWindow,
@@ -61,8 +62,6 @@ from cryorefine.likelihood.window import (
 from cryorefine.timing import PhaseTimes
 
 __all__ = ["coarse_window", "expectation", "prepare", "projection_cache"]
-
-_BYTES_PER_SAMPLE = 72  # scores, log priors, weights, sort keys and indices, cumulative sums
 
 
 def _check(particles: ParticleTerms, plan: ExpectationPlan) -> None:
@@ -194,64 +193,6 @@ def prepare(particles: ParticleTerms, plan: ExpectationPlan) -> Prepared:
     )
 
 
-def _fine_groups(
-    coarse: CoarseOutcome, plan: ExpectationPlan, window_values: int, projected_values: int
-) -> list[Tensor]:
-    """Particles grouped by their number of significant coarse pairs, arrays within budget.
-
-    A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
-    samples of ``_BYTES_PER_SAMPLE`` and, per distinct fine translation, the
-    phases and ``Z`` on the fine and back-projection windows (16 bytes per
-    coefficient of ``window_values``). Particles are taken in order of ``q``; a
-    group is closed when its padded size would exceed the budget or twice its
-    particles' own sizes, or when the children of its particles' significant
-    coarse orientations (``projected_values`` complex64 values each; 0 when a
-    cache holds them) would not fit the quarter of the budget that
-    ``fine._projector`` keeps them in: beyond it every child would be projected
-    twice, once to score and once to sum (for 3D data, a rotated volume each).
-    Orientations that several particles of a group share are counted once, as
-    they are projected once.
-    """
-    g = 2 ** (plan.oversampling * plan.translations_px.shape[1])
-    children = 8**plan.oversampling * g
-    pairs = coarse.significant.sum(dim=(1, 2)).tolist()
-    distinct = coarse.significant.any(dim=2).sum(dim=1).tolist()
-    order = sorted(range(len(pairs)), key=pairs.__getitem__)
-    budget = plan.max_bytes // 2
-
-    def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
-        per_particle = widest_pairs * children * _BYTES_PER_SAMPLE
-        return count * (per_particle + widest_distinct * g * 16 * window_values)
-
-    per_orientation = 8**plan.oversampling * 8 * projected_values  # its children, complex64
-    held_orientations = plan.max_bytes // 4 // max(1, per_orientation)
-    owner, slot = coarse.significant.any(dim=1).nonzero(as_tuple=True)
-    ids = coarse.ids[owner, slot].tolist()
-    significant_ids: list[list[int]] = [[] for _ in pairs]
-    for particle, orientation in zip(owner.tolist(), ids, strict=True):
-        significant_ids[particle].append(orientation)
-    groups: list[list[int]] = [[]]
-    held: set[int] = set()  # the group's significant coarse orientations: projected once each
-    total = widest_distinct = 0
-    for i in order:  # ascending: particle i sets the padded width of pairs
-        wider = max(widest_distinct, distinct[i])
-        padded = cost(len(groups[-1]) + 1, pairs[i], wider)
-        too_many = per_orientation > 0 and len(held.union(significant_ids[i])) > held_orientations
-        if groups[-1] and (
-            padded > budget or padded > 2 * (total + cost(1, pairs[i], wider)) or too_many
-        ):
-            groups.append([])
-            total = 0
-            held = set()
-            wider = distinct[i]
-        groups[-1].append(i)
-        total += cost(1, pairs[i], distinct[i])
-        held.update(significant_ids[i])
-        widest_distinct = wider
-    device = coarse.significant.device
-    return [torch.tensor(group, dtype=torch.int64, device=device) for group in groups]
-
-
 def _merge(
     fine: list[FineOutcome], order: Tensor, counts: Tensor, window: FourierWindow
 ) -> ExpectationResult:
@@ -360,9 +301,8 @@ def expectation(
     # the coarse scores and the coarse pass's Z and phases (the fine pass is grouped below)
     coarse_values = plan.coarse_size ** (particles.ndim - 1) * (plan.coarse_size // 2 + 1)
     t = plan.translations_px.shape[0]
-    per_particle = t * (candidates * _BYTES_PER_SAMPLE + 16 * coarse_values)
+    per_particle = t * (candidates * BYTES_PER_SAMPLE + 16 * coarse_values)
     chunk = max(1, (plan.max_bytes // 2) // per_particle)
-    window_values = 2 * plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
     fine: list[FineOutcome] = []
     orders: list[Tensor] = []
     counts: list[Tensor] = []
@@ -374,7 +314,10 @@ def expectation(
             coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
         # the children's projections live on the fine window (not the whole grid)
         projected_values = 0 if cache.fine is not None else prep.fine_window.count
-        for group in _fine_groups(coarse, plan, window_values, projected_values):
+        # per fine translation: phases and Z on the fine window, phases and shifted
+        # data on the back-projection window (16 bytes per coefficient of each)
+        window_values = prep.fine_window.count + prep.bp_window.count
+        for group in fine_groups(coarse, plan, window_values, projected_values):
             sub = (select(prep, group), part.select(group), select(coarse, group))
             with times.phase("fine"):
                 outcome = fine_pass(*sub, reference_ft, plan, cache.fine, times)

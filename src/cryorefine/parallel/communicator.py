@@ -30,7 +30,8 @@ from torch import Tensor
 from cryorefine.parallel.failures import RankFailure
 from cryorefine.parallel.groups import ProcessGroups, half_sets_of_rank, ranks_of_half
 from cryorefine.refine.communicator import share_of_rows
-from cryorefine.refine.half_pass import HalfSetSums, PoseUpdate
+from cryorefine.refine.half_pass import PoseUpdate
+from cryorefine.refine.half_sums import HalfSetSums
 
 __all__ = ["DistributedCommunicator"]
 

@@ -13,7 +13,8 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from cryorefine.refine.half_pass import HalfSetSums, PoseUpdate
+from cryorefine.refine.half_pass import PoseUpdate
+from cryorefine.refine.half_sums import HalfSetSums
 
 __all__ = ["Communicator", "SingleProcess", "share_of_rows"]
 

@@ -37,7 +37,8 @@ from cryorefine.refine.convergence import (
     update_hidden_variable_changes,
 )
 from cryorefine.refine.e_step import e_step
-from cryorefine.refine.half_models import accuracies, join_sums, m_step, unregularised_map
+from cryorefine.refine.half_models import accuracies, m_step, unregularised_map
+from cryorefine.refine.half_sums import join_sums
 from cryorefine.refine.initialise import RefineInputs, initial_models, load_inputs
 from cryorefine.refine.iteration_files import (
     apply_poses,

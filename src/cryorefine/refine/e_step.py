@@ -18,17 +18,18 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from cryorefine.fourier import symmetrise, zero_accumulators
+from cryorefine.fourier import symmetrise
 from cryorefine.geometry import perturb_translations, translation_grid
 from cryorefine.likelihood import ExpectationPlan, OrientationGrid, memory_budget
 from cryorefine.refine.communicator import Communicator
-from cryorefine.refine.half_pass import HalfSetSums, PoseUpdate, run_half_set
+from cryorefine.refine.half_pass import PoseUpdate, run_half_set
+from cryorefine.refine.half_sums import HalfSetSums, empty_sums
 from cryorefine.refine.initialise import RefineInputs
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.particle_noise import iteration_noise_seed
 
-__all__ = ["e_step", "empty_pose_update", "empty_sums", "expectation_plan"]
+__all__ = ["e_step", "empty_pose_update", "expectation_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,29 +109,6 @@ def expectation_plan(
     )
 
 
-def empty_sums(
-    model: HalfSetModel, grid: OrientationGrid, *, padding_factor: int, device: torch.device
-) -> HalfSetSums:
-    """The sums of no particle (a rank whose share of a half set is empty)."""
-    data, weight = zero_accumulators(model.ori_size, padding_factor=padding_factor, device=device)
-    nr_groups, shells = model.sigma2_noise.shape
-    zeros = torch.zeros(nr_groups, shells, dtype=torch.float64, device=device)
-    return HalfSetSums(
-        data=data,
-        weight=weight,
-        noise=zeros,
-        multiplicity=None,
-        weight_per_group=torch.zeros(nr_groups, dtype=torch.float64, device=device),
-        offset_moments_angst2=0.0,
-        direction_mass=torch.zeros(grid.pixels.shape[0], dtype=torch.float64, device=device),
-        pmax_sum=0.0,
-        count=0,
-        scale_sums=torch.zeros(
-            2, len(model.group_names), shells, dtype=torch.float64, device=device
-        ),
-    )
-
-
 def empty_pose_update() -> PoseUpdate:
     """The pose update of no particle."""
     return PoseUpdate(
@@ -168,7 +146,9 @@ def e_step(
         )
         tic = time.perf_counter()
         if len(rows) == 0:
-            sums_by_half[half] = empty_sums(model, grid, padding_factor=options.pad, device=device)
+            sums_by_half[half] = empty_sums(
+                model, grid.pixels.shape[0], padding_factor=options.pad, device=device
+            )
             updates_by_half[half] = empty_pose_update()
         else:
             plan = expectation_plan(

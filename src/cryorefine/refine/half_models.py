@@ -4,7 +4,6 @@
 flattens the solvent, and updates the noise spectrum, the offset prior, the
 orientation pdf and, with ``--scale``, the groups' intensity scales
 (``group_scales``); ``accuracies`` estimates acc_rot and acc_trans (§5.3);
-``join_sums`` adds two half sets' sums (the final iteration);
 ``unregularised_map`` is the map without the tau2 term (``_unfil.mrc``).
 """
 
@@ -18,7 +17,7 @@ from torch import Tensor
 from cryorefine.fourier import fourier_crop, reconstruct, shell_counts, solvent_flatten
 from cryorefine.likelihood import OrientationGrid
 from cryorefine.refine.accuracy import estimate_accuracies
-from cryorefine.refine.half_pass import HalfSetSums
+from cryorefine.refine.half_sums import HalfSetSums
 from cryorefine.refine.initialise import RefineInputs
 from cryorefine.refine.maximisation import (
     reconstruction_statistics,
@@ -31,7 +30,7 @@ from cryorefine.refine.noise import update_sigma2_noise
 from cryorefine.refine.options import RefineOptions
 from cryorefine.tomo import PSEUDO_SUBTOMOGRAM_FLAVOURS, particle_batches
 
-__all__ = ["accuracies", "group_scales", "join_sums", "m_step", "unregularised_map"]
+__all__ = ["accuracies", "group_scales", "m_step", "unregularised_map"]
 
 
 def m_step(
@@ -179,26 +178,6 @@ def accuracies(state, inputs, options, models, reference_ft, *, device, generato
     )
     return dataclasses.replace(
         state, acc_rot_deg=estimate.acc_rot_deg, acc_trans_angst=estimate.acc_trans_angst
-    )
-
-
-def join_sums(a: HalfSetSums, b: HalfSetSums) -> HalfSetSums:
-    multiplicity = (
-        None
-        if a.multiplicity is None or b.multiplicity is None
-        else a.multiplicity + b.multiplicity
-    )
-    return HalfSetSums(
-        data=a.data + b.data,
-        weight=a.weight + b.weight,
-        noise=a.noise + b.noise,
-        multiplicity=multiplicity,
-        weight_per_group=a.weight_per_group + b.weight_per_group,
-        offset_moments_angst2=a.offset_moments_angst2 + b.offset_moments_angst2,
-        direction_mass=a.direction_mass + b.direction_mass,
-        pmax_sum=a.pmax_sum + b.pmax_sum,
-        count=a.count + b.count,
-        scale_sums=a.scale_sums + b.scale_sums,
     )
 
 

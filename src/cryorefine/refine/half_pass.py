@@ -22,7 +22,6 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from cryorefine.fourier import (
@@ -33,7 +32,6 @@ from cryorefine.fourier import (
     shift_fourier,
     soft_sphere_mask,
     to_fourier,
-    zero_accumulators,
 )
 from cryorefine.io import ParticleSet
 from cryorefine.likelihood import (
@@ -43,6 +41,7 @@ from cryorefine.likelihood import (
     expectation,
     projection_cache,
 )
+from cryorefine.refine.half_sums import HalfSetSums, empty_sums
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.orientation_priors import (
@@ -54,29 +53,11 @@ from cryorefine.refine.particle_noise import particle_noise_images
 from cryorefine.timing import PhaseTimes
 from cryorefine.tomo import ParticleBatch, particle_batches, prefetched
 
-__all__ = ["HalfSetSums", "PoseUpdate", "run_half_set"]
+__all__ = ["PoseUpdate", "run_half_set"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass
-class HalfSetSums:
-    """What one half set's E-step gives to its M-step (float64 sums, on the device)."""
-
-    data: Tensor
-    weight: Tensor
-    noise: Float[Tensor, "o s"]
-    multiplicity: Float[Tensor, "o s"] | None
-    weight_per_group: Float[Tensor, " o"]
-    offset_moments_angst2: float
-    direction_mass: Float[Tensor, " m"]
-    pmax_sum: float
-    count: int
-    scale_sums: Float[Tensor, "2 g s"]
-    """Per scale group and shell: ``sum w Re(K P conj X)`` and ``sum w |K P|^2``, the
-    group scale divided out (RELION's XA / s and AA / s^2), for ``--scale``."""
 
 
 @dataclass
@@ -250,7 +231,8 @@ def run_half_set(
     mask = soft_sphere_mask(
         n, ndim, radius_px=radius, edge_width_px=options.maskedge, device=device
     )
-    sums = _zero_sums(model, plan, padding_factor=options.pad, device=device)
+    directions = plan.orientations.pixels.shape[0]
+    sums = empty_sums(model, directions, padding_factor=options.pad, device=device)
     sigma2_all = model.sigma2_noise.to(device)
     angles_all = particles.angles_deg()  # once: the table is not re-read per batch
     centres_all = prior_centres_deg(
@@ -378,27 +360,3 @@ def run_half_set(
         left_out=np.concatenate(outputs["left_out"]).astype(np.int64),
     )
     return sums, update
-
-
-def _zero_sums(
-    model: HalfSetModel, plan: ExpectationPlan, *, padding_factor: int, device: torch.device
-) -> HalfSetSums:
-    """The sums of no particle, to be added to (``_add_batch``)."""
-    data, weight = zero_accumulators(model.ori_size, padding_factor=padding_factor, device=device)
-    nr_groups, shells = model.sigma2_noise.shape
-    return HalfSetSums(
-        data=data,
-        weight=weight,
-        noise=torch.zeros(nr_groups, shells, dtype=torch.float64, device=device),
-        multiplicity=None,
-        weight_per_group=torch.zeros(nr_groups, dtype=torch.float64, device=device),
-        offset_moments_angst2=0.0,
-        direction_mass=torch.zeros(
-            plan.orientations.pixels.shape[0], dtype=torch.float64, device=device
-        ),
-        pmax_sum=0.0,
-        count=0,
-        scale_sums=torch.zeros(
-            2, len(model.group_names), shells, dtype=torch.float64, device=device
-        ),
-    )

@@ -1,0 +1,75 @@
+"""Groups of a batch's particles for the fine pass, each within the memory budget.
+
+The fine pass (``likelihood.fine``) pads a group's arrays to its widest
+particle and keeps the children of its significant coarse orientations
+projected: groups of particles with similar numbers of significant pairs,
+closed before either would exceed its share of ``plan.max_bytes``.
+"""
+
+import torch
+from torch import Tensor
+
+from cryorefine.likelihood.plan import ExpectationPlan
+from cryorefine.likelihood.search import CoarseOutcome
+
+__all__ = ["BYTES_PER_SAMPLE", "fine_groups"]
+
+BYTES_PER_SAMPLE = 72  # scores, log priors, weights, sort keys and indices, cumulative sums
+
+
+def fine_groups(
+    coarse: CoarseOutcome, plan: ExpectationPlan, window_values: int, projected_values: int
+) -> list[Tensor]:
+    """Particles grouped by their number of significant coarse pairs, arrays within budget.
+
+    A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
+    samples of ``BYTES_PER_SAMPLE`` and, per distinct fine translation, the
+    phases and ``Z`` on the fine and back-projection windows (16 bytes per
+    coefficient of ``window_values``). Particles are taken in order of ``q``; a
+    group is closed when its padded size would exceed the budget or twice its
+    particles' own sizes, or when the children of its particles' significant
+    coarse orientations (``projected_values`` complex64 values each; 0 when a
+    cache holds them) would not fit the quarter of the budget that
+    ``fine._projector`` keeps them in: beyond it every child would be projected
+    twice, once to score and once to sum (for 3D data, a rotated volume each).
+    Orientations that several particles of a group share are counted once, as
+    they are projected once.
+    """
+    g = 2 ** (plan.oversampling * plan.translations_px.shape[1])
+    children = 8**plan.oversampling * g
+    pairs = coarse.significant.sum(dim=(1, 2)).tolist()
+    distinct = coarse.significant.any(dim=2).sum(dim=1).tolist()
+    order = sorted(range(len(pairs)), key=pairs.__getitem__)
+    budget = plan.max_bytes // 2
+
+    def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
+        per_particle = widest_pairs * children * BYTES_PER_SAMPLE
+        return count * (per_particle + widest_distinct * g * 16 * window_values)
+
+    per_orientation = 8**plan.oversampling * 8 * projected_values  # its children, complex64
+    held_orientations = plan.max_bytes // 4 // max(1, per_orientation)
+    owner, slot = coarse.significant.any(dim=1).nonzero(as_tuple=True)
+    ids = coarse.ids[owner, slot].tolist()
+    significant_ids: list[list[int]] = [[] for _ in pairs]
+    for particle, orientation in zip(owner.tolist(), ids, strict=True):
+        significant_ids[particle].append(orientation)
+    groups: list[list[int]] = [[]]
+    held: set[int] = set()  # the group's significant coarse orientations: projected once each
+    total = widest_distinct = 0
+    for i in order:  # ascending: particle i sets the padded width of pairs
+        wider = max(widest_distinct, distinct[i])
+        padded = cost(len(groups[-1]) + 1, pairs[i], wider)
+        too_many = per_orientation > 0 and len(held.union(significant_ids[i])) > held_orientations
+        if groups[-1] and (
+            padded > budget or padded > 2 * (total + cost(1, pairs[i], wider)) or too_many
+        ):
+            groups.append([])
+            total = 0
+            held = set()
+            wider = distinct[i]
+        groups[-1].append(i)
+        total += cost(1, pairs[i], distinct[i])
+        held.update(significant_ids[i])
+        widest_distinct = wider
+    device = coarse.significant.device
+    return [torch.tensor(group, dtype=torch.int64, device=device) for group in groups]
