@@ -4,7 +4,6 @@ SPA particles of the embedded C6 hexamer (as the end-to-end test) in two groups
 (``rlnGroupName``): the images of one group multiplied by 1.5. After a few
 iterations with ``--scale`` the model's scales stand in that ratio, with a
 particle-weighted mean of 1, and run_data.star numbers each particle's group.
-``--norm`` (the tutorial passes it) is accepted, and the log says it is not applied.
 """
 
 from pathlib import Path
@@ -51,7 +50,7 @@ def refined(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--o", str(folder / "Refine" / "run"), "--ini_high", "40", "--ctf",
         "--particle_diameter", "150", "--healpix_order", "1", "--auto_local_healpix_order", "3",
         "--offset_range", "3", "--offset_step", "1", "--sym", "C6", "--zero_mask",
-        "--flatten_solvent", "--low_resol_join_halves", "40", "--scale", "--norm", "--iter", "4",
+        "--flatten_solvent", "--low_resol_join_halves", "40", "--scale", "--iter", "4",
     ]  # fmt: skip
     assert main(arguments) == 0
     return folder / "Refine"
@@ -74,7 +73,3 @@ def test_run_data_numbers_each_particles_group(refined: Path) -> None:
     numbers = list(data["rlnGroupNumber"])
     assert {(n, g) for n, g in zip(names, numbers, strict=True)} == {("bright", 1), ("plain", 2)}
 
-
-def test_norm_is_accepted_and_the_log_says_what_it_became(refined: Path) -> None:
-    log = (refined / "run.log").read_text()
-    assert "--norm: accepted; per-particle norm correction is not applied" in log

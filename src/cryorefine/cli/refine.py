@@ -145,11 +145,6 @@ def _log_ignored(args: argparse.Namespace) -> None:
         logger.info("--pool: accepted; particles are batched by free memory")
     if args.j != RefineOptions().j:
         logger.info("--j: accepted; threads follow torch's settings")
-    if args.norm:
-        logger.info(
-            "--norm: accepted; per-particle norm correction is not applied "
-            "(rlnNormCorrection stays 1)"
-        )
 
 
 def _run_log(path: Path) -> AbstractContextManager[object]:

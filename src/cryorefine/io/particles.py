@@ -131,6 +131,10 @@ class ParticleSet:
         """Origin (x, y, z) in Angstrom (rlnOrigin*Angst, REFINE_SPEC §1.2); 0 where absent."""
         return self._floats(_ORIGINS, 0.0)
 
+    def norm_corrections(self) -> Float64[np.ndarray, " b"]:
+        """rlnNormCorrection of each particle (RELION's ``--norm``); 1 where absent."""
+        return self._floats(("rlnNormCorrection",), 1.0)[:, 0]
+
     def angle_priors_deg(self) -> Float64[np.ndarray, "b 3"]:
         """Prior (rot, tilt, psi) in degrees (rlnAngle*Prior); NaN where a label is absent."""
         out = np.full((len(self), 3), np.nan)

@@ -49,6 +49,7 @@ def _pack(sums: HalfSetSums) -> list[Tensor]:
             sums.offset_moments_angst2,
             sums.pmax_sum,
             float(sums.count),
+            sums.norm_sum,
             0.0 if sums.multiplicity is None else 1.0,
         ],
         dtype=torch.float64,
@@ -78,10 +79,11 @@ def _unpack(packed: list[Tensor], like: HalfSetSums) -> HalfSetSums:
         groups,
         like.direction_mass.shape[0],
         scale_shape.numel(),
-        4,
+        5,
     ]
     noise, multiplicity, per_group, mass, scale_sums, scalars = torch.split(vector, sizes)
-    offsets, pmax_sum, count, has_multiplicity = scalars.tolist()  # one transfer per iteration
+    # one transfer per iteration
+    offsets, pmax_sum, count, norm_sum, has_multiplicity = scalars.tolist()
     return HalfSetSums(
         data=torch.view_as_complex(data),
         weight=weight,
@@ -93,6 +95,7 @@ def _unpack(packed: list[Tensor], like: HalfSetSums) -> HalfSetSums:
         pmax_sum=pmax_sum,
         count=round(count),
         scale_sums=scale_sums.reshape(scale_shape),
+        norm_sum=norm_sum,
     )
 
 

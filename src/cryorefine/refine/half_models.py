@@ -86,6 +86,9 @@ def m_step(
     if options.scale and not cc:  # RELION keeps the scales in a cross-correlation iteration
         scale = group_scales(sums.scale_sums, model.ssnr, model.group_particle_counts)
     total_weight = float(sums.weight_per_group.sum())
+    norm_average = model.norm_correction_average
+    if options.norm and total_weight > 0:  # RELION: the new corrections over the weights
+        norm_average = sums.norm_sum / total_weight
     pdf = model.orientation_pdf
     if not state.local_searches and total_weight > 0:
         pdf = update_orientation_pdf(sums.direction_mass, total_weight)
@@ -109,6 +112,7 @@ def m_step(
         else model.sigma2_offset_angst2,
         average_pmax=sums.pmax_sum / max(sums.count, 1),
         scale_correction=scale.cpu(),
+        norm_correction_average=norm_average,
     )
 
 

@@ -17,11 +17,12 @@ statistics) and keeps the pose it had, with ``pmax`` 0.
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from cryorefine.fourier import (
@@ -65,7 +66,8 @@ class PoseUpdate:
     """New poses and statistics of the half set's particles (rows of the particle set).
 
     ``left_out``: the rows (a subset of ``rows``) of particles with NaN or infinity,
-    whose poses are the ones they had (module docstring).
+    whose poses are the ones they had (module docstring). ``norm_correction``: the
+    particles' new ``rlnNormCorrection`` with ``--norm``, else None.
     """
 
     rows: np.ndarray
@@ -75,6 +77,7 @@ class PoseUpdate:
     significant_samples: np.ndarray
     log_likelihood: np.ndarray
     left_out: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    norm_correction: np.ndarray | None = None
 
 
 def _masked(
@@ -160,11 +163,13 @@ def _add_batch(
     *,
     current_size: int,
     pixel_size_angst: float,
-) -> None:
+) -> Tensor:
     """Add one batch's E-step result to the half set's sums, in place.
 
     The back-projection sums are already in ``sums.data``/``sums.weight``
-    (``expectation(accumulators=...)``).
+    (``expectation(accumulators=...)``). Returns each particle's weighted squared
+    difference summed over all shells, those beyond the current size taken from
+    the image's power (RELION's ``exp_wsum_norm_correction``), float64 ``(b,)``.
     """
     n = masked_full.shape[1]
     ndim = batch.origins_px.shape[1]
@@ -193,6 +198,17 @@ def _add_batch(
     sums.pmax_sum += float(result.pmax.sum())
     sums.direction_mass += result.direction_mass.to(torch.float64)
     sums.count += batch.rows.shape[0]
+    return residual.sum(dim=1)
+
+
+def new_norm_corrections(old: Tensor, average: float, residual_sums: Tensor) -> Float[Tensor, " b"]:
+    """RELION's ``--norm`` update: ``old / average * sqrt(2 * sum w |diff|^2)``.
+
+    ``sum w |diff|^2`` over a half transform is half the real-space variance of the
+    residual of the image as scored (already multiplied by ``average / old``): the
+    new value is the particle's noise standard deviation in its own units.
+    """
+    return old.to(torch.float64) / average * torch.sqrt(2.0 * residual_sums)
 
 
 def run_half_set(
@@ -241,6 +257,7 @@ def run_half_set(
         use_priors=state.healpix_order < options.auto_local_healpix_order,
     )
     origins_all = particles.origins_angst()
+    norms_all = particles.norm_corrections()  # rlnNormCorrection, 1 where absent
     # local searches: neighbouring particles share candidates (``search_order``)
     centres = torch.as_tensor(centres_all[rows], device=device)
     rows = rows[search_order(plan, state, operators, centres)]
@@ -250,7 +267,7 @@ def run_half_set(
         # 8 rotated volumes each, too much to keep; it is built for 2D data only.
         cache = projection_cache(reference_ft, plan, ndim=ndim, fine=ndim == 2)
     outputs: dict[str, list[np.ndarray]] = {
-        key: [] for key in ("angles", "origins", "pmax", "nsig", "ll", "left_out")
+        key: [] for key in ("angles", "origins", "pmax", "nsig", "ll", "left_out", "norm")
     }
     done = 0
     m = plan.current_size
@@ -282,6 +299,11 @@ def run_half_set(
                 else None
             )
             sigma2 = sigma2_all[groups]
+            norms = torch.as_tensor(norms_all[host_rows], device=device)
+            if options.norm:  # RELION: the image times avg_norm_correction / its own
+                factor = (model.norm_correction_average / norms).to(batch.data_ft.real.dtype)
+                data_ft = batch.data_ft * factor.reshape(-1, *[1] * (batch.data_ft.dim() - 1))
+                batch = replace(batch, data_ft=data_ft)
             with times.phase("mask"):
                 masked_full = _masked(
                     batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
@@ -313,7 +335,7 @@ def run_half_set(
                 accumulators=(sums.data, sums.weight),
                 times=times,
             )
-            _add_batch(
+            residual_sums = _add_batch(
                 sums,
                 result,
                 batch,
@@ -324,6 +346,12 @@ def run_half_set(
                 current_size=m,
                 pixel_size_angst=pixel,
             )
+        norm = norms_all[all_rows].copy()  # bad particles keep theirs
+        if result is not None and options.norm:
+            new = new_norm_corrections(norms, model.norm_correction_average, residual_sums)
+            sums.norm_sum += float(new.sum())
+            norm[finite] = new.cpu().numpy()
+        outputs["norm"].append(norm)
         poses = _batch_poses(
             result,
             finite,
@@ -358,5 +386,6 @@ def run_half_set(
         significant_samples=np.concatenate(outputs["nsig"]),
         log_likelihood=np.concatenate(outputs["ll"]),
         left_out=np.concatenate(outputs["left_out"]).astype(np.int64),
+        norm_correction=np.concatenate(outputs["norm"]) if options.norm else None,
     )
     return sums, update

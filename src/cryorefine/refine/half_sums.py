@@ -34,6 +34,8 @@ class HalfSetSums:
     scale_sums: Float[Tensor, "2 g s"]
     """Per scale group and shell: ``sum w Re(K P conj X)`` and ``sum w |K P|^2``, the
     group scale divided out (RELION's XA / s and AA / s^2), for ``--scale``."""
+    norm_sum: float = 0.0
+    """Sum of the particles' new ``rlnNormCorrection`` (``--norm``)."""
 
 
 def empty_sums(
@@ -78,4 +80,5 @@ def join_sums(a: HalfSetSums, b: HalfSetSums) -> HalfSetSums:
         pmax_sum=a.pmax_sum + b.pmax_sum,
         count=a.count + b.count,
         scale_sums=a.scale_sums + b.scale_sums,
+        norm_sum=a.norm_sum + b.norm_sum,
     )

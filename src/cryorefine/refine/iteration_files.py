@@ -160,7 +160,7 @@ def particle_statistics(
     return ParticleStatistics(
         group_number=groups.astype(np.int64) + 1,
         class_number=np.ones(count, dtype=np.int64),
-        norm_correction=np.ones(count),
+        norm_correction=particles.norm_corrections(),
         half_set=half_sets.astype(np.int64),
         log_likelihood_contribution=log_likelihood,
         max_probability=pmax,
@@ -184,6 +184,12 @@ def apply_poses(
         significant[update.rows] = update.significant_samples
         log_likelihood[update.rows] = update.log_likelihood
     particles = inputs.particles.with_poses(angles_deg=angles, origins_angst=origins)
+    norms = [u for u in updates if u.norm_correction is not None]
+    if norms:  # --norm: the new rlnNormCorrection go into the table, read next iteration
+        values = particles.norm_corrections().copy()
+        for update in norms:
+            values[update.rows] = update.norm_correction
+        particles = particles.with_columns({"norm_correction": values})
     return particles, particle_statistics(
         particles, inputs.half_sets, pmax, significant, log_likelihood, inputs.scale_group
     )
