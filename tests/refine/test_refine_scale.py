@@ -72,4 +72,3 @@ def test_run_data_numbers_each_particles_group(refined: Path) -> None:
     names = list(data["rlnGroupName"])
     numbers = list(data["rlnGroupNumber"])
     assert {(n, g) for n, g in zip(names, numbers, strict=True)} == {("bright", 1), ("plain", 2)}
-
