@@ -443,8 +443,8 @@ def test_a_group_scale_scores_as_a_scaled_reference_and_back_projects_s_y_with_s
     premultiplied,
 ):
     # X = s K P: scoring with scale s is scoring against the reference s P; the
-    # back-projection inserts s Y with weight s^2 V (RELION's Mctf *= scale), for
-    # premultiplied data too, where Y = X / sigma2 and V = K / sigma2
+    # back-projection inserts s Y with weight s^2 V (RELION's Mctf *= scale); for
+    # premultiplied data, Y = X / sigma2 stays and V = K / sigma2 becomes s V
     s = 1.25  # exact in float32, the CTF's dtype
     reference, plan, images, *_ = _case(3, b=3, seed=14, precision="float64")
     reference = reference.to(torch.complex128)  # s P exact to float64 rounding
@@ -471,9 +471,10 @@ def test_a_group_scale_scores_as_a_scaled_reference_and_back_projects_s_y_with_s
     u = 2.0**-24
     unscaled = want.backprojection
     largest = prepare(plain, plan).bp_data.abs().max().item()
+    data_scale, weight_scale = (1.0, s) if premultiplied else (s, s**2)
     torch.testing.assert_close(
-        got.backprojection.data, s * unscaled.data, rtol=0, atol=u * s * 3 * largest
+        got.backprojection.data, data_scale * unscaled.data, rtol=0, atol=u * s * 3 * largest
     )
     torch.testing.assert_close(
-        got.backprojection.weight, s**2 * unscaled.weight, rtol=2 * u, atol=0
+        got.backprojection.weight, weight_scale * unscaled.weight, rtol=2 * u, atol=0
     )

@@ -43,6 +43,7 @@ def rank_sums(rank: int, *, with_multiplicity: bool) -> HalfSetSums:
         pmax_sum=float(torch.rand(1, dtype=torch.float64, generator=gen)),
         count=3 + rank,
         scale_sums=torch.rand(2, SCALE_GROUPS, SHELLS, dtype=torch.float64, generator=gen),
+        norm_sum=float(torch.rand(1, dtype=torch.float64, generator=gen)),
     )
 
 

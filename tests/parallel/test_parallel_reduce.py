@@ -73,7 +73,7 @@ def _expected_half(half: int) -> dict:
         total[key] = parts[0][key].clone()
         for part in parts[1:]:
             total[key] = total[key] + part[key]
-    for key in ("offset_moments_angst2", "pmax_sum", "count"):
+    for key in ("offset_moments_angst2", "pmax_sum", "count", "norm_sum"):
         total[key] = sum(part[key] for part in parts)
     summed = [part["multiplicity"] for part in parts if part["multiplicity"] is not None]
     total["multiplicity"] = sum(summed[1:], summed[0].clone()) if summed else None

@@ -14,7 +14,9 @@ import pytest
 import starfile
 
 from cryorefine.cli.main import main
+from cryorefine.errors import InputError
 from cryorefine.io import read_star
+from cryorefine.refine.driver import _check_continued_groups
 from cryorefine.simulate import SimulationOptions, simulate_dataset
 
 BRIGHT = 1.5
@@ -72,3 +74,10 @@ def test_run_data_numbers_each_particles_group(refined: Path) -> None:
     names = list(data["rlnGroupName"])
     numbers = list(data["rlnGroupNumber"])
     assert {(n, g) for n, g in zip(names, numbers, strict=True)} == {("bright", 1), ("plain", 2)}
+
+
+def test_continuing_a_model_with_other_groups_than_the_particles_is_refused() -> None:
+    # a run written before groups followed the particles' names had one group, "group"
+    with pytest.raises(InputError, match="scale groups"):
+        _check_continued_groups(("group",), ("bright", "plain"), Path("run_it004_optimiser.star"))
+    _check_continued_groups(("bright", "plain"), ("bright", "plain"), Path("x.star"))  # same: fine

@@ -177,8 +177,12 @@ def prepare(particles: ParticleTerms, plan: ExpectationPlan) -> Prepared:
         1.0 / sigma2[:, bp_w.shell],
         ctf_premultiplied=particles.ctf_premultiplied,
     )
-    if scale is not None:  # s Y and s^2 V, premultiplied data too (s X, s^2 K)
-        bp_data, bp_weight = bp_data * scale, bp_weight * scale.square()
+    if scale is not None:  # RELION scales the CTF term once: s Y and s^2 V; premultiplied
+        # data (Y = X / sigma2, V = K / sigma2) keep X and take s K
+        if particles.ctf_premultiplied:
+            bp_weight = bp_weight * scale
+        else:
+            bp_data, bp_weight = bp_data * scale, bp_weight * scale.square()
     return Prepared(
         coarse=coarse,
         coarse_window=coarse_w,

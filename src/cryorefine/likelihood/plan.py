@@ -130,7 +130,8 @@ class ParticleTerms:
     scale
         Intensity scale ``s`` of each particle's group (``--scale``), or None
         for 1: the model becomes ``X = s K P``, scored and summed with ``s K``,
-        and the back-projection inserts ``s Y`` with weight ``s^2 V``.
+        and the back-projection inserts ``s Y`` with weight ``s^2 V`` (RELION's
+        ``Mctf *= scale``; premultiplied data: ``X`` with weight ``s K``).
     """
 
     masked_ft: Complex[Tensor, "b ..."]

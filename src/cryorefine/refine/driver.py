@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cryorefine.errors import InputError
 from cryorefine.fourier import prepare_reference
 from cryorefine.geometry import (
     asymmetric_unit_pixels,
@@ -275,6 +276,17 @@ def _iteration(
     return inputs, state, models, final
 
 
+def _check_continued_groups(model: tuple[str, ...], particles: tuple[str, ...], path: Path) -> None:
+    """The continued model's scale groups must be the particles' (RELION's group names)."""
+    if tuple(model) != tuple(particles):
+        raise InputError(
+            f"{path}: its model has the scale groups {list(model)[:5]} "
+            f"({len(model)}), the particles {list(particles)[:5]} ({len(particles)}); "
+            "expected the same groups (rlnGroupName, micrograph or tomogram names): "
+            "continue a run written by this version, or start a new one"
+        )
+
+
 def refine_run(
     options: RefineOptions,
     *,
@@ -309,6 +321,8 @@ def refine_run(
         state, models = continued.state, tuple(continued.half_models)
         logger.info("continuing from %s (iteration %d)", continue_from, state.iteration)
     inputs = load_inputs(options, device=device)
+    if models is not None and continue_from is not None:
+        _check_continued_groups(models[0].group_names, inputs.scale_group_names, continue_from)
     generator = torch.Generator(device="cpu").manual_seed(
         max(options.random_seed, 0) + (state.iteration if state else 0)
     )

@@ -120,8 +120,6 @@ def search_order(
     state: RefineState,
     operators: Tensor,
     angles_deg: Tensor,
-    *,
-    chunk: int = 4096,
 ) -> np.ndarray:
     """An order of the particles in which neighbours search nearly the same orientations.
 
@@ -137,6 +135,8 @@ def search_order(
     if not state.local_searches or n == 0:
         return np.arange(n)
     grid = plan.orientations
+    # (chunk, m) float64 priors and ~5 temporaries of their size within a quarter budget
+    chunk = max(1, min(4096, plan.max_bytes // 4 // (6 * 8 * grid.pixels.shape[0])))
     direction = torch.empty(n, dtype=torch.int64, device=angles_deg.device)
     psi = torch.zeros(n, dtype=torch.int64, device=angles_deg.device)
     for lo in range(0, n, chunk):  # (chunk, m) priors at a time
