@@ -78,6 +78,9 @@ def parse_arguments() -> argparse.Namespace:
         help="--auto_local_healpix_order (O uses one less, I one more, as the tutorial says)",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--map", default=None, help="true map for simulate (default: the embedded hexamer)"
+    )
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--work", default="bench_refine_work")
     parser.add_argument("--out", default="bench_refine.json")
@@ -129,6 +132,7 @@ def run_case(args: argparse.Namespace) -> dict[str, object]:
             str(args.snr),
             "--seed",
             str(args.seed),
+            *([] if args.map is None else ["--map", str(args.map)]),
             *gpu,
         ]
     )

@@ -11,9 +11,8 @@ Relative image names resolve as ``paths`` says: the current directory, then the
 STAR file's folder and the folders above it; one folder serves the whole set.
 """
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 
@@ -113,15 +112,11 @@ class ParticleSet:
         return len(self.particles)
 
     def _floats(self, labels: tuple[str, ...], default: float | None) -> Float64[np.ndarray, "b c"]:
-        return np.stack(
-            [
-                float_column(
-                    self.particles, label, path=self.path, block="particles", default=default
-                )
-                for label in labels
-            ],
-            axis=1,
-        )
+        columns = [
+            float_column(self.particles, label, path=self.path, block="particles", default=default)
+            for label in labels
+        ]
+        return np.stack(columns, axis=1)
 
     def angles_deg(self) -> Float64[np.ndarray, "b 3"]:
         """(rot, tilt, psi) in degrees, RELION's ZYZ convention; 0 where a label is absent."""
@@ -252,7 +247,7 @@ class ParticleSet:
     def subset(self, rows: Int64[np.ndarray, " c"] | Bool[np.ndarray, " b"]) -> "ParticleSet":
         """The particles at ``rows`` (0-based positions, or a mask), in that order."""
         positions = np.flatnonzero(rows) if rows.dtype == np.bool_ else rows
-        return dataclasses.replace(
+        return replace(
             self,
             particles=self.particles.iloc[positions].reset_index(drop=True),
             optics_row=self.optics_row[positions],
@@ -292,7 +287,7 @@ class ParticleSet:
             if column.shape != (len(table),):
                 raise ValueError(f"{word}: shape {column.shape}, expected ({len(table)},)")
             table[FIELD_LABELS[word]] = column
-        return dataclasses.replace(self, particles=table)
+        return replace(self, particles=table)
 
     def _text(self, label: str) -> list[str]:
         if label not in self.particles.columns:
