@@ -39,6 +39,7 @@ COLUMNS = [
     "particles",
     "box",
     "resolution_vs_truth_angst",
+    "resolution_vs_truth_05_angst",
     "true_poses_resolution_angst",
     "printed_resolution_angst",
     "median_angular_error_deg",
@@ -220,6 +221,8 @@ def run_case(args: argparse.Namespace) -> dict[str, object]:
         "box": args.box,
         "snr": args.snr,
         "resolution_vs_truth_angst": result.resolution_0143_angst,
+        # the threshold that matches a half-map FSC of 0.143 (Rosenthal & Henderson)
+        "resolution_vs_truth_05_angst": result.resolution_05_angst,
         "true_poses_resolution_angst": true_resolution,
         "printed_resolution_angst": printed,
         "median_angular_error_deg": result.median_angular_error_deg,
