@@ -8,16 +8,15 @@ particle-weighted mean of 1, and run_data.star numbers each particle's group.
 
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pytest
 import starfile
+from intensity_cases import refine_arguments, simulate_multiplied
 
 from cryorefine.cli.main import main
 from cryorefine.errors import InputError
 from cryorefine.io import read_star
 from cryorefine.refine.driver import _check_continued_groups
-from cryorefine.simulate import SimulationOptions, simulate_dataset
 
 BRIGHT = 1.5
 
@@ -26,34 +25,13 @@ BRIGHT = 1.5
 def refined(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("refine_scale")
     sim = folder / "sim"
-    simulate_dataset(
-        SimulationOptions(
-            output_dir=sim,
-            symmetry="C6",
-            n_particles=200,
-            box_size=32,
-            pixel_size_angst=5.4,
-            snr=10.0,
-            data_format="spa",
-            ref_lowpass_angst=40.0,
-            ref_rotation_deg=15.0,
-            seed=2027,
-        )
-    )
+    bright = np.arange(200) % 2 == 0
+    simulate_multiplied(sim, seed=2027, multiplied=bright, factor=BRIGHT)
     tables = starfile.read(sim / "particles.star", always_dict=True)
-    particles = tables["particles"]
-    bright = np.arange(len(particles)) % 2 == 0
-    particles["rlnGroupName"] = np.where(bright, "bright", "plain")
+    tables["particles"]["rlnGroupName"] = np.where(bright, "bright", "plain")
     starfile.write(tables, sim / "grouped.star")
-    with mrcfile.open(sim / "particles.mrcs", mode="r+") as stack:
-        stack.data[bright] *= BRIGHT  # rows are the stack's images in order
-    arguments = [
-        "refine", "--i", str(sim / "grouped.star"), "--ref", str(sim / "reference.mrc"),
-        "--o", str(folder / "Refine" / "run"), "--ini_high", "40", "--ctf",
-        "--particle_diameter", "150", "--healpix_order", "1", "--auto_local_healpix_order", "3",
-        "--offset_range", "3", "--offset_step", "1", "--sym", "C6", "--zero_mask",
-        "--flatten_solvent", "--low_resol_join_halves", "40", "--scale", "--iter", "4",
-    ]  # fmt: skip
+    grouped = sim / "grouped.star"
+    arguments = refine_arguments(grouped, sim, folder / "Refine" / "run", "--scale", "--iter", "4")
     assert main(arguments) == 0
     return folder / "Refine"
 

@@ -6,6 +6,7 @@ projected: groups of particles with similar numbers of significant pairs,
 closed before either would exceed its share of ``plan.max_bytes``.
 """
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,11 +49,12 @@ def fine_groups(
 
     per_orientation = 8**plan.oversampling * 8 * projected_values  # its children, complex64
     held_orientations = plan.max_bytes // 4 // max(1, per_orientation)
-    owner, slot = coarse.significant.any(dim=1).nonzero(as_tuple=True)
-    ids = coarse.ids[owner, slot].tolist()
     significant_ids: list[list[int]] = [[] for _ in pairs]
-    for particle, orientation in zip(owner.tolist(), ids, strict=True):
-        significant_ids[particle].append(orientation)
+    if per_orientation > 0:  # each particle's significant coarse ids (masks index row by row)
+        mask = coarse.significant.any(dim=1)
+        ids = coarse.ids[mask].cpu().numpy()
+        parts = np.split(ids, np.cumsum(mask.sum(dim=1).cpu().numpy())[:-1])
+        significant_ids = [part.tolist() for part in parts]
     groups: list[list[int]] = [[]]
     held: set[int] = set()  # the group's significant coarse orientations: projected once each
     total = widest_distinct = 0

@@ -130,9 +130,8 @@ def group_scales(
     renormalises to a particle-weighted mean of 1.
     """
     sums = scale_sums.to(torch.float64)
-    shells = (ssnr.to(sums.device) > SCALE_SSNR_THRESHOLD)[: sums.shape[2]]
-    xa = sums[0, :, : shells.shape[0]][:, shells].sum(dim=1)
-    aa = sums[1, :, : shells.shape[0]][:, shells].sum(dim=1)
+    shells = ssnr.to(sums.device) > SCALE_SSNR_THRESHOLD  # both ori_size // 2 + 1 shells
+    xa, aa = sums[:, :, shells].sum(dim=2)
     return update_scale_correction(
         xa, aa, torch.tensor(counts, dtype=torch.float64, device=xa.device)
     )

@@ -299,8 +299,8 @@ def run_half_set(
                 else None
             )
             sigma2 = sigma2_all[groups]
-            norms = torch.as_tensor(norms_all[host_rows], device=device)
             if options.norm:  # RELION: the image times avg_norm_correction / its own
+                norms = torch.as_tensor(norms_all[host_rows], device=device)
                 factor = (model.norm_correction_average / norms).to(batch.data_ft.real.dtype)
                 data_ft = batch.data_ft * factor.reshape(-1, *[1] * (batch.data_ft.dim() - 1))
                 batch = replace(batch, data_ft=data_ft)
@@ -349,8 +349,8 @@ def run_half_set(
         norm = norms_all[all_rows].copy()  # bad particles keep theirs
         if result is not None and options.norm:
             new = new_norm_corrections(norms, model.norm_correction_average, residual_sums)
-            sums.norm_sum += float(new.sum())
-            norm[finite] = new.cpu().numpy()
+            norm[finite] = new.cpu().numpy()  # one transfer: the sum is taken on the host
+            sums.norm_sum += float(norm[finite].sum())
         outputs["norm"].append(norm)
         poses = _batch_poses(
             result,
