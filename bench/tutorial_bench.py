@@ -203,6 +203,7 @@ def main() -> None:
         stats = pstats.Stats(profile, stream=stream)
         stats.sort_stats("cumulative").print_stats("cryorefine", 60)
         stats.sort_stats("tottime").print_stats(30)  # torch's own calls: where device time lands
+        stats.print_callers(12)  # which of our lines make the costliest of those calls
         summary["profile_cumulative"] = stream.getvalue()
         lines.append(stream.getvalue())
     sys.stdout.write("\n".join(lines) + "\n")

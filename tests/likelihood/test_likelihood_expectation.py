@@ -28,6 +28,7 @@ from cryorefine.likelihood import (
     fourier_window,
     gather_window,
     insert_backprojection,
+    memory_budget,
     prepare,
     projection_cache,
     search,
@@ -478,3 +479,23 @@ def test_a_group_scale_scores_as_a_scaled_reference_and_back_projects_s_y_with_s
     torch.testing.assert_close(
         got.backprojection.weight, weight_scale * unscaled.weight, rtol=2 * u, atol=0
     )
+
+
+def test_memory_budget_is_half_a_gigabyte_on_the_cpu() -> None:
+    assert memory_budget(torch.device("cpu")) == 2**29
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_memory_budget_counts_memory_the_allocator_caches_as_free() -> None:
+    device = torch.device("cuda")
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    if free < 2**34:
+        pytest.skip("needs 16 GiB of free GPU memory")
+    before = memory_budget(device)
+    block = torch.empty(free - 2**33, dtype=torch.uint8, device=device)  # all but 8 GiB
+    del block  # back to torch's cache, not to the driver
+    # counting the driver's free memory alone would give a quarter of 8 GiB
+    assert memory_budget(device) == pytest.approx(before, rel=0.05)
+    assert before > 2**31
+    torch.cuda.empty_cache()

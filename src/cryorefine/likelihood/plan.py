@@ -25,14 +25,19 @@ def memory_budget(device: torch.device) -> int:
     """``ExpectationPlan.max_bytes`` for ``device``: a quarter of the free GPU memory
     (between 1 and 16 GiB), 512 MiB on the CPU.
 
-    The E-step's intermediates peak near twice the budget (the score arrays of a
-    chunk plus one orientation chunk's gathers); the rest stays free for the
-    reference, the back-projector and the particle batch.
+    Free memory includes what torch's caching allocator holds but does not use:
+    after one half set the cache can hold most of the card, and counting only
+    the driver's free memory gave the next half set a budget several times
+    smaller (smaller groups, slower). The E-step's intermediates peak near twice
+    the budget (the score arrays of a chunk plus one orientation chunk's
+    gathers); the rest stays free for the reference, the back-projector and the
+    particle batch.
     """
     if device.type != "cuda":
         return 2**29
     free, _ = torch.cuda.mem_get_info(device)
-    return int(min(max(free // 4, 2**30), 2**34))
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(min(max((free + cached) // 4, 2**30), 2**34))
 
 
 @dataclass(frozen=True)
