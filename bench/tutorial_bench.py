@@ -53,12 +53,21 @@ RELION_RESOLUTION_ANGST = 16.54  # Refine3D/job012/run_model.star on the real da
 TABLES = ("per_iteration", "floor")  # summary entries printed as tables, not as key: value
 
 
-def run(arguments: list[str], profile: cProfile.Profile | None = None) -> float:
+def run(
+    arguments: list[str], profile: cProfile.Profile | None = None, torch_profile: bool = False
+) -> float:
     start = time.perf_counter()
-    if profile is None:
-        status = cryorefine(arguments)
-    else:
+    if profile is not None:
         status = profile.runcall(cryorefine, arguments)
+    elif torch_profile:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            status = cryorefine(arguments)
+        averages = prof.key_averages()
+        for key in ("self_cuda_time_total", "cpu_time_total"):
+            sys.stdout.write(averages.table(sort_by=key, row_limit=45, max_name_column_width=48))
+    else:
+        status = cryorefine(arguments)
     if status != 0:
         raise SystemExit(f"cryorefine {arguments[0]} failed with status {status}")
     return time.perf_counter() - start
@@ -80,6 +89,18 @@ def parse_arguments() -> argparse.Namespace:
         action="store_true",
         help="run refine under cProfile and print its cryorefine functions by cumulative time "
         "(with CUDA_LAUNCH_BLOCKING=1, device time is charged to the function that launched it)",
+    )
+    parser.add_argument(
+        "--torch_profile",
+        action="store_true",
+        help="run refine under torch.profiler and print the operators and phases by device "
+        "time and by host time (which shows where the host, not the device, sets the pace)",
+    )
+    parser.add_argument(
+        "--continue_run",
+        action="store_true",
+        help="reuse the simulated data in --work (simulated again, with the same seed, if "
+        "absent) and continue its Refine3D from the last run_itNNN_optimiser.star",
     )
     parser.add_argument("--work", type=Path, default=Path("bench_tutorial_work"))
     parser.add_argument("--out", type=Path, default=Path("bench_tutorial.json"))
@@ -133,7 +154,8 @@ def floor(refine: Path, *, gpu: bool, precision: str = "float32") -> dict:
 def main() -> None:
     args = parse_arguments()
     sim, refine = args.work / "sim", args.work / "Refine3D"
-    simulate_seconds = simulate(args, sim)
+    done = args.continue_run and (sim / "optimisation_set.star").exists()
+    simulate_seconds = 0.0 if done else simulate(args, sim)
     refine.mkdir(parents=True, exist_ok=True)
     if args.gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -141,10 +163,15 @@ def main() -> None:
         "refine", "--ios", str(sim / "optimisation_set.star"), "--ref", str(sim / "reference.mrc"),
         "--o", str(refine / "run"), *TUTORIAL_OPTIONS,
     ]  # fmt: skip
+    finished = sorted(refine.glob("run_it[0-9][0-9][0-9]_optimiser.star"))
+    if args.continue_run and finished:  # the options come from the optimiser star
+        command = ["refine", "--continue", str(finished[-1])]
     if args.iter:
         command += ["--iter", str(args.iter)]
     profile = cProfile.Profile() if args.profile else None
-    refine_seconds = run(command + (["--gpu", "0"] if args.gpu else []), profile)
+    refine_seconds = run(
+        command + (["--gpu", "0"] if args.gpu else []), profile, args.torch_profile
+    )
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
     allocator = torch.cuda.memory_stats() if args.gpu else {}
     floors = floor(refine, gpu=args.gpu)  # the refine's default --precision float32

@@ -27,6 +27,7 @@ score flipped between runs would move the map far more than that.
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -436,3 +437,20 @@ def test_continue_after_kills_reaches_the_uninterrupted_map(
     for label in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst"):
         # the same sampling points chosen: equal to the 12 digits written
         np.testing.assert_allclose(got_data[label], want_data[label], rtol=1e-11, atol=1e-9)
+
+
+def test_iter_given_with_continue_replaces_the_runs_iteration_limit(
+    project: Path, uninterrupted: tuple[list[str], float]
+) -> None:
+    if (project / "whole" / "run_class001.mrc").exists():
+        pytest.skip("the uninterrupted run converged: there is no limit to raise")
+    shutil.copytree(project / "whole", project / "more")
+    last = last_finished_iteration(project / "more" / "run")
+    assert last is not None
+    assert _iteration(last.name) == ITERATIONS
+    more = ["refine", "--continue", str(last.relative_to(project)), "--iter", str(ITERATIONS + 1)]
+    child = _cryorefine(more, project)
+    _, err = child.communicate(timeout=600)
+    assert child.returncode == 0, err
+    assert (project / "more" / f"run_it{ITERATIONS + 1:03d}_optimiser.star").exists()
+    assert not (project / "more" / f"run_it{ITERATIONS + 2:03d}_optimiser.star").exists()

@@ -300,6 +300,8 @@ def refine_run(
 
     ``communicator`` (default ``SingleProcess``) shares the E-step between ranks;
     every rank returns the same model and state, only its writer writes files.
+    With ``continue_from`` the options are the continued run's, except ``iter``
+    when ``options.iter`` is not the default (RELION's ``--continue ... --iter N``).
 
     Raises
     ------
@@ -312,11 +314,16 @@ def refine_run(
     models = None
     if continue_from is not None:
         continued = read_continue(continue_from, device=device)
-        # As RELION: outputs go next to the optimiser file continued from (its root).
+        # As RELION: outputs go next to the optimiser file continued from (its root),
+        # and an --iter given with --continue replaces the run's iteration limit.
+        # (The optimiser file's rlnNumberOfIterations is the run's limit, which --iter replaces.)
+        given, default = options.iter != RefineOptions().iter, RefineOptions().auto_iter_max
         options = dataclasses.replace(
             continued.options,
             input_particles=Path(continued.data_file),
             output_root=output_root_of(continue_from),
+            iter=options.iter if given else continued.options.iter,
+            auto_iter_max=default if given else continued.options.auto_iter_max,
         )
         state, models = continued.state, tuple(continued.half_models)
         logger.info("continuing from %s (iteration %d)", continue_from, state.iteration)
