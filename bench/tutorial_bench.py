@@ -102,6 +102,15 @@ def parse_arguments() -> argparse.Namespace:
         help="reuse the simulated data in --work (simulated again, with the same seed, if "
         "absent) and continue its Refine3D from the last run_itNNN_optimiser.star",
     )
+    parser.add_argument(
+        "--batch_size", type=int, default=0, help="refine --batch_size (0: refine's default)"
+    )
+    parser.add_argument(
+        "--precision", default="float32", help="refine --precision (float32, tf32, float64)"
+    )
+    parser.add_argument(
+        "--no_floor", action="store_true", help="skip measuring the rates and the floor table"
+    )
     parser.add_argument("--work", type=Path, default=Path("bench_tutorial_work"))
     parser.add_argument("--out", type=Path, default=Path("bench_tutorial.json"))
     return parser.parse_args()
@@ -168,13 +177,18 @@ def main() -> None:
         command = ["refine", "--continue", str(finished[-1])]
     if args.iter:
         command += ["--iter", str(args.iter)]
+    command += ["--batch_size", str(args.batch_size), "--precision", args.precision]
     profile = cProfile.Profile() if args.profile else None
     refine_seconds = run(
         command + (["--gpu", "0"] if args.gpu else []), profile, args.torch_profile
     )
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
     allocator = torch.cuda.memory_stats() if args.gpu else {}
-    floors = floor(refine, gpu=args.gpu)  # the refine's default --precision float32
+    floors = (
+        {"precision": args.precision, "rates": {}, "rows": [], "per_iteration": []}
+        if args.no_floor
+        else floor(refine, gpu=args.gpu, precision=args.precision)
+    )
     log = (refine / "run.log").read_text()
     counts = re.findall(r"iter=001 half_set=\d particles=(\d+)", log)
     particles = sum(int(c) for c in counts)
@@ -223,8 +237,9 @@ def main() -> None:
     ]
     lines += [f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}"
               for key, value in summary.items() if key not in TABLES]  # fmt: skip
-    lines += [*rate_lines(floors["rates"], floors["precision"]),
-              format_totals(floors["per_iteration"])]  # fmt: skip
+    if floors["rates"]:
+        lines += [*rate_lines(floors["rates"], floors["precision"]),
+                  format_totals(floors["per_iteration"])]  # fmt: skip
     if profile is not None:
         stream = io.StringIO()
         stats = pstats.Stats(profile, stream=stream)
