@@ -37,7 +37,7 @@ from cryorefine.refine.convergence import (
     iteration_limit,
     update_hidden_variable_changes,
 )
-from cryorefine.refine.e_step import e_step
+from cryorefine.refine.e_step import default_batch_size, e_step
 from cryorefine.refine.half_models import accuracies, m_step, unregularised_map
 from cryorefine.refine.half_sums import join_sums
 from cryorefine.refine.initialise import RefineInputs, initial_models, load_inputs
@@ -355,12 +355,7 @@ def refine_run(
             )
         communicator.barrier()
     if batch_size <= 0:
-        # 3D data: a batch's particles are volumes (its orientations' back-projection
-        # sums are inserted group by group, likelihood.expectation).
-        if inputs.ndim == 3:
-            batch_size = 64 if device.type == "cuda" else 8
-        else:
-            batch_size = 256 if device.type == "cuda" else 32
+        batch_size = default_batch_size(inputs.ndim, inputs.ori_size, device)
     limit = iteration_limit(options)
     final = False
     while not final:
