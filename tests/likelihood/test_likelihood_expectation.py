@@ -35,7 +35,7 @@ from cryorefine.likelihood import (
     window_phases,
 )
 from cryorefine.likelihood.fine_groups import fine_groups
-from cryorefine.likelihood.search import CoarseOutcome
+from cryorefine.likelihood.search import UNION_PRODUCT_RATIO, CoarseOutcome, union_is_cheaper
 from cryorefine.timing import PhaseTimes
 
 
@@ -201,6 +201,15 @@ def _assert_same(result, want, tol):
     # dLL: log of a sum of such terms, plus the same log-sigma2 constant
     torch.testing.assert_close(result.log_likelihood, want.log_likelihood, rtol=0, atol=4 * tol)
     assert (result.significant_samples == want.significant_samples).all()
+
+
+def test_lists_are_scored_at_the_union_when_its_projections_cannot_be_held() -> None:
+    # held: the bytes of the gathers against the flops of the union product
+    assert union_is_cheaper(100, 10.0, 5, True)  # 500 < 1280
+    assert not union_is_cheaper(1000, 10.0, 5, True)
+    assert union_is_cheaper(UNION_PRODUCT_RATIO - 1, 1.0, 1, True)
+    # not held: lists would be scored by padded row ranges, the union's products or more
+    assert union_is_cheaper(10**6, 1.0, 100, False)
 
 
 @pytest.mark.parametrize("union", [True, False], ids=["union product", "per-particle lists"])

@@ -148,7 +148,10 @@ def score_shared(
         particles.data, particles.ctf, weight, particles.phases[0], precision=precision
     )
     out = terms.data_power.new_empty((b, t, projector.rows))
-    chunk = _chunk(projector, b, t, k, max_bytes)
+    # per row: its projection's temporaries, |P|^2 and the real pairs (24 bytes per
+    # coefficient), and its column of the scores (nothing per particle and coefficient)
+    per_row = projector.bytes_per_row() + 24 * k + 8 * b * t
+    chunk = max(1, (max_bytes // 2) // per_row)
     for lo in range(0, projector.rows, chunk):
         hi = min(lo + chunk, projector.rows)
         p = projector.project(lo, hi)
