@@ -110,6 +110,28 @@ def _chunk(projector: BlockProjector, b: int, g: int, k: int, kb: int, max_bytes
     return max(1, (max_bytes // 2) // (projector.bytes_per_row() + 4 * b * floats))
 
 
+def _held_row_power(projector: BlockProjector, pair_children: int, cplx: torch.dtype):
+    """``|P|^2`` of every row of a held projector ``(rows, k)``, or None.
+
+    Squaring each pair's gathered children costs a pass over ``(b, q, f, 2k)``
+    per product (``|P|^2``, then a matrix-vector product). With the projections
+    held and no more rows than the pairs' children (``pair_children = b q f``),
+    each row is squared once and one product gives every particle's weighted
+    power at every row.
+    """
+    values = projector.projector.values
+    if values is None or values.shape[0] > pair_children:
+        return None
+    held = values.to(cplx)
+    return held.real.square() + held.imag.square()
+
+
+def _child_rows(rows: Tensor, f: int) -> Tensor:
+    """Projector rows ``(b, l f)`` of the ``f`` children of block rows ``(b, l)``."""
+    children = torch.arange(f, device=rows.device)
+    return (rows[:, :, None] * f + children).reshape(rows.shape[0], -1)
+
+
 def _translation_index(lists: PairLists, slots: Tensor, g: int) -> Tensor:
     """Fine translation index ``(b, l, g)`` of the children of the pairs at ``slots``."""
     coarse = lists.translations.gather(1, slots)
@@ -146,6 +168,10 @@ def score_pairs(
     chunk = _chunk(projector, b, g, k2 // 2, 0, max_bytes)
     every_translation = tg // g <= MAX_TRANSLATIONS_PER_PRODUCT
     ctf_pairs = terms.ctf_power.repeat_interleave(2, dim=-1)[:, :, None]  # (b, 2k, 1)
+    row_power = _held_row_power(projector, b * q * f, cplx)
+    if row_power is not None:  # sum_k w K^2 |P_row|^2 of every particle and held row
+        with matmul_precision(terms.precision):
+            held_power = terms.ctf_power @ row_power.T  # (b, rows)
     for part in row_chunks(projector, rows, lists.valid, chunk):
         p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
@@ -157,8 +183,10 @@ def score_pairs(
                 cross = product.gather(2, index[:, :, :, None].expand(-1, -1, -1, f))
             else:
                 cross = _blocks(terms.shifted, index) @ p.transpose(-1, -2)  # (b, l, g, f)
-            # |P|^2 weighted by w K^2: square the copy in place, one product
-            power = p.square_().reshape(b, width * f, k2) @ ctf_pairs
+            if row_power is not None:
+                power = held_power.gather(1, _child_rows(part.rows, f))
+            else:  # |P|^2 weighted by w K^2: square the copy in place, one product
+                power = p.square_().reshape(b, width * f, k2) @ ctf_pairs
             power = power.reshape(b, width, 1, f)
         if cross_correlation:
             tiny = torch.finfo(cross.dtype).tiny
@@ -234,6 +262,8 @@ def sum_pairs(
     owner = torch.arange(b, device=rows.device)
     merged: tuple[Tensor, Tensor, Tensor] | None = None
     chunk = _chunk(projector, b, g, k, v.shape[1], max_bytes)
+    row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx)
+    row_weights = w_all.new_zeros(b, 0 if row_power is None else row_power.shape[0])
     for part in row_chunks(projector, rows, lists.valid, chunk):
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
         w = w * part.inside[:, :, None, None]
@@ -242,9 +272,11 @@ def sum_pairs(
         per_child = w.sum(dim=2)  # (b, l, f)
         with matmul_precision(precision):
             contribution = w @ p  # (b, l, g, 2k)
-            # |P|^2: square the copy in place; (Re^2, Im^2) pairs added after the sum
-            power_pairs = (per_child[:, :, None, :] @ p.square_()).sum(dim=(1, 2))
-            power += power_pairs.reshape(b, k, 2).sum(dim=-1)
+            if row_power is not None:  # each held row's weight; one product at the end
+                row_weights.scatter_add_(1, _child_rows(part.rows, f), per_child.reshape(b, -1))
+            else:  # |P|^2: square the copy in place; (Re^2, Im^2) pairs added after the sum
+                power_pairs = (per_child[:, :, None, :] @ p.square_()).sum(dim=(1, 2))
+                power += power_pairs.reshape(b, k, 2).sum(dim=-1)
             data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
         flat = (owner[:, None, None] * tg + index).reshape(-1)
         q_sum.index_add_(0, flat, contribution.reshape(-1, 2 * k))
@@ -257,6 +289,9 @@ def sum_pairs(
             merged = merge_rows(*fresh)
         else:
             merged = merge_rows(*(torch.cat(pair) for pair in zip(merged, fresh, strict=True)))
+    if row_power is not None:
+        with matmul_precision(precision):
+            power += row_weights @ row_power
     totals = shell_sums_from_products(
         x,
         ctf,
