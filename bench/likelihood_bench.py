@@ -1,20 +1,22 @@
 """Timing of one E-step batch (not a test): 64 particles, box 64, sizes 32/24, C1, order 2.
 
-python3 tests/likelihood/bench_likelihood_expectation.py [--device cuda] [--threads 2]
+PYTHONPATH=tests/likelihood python3 bench/likelihood_bench.py [--device cuda] [--snr 0.1] [--out FILE]
 
 Prints one line per case: seconds per ``expectation`` call (best of 3) without
 and with the projection caches, the cost of building the caches, and what the
 batch found (significant samples, pmax, pose errors). Then float32 against
 float64: the largest relative score difference and the share of particles whose
-best pose changes.
+best pose changes; the same for tf32 (``--out``: those rows as JSON).
 """
 
 import argparse
+import json
 import math
 import sys
 import time
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import torch
 from likelihood_cases import blob_map
@@ -130,27 +132,47 @@ def _case(snr, device):
 
 
 def _precision_line(particles, reference, plan, cache, result):
-    """float32 against float64 on the coarse scores and on the batch's best poses."""
+    """float32 and tf32 against float64: coarse scores and the batch's best poses.
+
+    A pose changes when the rotation or the origin of the best sample differs
+    from float64's. On the CPU tf32 is float32 (torch's tf32 is a CUDA mode).
+    """
     prep = prepare(particles, plan)
     phases = prep.coarse.phases[0]
     data, ctf, weight = prep.coarse.data, prep.coarse.ctf, prep.coarse.weight
     scores = {
         p: squared_differences(data, ctf, weight, cache.coarse, phases, precision=p).double()
-        for p in ("float32", "float64")
+        for p in ("float32", "tf32", "float64")
     }
-    rel = ((scores["float32"] - scores["float64"]).abs() / scores["float64"].abs()).max()
-    best32 = scores["float32"].reshape(particles.count, -1).argmin(1)
     best64 = scores["float64"].reshape(particles.count, -1).argmin(1)
     r64 = expectation(particles, reference, replace(plan, precision="float64"), cache=cache)
-    changed = (angular_distance_deg(r64.rotations, result.rotations) > 1e-6) | (
-        (r64.origins_px - result.origins_px).abs().amax(1) > 1e-9
-    )
-    return (
-        f"float32 vs float64 (snr 0.1): coarse scores max relative difference={rel:.2e}; "
-        f"coarse best pose changed for {(best32 != best64).float().mean().item():.1%}; "
-        f"expectation best pose changed for {changed.float().mean().item():.1%} "
-        f"of {particles.count} particles\n"
-    )
+    lines = ""
+    for name in ("float32", "tf32"):
+        rel = ((scores[name] - scores["float64"]).abs() / scores["float64"].abs()).max()
+        best = scores[name].reshape(particles.count, -1).argmin(1)
+        mine = expectation(particles, reference, replace(plan, precision=name), cache=cache)
+        changed = (angular_distance_deg(r64.rotations, mine.rotations) > 1e-6) | (
+            (r64.origins_px - mine.origins_px).abs().amax(1) > 1e-9
+        )
+        PRECISION_ROWS.append(
+            {
+                "precision": name,
+                "coarse_scores_max_relative_difference": rel.item(),
+                "coarse_best_pose_changed": (best != best64).float().mean().item(),
+                "expectation_best_pose_changed": changed.float().mean().item(),
+                "particles": particles.count,
+            }
+        )
+        lines += (
+            f"{name} vs float64 (snr 0.1): coarse scores max relative difference={rel:.2e}; "
+            f"coarse best pose changed for {(best != best64).float().mean().item():.1%}; "
+            f"expectation best pose changed for {changed.float().mean().item():.1%} "
+            f"of {particles.count} particles\n"
+        )
+    return lines
+
+
+PRECISION_ROWS: list[dict] = []  # what _precision_line measured, written by --out
 
 
 def main():
@@ -159,6 +181,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--snr", type=float, nargs="*", default=[1000.0, 0.1, 0.03])
+    parser.add_argument("--out", type=Path, default=None, help="write the precision rows as JSON")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -169,6 +192,10 @@ def main():
     for snr in args.snr:
         sys.stdout.write(_case(snr, device))
         sys.stdout.flush()
+    if args.out is not None:
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        summary = {"device": device_name, "precision": PRECISION_ROWS}
+        args.out.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
