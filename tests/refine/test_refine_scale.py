@@ -11,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import starfile
+import torch
 from intensity_cases import refine_arguments, simulate_multiplied
 
 from cryorefine.cli.main import main
 from cryorefine.errors import InputError
 from cryorefine.io import read_star
 from cryorefine.refine.driver import _check_continued_groups
+from cryorefine.refine.half_models import group_scales
+from cryorefine.refine.half_sums import scale_shells
+from cryorefine.refine.maximisation import update_scale_correction
 
 BRIGHT = 1.5
 
@@ -59,3 +63,19 @@ def test_continuing_a_model_with_other_groups_than_the_particles_is_refused() ->
     with pytest.raises(InputError, match="scale groups"):
         _check_continued_groups(("group",), ("bright", "plain"), Path("run_it004_optimiser.star"))
     _check_continued_groups(("bright", "plain"), ("bright", "plain"), Path("x.star"))  # same: fine
+
+
+def test_each_half_sums_its_scale_terms_where_its_own_model_has_ssnr_above_three() -> None:
+    # RELION masks XA and AA while summing, with the half's own SSNR; the final,
+    # joined iteration then adds two differently masked sums
+    ssnr = {1: torch.tensor([40.0, 5.0, 2.0, 0.5]), 2: torch.tensor([40.0, 2.0, 5.0, 0.5])}
+    assert scale_shells(ssnr[1]).tolist() == [True, True, False, False]
+    assert scale_shells(ssnr[2]).tolist() == [True, False, True, False]
+    gen = torch.Generator().manual_seed(0)
+    per_shell = {h: torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) for h in (1, 2)}
+    masked = {h: per_shell[h] * scale_shells(ssnr[h]) for h in (1, 2)}
+    joined = group_scales(masked[1] + masked[2], (10, 10, 20))
+    xa = per_shell[1][0, :, :2].sum(1) + per_shell[2][0, :, [0, 2]].sum(1)
+    aa = per_shell[1][1, :, :2].sum(1) + per_shell[2][1, :, [0, 2]].sum(1)
+    want = update_scale_correction(xa, aa, torch.tensor([10.0, 10.0, 20.0], dtype=torch.float64))
+    torch.testing.assert_close(joined, want, rtol=1e-12, atol=0)

@@ -84,7 +84,7 @@ def m_step(
         )
     scale = model.scale_correction
     if options.scale and not cc:  # RELION keeps the scales in a cross-correlation iteration
-        scale = group_scales(sums.scale_sums, model.ssnr, model.group_particle_counts)
+        scale = group_scales(sums.scale_sums, model.group_particle_counts)
     total_weight = float(sums.weight_per_group.sum())
     norm_average = model.norm_correction_average
     if options.norm and total_weight > 0:  # RELION: the new corrections over the weights
@@ -116,22 +116,17 @@ def m_step(
     )
 
 
-SCALE_SSNR_THRESHOLD = 3.0
-"""Shells whose SSNR (``rlnSsnrMap``) exceeds this enter the scale sums (RELION)."""
-
-
 def group_scales(
-    scale_sums: Float[Tensor, "2 g s"], ssnr: Float[Tensor, " s"], counts: tuple[int, ...]
+    scale_sums: Float[Tensor, "2 g s"], counts: tuple[int, ...]
 ) -> Float[Tensor, " g"]:
-    """``rlnGroupScaleCorrection``: ``XA / AA`` per group over the shells of SSNR > 3.
+    """``rlnGroupScaleCorrection``: ``XA / AA`` per group over the shells summed.
 
-    ``ssnr`` is the model the E-step used (RELION masks the shells with it while
-    summing); ``maximisation.update_scale_correction`` clamps about the median and
-    renormalises to a particle-weighted mean of 1.
+    The E-step adds only the shells where its half's model had SSNR > 3
+    (``half_sums.scale_shells``, as RELION masks while summing; in the final
+    iteration each half with its own). ``maximisation.update_scale_correction``
+    clamps about the median and renormalises to a particle-weighted mean of 1.
     """
-    sums = scale_sums.to(torch.float64)
-    shells = ssnr.to(sums.device) > SCALE_SSNR_THRESHOLD  # both ori_size // 2 + 1 shells
-    xa, aa = sums[:, :, shells].sum(dim=2)
+    xa, aa = scale_sums.to(torch.float64).sum(dim=2)
     return update_scale_correction(
         xa, aa, torch.tensor(counts, dtype=torch.float64, device=xa.device)
     )

@@ -42,7 +42,7 @@ from cryorefine.likelihood import (
     expectation,
     projection_cache,
 )
-from cryorefine.refine.half_sums import HalfSetSums, empty_sums
+from cryorefine.refine.half_sums import HalfSetSums, empty_sums, scale_shells
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.orientation_priors import (
@@ -163,6 +163,7 @@ def _add_batch(
     *,
     current_size: int,
     pixel_size_angst: float,
+    scale_shells: Tensor,
 ) -> Tensor:
     """Add one batch's E-step result to the half set's sums, in place.
 
@@ -185,8 +186,9 @@ def _add_batch(
     if scale is not None:  # the sums were made with s K: the group scale divided out
         s = scale.to(torch.float64)[:, None]
         signal, power = signal / s, power / s.square()
-    sums.scale_sums[0].index_add_(0, scale_groups, signal)
-    sums.scale_sums[1].index_add_(0, scale_groups, power)
+    # RELION sums XA and AA only where the model's SSNR exceeds 3 (``scale_shells``)
+    sums.scale_sums[0].index_add_(0, scale_groups, signal * scale_shells)
+    sums.scale_sums[1].index_add_(0, scale_groups, power * scale_shells)
     if result.multiplicity_sums is not None and batch.multiplicity is not None:
         full_mult = shell_sums(batch.multiplicity, n, ndim).to(torch.float64)
         mult = result.multiplicity_sums.clone().to(torch.float64)
@@ -250,6 +252,7 @@ def run_half_set(
     directions = plan.orientations.pixels.shape[0]
     sums = empty_sums(model, directions, padding_factor=options.pad, device=device)
     sigma2_all = model.sigma2_noise.to(device)
+    shells_for_scales = scale_shells(model.ssnr.to(device))
     angles_all = particles.angles_deg()  # once: the table is not re-read per batch
     centres_all = prior_centres_deg(
         angles_all,
@@ -345,6 +348,7 @@ def run_half_set(
                 scale,
                 current_size=m,
                 pixel_size_angst=pixel,
+                scale_shells=shells_for_scales,
             )
         norm = norms_all[all_rows].copy()  # bad particles keep theirs
         if result is not None and options.norm:

@@ -15,7 +15,7 @@ from torch import Tensor
 from cryorefine.fourier import zero_accumulators
 from cryorefine.refine.model import HalfSetModel
 
-__all__ = ["HalfSetSums", "empty_sums", "join_sums"]
+__all__ = ["SCALE_SSNR_THRESHOLD", "HalfSetSums", "empty_sums", "join_sums", "scale_shells"]
 
 
 @dataclass
@@ -60,6 +60,15 @@ def empty_sums(
         count=0,
         scale_sums=zeros(2, len(model.group_names), shells),
     )
+
+
+SCALE_SSNR_THRESHOLD = 3.0
+"""Shells whose SSNR (``rlnSsnrMap``) exceeds this enter the scale sums (RELION)."""
+
+
+def scale_shells(ssnr: Tensor) -> Tensor:
+    """The shells ``(s,)`` that a half set's scale sums take: its model's SSNR above 3."""
+    return ssnr > SCALE_SSNR_THRESHOLD
 
 
 def join_sums(a: HalfSetSums, b: HalfSetSums) -> HalfSetSums:
