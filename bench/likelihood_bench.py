@@ -1,6 +1,7 @@
 """Timing of one E-step batch (not a test): 64 particles, box 64, sizes 32/24, C1, order 2.
 
-PYTHONPATH=tests/likelihood python3 bench/likelihood_bench.py [--device cuda] [--snr 0.1] [--out FILE]
+PYTHONPATH=tests/likelihood python3 bench/likelihood_bench.py [--device cuda] [--snr 0.1]
+    [--out FILE]
 
 Prints one line per case: seconds per ``expectation`` call (best of 3) without
 and with the projection caches, the cost of building the caches, and what the
