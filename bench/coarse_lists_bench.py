@@ -33,6 +33,7 @@ from cryorefine.likelihood import (
     OrientationGrid,
     ParticleTerms,
     coarse_rotations,
+    memory_budget,
     prepare,
     search,
 )
@@ -98,7 +99,7 @@ def _case(args: argparse.Namespace, device: torch.device):
         log_prior_orientations=torch.zeros(b, args.candidates, dtype=torch.float64, device=device),
         orientation_ids=ids,
     )
-    budget = args.max_bytes or (2**29 if device.type == "cpu" else 2**34)
+    budget = args.max_bytes or memory_budget(device)
     plan = ExpectationPlan(
         ori_size=n,
         current_size=m,

@@ -102,7 +102,7 @@ def _batch(snr, device, gen, b=64, n=64, m=32):
 
 
 def _case(snr, device):
-    """Timings and findings of one signal-to-noise ratio, as one line."""
+    """Timings and findings of one signal-to-noise ratio, as one line; precision rows."""
     reference, particles, plan, truth, shifts = _batch(
         snr, device, torch.Generator().manual_seed(0)
     )
@@ -128,8 +128,9 @@ def _case(snr, device):
         f"in_play={result.backprojection.data.shape[0]}\n"
     )
     if snr == 0.1:
-        line += _precision_line(particles, reference, plan, both, result)
-    return line
+        text, rows = _precision_line(particles, reference, plan, both, result)
+        return line + text, rows
+    return line, []
 
 
 def _precision_line(particles, reference, plan, cache, result):
@@ -147,7 +148,7 @@ def _precision_line(particles, reference, plan, cache, result):
     }
     best64 = scores["float64"].reshape(particles.count, -1).argmin(1)
     r64 = expectation(particles, reference, replace(plan, precision="float64"), cache=cache)
-    lines = ""
+    lines, rows = "", []
     for name in ("float32", "tf32"):
         rel = ((scores[name] - scores["float64"]).abs() / scores["float64"].abs()).max()
         best = scores[name].reshape(particles.count, -1).argmin(1)
@@ -155,7 +156,7 @@ def _precision_line(particles, reference, plan, cache, result):
         changed = (angular_distance_deg(r64.rotations, mine.rotations) > 1e-6) | (
             (r64.origins_px - mine.origins_px).abs().amax(1) > 1e-9
         )
-        PRECISION_ROWS.append(
+        rows.append(
             {
                 "precision": name,
                 "coarse_scores_max_relative_difference": rel.item(),
@@ -170,10 +171,7 @@ def _precision_line(particles, reference, plan, cache, result):
             f"expectation best pose changed for {changed.float().mean().item():.1%} "
             f"of {particles.count} particles\n"
         )
-    return lines
-
-
-PRECISION_ROWS: list[dict] = []  # what _precision_line measured, written by --out
+    return lines, rows
 
 
 def main():
@@ -190,12 +188,15 @@ def main():
     sys.stdout.write(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__}\n"
     )
+    precision_rows: list[dict] = []
     for snr in args.snr:
-        sys.stdout.write(_case(snr, device))
+        line, rows = _case(snr, device)
+        precision_rows += rows
+        sys.stdout.write(line)
         sys.stdout.flush()
     if args.out is not None:
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        summary = {"device": device_name, "precision": PRECISION_ROWS}
+        summary = {"device": device_name, "precision": precision_rows}
         args.out.write_text(json.dumps(summary, indent=1))
 
 

@@ -23,6 +23,7 @@ from cryorefine.geometry import (
 )
 from cryorefine.likelihood import (
     coarse_rotations,
+    coarse_window,
     expectation,
     fine_rotations,
     fourier_window,
@@ -231,6 +232,39 @@ def test_local_search_lists_match_a_dense_prior_that_is_minus_inf_elsewhere(monk
     )
     full = expectation(full_particles, reference, plan)
     _assert_same(listed, full, _exponent_error(full_particles, reference, plan))
+
+
+def test_lists_whose_union_cannot_be_held_are_scored_at_the_union(monkeypatch):
+    # the count alone never chooses the union here: only "not held" can
+    monkeypatch.setattr(search, "UNION_PRODUCT_RATIO", 0)
+    reference, plan, images, *_ = _case(2, b=3, seed=6, precision="float64")
+    count = plan.orientations.count
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
+    log_prior = torch.log(torch.rand(3, 20, generator=gen, dtype=torch.float64))
+    union, t = torch.unique(ids).numel(), plan.translations_px.shape[0]
+    assert not search.union_is_cheaper(union, 20.0, t, True)
+    k = coarse_window(plan, 2, device=torch.device("cpu")).count
+    table_bytes = union * k * reference.element_size()
+    # a quarter of the budget just short of the union; half of it holds the particles' arrays
+    small = replace(plan, max_bytes=4 * table_bytes - 64)
+    assert 16 * 3 * t * union <= small.max_bytes // 2  # the union's scores fit
+    products = []
+    shared = search.score_shared
+
+    def counted(*args, **kwargs):
+        products.append(1)
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(search, "score_shared", counted)
+    kwargs = {"current_size": plan.current_size, "sigma2": 1.0, "ndim": 2, "grid_count": count}
+    listed = particle_terms(images, **kwargs, log_prior_orientations=log_prior, orientation_ids=ids)
+    result = expectation(listed, reference, small)
+    assert products  # the union product scored them
+    dense = torch.full((3, count), -math.inf, dtype=torch.float64).scatter(1, ids, log_prior)
+    full_particles = particle_terms(images, **kwargs, log_prior_orientations=dense)
+    full = expectation(full_particles, reference, plan)
+    _assert_same(result, full, _exponent_error(full_particles, reference, plan))
 
 
 def test_chunks_and_projection_caches_do_not_change_the_result():

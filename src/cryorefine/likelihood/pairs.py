@@ -110,17 +110,23 @@ def _chunk(projector: BlockProjector, b: int, g: int, k: int, kb: int, max_bytes
     return max(1, (max_bytes // 2) // (projector.bytes_per_row() + 4 * b * floats))
 
 
-def _held_row_power(projector: BlockProjector, pair_children: int, cplx: torch.dtype):
+def _held_row_power(
+    projector: BlockProjector, pair_children: int, cplx: torch.dtype, max_bytes: int
+) -> Float[Tensor, "rows k"] | None:
     """``|P|^2`` of every row of a held projector ``(rows, k)``, or None.
 
     Squaring each pair's gathered children costs a pass over ``(b, q, f, 2k)``
     per product (``|P|^2``, then a matrix-vector product). With the projections
-    held and no more rows than the pairs' children (``pair_children = b q f``),
-    each row is squared once and one product gives every particle's weighted
-    power at every row.
+    held, no more rows than the pairs' children (``pair_children = b q f``) and
+    the table of powers within an eighth of ``max_bytes`` (a group's children
+    are held within a quarter; a cache of the whole fine grid of 2D data is not
+    squared per call), each row is squared once and one product gives every
+    particle's weighted power at every row.
     """
     values = projector.projector.values
     if values is None or values.shape[0] > pair_children:
+        return None
+    if values.numel() * torch.finfo(cplx).bits // 8 > max_bytes // 8:  # the real powers' bytes
         return None
     held = values.to(cplx)
     return held.real.square() + held.imag.square()
@@ -168,7 +174,7 @@ def score_pairs(
     chunk = _chunk(projector, b, g, k2 // 2, 0, max_bytes)
     every_translation = tg // g <= MAX_TRANSLATIONS_PER_PRODUCT
     ctf_pairs = terms.ctf_power.repeat_interleave(2, dim=-1)[:, :, None]  # (b, 2k, 1)
-    row_power = _held_row_power(projector, b * q * f, cplx)
+    row_power = _held_row_power(projector, b * q * f, cplx, max_bytes)
     if row_power is not None:  # sum_k w K^2 |P_row|^2 of every particle and held row
         with matmul_precision(terms.precision):
             held_power = terms.ctf_power @ row_power.T  # (b, rows)
@@ -262,7 +268,7 @@ def sum_pairs(
     owner = torch.arange(b, device=rows.device)
     merged: tuple[Tensor, Tensor, Tensor] | None = None
     chunk = _chunk(projector, b, g, k, v.shape[1], max_bytes)
-    row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx)
+    row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx, max_bytes)
     row_weights = w_all.new_zeros(b, 0 if row_power is None else row_power.shape[0])
     for part in row_chunks(projector, rows, lists.valid, chunk):
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))

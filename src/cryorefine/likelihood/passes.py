@@ -149,8 +149,11 @@ def score_shared(
     )
     out = terms.data_power.new_empty((b, t, projector.rows))
     # per row: its projection's temporaries, |P|^2 and the real pairs (24 bytes per
-    # coefficient), and its column of the scores (nothing per particle and coefficient)
-    per_row = projector.bytes_per_row() + 24 * k + 8 * b * t
+    # coefficient), and its columns of the scores: the product and the copy into ``out``,
+    # and for the cross-correlation its norms and quotient (nothing per particle and
+    # coefficient)
+    columns = 4 if cross_correlation else 2
+    per_row = projector.bytes_per_row() + 24 * k + columns * terms.data_power.element_size() * b * t
     chunk = max(1, (max_bytes // 2) // per_row)
     for lo in range(0, projector.rows, chunk):
         hi = min(lo + chunk, projector.rows)

@@ -227,10 +227,14 @@ def coarse_pass(
         mean_list = float(valid.sum()) / max(1, valid.shape[0])
         table_bytes = projector.rows * window.count * reference_ft.element_size()
         held = projections is not None or table_bytes <= plan.max_bytes // 4
-        if union_is_cheaper(projector.rows, mean_list, t, held):
+        # the union's scores (b, t, union) and the lists picked from them must fit too
+        union_bytes = 16 * valid.shape[0] * t * projector.rows  # two arrays, up to float64
+        fits = union_bytes <= plan.max_bytes // 2
+        if fits and union_is_cheaper(projector.rows, mean_list, t, held):
             everything = score_shared(prep.coarse, projector, **scoring)  # (b, t, union)
-            picked = everything.gather(2, rows[:, None, :].expand(-1, t, -1))
-            scores = picked.masked_fill(~valid[:, None, :], torch.inf)
+            scores = everything.gather(2, rows[:, None, :].expand(-1, t, -1))
+            del everything
+            scores.masked_fill_(~valid[:, None, :], torch.inf)
         else:
             if projections is None:  # projected once, if they fit: chunks are then each
                 # list's own slots, not padded to the widest list of a row range

@@ -355,7 +355,10 @@ def refine_run(
             )
         communicator.barrier()
     if batch_size <= 0:
-        batch_size = default_batch_size(inputs.ndim, inputs.ori_size, device)
+        # one size on every rank: it is also the block size that deals rows to ranks
+        batch_size = communicator.same_everywhere(
+            default_batch_size(inputs.ndim, inputs.ori_size, device)
+        )
     limit = iteration_limit(options)
     final = False
     while not final:
