@@ -19,7 +19,8 @@ Flavours, decided from the content of the file (never from its name):
     Positions only (``rlnTomoName`` and coordinates, no ``rlnImageName``), as
     written by RELION 5 picking; no optics table needed.
 
-A particles file with images but no ``data_optics`` (RELION 3.0) is refused.
+A RELION 3.0 particles file (images, no ``data_optics``) is converted first, as RELION
+3.1+ does (``io.relion30``, in ``load_particles``); ``detect_flavour`` refuses one.
 """
 
 from pathlib import Path

@@ -33,6 +33,7 @@ from cryorefine.io.particle_checks import (
     required_labels,
 )
 from cryorefine.io.paths import find_base_folder, names_from_project_directory
+from cryorefine.io.relion30 import convert_relion30, is_relion30
 from cryorefine.io.star import StarBlock, read_star, write_star
 from cryorefine.io.tables import (
     CtfParameters,
@@ -315,6 +316,8 @@ def load_particles(path: str | PathLike[str], *, check_images: bool = True) -> P
     """
     star = Path(path)
     blocks = read_star(star)
+    if is_relion30(blocks):  # as RELION 3.1+ reads them
+        blocks = convert_relion30(star, blocks)
     flavour, optics, particles = detect_flavour(star, blocks)
     for block, table in (("particles", particles), ("optics", optics)):
         if table is not None:
