@@ -109,6 +109,9 @@ def test_index_beyond_the_stack_names_file_index_and_size(tmp_path: Path) -> Non
         ("000012@Extract/job007/stack.mrcs", (12, "Extract/job007/stack.mrcs")),
         ("1@a.mrcs", (1, "a.mrcs")),
         ("Subtomograms/TS_01/12_stack2d.mrcs", (None, "Subtomograms/TS_01/12_stack2d.mrcs")),
+        # RELION's file-type suffix (e.g. CTF volumes of classic subtomogram averaging)
+        ("Tomograms/tomo1/ctf_000001.mrc:mrc", (None, "Tomograms/tomo1/ctf_000001.mrc")),
+        ("3@stack.mrcs:mrcs", (3, "stack.mrcs")),
     ],
 )
 def test_image_names_split_into_index_and_path(name: str, want: tuple) -> None:

@@ -274,12 +274,15 @@ def split_image_names(names: Sequence[str]) -> tuple[Int64[np.ndarray, " b"], li
     indices, paths
         1-based image index per name; 0 where the name has no ``@`` (the
         whole file); -1 where the reference is malformed (index not a
-        positive whole number, or empty path).
+        positive whole number, or empty path). A RELION file-type suffix
+        ``:mrc`` or ``:mrcs`` (e.g. ``ctf_001.mrc:mrc``) is not part of the path.
     """
     indices = np.zeros(len(names), dtype=np.int64)
     paths: list[str] = []
     for i, name in enumerate(names):
         text = str(name)
+        for hint in (":mrcs", ":mrc"):
+            text = text.removesuffix(hint)
         head, at, tail = text.partition("@")
         if not at:
             paths.append(text)
