@@ -44,6 +44,7 @@ from cryorefine.errors import InputError
 from cryorefine.io import read_mrc, read_mrc_header, read_star, write_atomically, write_star
 from cryorefine.refine.model import HalfSetModel, initial_refine_state
 from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.run_continue import continued_options
 from cryorefine.refine.run_files import (
     last_finished_iteration,
     read_continue,
@@ -454,3 +455,42 @@ def test_iter_given_with_continue_replaces_the_runs_iteration_limit(
     assert child.returncode == 0, err
     assert (project / "more" / f"run_it{ITERATIONS + 1:03d}_optimiser.star").exists()
     assert not (project / "more" / f"run_it{ITERATIONS + 2:03d}_optimiser.star").exists()
+
+
+def test_continue_takes_the_options_relion_lets_a_continuation_change(
+    project: Path, uninterrupted: tuple[list[str], float]
+) -> None:
+    last = last_finished_iteration(project / "whole" / "run")
+    assert last is not None
+    run = read_continue(last)
+    unchanged = continued_options(run, RefineOptions())
+    assert unchanged == dataclasses.replace(
+        run.options, input_particles=Path(run.data_file), output_root=project / "whole" / "run"
+    )
+    given = RefineOptions(
+        tau2_fudge=2.0, particle_diameter=99.0, iter=7, sym="D2", healpix_order=5,
+        output_root=project / "elsewhere" / "run",
+    )  # fmt: skip
+    changed = continued_options(run, given)
+    assert (changed.tau2_fudge, changed.particle_diameter, changed.iter) == (2.0, 99.0, 7)
+    assert changed.auto_iter_max == RefineOptions().auto_iter_max
+    assert changed.output_root == project / "elsewhere" / "run"
+    # not among RELION's continuation options: the run's own
+    assert (changed.sym, changed.healpix_order) == (run.options.sym, run.options.healpix_order)
+
+
+def test_continue_with_a_new_output_root_writes_there(
+    project: Path, uninterrupted: tuple[list[str], float]
+) -> None:
+    if (project / "whole" / "run_class001.mrc").exists():
+        pytest.skip("the uninterrupted run converged: there is no limit to raise")
+    last = last_finished_iteration(project / "whole" / "run")
+    assert last is not None
+    arguments = ["refine", "--continue", str(last.relative_to(project)),
+                 "--iter", str(ITERATIONS + 1), "--o", "moved/run"]  # fmt: skip
+    child = _cryorefine(arguments, project)
+    _, err = child.communicate(timeout=600)
+    assert child.returncode == 0, err
+    assert (project / "moved" / f"run_it{ITERATIONS + 1:03d}_optimiser.star").exists()
+    assert (project / "moved" / "run.log").exists()
+    assert not (project / "whole" / f"run_it{ITERATIONS + 1:03d}_optimiser.star").exists()

@@ -157,9 +157,16 @@ def _run_log(path: Path) -> AbstractContextManager[object]:
     return log_file(path)
 
 
+def _root(options: RefineOptions, continue_from: Path | None) -> Path | None:
+    """Where the run writes: ``--o``, or with ``--continue`` alone the continued run's root."""
+    if options.output_root is not None or continue_from is None:
+        return options.output_root
+    return output_root_of(continue_from)
+
+
 def _resume_hint(options: RefineOptions, continue_from: Path | None) -> str:
     """``--continue`` with the last iteration whose files are whole."""
-    root = output_root_of(continue_from) if continue_from is not None else options.output_root
+    root = _root(options, continue_from)
     done = last_finished_iteration(root or Path("run"))
     if done is None:
         return "start the run again"
@@ -178,7 +185,7 @@ def _write_report(options: RefineOptions, continue_from: Path | None) -> None:
     """The run's HTML report (``cryorefine report``); a failure there never fails the run."""
     from cryorefine.report import write_report
 
-    root = output_root_of(continue_from) if continue_from is not None else options.output_root
+    root = _root(options, continue_from)
     if root is None:
         return
     try:
@@ -203,11 +210,7 @@ def run(args: argparse.Namespace) -> None:
             )
         if options.reference is None:
             raise InputError("--ref: a reference map is required")
-    log_folder = (
-        (options.output_root or Path(".")).parent
-        if args.continue_from is None
-        else args.continue_from.parent
-    )
+    log_folder = (_root(options, args.continue_from) or Path("run")).parent
     environment = launch_environment()
     run_options = {
         "continue_from": args.continue_from,

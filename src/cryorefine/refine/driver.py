@@ -62,7 +62,7 @@ from cryorefine.refine.resolution import (
     update_current_resolution,
     update_size_increment,
 )
-from cryorefine.refine.run_continue import output_root_of
+from cryorefine.refine.run_continue import continued_options
 from cryorefine.refine.run_files import read_continue
 
 __all__ = ["refine_run"]
@@ -300,8 +300,8 @@ def refine_run(
 
     ``communicator`` (default ``SingleProcess``) shares the E-step between ranks;
     every rank returns the same model and state, only its writer writes files.
-    With ``continue_from`` the options are the continued run's, except ``iter``
-    when ``options.iter`` is not the default (RELION's ``--continue ... --iter N``).
+    With ``continue_from`` the options are the continued run's, except those that
+    ``run_continue.continued_options`` lets the command line change.
 
     Raises
     ------
@@ -314,17 +314,8 @@ def refine_run(
     models = None
     if continue_from is not None:
         continued = read_continue(continue_from, device=device)
-        # As RELION: outputs go next to the optimiser file continued from (its root),
-        # and an --iter given with --continue replaces the run's iteration limit.
-        # (The optimiser file's rlnNumberOfIterations is the run's limit, which --iter replaces.)
-        given, default = options.iter != RefineOptions().iter, RefineOptions().auto_iter_max
-        options = dataclasses.replace(
-            continued.options,
-            input_particles=Path(continued.data_file),
-            output_root=output_root_of(continue_from),
-            iter=options.iter if given else continued.options.iter,
-            auto_iter_max=default if given else continued.options.auto_iter_max,
-        )
+        # As RELION: the run's own options, with those a --continue command line may change
+        options = continued_options(continued, options)
         state, models = continued.state, tuple(continued.half_models)
         logger.info("continuing from %s (iteration %d)", continue_from, state.iteration)
     inputs = load_inputs(options, device=device)

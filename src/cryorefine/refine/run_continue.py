@@ -27,7 +27,14 @@ from cryorefine.refine.run_state import (
     state_from_sampling,
 )
 
-__all__ = ["ContinuedRun", "last_finished_iteration", "output_root_of", "read_continue"]
+__all__ = [
+    "CONTINUE_OPTIONS",
+    "ContinuedRun",
+    "continued_options",
+    "last_finished_iteration",
+    "output_root_of",
+    "read_continue",
+]
 
 
 @dataclass(frozen=True)
@@ -153,3 +160,41 @@ def output_root_of(optimiser_star: Path | str) -> Path:
     """The run's output root (``--o``) of ``ROOT_itNNN_optimiser.star``: as RELION, a continued
     run writes next to the optimiser file it continues from."""
     return Path(re.sub(r"_it\d+_optimiser\.star$", "", str(optimiser_star)))
+
+
+#: Options that a command line given with ``--continue`` replaces (RELION's parseContinue
+#: reads these; the others come from the optimiser file).
+CONTINUE_OPTIONS = (
+    "iter",
+    "tau2_fudge",
+    "solvent_mask",
+    "solvent_mask2",
+    "particle_diameter",
+    "flatten_solvent",
+    "oversampling",
+    "auto_local_healpix_order",
+    "auto_ignore_angles",
+    "auto_resol_angles",
+    "output_root",
+)
+
+
+def continued_options(run: ContinuedRun, given: RefineOptions) -> RefineOptions:
+    """The options of a continued run: its own, with those of ``CONTINUE_OPTIONS`` that the
+    command line gave (a value other than ``RefineOptions``' default) put in their place.
+
+    Outputs go under the continued run's root unless ``--o`` names another (RELION
+    then appends ``_ctN`` to an unchanged root; here the root stays, so that a
+    killed run's files go on in one series). A new ``--iter`` lifts the
+    auto-refine limit (``auto_iter_max``) back to its default.
+    """
+    defaults = RefineOptions()
+    changed = {
+        name: getattr(given, name)
+        for name in CONTINUE_OPTIONS
+        if getattr(given, name) != getattr(defaults, name)
+    }
+    if "iter" in changed:
+        changed["auto_iter_max"] = defaults.auto_iter_max
+    changed.setdefault("output_root", output_root_of(run.optimiser_file))
+    return dataclasses.replace(run.options, input_particles=Path(run.data_file), **changed)
