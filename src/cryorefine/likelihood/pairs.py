@@ -286,10 +286,12 @@ def sum_pairs(
             data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
         flat = (owner[:, None, None] * tg + index).reshape(-1)
         q_sum.index_add_(0, flat, contribution.reshape(-1, 2 * k))
-        carried = (per_child > 0) & part.inside[:, :, None]
-        fine_rows = part.rows[:, :, None] * f + torch.arange(f, device=rows.device)
-        who = owner[:, None, None].expand_as(carried)[carried]
-        fresh = (fine_rows[carried], data[carried], per_child[carried][:, None] * v[who])
+        carried = (per_child > 0) & part.inside[:, :, None]  # (b, l, f)
+        at = carried.reshape(-1).nonzero().squeeze(1)  # one host sync for the three picks
+        who = at // (carried.shape[1] * f)  # the particle of each carried child
+        fine_rows = _child_rows(part.rows, f).reshape(-1)[at]
+        picked = data.reshape(-1, data.shape[-1])[at]
+        fresh = (fine_rows, picked, per_child.reshape(-1)[at][:, None] * v[who])
         # Merge as we go: memory follows the distinct fine rows, not particles x rows.
         if merged is None:
             merged = merge_rows(*fresh)
