@@ -238,12 +238,13 @@ def test_lists_whose_union_cannot_be_held_are_scored_at_the_union(monkeypatch):
     # the count alone never chooses the union here: only "not held" can
     monkeypatch.setattr(search, "UNION_PRODUCT_RATIO", 0)
     reference, plan, images, *_ = _case(2, b=3, seed=6, precision="float64")
+    plan = replace(plan, orientations=whole_grid(1, perturbation=0.3))  # 576: lists overlap little
     count = plan.orientations.count
     gen = torch.Generator().manual_seed(7)
-    ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
-    log_prior = torch.log(torch.rand(3, 20, generator=gen, dtype=torch.float64))
+    ids = torch.stack([torch.randperm(count, generator=gen)[:40] for _ in range(3)])
+    log_prior = torch.log(torch.rand(3, 40, generator=gen, dtype=torch.float64))
     union, t = torch.unique(ids).numel(), plan.translations_px.shape[0]
-    assert not search.union_is_cheaper(union, 20.0, t, True)
+    assert not search.union_is_cheaper(union, 40.0, t, True)
     k = coarse_window(plan, 2, device=torch.device("cpu")).count
     table_bytes = union * k * reference.element_size()
     # a quarter of the budget just short of the union; half of it holds the particles' arrays

@@ -302,10 +302,15 @@ def expectation(
         if particles.orientation_ids is None
         else particles.orientation_ids.shape[1]
     )
-    # the coarse scores and the coarse pass's Z and phases (the fine pass is grouped below)
-    coarse_values = plan.coarse_size ** (particles.ndim - 1) * (plan.coarse_size // 2 + 1)
+    # per particle: the coarse scores and Z (16 bytes per translation and coefficient of the
+    # coarse window, half a sphere: about a quarter of the cube in 3D; the fine pass is
+    # grouped below), and ``prepare``'s fine and back-projection terms (at most 32 bytes per
+    # coefficient of the current size's half cube)
+    device = particles.masked_ft.device
+    coarse_values = coarse_window(plan, particles.ndim, device=device).count
     t = plan.translations_px.shape[0]
-    per_particle = t * (candidates * BYTES_PER_SAMPLE + 16 * coarse_values)
+    prepared = 32 * plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
+    per_particle = t * (candidates * BYTES_PER_SAMPLE + 16 * coarse_values) + prepared
     chunk = max(1, (plan.max_bytes // 2) // per_particle)
     fine: list[FineOutcome] = []
     orders: list[Tensor] = []
