@@ -237,7 +237,7 @@ def run_case(args: argparse.Namespace) -> dict[str, object]:
         "final_sampling_deg": angular_step_deg(order + 1),
     }
     # the same comparison at the truth's 0.5 (Rosenthal & Henderson's match of the half-map
-    # 0.143 that refine prints); the criteria above use the truth's 0.143, as the issue says
+    # 0.143 that refine prints); criteria_met below uses the truth's 0.143, as the issue says
     row["printed_within_10pct_of_truth_05"] = bool(
         abs(printed - result.resolution_05_angst) <= 0.10 * result.resolution_05_angst
     )

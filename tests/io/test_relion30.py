@@ -110,3 +110,20 @@ def test_a_relion30_file_with_odd_sized_images_is_refused_naming_the_image(
     star = write_star({"": table}, tmp_path / "particles.star")
     with pytest.raises(InputError, match=r"p0\.mrc.*odd size 7"):
         load_particles(star)
+
+
+def test_a_relion30_file_whose_first_image_is_missing_names_the_row_and_the_image(
+    tmp_path: Path,
+) -> None:
+    table = _subtomograms(tmp_path, voltages=[300.0, 300.0])
+    (tmp_path / "Subtomograms" / "p0.mrc").unlink()
+    star = write_star({"": table}, tmp_path / "particles.star")
+    with pytest.raises(InputError, match=r"particles\.star: data_ row 1: rlnImageName .*p0\.mrc"):
+        load_particles(star, check_images=False)
+
+
+def test_origins_given_in_angstrom_too_keep_the_angstrom_values(tmp_path: Path) -> None:
+    table = _subtomograms(tmp_path, voltages=[300.0])
+    table["rlnOriginXAngst"] = 7.0
+    particles = load_particles(write_star({"images": table}, tmp_path / "particles.star"))
+    assert particles.origins_angst()[0, 0] == 7.0

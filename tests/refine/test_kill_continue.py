@@ -40,6 +40,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cryorefine.cli.main import build_parser
+from cryorefine.cli.refine import options_from_arguments
 from cryorefine.errors import InputError
 from cryorefine.io import read_mrc, read_mrc_header, read_star, write_atomically, write_star
 from cryorefine.refine.model import HalfSetModel, initial_refine_state
@@ -494,3 +496,24 @@ def test_continue_with_a_new_output_root_writes_there(
     assert (project / "moved" / f"run_it{ITERATIONS + 1:03d}_optimiser.star").exists()
     assert (project / "moved" / "run.log").exists()
     assert not (project / "whole" / f"run_it{ITERATIONS + 1:03d}_optimiser.star").exists()
+
+
+def test_continue_takes_what_the_command_line_gave_even_a_default_value(
+    project: Path, uninterrupted: tuple[list[str], float], caplog: pytest.LogCaptureFixture
+) -> None:
+    last = last_finished_iteration(project / "whole" / "run")
+    assert last is not None
+    run = read_continue(last)
+    run = dataclasses.replace(
+        run,
+        options=dataclasses.replace(run.options, tau2_fudge=3.0, auto_ignore_angles=True),
+    )
+    args = build_parser().parse_args(
+        ["refine", "--continue", str(last), "--tau2_fudge", "1", "--sym", "D2"]
+    )
+    assert args.given_options == {"tau2_fudge", "sym"}
+    changed = continued_options(run, options_from_arguments(args), args.given_options)
+    assert changed.tau2_fudge == 1.0  # given, although it is the default
+    assert changed.auto_ignore_angles is False  # RELION: on only if given again
+    assert changed.sym == run.options.sym
+    assert "--sym kept from the run" in caplog.text

@@ -65,9 +65,26 @@ _HELP = {
 }
 
 
+def _recorded(action: type[argparse.Action]) -> type[argparse.Action]:
+    """``action`` that also adds its option to ``given_options`` (what --continue may change)."""
+
+    class Recorded(action):  # type: ignore[valid-type,misc]
+        def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[no-untyped-def]
+            super().__call__(parser, namespace, values, option_string)
+            namespace.given_options = frozenset({*namespace.given_options, self.dest})
+
+    return Recorded
+
+
+_STORE = _recorded(argparse._StoreAction)
+_STORE_TRUE = _recorded(argparse._StoreTrueAction)
+_STORE_FALSE = _recorded(argparse._StoreFalseAction)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """relion_refine's options (``refine.options.RefineOptions``), plus --continue."""
     defaults = RefineOptions()
+    parser.set_defaults(given_options=frozenset())
     for field in dataclasses.fields(RefineOptions):
         flag = COMMAND_LINE_FLAGS[field.name]
         default = getattr(defaults, field.name)
@@ -78,14 +95,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
         elif isinstance(default, bool):
             parser.add_argument(
-                flag, dest=field.name, action="store_true", default=default, help=help_text
+                flag, dest=field.name, action=_STORE_TRUE, default=default, help=help_text
             )
             parser.add_argument(
-                f"--no_{flag[2:]}", dest=field.name, action="store_false", help=argparse.SUPPRESS
+                f"--no_{flag[2:]}", dest=field.name, action=_STORE_FALSE, help=argparse.SUPPRESS
             )
         else:
             kind = {int: int, float: float}.get(type(default), str)
-            parser.add_argument(flag, dest=field.name, type=kind, default=default, help=help_text)
+            parser.add_argument(
+                flag, dest=field.name, type=kind, default=default, action=_STORE, help=help_text
+            )
     parser.add_argument(
         "--continue", dest="continue_from", type=Path, help="resume from run_itNNN_optimiser.star"
     )
@@ -168,6 +187,9 @@ def _resume_hint(options: RefineOptions, continue_from: Path | None) -> str:
     """``--continue`` with the last iteration whose files are whole."""
     root = _root(options, continue_from)
     done = last_finished_iteration(root or Path("run"))
+    if done is None and continue_from is not None:  # nothing new written yet
+        moved = f" --o {options.output_root}" if options.output_root is not None else ""
+        return f"resume with: cryorefine refine --continue {continue_from}{moved}"
     if done is None:
         return "start the run again"
     return f"resume with: cryorefine refine --continue {done} (any number of ranks)"
@@ -214,6 +236,7 @@ def run(args: argparse.Namespace) -> None:
     environment = launch_environment()
     run_options = {
         "continue_from": args.continue_from,
+        "given_options": args.given_options,
         "precision": args.precision,
         "batch_size": args.batch_size,
     }

@@ -99,8 +99,8 @@ def detect_flavour(
 
 
 _RELION30 = (
-    "{star}: no data_optics table: RELION 3.0 style particle files are not supported; "
-    "convert the file with relion_convert_star (RELION 3.1 or later)"
+    "{star}: no data_optics table: a RELION 3.0 style particle file must go through "
+    "load_particles (which converts it), or relion_convert_star (RELION 3.1 or later)"
 )
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from cryorefine.errors import InputError
 from cryorefine.io.mrc import read_mrc_header, split_image_names
-from cryorefine.io.paths import find_base_folder
+from cryorefine.io.paths import find_base_folder, not_found
 from cryorefine.io.star import StarBlock
 from cryorefine.io.tables import float_column
 
@@ -67,14 +67,19 @@ def is_relion30(blocks: dict[str, StarBlock]) -> bool:
     return "optics" not in blocks and _image_block(blocks) is not None
 
 
-def _image_layout(star: Path, name: str) -> tuple[int, int]:
-    """Box size and dimensionality (2 or 3) of image ``name`` from its header."""
+def _image_layout(star: Path, name: str, where: str) -> tuple[int, int]:
+    """Box size and dimensionality (2 or 3) of image ``name`` (at ``where``) from its header."""
     indices, paths = split_image_names([name])
     if indices[0] < 0:
-        raise InputError(f"{star}: rlnImageName {name!r} is not INDEX@FILE or FILE")
+        raise InputError(f"{star}: {where}: rlnImageName {name!r} is not INDEX@FILE or FILE")
     path = Path(paths[0])
     if not path.is_absolute():
         path = find_base_folder(paths, star) / path
+    if not path.is_file():
+        raise InputError(
+            f"{star}: {where}: rlnImageName {name!r}: {not_found(paths[0])}; a RELION 3.0 "
+            "style file needs the first image of each optics group for the image size"
+        )
     nz, ny, nx = read_mrc_header(path).shape
     three_d = indices[0] == 0 and nz > 1
     if nx != ny or (three_d and nz != nx):
@@ -119,14 +124,17 @@ def convert_relion30(star: Path, blocks: dict[str, StarBlock]) -> dict[str, Star
     optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in range(1, len(order) + 1)])
     pixel = 1e4 * optics.pop("rlnDetectorPixelSize") / optics.pop("rlnMagnification")
     optics["rlnImagePixelSize"] = pixel.to_numpy()
-    layouts = [_image_layout(star, str(table["rlnImageName"].iloc[row])) for row in first[order]]
+    layouts = [
+        _image_layout(star, str(table["rlnImageName"].iloc[row]), f"data_{block} row {row + 1}")
+        for row in first[order]
+    ]
     optics["rlnImageSize"] = [size for size, _ in layouts]
     optics["rlnImageDimensionality"] = [ndim for _, ndim in layouts]
     particles = table.drop(columns=present)
     particles["rlnOpticsGroup"] = group + 1
     per_particle = optics["rlnImagePixelSize"].to_numpy()[group]
-    for pixels, angst in _ORIGINS:
-        if pixels in particles.columns:
+    for pixels, angst in _ORIGINS:  # where both are given, the Angstrom one is kept
+        if pixels in particles.columns and angst not in particles.columns:
             where = particles.columns.get_loc(pixels)
             shifted = float_column(particles, pixels, path=star, block=block) * per_particle
             particles = particles.drop(columns=pixels)
@@ -138,5 +146,5 @@ def convert_relion30(star: Path, blocks: dict[str, StarBlock]) -> dict[str, Star
         len(optics),
         ", ".join(f"{p:.4g}" for p in optics["rlnImagePixelSize"]),
     )
-    converted = {key: block for key, block in blocks.items() if key != name}
-    return {"optics": optics, "particles": particles, **converted}
+    others = {key: value for key, value in blocks.items() if key not in (name, "particles")}
+    return {"optics": optics, "particles": particles, **others}

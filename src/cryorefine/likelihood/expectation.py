@@ -302,15 +302,19 @@ def expectation(
         if particles.orientation_ids is None
         else particles.orientation_ids.shape[1]
     )
-    # per particle: the coarse scores and Z (16 bytes per translation and coefficient of the
-    # coarse window, half a sphere: about a quarter of the cube in 3D; the fine pass is
-    # grouped below), and ``prepare``'s fine and back-projection terms (at most 32 bytes per
-    # coefficient of the current size's half cube)
+    # per particle: the coarse scores and Z with the phases it is made from (16 bytes per
+    # translation and coefficient of the coarse window in float32, 32 in float64; half a
+    # sphere, about a quarter of the cube in 3D; the fine pass is grouped below), and
+    # ``prepare``'s terms (at most 48 bytes per coefficient of the current size's half cube
+    # in float32, 80 in float64: 2D windows fill most of it, and some terms are float64)
     device = particles.masked_ft.device
     coarse_values = coarse_window(plan, particles.ndim, device=device).count
     t = plan.translations_px.shape[0]
-    prepared = 32 * plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
-    per_particle = t * (candidates * BYTES_PER_SAMPLE + 16 * coarse_values) + prepared
+    wide = plan.precision == "float64"
+    half_cube = plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
+    prepared = (80 if wide else 48) * half_cube
+    z_bytes = 32 if wide else 16
+    per_particle = t * (candidates * BYTES_PER_SAMPLE + z_bytes * coarse_values) + prepared
     chunk = max(1, (plan.max_bytes // 2) // per_particle)
     fine: list[FineOutcome] = []
     orders: list[Tensor] = []

@@ -295,13 +295,15 @@ def refine_run(
     precision: str = "float32",
     batch_size: int = 0,
     communicator: Communicator | None = None,
+    given_options: frozenset[str] | None = None,
 ) -> tuple[HalfSetModel, RefineState]:
     """Run (or continue) a gold-standard auto-refinement; returns the final model and state.
 
     ``communicator`` (default ``SingleProcess``) shares the E-step between ranks;
     every rank returns the same model and state, only its writer writes files.
     With ``continue_from`` the options are the continued run's, except those that
-    ``run_continue.continued_options`` lets the command line change.
+    ``run_continue.continued_options`` lets the command line (``given_options``:
+    the names given on it, or None for those that differ from the defaults) change.
 
     Raises
     ------
@@ -315,7 +317,7 @@ def refine_run(
     if continue_from is not None:
         continued = read_continue(continue_from, device=device)
         # As RELION: the run's own options, with those a --continue command line may change
-        options = continued_options(continued, options)
+        options = continued_options(continued, options, given_options)
         state, models = continued.state, tuple(continued.half_models)
         logger.info("continuing from %s (iteration %d)", continue_from, state.iteration)
     inputs = load_inputs(options, device=device)

@@ -9,6 +9,7 @@ state (optimiser and sampling files) and both half models (model files and maps)
 """
 
 import dataclasses
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from cryorefine.errors import InputError
 from cryorefine.io import read_star, resolve_path
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.model_star import half_model_from_star
-from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.options import COMMAND_LINE_FLAGS, RefineOptions
 from cryorefine.refine.run_state import (
     options_from_optimiser,
     state_from_optimiser,
     state_from_sampling,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONTINUE_OPTIONS",
@@ -162,8 +165,8 @@ def output_root_of(optimiser_star: Path | str) -> Path:
     return Path(re.sub(r"_it\d+_optimiser\.star$", "", str(optimiser_star)))
 
 
-#: Options that a command line given with ``--continue`` replaces (RELION's parseContinue
-#: reads these; the others come from the optimiser file).
+#: Options that a command line given with ``--continue`` replaces: those of RELION's
+#: parseContinue that are options here (the sampling it also reads is the run's state).
 CONTINUE_OPTIONS = (
     "iter",
     "tau2_fudge",
@@ -175,25 +178,45 @@ CONTINUE_OPTIONS = (
     "auto_local_healpix_order",
     "auto_ignore_angles",
     "auto_resol_angles",
+    "perturb",
+    "norm",
+    "scale",
     "output_root",
 )
 
+#: RELION's parseContinue sets these from whether the flag is on the new command line.
+_FLAGS_OF_THE_NEW_LINE = ("auto_ignore_angles", "auto_resol_angles")
 
-def continued_options(run: ContinuedRun, given: RefineOptions) -> RefineOptions:
+
+def continued_options(
+    run: ContinuedRun, given: RefineOptions, names: frozenset[str] | None = None
+) -> RefineOptions:
     """The options of a continued run: its own, with those of ``CONTINUE_OPTIONS`` that the
-    command line gave (a value other than ``RefineOptions``' default) put in their place.
+    command line gave put in their place.
 
-    Outputs go under the continued run's root unless ``--o`` names another (RELION
-    then appends ``_ctN`` to an unchanged root; here the root stays, so that a
-    killed run's files go on in one series). A new ``--iter`` lifts the
-    auto-refine limit (``auto_iter_max``) back to its default.
+    ``names``: the options on the command line (``cli.refine`` records them); None
+    (from Python) takes those whose value differs from ``RefineOptions``' default.
+    From a command line, ``--auto_ignore_angles`` and ``--auto_resol_angles`` are
+    on only if given again (RELION).
+    Outputs go under the continued run's root unless ``--o`` names another
+    (RELION then appends ``_ctN`` to an unchanged root; here the root stays, so
+    that a killed run's files go on in one series). A new ``--iter`` lifts the
+    auto-refine limit (``auto_iter_max``) back to its default. Other options
+    given are logged as ignored.
     """
     defaults = RefineOptions()
-    changed = {
-        name: getattr(given, name)
-        for name in CONTINUE_OPTIONS
-        if getattr(given, name) != getattr(defaults, name)
-    }
+    if names is None:
+        taken = {n for n in CONTINUE_OPTIONS if getattr(given, n) != getattr(defaults, n)}
+    else:
+        taken = set(names) & set(CONTINUE_OPTIONS)
+        ignored = sorted(set(names) - set(CONTINUE_OPTIONS) - {"input_particles", "gpu"})
+        if ignored:
+            flags = ", ".join(COMMAND_LINE_FLAGS[name] for name in ignored)
+            logger.warning("--continue: %s kept from the run (a continuation does not change it)",
+                           flags)  # fmt: skip
+    changed = {name: getattr(given, name) for name in taken}
+    if names is not None:
+        changed |= {name: name in names for name in _FLAGS_OF_THE_NEW_LINE}
     if "iter" in changed:
         changed["auto_iter_max"] = defaults.auto_iter_max
     changed.setdefault("output_root", output_root_of(run.optimiser_file))
