@@ -29,6 +29,7 @@ import io
 import json
 import pstats
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on s
 from floor_table import floor_rows, format_totals, iteration_totals
 
 from cryorefine.cli.main import main as cryorefine
+from cryorefine.refine.run_files import last_finished_iteration
 from cryorefine.simulate.evaluate import compare_to_truth
 
 # Refine3D/job012's command line (run_optimiser.star), inputs and outputs left out.
@@ -71,6 +73,10 @@ def run(
     if status != 0:
         raise SystemExit(f"cryorefine {arguments[0]} failed with status {status}")
     return time.perf_counter() - start
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -179,9 +185,16 @@ def main() -> None:
         command += ["--iter", str(args.iter)]
     command += ["--batch_size", str(args.batch_size), "--precision", args.precision]
     profile = cProfile.Profile() if args.profile else None
-    refine_seconds = run(
-        command + (["--gpu", "0"] if args.gpu else []), profile, args.torch_profile
-    )
+    # SIGTERM (``timeout``) stops the refine; the table is then made from its last whole
+    # iteration, so that a run cut by a time limit still reports
+    signal.signal(signal.SIGTERM, _stop)
+    start, stopped = time.perf_counter(), False
+    try:
+        refine_seconds = run(
+            command + (["--gpu", "0"] if args.gpu else []), profile, args.torch_profile
+        )
+    except KeyboardInterrupt:
+        refine_seconds, stopped = time.perf_counter() - start, True
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
     allocator = torch.cuda.memory_stats() if args.gpu else {}
     floors = (
@@ -194,10 +207,12 @@ def main() -> None:
     particles = sum(int(c) for c in counts)
     iterations = iteration_table(log)
     data, final_map = refine / "run_data.star", refine / "run_class001.mrc"
-    if not data.exists():  # stopped by --iter before convergence: the last iteration's files
-        last = max(r["iteration"] for r in iterations)
-        data = refine / f"run_it{last:03d}_data.star"
-        final_map = refine / f"run_it{last:03d}_half1_class001.mrc"
+    if not data.exists():  # stopped before convergence: the last whole iteration's files
+        last = last_finished_iteration(refine / "run")
+        if last is None:
+            raise SystemExit(f"{refine}: no whole iteration to report")
+        root = str(last).removesuffix("_optimiser.star")
+        data, final_map = Path(root + "_data.star"), Path(root + "_half1_class001.mrc")
     truth = compare_to_truth(data, final_map, sim, symmetry="C6")
     e_step = sum(r["e_step_seconds"] for r in iterations)
     phases: dict[str, float] = {}  # E-step phases summed over iterations and half sets
@@ -212,6 +227,7 @@ def main() -> None:
         "bin": args.bin,
         "simulate_seconds": simulate_seconds,
         "refine_seconds": refine_seconds,
+        "stopped_by_signal": stopped,
         "iterations": len(iterations),
         "iteration_seconds_total": total_iterations,
         "e_step_seconds_total": e_step,
