@@ -83,6 +83,12 @@ def parse_arguments() -> argparse.Namespace:
         "--map", default=None, help="true map for simulate (default: the embedded hexamer)"
     )
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument(
+        "--no_faster",
+        action="store_true",
+        help="leave out --auto_ignore_angles --auto_resol_angles ('finer angular sampling "
+        "faster', on by default here): convergence then also waits for small pose changes",
+    )
     parser.add_argument("--work", default="bench_refine_work")
     parser.add_argument("--out", default="bench_refine.json")
     return parser.parse_args()
@@ -171,8 +177,7 @@ def run_case(args: argparse.Namespace) -> dict[str, object]:
             "--flatten_solvent",
             "--low_resol_join_halves",
             "40",
-            "--auto_ignore_angles",
-            "--auto_resol_angles",
+            *([] if args.no_faster else ["--auto_ignore_angles", "--auto_resol_angles"]),
             *gpu,
         ]
     )
