@@ -238,13 +238,15 @@ def _check_microscope(star: Path, optics: pd.DataFrame) -> None:
 
 
 def pixel_origins_to_angst(particles: pd.DataFrame, pixel_size_angst: np.ndarray) -> pd.DataFrame:
-    """Replace RELION-3.0 origins in pixels (rlnOriginX/Y/Z) by rlnOriginX/Y/ZAngst.
+    """Replace RELION-3.0 origins in pixels (rlnOriginX/Y/Z and their priors
+    rlnOriginX/Y/ZPrior) by rlnOriginX/Y/ZAngst (rlnOriginX/Y/ZPriorAngst), as
+    RELION 3.1 converts them.
 
     Only where the Angstrom label is absent; the new column takes the old one's place.
     """
     table = particles
-    for axis in "XYZ":
-        pixels, angst = f"rlnOrigin{axis}", f"rlnOrigin{axis}Angst"
+    for axis, prior in ((a, p) for p in ("", "Prior") for a in "XYZ"):
+        pixels, angst = f"rlnOrigin{axis}{prior}", f"rlnOrigin{axis}{prior}Angst"
         if pixels in table.columns and angst not in table.columns:
             table = table.copy() if table is particles else table
             where = table.columns.get_loc(pixels)

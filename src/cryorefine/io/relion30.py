@@ -12,7 +12,8 @@ optics of each particle on its own row (``rlnMagnification``,
   the particles get ``rlnOpticsGroup``;
 - ``rlnImagePixelSize = 10000 * rlnDetectorPixelSize / rlnMagnification``
   (both then leave the table);
-- origins in pixels (``rlnOriginX/Y/Z`` and their priors) become Angstrom;
+- origins in pixels (``rlnOriginX/Y/Z`` and their priors) become Angstrom
+  (``particle_checks.pixel_origins_to_angst``, in ``load_particles``);
 - ``rlnImageSize`` and ``rlnImageDimensionality`` come from the header of each
   group's first image, which must be square (a cube for 3D) and even.
 """
@@ -42,15 +43,6 @@ OPTICS_LABELS = (
     "rlnVoltage",
     "rlnDetectorPixelSize",
     "rlnMagnification",
-)
-
-_ORIGINS = (
-    ("rlnOriginX", "rlnOriginXAngst"),
-    ("rlnOriginY", "rlnOriginYAngst"),
-    ("rlnOriginZ", "rlnOriginZAngst"),
-    ("rlnOriginXPrior", "rlnOriginXPriorAngst"),
-    ("rlnOriginYPrior", "rlnOriginYPriorAngst"),
-    ("rlnOriginZPrior", "rlnOriginZPriorAngst"),
 )
 
 
@@ -132,13 +124,7 @@ def convert_relion30(star: Path, blocks: dict[str, StarBlock]) -> dict[str, Star
     optics["rlnImageDimensionality"] = [ndim for _, ndim in layouts]
     particles = table.drop(columns=present)
     particles["rlnOpticsGroup"] = group + 1
-    per_particle = optics["rlnImagePixelSize"].to_numpy()[group]
-    for pixels, angst in _ORIGINS:  # where both are given, the Angstrom one is kept
-        if pixels in particles.columns and angst not in particles.columns:
-            where = particles.columns.get_loc(pixels)
-            shifted = float_column(particles, pixels, path=star, block=block) * per_particle
-            particles = particles.drop(columns=pixels)
-            particles.insert(int(where), angst, shifted)
+    # origins and their priors in pixels: Angstrom in load_particles (pixel_origins_to_angst)
     logger.warning(
         "%s: a RELION 3.0 style file (no data_optics): converted as RELION 3.1 does, "
         "%d optics group(s), pixel size %s A; check them",

@@ -173,11 +173,12 @@ def score_pairs(
     out = terms.data_power.new_full((b, q + 1, g, f), torch.inf)
     chunk = _chunk(projector, b, g, k2 // 2, 0, max_bytes)
     every_translation = tg // g <= MAX_TRANSLATIONS_PER_PRODUCT
-    ctf_pairs = terms.ctf_power.repeat_interleave(2, dim=-1)[:, :, None]  # (b, 2k, 1)
     row_power = _held_row_power(projector, b * q * f, cplx, max_bytes)
     if row_power is not None:  # sum_k w K^2 |P_row|^2 of every particle and held row
         with matmul_precision(terms.precision):
             held_power = terms.ctf_power @ row_power.T  # (b, rows)
+    else:  # w K^2 on the real pairs, for each chunk's |P|^2 product
+        ctf_pairs = terms.ctf_power.repeat_interleave(2, dim=-1)[:, :, None]  # (b, 2k, 1)
     for part in row_chunks(projector, rows, lists.valid, chunk):
         p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
@@ -276,10 +277,11 @@ def sum_pairs(
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
         p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
         per_child = w.sum(dim=2)  # (b, l, f)
+        child_rows = _child_rows(part.rows, f)  # (b, l f): projector rows of the children
         with matmul_precision(precision):
             contribution = w @ p  # (b, l, g, 2k)
             if row_power is not None:  # each held row's weight; one product at the end
-                row_weights.scatter_add_(1, _child_rows(part.rows, f), per_child.reshape(b, -1))
+                row_weights.scatter_add_(1, child_rows, per_child.reshape(b, -1))
             else:  # |P|^2: square the copy in place; (Re^2, Im^2) pairs added after the sum
                 power_pairs = (per_child[:, :, None, :] @ p.square_()).sum(dim=(1, 2))
                 power += power_pairs.reshape(b, k, 2).sum(dim=-1)
@@ -289,7 +291,7 @@ def sum_pairs(
         carried = (per_child > 0) & part.inside[:, :, None]  # (b, l, f)
         at = carried.reshape(-1).nonzero().squeeze(1)  # one host sync for the three picks
         who = at // (carried.shape[1] * f)  # the particle of each carried child
-        fine_rows = _child_rows(part.rows, f).reshape(-1)[at]
+        fine_rows = child_rows.reshape(-1)[at]
         picked = data.reshape(-1, data.shape[-1])[at]
         fresh = (fine_rows, picked, per_child.reshape(-1)[at][:, None] * v[who])
         # Merge as we go: memory follows the distinct fine rows, not particles x rows.
