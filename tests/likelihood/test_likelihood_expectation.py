@@ -204,13 +204,12 @@ def _assert_same(result, want, tol):
     assert (result.significant_samples == want.significant_samples).all()
 
 
-def test_lists_are_scored_at_the_union_when_its_projections_cannot_be_held() -> None:
-    # held: the bytes of the gathers against the flops of the union product
-    assert union_is_cheaper(100, 10.0, 5, True)  # 500 < 1280
-    assert not union_is_cheaper(1000, 10.0, 5, True)
-    assert union_is_cheaper(UNION_PRODUCT_RATIO - 1, 1.0, 1, True)
-    # not held: lists would be scored by padded row ranges, the union's products or more
-    assert union_is_cheaper(10**6, 1.0, 100, False)
+def test_lists_are_scored_at_the_union_only_when_its_product_costs_less_than_the_gathers():
+    # the union's flops (4 t k per particle and row) against the lists' bytes (24 k per entry)
+    assert union_is_cheaper(100, 10.0, 5)  # 500 < 1000
+    assert not union_is_cheaper(1000, 10.0, 5)
+    assert union_is_cheaper(UNION_PRODUCT_RATIO - 1, 1.0, 1)
+    assert not union_is_cheaper(UNION_PRODUCT_RATIO, 1.0, 1)
 
 
 @pytest.mark.parametrize("union", [True, False], ids=["union product", "per-particle lists"])
@@ -234,38 +233,53 @@ def test_local_search_lists_match_a_dense_prior_that_is_minus_inf_elsewhere(monk
     _assert_same(listed, full, _exponent_error(full_particles, reference, plan))
 
 
-def test_lists_whose_union_cannot_be_held_are_scored_at_the_union(monkeypatch):
-    # the count alone never chooses the union here: only "not held" can
-    monkeypatch.setattr(search, "UNION_PRODUCT_RATIO", 0)
+@pytest.mark.parametrize("split", ["halves", "one particle by row ranges"])
+def test_lists_whose_union_cannot_be_held_are_split_until_it_can(monkeypatch, split):
+    # the union of three lists is beyond half the budget: the particles are scored in parts
+    # whose unions are held, or (one particle whose list alone is beyond it) by row ranges
+    monkeypatch.setattr(search, "UNION_PRODUCT_RATIO", 0)  # lists only
     reference, plan, images, *_ = _case(2, b=3, seed=6, precision="float64")
     plan = replace(plan, orientations=whole_grid(1, perturbation=0.3))  # 576: lists overlap little
     count = plan.orientations.count
     gen = torch.Generator().manual_seed(7)
     ids = torch.stack([torch.randperm(count, generator=gen)[:40] for _ in range(3)])
     log_prior = torch.log(torch.rand(3, 40, generator=gen, dtype=torch.float64))
-    union, t = torch.unique(ids).numel(), plan.translations_px.shape[0]
-    assert not search.union_is_cheaper(union, 40.0, t, True)
     k = coarse_window(plan, 2, device=torch.device("cpu")).count
-    table_bytes = union * k * reference.element_size()
-    # a quarter of the budget just short of the union; half of it holds the particles' arrays
-    small = replace(plan, max_bytes=4 * table_bytes - 64)
-    assert 16 * 3 * t * union <= small.max_bytes // 2  # the union's scores fit
-    products = []
-    shared = search.score_shared
+    row_bytes = k * reference.element_size()
+    union = torch.unique(ids).numel()
+    budget = 2 * row_bytes * (union - 1) if split == "halves" else 2 * row_bytes * 39
+    original = search._list_scores
 
-    def counted(*args, **kwargs):
-        products.append(1)
-        return shared(*args, **kwargs)
+    def with_small_budget(data, ids, valid, reference_ft, window, plan, projections):
+        small = replace(plan, max_bytes=budget)  # the chunk of the E-step keeps all three
+        return original(data, ids, valid, reference_ft, window, small, projections)
 
-    monkeypatch.setattr(search, "score_shared", counted)
+    monkeypatch.setattr(search, "_list_scores", with_small_budget)
+    held, ranged = [], []
+    monkeypatch.setattr(search, "score_held_lists", _counting(search.score_held_lists, held))
+    monkeypatch.setattr(search, "score_lists", _counting(search.score_lists, ranged))
     kwargs = {"current_size": plan.current_size, "sigma2": 1.0, "ndim": 2, "grid_count": count}
     listed = particle_terms(images, **kwargs, log_prior_orientations=log_prior, orientation_ids=ids)
-    result = expectation(listed, reference, small)
-    assert products  # the union product scored them
+    result = expectation(listed, reference, plan)
+    if split == "halves":
+        # particle 0, then particles 1 and 2, each part's union held
+        assert [a[2].shape[0] for a in held] == [1, 2]
+        assert not ranged
+    else:
+        assert not held
+        assert [a[2].shape[0] for a in ranged] == [1, 1, 1]
     dense = torch.full((3, count), -math.inf, dtype=torch.float64).scatter(1, ids, log_prior)
     full_particles = particle_terms(images, **kwargs, log_prior_orientations=dense)
     full = expectation(full_particles, reference, plan)
     _assert_same(result, full, _exponent_error(full_particles, reference, plan))
+
+
+def _counting(function, calls):
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return counted
 
 
 def test_chunks_and_projection_caches_do_not_change_the_result():

@@ -6,6 +6,7 @@ from likelihood_cases import U32, blob_map, gamma, reference_of, score_magnitude
 
 from cryorefine.geometry import euler_to_matrix
 from cryorefine.likelihood import (
+    cross_correlation_per_particle,
     fourier_window,
     squared_differences,
     squared_differences_per_particle,
@@ -15,6 +16,7 @@ from cryorefine.likelihood.passes import (
     ParticleWindowData,
     RowProjector,
     row_chunks,
+    score_held_lists,
     score_lists,
     score_shared,
 )
@@ -83,6 +85,52 @@ def test_shared_scores_equal_the_plain_kernel_in_chunks():
         * score_magnitudes(particles.data, particles.ctf, particles.weight, table)[:, None, :]
     )
     assert ((got - want).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("max_bytes", [2**30, 1])  # 1: a particle and a row at a time
+@pytest.mark.parametrize("cross_correlation", [False, True])
+def test_held_list_scores_with_shared_translations_equal_the_exact_per_particle_scores(
+    max_bytes, cross_correlation
+):
+    projector, rows, valid, particles, _ = _case(True)
+    phases = particles.phases[:1].expand(3, -1, -1)
+    shared = ParticleWindowData(particles.data, particles.ctf, particles.weight, phases)
+    got = score_held_lists(
+        shared,
+        projector.values,
+        rows,
+        valid,
+        cross_correlation=cross_correlation,
+        precision="float32",
+        max_bytes=max_bytes,
+    )
+    table = projector.values[rows].to(torch.complex128)
+    data, ctf = particles.data.to(torch.complex128), particles.ctf.double()
+    mask = valid[:, None, :].expand_as(got)
+    n = 2 * projector.window.count + 10
+    if cross_correlation:
+        want = cross_correlation_per_particle(data, ctf, table, phases.to(torch.complex128))
+        # -C / (sqrt(A) sqrt(B)): C within gamma_n sum|terms| <= gamma_n sqrt(A B)
+        # (Cauchy-Schwarz), A and B within gamma_n relative each
+        bound = torch.tensor(3 * gamma(n, U32))
+    else:
+        want = squared_differences_per_particle(
+            data, ctf, particles.weight.double(), table, phases.to(torch.complex128)
+        )
+        # float64 is exact at this scale; float32 within gamma_n M (test_likelihood_scores)
+        magnitudes = score_magnitudes(particles.data, particles.ctf, particles.weight, table)
+        bound = gamma(n, U32) * magnitudes[:, None, :].expand_as(got)
+    assert ((got.double() - want).abs()[mask] <= bound.expand_as(got)[mask]).all()
+    assert torch.isinf(got[~mask]).all()
+
+
+def test_held_list_scores_need_shared_translations():
+    projector, rows, valid, particles, _ = _case(True)
+    with pytest.raises(ValueError, match="shared"):
+        score_held_lists(
+            particles, projector.values, rows, valid,
+            cross_correlation=False, precision="float32", max_bytes=2**30,
+        )  # fmt: skip
 
 
 class _CountingTable:

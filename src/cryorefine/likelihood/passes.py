@@ -3,7 +3,8 @@
 The orientations of a pass are rows ``0 .. n - 1`` of a table of matrices
 (``RowProjector``). Either all particles share all rows (``score_shared``), or
 each particle has its own list of rows, ascending and padded at the end
-(``rows (b, r)``, ``valid (b, r)``: ``score_lists``, ``sum_lists``). Rows are
+(``rows (b, r)``, ``valid (b, r)``: ``score_lists``, and ``score_held_lists``
+for held rows and shared translations). Rows are
 projected a chunk at a time, each projection once per call; a particle's slots
 that fall in the chunk are a contiguous run of its ascending list, gathered into
 ``(b, L, k)`` and scored with the batched products of ``likelihood.scores``.
@@ -19,8 +20,12 @@ from torch import Tensor
 
 from cryorefine.fourier import sample_rotated
 from cryorefine.likelihood.scores import (
+    as_real_pairs,
     data_terms,
+    matmul_precision,
+    scores_from_cross,
     scores_from_terms,
+    working_dtypes,
 )
 from cryorefine.likelihood.window import FourierWindow, window_frequencies_xyz
 
@@ -31,6 +36,7 @@ __all__ = [
     "RowProjector",
     "merge_rows",
     "row_chunks",
+    "score_held_lists",
     "score_lists",
     "score_shared",
 ]
@@ -237,6 +243,62 @@ def score_lists(
         target = torch.where(part.inside, part.slots, r)[:, None, :].expand(b, t, -1)
         out.scatter_(2, target, scores)
     return out[:, :, :r]
+
+
+def score_held_lists(
+    particles: ParticleWindowData,
+    values: Complex[Tensor, "n k"],
+    rows: Int[Tensor, "b r"],
+    valid: Bool[Tensor, "b r"],
+    *,
+    cross_correlation: bool,
+    precision: str,
+    max_bytes: int,
+) -> Float[Tensor, "b t r"]:
+    """``score_lists`` for held projections ``values`` and translations shared by all particles.
+
+    ``sum w K^2 |P|^2`` is one product of the particles with the table's ``|P|^2``
+    (``(b, n)``, gathered at the rows); the cross term is, for a few particles at
+    a time, every slot of their lists gathered at once and one batched product
+    per particle, ``Z (t, 2k) @ P^T (2k, r)``: few, long products instead of a
+    product per slot chunk, and no ``(b, t, 2k)`` array of the whole chunk.
+    ``particles.phases`` must be shared (``(1, t, k)`` or expanded).
+    """
+    b, t, k = particles.phases.shape
+    if b > 1 and particles.phases.stride(0) != 0:
+        raise ValueError("score_held_lists needs translations shared by all particles")
+    r, n = rows.shape[1], values.shape[0]
+    weight = torch.ones_like(particles.ctf) if cross_correlation else particles.weight
+    real, cplx = working_dtypes(precision)
+    ctf_power = weight.to(real) * particles.ctf.to(real).square()
+    ref_power = ctf_power.new_empty((b, n))
+    # |P|^2 of a block of rows (4 or 8 bytes per coefficient) within a quarter of the budget
+    block = max(1, (max_bytes // 4) // (k * ctf_power.element_size()))
+    with matmul_precision(precision):
+        for lo in range(0, n, block):
+            part = values[lo : lo + block].to(cplx)
+            ref_power[:, lo : lo + block] = ctf_power @ (part.real.square() + part.imag.square()).T
+    ref_power = ref_power.gather(1, rows.clamp(0, n - 1))
+    out = ref_power.new_empty((b, t, r))
+    # per particle: its gathered slots and their working copy (2 x 16 or 32 bytes per slot
+    # and coefficient) and its Z (t x 2k); half the budget
+    per_particle = (
+        2 * r * k * 2 * ctf_power.element_size() + 3 * t * k * 2 * ctf_power.element_size()
+    )
+    step = max(1, (max_bytes // 2) // per_particle)
+    phases = particles.phases[:1]
+    for lo in range(0, b, step):
+        part = slice(lo, min(lo + step, b))
+        terms = data_terms(
+            particles.data[part], particles.ctf[part], weight[part], phases[0], precision=precision
+        )
+        gathered = as_real_pairs(values[rows[part].clamp(0, n - 1)].to(cplx))  # (s, r, 2k)
+        with matmul_precision(precision):
+            cross = terms.shifted @ gathered.transpose(1, 2)  # (s, t, r)
+        out[part] = scores_from_cross(
+            terms.data_power, ref_power[part], cross, cross_correlation=cross_correlation
+        )
+    return out.masked_fill_(~valid[:, None, :], torch.inf)
 
 
 def merge_rows(rows: Tensor, data: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:

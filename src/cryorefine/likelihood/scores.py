@@ -47,6 +47,7 @@ __all__ = [
     "data_terms",
     "matmul_precision",
     "orientation_terms",
+    "scores_from_cross",
     "scores_from_terms",
     "squared_differences",
     "squared_differences_per_particle",
@@ -169,9 +170,22 @@ def scores_from_terms(
     For the cross-correlation the terms must have been made with ``weight`` 1.
     """
     ref_power, cross = orientation_terms(terms, projections)
+    return scores_from_cross(
+        terms.data_power, ref_power, cross, cross_correlation=cross_correlation
+    )
+
+
+def scores_from_cross(
+    data_power: Float[Tensor, " b"],
+    ref_power: Float[Tensor, "b r"],
+    cross: Float[Tensor, "b t r"],
+    *,
+    cross_correlation: bool = False,
+) -> Float[Tensor, "b t r"]:
+    """The score from its three sums (module docstring); ``cross`` is overwritten."""
     if cross_correlation:
-        return _cc(terms.data_power, ref_power, cross)
-    return _combine(terms.data_power, ref_power, cross)
+        return _cc(data_power, ref_power, cross)
+    return _combine(data_power, ref_power, cross)
 
 
 def _combine(data_power: Tensor, ref_power: Tensor, cross: Tensor) -> Tensor:

@@ -17,7 +17,13 @@ import torch
 from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
-from cryorefine.likelihood.passes import ParticleWindowData, RowProjector, score_lists, score_shared
+from cryorefine.likelihood.passes import (
+    ParticleWindowData,
+    RowProjector,
+    score_held_lists,
+    score_lists,
+    score_shared,
+)
 from cryorefine.likelihood.plan import ExpectationPlan, ParticleTerms
 from cryorefine.likelihood.poses import coarse_rotations
 from cryorefine.likelihood.posterior import (
@@ -154,31 +160,77 @@ def _candidates(particles: ParticleTerms, plan: ExpectationPlan) -> tuple[Tensor
     return ids.gather(1, slots), log_prior, False
 
 
-UNION_PRODUCT_RATIO = 128
-"""``union_is_cheaper``'s constant: a GPU's float32 matrix rate over its bandwidth, in
-bytes moved per list entry over flops per union entry (module docstring of the rule)."""
+UNION_PRODUCT_RATIO = 100
+"""``union_is_cheaper``'s constant: a GPU's float32 matrix rate over its bandwidth times
+the bytes moved per list entry, over the flops per union entry (the rule's docstring)."""
 
 
-def union_is_cheaper(union: int, mean_list: float, translations: int, held: bool) -> bool:
-    """Whether every particle is better scored at the whole union of the batch's lists.
+def union_is_cheaper(union: int, mean_list: float, translations: int) -> bool:
+    """Whether every particle is better scored at the whole union of the chunk's lists.
 
-    Per-particle lists gather each listed projection for its particle (about
-    ``4 * 8 k`` bytes moved per list entry: the gather written and read, its
-    power); the union is one dense product, ``4 t k`` flops per particle and
-    union row, at full matrix rate. With float32 rates about 17 flops per byte
-    (H100: ~42 TFLOP/s over ~2.5 TB/s) the union wins while
-    ``union * t < UNION_PRODUCT_RATIO * mean_list`` (the constant 8 * 17, rounded).
-    Batches in ``search_order`` share most of their candidates.
-
-    That count holds when the union's projections are ``held`` (computed once).
-    When they do not fit, the lists are scored by ranges of union rows, each
-    particle's slots in a range padded to the range's widest particle: for
-    neighbouring particles about the union's own products, in batched products of
-    a few columns, plus the gathers. The union product then wins. (On an H100 the
-    tutorial job's first iteration at coarse size 96 spent 189 s per half set in
-    that path, against 2.9 s at coarse size 58, where the union was held.)
+    The union is one dense product, ``4 t k`` flops per particle and union row at
+    the full matrix rate; held lists (``passes.score_held_lists``) move about
+    ``24 k`` bytes per list entry (the gather written and read, and read by the
+    product). With float32 rates about 17 flops per byte (H100: ~42 TFLOP/s over
+    ~2.5 TB/s) the union wins while ``union * t < UNION_PRODUCT_RATIO * mean_list``
+    (``17 * 24 / 4``, rounded). Chunks in ``search_order`` share some candidates,
+    but a grid orientation lies in only a few lists of a local search (on an H100
+    the tutorial job's first iterations at HEALPix order 4 scored unions 33 times
+    the mean list, 18 s of products per half set).
     """
-    return not held or union * translations < UNION_PRODUCT_RATIO * mean_list
+    return union * translations < UNION_PRODUCT_RATIO * mean_list
+
+
+def _list_scores(
+    data: ParticleWindowData,
+    ids: Int[Tensor, "b c"],
+    valid: Bool[Tensor, "b c"],
+    reference_ft: Tensor,
+    window: FourierWindow,
+    plan: ExpectationPlan,
+    projections: Tensor | None,
+) -> Float[Tensor, "b t c"]:
+    """Scores of each particle's candidate list (+inf at padded slots).
+
+    The union of the lists is projected once and held; where it takes more than
+    half the budget, the particles are split in two (neighbours in search order
+    share more of their lists) until it fits, or one particle's list is left,
+    scored by ranges of rows.
+    """
+    scoring = {
+        "cross_correlation": plan.cross_correlation,
+        "precision": plan.precision,
+        "max_bytes": plan.max_bytes,
+    }
+    if projections is not None:  # the whole grid is held
+        return score_held_lists(data, projections, ids, valid, **scoring)
+    b, t = ids.shape[0], data.phases.shape[1]
+    union = torch.unique(ids[valid])
+    row_bytes = window.count * reference_ft.element_size()
+    if union.shape[0] * row_bytes > plan.max_bytes // 2 and b > 1:
+        half = b // 2
+        return torch.cat(
+            [
+                _list_scores(
+                    select(data, part), ids[part], valid[part], reference_ft, window, plan, None
+                )
+                for part in (slice(0, half), slice(half, b))
+            ]
+        )
+    rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
+    table = coarse_rotations(plan.orientations, union)
+    projector = RowProjector(reference_ft, table, window, plan.padding_factor)
+    mean_list = float(valid.sum()) / max(1, b)
+    # the union's scores (b, t, union) and the lists picked from them, up to float64
+    fits = 16 * b * t * projector.rows <= plan.max_bytes // 2
+    if fits and union_is_cheaper(projector.rows, mean_list, t):
+        everything = score_shared(data, projector, **scoring)  # (b, t, union)
+        scores = everything.gather(2, rows[:, None, :].expand(-1, t, -1))
+        return scores.masked_fill_(~valid[:, None, :], torch.inf)
+    held = projector.with_values(plan.max_bytes // 2, chunk_bytes=plan.max_bytes // 4)
+    if held.values is None:  # one particle's list beyond half the budget
+        return score_lists(data, projector, rows, valid, **scoring)
+    return score_held_lists(data, held.values, rows, valid, **scoring)
 
 
 def coarse_pass(
@@ -209,39 +261,9 @@ def coarse_pass(
             max_bytes=plan.max_bytes,
         )
     else:
-        valid = torch.isfinite(log_prior_o)
-        if projections is None:
-            union = torch.unique(ids[valid])
-            rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
-            table = coarse_rotations(plan.orientations, union)
-            projector = RowProjector(reference_ft, table, window, pad)
-        else:
-            rows, table = ids, coarse_rotations(plan.orientations)
-            projector = RowProjector(reference_ft, table, window, pad, projections)
-        scoring = {
-            "cross_correlation": plan.cross_correlation,
-            "precision": plan.precision,
-            "max_bytes": plan.max_bytes,
-        }
-        t = plan.translations_px.shape[0]
-        mean_list = float(valid.sum()) / max(1, valid.shape[0])
-        table_bytes = projector.rows * window.count * reference_ft.element_size()
-        held = projections is not None or table_bytes <= plan.max_bytes // 4
-        # the union's scores (b, t, union) and the lists picked from them must fit too
-        union_bytes = 16 * valid.shape[0] * t * projector.rows  # two arrays, up to float64
-        fits = union_bytes <= plan.max_bytes // 2
-        if fits and union_is_cheaper(projector.rows, mean_list, t, held):
-            everything = score_shared(prep.coarse, projector, **scoring)  # (b, t, union)
-            scores = everything.gather(2, rows[:, None, :].expand(-1, t, -1))
-            del everything
-            scores.masked_fill_(~valid[:, None, :], torch.inf)
-        else:
-            if projections is None:  # projected once, if they fit: chunks are then each
-                # list's own slots, not padded to the widest list of a row range
-                projector = projector.with_values(
-                    plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4
-                )
-            scores = score_lists(prep.coarse, projector, rows, valid, **scoring)
+        scores = _list_scores(
+            prep.coarse, ids, torch.isfinite(log_prior_o), reference_ft, window, plan, projections
+        )
     b, t, c = scores.shape
     log_prior = log_prior_t[:, :, None] + log_prior_o[:, None, :]
     weights = weights_of(scores.reshape(b, -1), log_prior.reshape(b, -1), plan)
