@@ -89,8 +89,9 @@ def test_shared_scores_equal_the_plain_kernel_in_chunks():
 
 @pytest.mark.parametrize("max_bytes", [2**30, 1])  # 1: a particle and a row at a time
 @pytest.mark.parametrize("cross_correlation", [False, True])
+@pytest.mark.parametrize("block_k", [2**13, 16])  # 16: the products cut along 2k
 def test_held_list_scores_with_shared_translations_equal_the_exact_per_particle_scores(
-    max_bytes, cross_correlation
+    max_bytes, cross_correlation, block_k
 ):
     projector, rows, valid, particles, _ = _case(True)
     phases = particles.phases[:1].expand(3, -1, -1)
@@ -103,6 +104,7 @@ def test_held_list_scores_with_shared_translations_equal_the_exact_per_particle_
         cross_correlation=cross_correlation,
         precision="float32",
         max_bytes=max_bytes,
+        block_k=block_k,
     )
     table = projector.values[rows].to(torch.complex128)
     data, ctf = particles.data.to(torch.complex128), particles.ctf.double()

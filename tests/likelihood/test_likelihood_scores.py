@@ -17,6 +17,7 @@ from cryorefine.likelihood import (
     squared_differences_per_particle,
     window_phases,
 )
+from cryorefine.likelihood.scores import per_particle_cross
 
 
 def _random_terms(gen, b=3, t=4, r=5, k=37):
@@ -233,3 +234,15 @@ def test_float32_scores_of_neighbouring_poses_stay_within_the_dot_product_bound(
     # The neighbours really are nearly equal: score spread per particle of order 1 against
     # totals of order k, so the check above is not vacuous.
     assert (flat64.amax(1) - flat64.amin(1)).median() < 0.05 * flat64.amin(1).median()
+
+
+@pytest.mark.parametrize("n", [64, 70, 10])  # whole blocks, a remainder, less than one block
+def test_per_particle_cross_in_blocks_is_each_particles_own_product(n):
+    gen = torch.Generator().manual_seed(11)
+    shifted = torch.randn(3, 4, n, generator=gen)
+    projections = torch.randn(3, 5, n, generator=gen)
+    got = per_particle_cross(shifted, projections, block=16)
+    want = torch.einsum("btn,brn->btr", shifted.double(), projections.double())
+    # float32 sums of n products: within gamma_n sum |z p| of the exact value
+    magnitude = torch.einsum("btn,brn->btr", shifted.double().abs(), projections.double().abs())
+    assert ((got.double() - want).abs() <= gamma(n, U32) * magnitude).all()

@@ -20,9 +20,11 @@ from torch import Tensor
 
 from cryorefine.fourier import sample_rotated
 from cryorefine.likelihood.scores import (
+    CROSS_BLOCK,
     as_real_pairs,
     data_terms,
     matmul_precision,
+    per_particle_cross,
     scores_from_cross,
     scores_from_terms,
     working_dtypes,
@@ -254,14 +256,16 @@ def score_held_lists(
     cross_correlation: bool,
     precision: str,
     max_bytes: int,
+    block_k: int = CROSS_BLOCK,
 ) -> Float[Tensor, "b t r"]:
     """``score_lists`` for held projections ``values`` and translations shared by all particles.
 
     ``sum w K^2 |P|^2`` is one product of the particles with the table's ``|P|^2``
     (``(b, n)``, gathered at the rows); the cross term is, for a few particles at
     a time, every slot of their lists gathered at once and one batched product
-    per particle, ``Z (t, 2k) @ P^T (2k, r)``: few, long products instead of a
-    product per slot chunk, and no ``(b, t, 2k)`` array of the whole chunk.
+    per particle, ``Z (t, 2k) @ P^T (2k, r)`` cut along ``2k`` into blocks of
+    ``block_k`` (``scores.per_particle_cross``), and no ``(b, t, 2k)`` array of
+    the whole chunk.
     ``particles.phases`` must be shared (``(1, t, k)`` or expanded).
     """
     b, t, k = particles.phases.shape
@@ -293,8 +297,7 @@ def score_held_lists(
             particles.data[part], particles.ctf[part], weight[part], phases[0], precision=precision
         )
         gathered = as_real_pairs(values[rows[part].clamp(0, n - 1)].to(cplx))  # (s, r, 2k)
-        with matmul_precision(precision):
-            cross = terms.shifted @ gathered.transpose(1, 2)  # (s, t, r)
+        cross = per_particle_cross(terms.shifted, gathered, precision=precision, block=block_k)
         out[part] = scores_from_cross(
             terms.data_power, ref_power[part], cross, cross_correlation=cross_correlation
         )

@@ -38,6 +38,7 @@ from jaxtyping import Complex, Float
 from torch import Tensor
 
 __all__ = [
+    "CROSS_BLOCK",
     "PRECISIONS",
     "DataTerms",
     "Precision",
@@ -47,6 +48,7 @@ __all__ = [
     "data_terms",
     "matmul_precision",
     "orientation_terms",
+    "per_particle_cross",
     "scores_from_cross",
     "scores_from_terms",
     "squared_differences",
@@ -144,6 +146,39 @@ def orientation_terms(
             ref_power = (terms.ctf_power[:, None, :] @ p_power.transpose(1, 2)).squeeze(1)
             cross = terms.shifted @ p_pairs.transpose(1, 2)
     return ref_power, cross
+
+
+CROSS_BLOCK = 8192
+"""``per_particle_cross``'s block of the real coefficient axis: batched products over a
+few particles walk their long ``2k`` with one thread block per output tile, so each is
+cut into blocks of this many, one batched product per particle over its blocks."""
+
+
+def per_particle_cross(
+    shifted: Float[Tensor, "b t k2"],
+    projections: Float[Tensor, "b r k2"],
+    *,
+    precision: str = "float32",
+    block: int = CROSS_BLOCK,
+) -> Float[Tensor, "b t r"]:
+    """``sum_k Re(conj(Z) P)`` of each particle's own rows: ``Z[b] @ P[b]^T``, as real pairs.
+
+    The first ``nk * block`` of the ``2k`` axis are a batch of ``nk`` products per
+    particle on strided views (no copies), summed; the rest is one product
+    batched over the particles.
+    """
+    b, _, n = shifted.shape
+    blocks = n // block
+    with matmul_precision(precision):
+        if blocks <= 1:
+            return shifted @ projections.transpose(1, 2)
+        main = blocks * block
+        out = shifted[:, :, main:] @ projections[:, :, main:].transpose(1, 2)
+        for i in range(b):
+            z = shifted[i, :, :main].unflatten(-1, (blocks, block)).transpose(0, 1)
+            p = projections[i, :, :main].unflatten(-1, (blocks, block)).transpose(0, 1)
+            out[i] += (z @ p.transpose(1, 2)).sum(dim=0)
+    return out
 
 
 def _terms(
