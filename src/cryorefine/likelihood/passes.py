@@ -20,7 +20,6 @@ from torch import Tensor
 
 from cryorefine.fourier import sample_rotated
 from cryorefine.likelihood.scores import (
-    CROSS_BLOCK,
     as_real_pairs,
     data_terms,
     matmul_precision,
@@ -256,7 +255,7 @@ def score_held_lists(
     cross_correlation: bool,
     precision: str,
     max_bytes: int,
-    block_k: int = CROSS_BLOCK,
+    block_k: int | None = None,
 ) -> Float[Tensor, "b t r"]:
     """``score_lists`` for held projections ``values`` and translations shared by all particles.
 
@@ -264,8 +263,8 @@ def score_held_lists(
     (``(b, n)``, gathered at the rows); the cross term is, for a few particles at
     a time, every slot of their lists gathered at once and one batched product
     per particle, ``Z (t, 2k) @ P^T (2k, r)`` cut along ``2k`` into blocks of
-    ``block_k`` (``scores.per_particle_cross``), and no ``(b, t, 2k)`` array of
-    the whole chunk.
+    ``block_k`` (``scores.per_particle_cross``; default ``scores.CROSS_BLOCK``),
+    and no ``(b, t, 2k)`` array of the whole chunk.
     ``particles.phases`` must be shared (``(1, t, k)`` or expanded).
     """
     b, t, k = particles.phases.shape

@@ -159,14 +159,15 @@ def per_particle_cross(
     projections: Float[Tensor, "b r k2"],
     *,
     precision: str = "float32",
-    block: int = CROSS_BLOCK,
+    block: int | None = None,
 ) -> Float[Tensor, "b t r"]:
     """``sum_k Re(conj(Z) P)`` of each particle's own rows: ``Z[b] @ P[b]^T``, as real pairs.
 
-    The first ``nk * block`` of the ``2k`` axis are a batch of ``nk`` products per
-    particle on strided views (no copies), summed; the rest is one product
-    batched over the particles.
+    The first ``nk * block`` of the ``2k`` axis (``block`` default ``CROSS_BLOCK``)
+    are a batch of ``nk`` products per particle on strided views (no copies),
+    summed; the rest is one product batched over the particles.
     """
+    block = CROSS_BLOCK if block is None else block
     b, _, n = shifted.shape
     blocks = n // block
     with matmul_precision(precision):
