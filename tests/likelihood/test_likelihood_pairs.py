@@ -10,7 +10,6 @@ from cryorefine.likelihood import (
     data_terms,
     fourier_window,
     pairs,
-    scores,
     shell_matrix,
     shell_sums,
     squared_differences,
@@ -58,14 +57,12 @@ def test_pair_lists_hold_each_particles_significant_pairs_by_orientation():
 @pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize("max_bytes", [2**30, 1])
 @pytest.mark.parametrize("widest", [T, 0], ids=["all translations", "own blocks"])
-@pytest.mark.parametrize("block", [2**13, 16], ids=["whole", "cut along 2k"])
 def test_pair_scores_are_the_full_scores_at_the_pairs_children(
-    monkeypatch, cached, max_bytes, widest, block
+    monkeypatch, cached, max_bytes, widest
 ):
     # both products: each pair's children at every translation of its particle, or
     # at its own translation's block of Z only
     monkeypatch.setattr(pairs, "MAX_TRANSLATIONS_PER_PRODUCT", widest)
-    monkeypatch.setattr(scores, "CROSS_BLOCK", block)
     projector, significant, _, (data, ctf, weight, phases) = _case(cached)
     lists = pair_lists(significant)
     terms = data_terms(data, ctf, weight, phases)

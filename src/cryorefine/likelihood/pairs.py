@@ -26,7 +26,6 @@ from cryorefine.likelihood.scores import (
     DataTerms,
     as_real_pairs,
     matmul_precision,
-    per_particle_cross,
     working_dtypes,
 )
 from cryorefine.likelihood.sums import ShellSums, shell_sums_from_products
@@ -186,9 +185,7 @@ def score_pairs(
         width = p.shape[1]  # l
         with matmul_precision(terms.precision):
             if every_translation:  # (b, T g, 2k) @ (b, 2k, l f): no copies of Z's rows
-                product = per_particle_cross(
-                    terms.shifted, p.reshape(b, width * f, k2), precision=terms.precision
-                )
+                product = terms.shifted @ p.reshape(b, width * f, k2).transpose(1, 2)
                 product = product.reshape(b, tg, width, f).transpose(1, 2)  # (b, l, T g, f)
                 cross = product.gather(2, index[:, :, :, None].expand(-1, -1, -1, f))
             else:
