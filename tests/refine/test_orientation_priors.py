@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from cryorefine.geometry import (
@@ -123,6 +124,26 @@ def test_search_order_puts_particles_with_the_same_local_search_next_to_each_oth
     runs = owner[torch.as_tensor(order)]
     # each centre's particles form one run: 23 changes between neighbours, no more
     assert int((runs[1:] != runs[:-1]).sum()) == 23
+
+
+@pytest.mark.parametrize("sigma_psi_deg", [5.0, 0.0])
+def test_search_order_takes_psi_bands_as_wide_as_a_list_then_directions(sigma_psi_deg):
+    # order 2: 15-degree psi steps; sigma 5: a list spans psi +-15 degrees, 3 grid psi,
+    # so grid psi 0-2 are one band and 3 the next. Without a psi prior there is one band.
+    plan, operators = _plan(2), point_group("C1", device="cpu").operators
+    grid = plan.orientations
+    state = _state(sigma_rot_deg=5.0, sigma_tilt_deg=5.0, sigma_psi_deg=sigma_psi_deg)
+    rot_tilt = pixel_rot_tilt_deg(grid.healpix_order, grid.pixels)
+    # (direction, grid psi): direction order and psi order disagree
+    poses = [(40, 3), (30, 0), (10, 2), (20, 3), (35, 1)]
+    angles = torch.stack([torch.cat([rot_tilt[d], grid.psi_deg[i : i + 1]]) for d, i in poses]).to(
+        torch.float64
+    )
+    order = search_order(plan, state, operators, angles).tolist()
+    if sigma_psi_deg > 0:
+        assert order == [2, 1, 4, 3, 0]  # band 0 by direction (10, 30, 35), then band 1
+    else:
+        assert order == [2, 3, 1, 4, 0]  # by direction alone: 10, 20, 30, 35, 40
 
 
 def test_search_order_keeps_the_given_order_for_global_searches():

