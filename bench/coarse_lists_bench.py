@@ -169,7 +169,7 @@ def main() -> None:
         "union": union,
         "coarse_coefficients": k,
         "union_projection_gib": table_bytes / 2**30,
-        "budget_quarter_gib": plan.max_bytes / 4 / 2**30,
+        "budget_half_gib": plan.max_bytes / 2 / 2**30,
         "union_held_whole": held,
         "rule_chooses": "union_product" if chosen else "per_particle_lists",
         "seconds": seconds,

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from likelihood_cases import U32, blob_map, gamma, reference_of, score_magnitudes
+from likelihood_cases import U32, U64, blob_map, gamma, reference_of, score_magnitudes
 
 from cryorefine.geometry import euler_to_matrix
 from cryorefine.likelihood import (
@@ -90,38 +90,47 @@ def test_shared_scores_equal_the_plain_kernel_in_chunks():
 @pytest.mark.parametrize("max_bytes", [2**30, 1])  # 1: a particle and a row at a time
 @pytest.mark.parametrize("cross_correlation", [False, True])
 @pytest.mark.parametrize("block_k", [2**13, 16])  # 16: the products cut along 2k
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("table_rows", [20, 18], ids=["power per slot", "power per row"])
 def test_held_list_scores_with_shared_translations_equal_the_exact_per_particle_scores(
-    max_bytes, cross_correlation, block_k
+    max_bytes, cross_correlation, block_k, precision, table_rows
 ):
+    # 20 rows: more than the 3 x 6 slots, |P|^2 from each particle's slots; 18: from the
+    # table's rows
     projector, rows, valid, particles, _ = _case(True)
+    values, rows = projector.values[:table_rows], rows.clamp(max=table_rows - 1)
     phases = particles.phases[:1].expand(3, -1, -1)
     shared = ParticleWindowData(particles.data, particles.ctf, particles.weight, phases)
     got = score_held_lists(
         shared,
-        projector.values,
+        values,
         rows,
         valid,
         cross_correlation=cross_correlation,
-        precision="float32",
+        precision=precision,
         max_bytes=max_bytes,
         block_k=block_k,
     )
-    table = projector.values[rows].to(torch.complex128)
+    assert got.dtype == (torch.float64 if precision == "float64" else torch.float32)
+    table = values[rows].to(torch.complex128)
     data, ctf = particles.data.to(torch.complex128), particles.ctf.double()
+    phases = phases.to(torch.complex128)
     mask = valid[:, None, :].expand_as(got)
     n = 2 * projector.window.count + 10
+    # each side within gamma_n of the exact sums: ours in its working precision, the
+    # reference in float64
+    error = gamma(n, U32 if precision == "float32" else U64) + gamma(n, U64)
     if cross_correlation:
-        want = cross_correlation_per_particle(data, ctf, table, phases.to(torch.complex128))
-        # -C / (sqrt(A) sqrt(B)): C within gamma_n sum|terms| <= gamma_n sqrt(A B)
-        # (Cauchy-Schwarz), A and B within gamma_n relative each
-        bound = torch.tensor(3 * gamma(n, U32))
+        want = cross_correlation_per_particle(data, ctf, table, phases, precision="float64")
+        # -C / (sqrt(A) sqrt(B)): C within error sum|terms| <= error sqrt(A B)
+        # (Cauchy-Schwarz), A and B within error relative each
+        bound = torch.tensor(3 * error)
     else:
         want = squared_differences_per_particle(
-            data, ctf, particles.weight.double(), table, phases.to(torch.complex128)
+            data, ctf, particles.weight.double(), table, phases, precision="float64"
         )
-        # float64 is exact at this scale; float32 within gamma_n M (test_likelihood_scores)
         magnitudes = score_magnitudes(particles.data, particles.ctf, particles.weight, table)
-        bound = gamma(n, U32) * magnitudes[:, None, :].expand_as(got)
+        bound = error * magnitudes[:, None, :].expand_as(got)
     assert ((got.double() - want).abs()[mask] <= bound.expand_as(got)[mask]).all()
     assert torch.isinf(got[~mask]).all()
 

@@ -128,8 +128,9 @@ def test_search_order_puts_particles_with_the_same_local_search_next_to_each_oth
 
 @pytest.mark.parametrize("sigma_psi_deg", [5.0, 0.0])
 def test_search_order_takes_psi_bands_as_wide_as_a_list_then_directions(sigma_psi_deg):
-    # order 2: 15-degree psi steps; sigma 5: a list spans psi +-15 degrees, 3 grid psi,
-    # so grid psi 0-2 are one band and 3 the next. Without a psi prior there is one band.
+    # order 2: 15-degree psi steps; sigma 5: lists hold the psi strictly within 15 degrees
+    # of their centre, bands are 2 ceil(15 / 15) + 1 = 3 grid psi: grid psi 0-2 are one
+    # band and 3 the next. Without a psi prior there is one band.
     plan, operators = _plan(2), point_group("C1", device="cpu").operators
     grid = plan.orientations
     state = _state(sigma_rot_deg=5.0, sigma_tilt_deg=5.0, sigma_psi_deg=sigma_psi_deg)

@@ -120,8 +120,14 @@ class RowProjector:
         if self.values is not None or table_bytes > max_bytes:
             return self
         chunk = max(1, chunk_bytes // max(1, self.bytes_per_row()))
-        parts = [self.project(lo, min(lo + chunk, self.rows)) for lo in range(0, self.rows, chunk)]
-        return replace(self, values=torch.cat(parts))
+        values = torch.empty(
+            (self.rows, self.window.count),
+            dtype=self.reference_ft.dtype,
+            device=self.reference_ft.device,
+        )  # filled in place: no second copy of the table while it is joined
+        for lo in range(0, self.rows, chunk):
+            values[lo : lo + chunk] = self.project(lo, min(lo + chunk, self.rows))
+        return replace(self, values=values)
 
 
 @dataclass(frozen=True)
@@ -259,13 +265,15 @@ def score_held_lists(
 ) -> Float[Tensor, "b t r"]:
     """``score_lists`` for held projections ``values`` and translations shared by all particles.
 
-    ``sum w K^2 |P|^2`` is one product of the particles with the table's ``|P|^2``
-    (``(b, n)``, gathered at the rows); the cross term is, for a few particles at
-    a time, every slot of their lists gathered at once and one batched product
-    per particle, ``Z (t, 2k) @ P^T (2k, r)`` cut along ``2k`` into blocks of
-    ``block_k`` (``scores.per_particle_cross``; default ``scores.CROSS_BLOCK``),
-    and no ``(b, t, 2k)`` array of the whole chunk.
-    ``particles.phases`` must be shared (``(1, t, k)`` or expanded).
+    ``sum w K^2 |P|^2``: when the table has no more rows than the lists have
+    slots, one product of the particles with the table's ``|P|^2`` (``(b, n)``,
+    gathered at the rows); otherwise from each particle's gathered slots. The
+    cross term is, for a few particles at a time, every slot of their lists
+    gathered at once and one batched product per particle, ``Z (t, 2k) @ P^T
+    (2k, r)`` cut along ``2k`` into blocks of ``block_k``
+    (``scores.per_particle_cross``; default ``scores.CROSS_BLOCK``), and no
+    ``(b, t, 2k)`` array of the whole chunk. ``particles.phases`` must be shared
+    by all particles (expanded).
     """
     b, t, k = particles.phases.shape
     if b > 1 and particles.phases.stride(0) != 0:
@@ -273,32 +281,49 @@ def score_held_lists(
     r, n = rows.shape[1], values.shape[0]
     weight = torch.ones_like(particles.ctf) if cross_correlation else particles.weight
     real, cplx = working_dtypes(precision)
+    size = torch.finfo(real).bits // 8  # bytes of a real working number
     ctf_power = weight.to(real) * particles.ctf.to(real).square()
-    ref_power = ctf_power.new_empty((b, n))
-    # |P|^2 of a block of rows (4 or 8 bytes per coefficient) within a quarter of the budget
-    block = max(1, (max_bytes // 4) // (k * ctf_power.element_size()))
-    with matmul_precision(precision):
-        for lo in range(0, n, block):
-            part = values[lo : lo + block].to(cplx)
-            ref_power[:, lo : lo + block] = ctf_power @ (part.real.square() + part.imag.square()).T
-    ref_power = ref_power.gather(1, rows.clamp(0, n - 1))
-    out = ref_power.new_empty((b, t, r))
-    # per particle: its gathered slots and their working copy (2 x 16 or 32 bytes per slot
-    # and coefficient) and its Z (t x 2k); half the budget
-    per_particle = (
-        2 * r * k * 2 * ctf_power.element_size() + 3 * t * k * 2 * ctf_power.element_size()
-    )
+    rows = rows.clamp(0, n - 1)
+    table_power = None
+    if n <= b * r:
+        table_power = ctf_power.new_empty((b, n))
+        # a block of rows: its working copy (2 numbers per coefficient), the two squares
+        # and their sum, within a quarter of the budget
+        block = max(1, (max_bytes // 4) // (5 * k * size))
+        with matmul_precision(precision):
+            for lo in range(0, n, block):
+                held = values[lo : lo + block].to(cplx)
+                power = held.real.square() + held.imag.square()
+                table_power[:, lo : lo + block] = ctf_power @ power.T
+        table_power = table_power.gather(1, rows)
+    out = ctf_power.new_empty((b, t, r))
+    # per particle: its gathered slots (2 numbers per slot and coefficient, and as many
+    # again for a copy in the working dtype or their squares) and its Z (t x 2k, and the
+    # complex array it is made from); half the budget
+    per_particle = 4 * r * k * size + 4 * t * k * size
     step = max(1, (max_bytes // 2) // per_particle)
     phases = particles.phases[:1]
     for lo in range(0, b, step):
-        part = slice(lo, min(lo + step, b))
+        chunk = slice(lo, min(lo + step, b))
         terms = data_terms(
-            particles.data[part], particles.ctf[part], weight[part], phases[0], precision=precision
+            particles.data[chunk],
+            particles.ctf[chunk],
+            weight[chunk],
+            phases[0],
+            precision=precision,
         )
-        gathered = as_real_pairs(values[rows[part].clamp(0, n - 1)].to(cplx))  # (s, r, 2k)
-        cross = per_particle_cross(terms.shifted, gathered, precision=precision, block=block_k)
-        out[part] = scores_from_cross(
-            terms.data_power, ref_power[part], cross, cross_correlation=cross_correlation
+        slots = values[rows[chunk]].to(cplx)  # (s, r, k)
+        if table_power is None:
+            squares = slots.real.square() + slots.imag.square()
+            ref_power = (squares @ ctf_power[chunk, :, None]).squeeze(-1)
+            del squares
+        else:
+            ref_power = table_power[chunk]
+        cross = per_particle_cross(
+            terms.shifted, as_real_pairs(slots), precision=precision, block=block_k
+        )
+        out[chunk] = scores_from_cross(
+            terms.data_power, ref_power, cross, cross_correlation=cross_correlation
         )
     return out.masked_fill_(~valid[:, None, :], torch.inf)
 

@@ -163,18 +163,25 @@ def per_particle_cross(
 ) -> Float[Tensor, "b t r"]:
     """``sum_k Re(conj(Z) P)`` of each particle's own rows: ``Z[b] @ P[b]^T``, as real pairs.
 
-    The first ``nk * block`` of the ``2k`` axis (``block`` default ``CROSS_BLOCK``)
-    are a batch of ``nk`` products per particle on strided views (no copies),
-    summed; the rest is one product batched over the particles.
+    With at least two whole blocks in ``2k`` (``block`` default ``CROSS_BLOCK``),
+    the first ``blocks * block`` coefficients are a batch of ``blocks`` products
+    per particle on strided views (no copies), summed, and the rest is one
+    product batched over the particles; otherwise one product batched over the
+    particles.
     """
     block = CROSS_BLOCK if block is None else block
+    if block <= 0:
+        raise ValueError(f"block must be positive, got {block}")
     b, _, n = shifted.shape
     blocks = n // block
     with matmul_precision(precision):
         if blocks <= 1:
             return shifted @ projections.transpose(1, 2)
         main = blocks * block
-        out = shifted[:, :, main:] @ projections[:, :, main:].transpose(1, 2)
+        if main < n:
+            out = shifted[:, :, main:] @ projections[:, :, main:].transpose(1, 2)
+        else:
+            out = shifted.new_zeros((b, shifted.shape[1], projections.shape[1]))
         for i in range(b):
             z = shifted[i, :, :main].unflatten(-1, (blocks, block)).transpose(0, 1)
             p = projections[i, :, :main].unflatten(-1, (blocks, block)).transpose(0, 1)
@@ -218,7 +225,7 @@ def scores_from_cross(
     *,
     cross_correlation: bool = False,
 ) -> Float[Tensor, "b t r"]:
-    """The score from its three sums (module docstring); ``cross`` is overwritten."""
+    """The score from its three sums (module docstring); ``cross`` may be overwritten."""
     if cross_correlation:
         return _cc(data_power, ref_power, cross)
     return _combine(data_power, ref_power, cross)

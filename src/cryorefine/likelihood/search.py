@@ -192,20 +192,39 @@ def _list_scores(
 ) -> Float[Tensor, "b t c"]:
     """Scores of each particle's candidate list (+inf at padded slots).
 
-    The union of the lists is projected once and held; where it takes more than
-    half the budget, the particles are split in two (neighbours in search order
-    share more of their lists) until it fits, or one particle's list is left,
-    scored by ranges of rows.
+    Either every particle at the union of the lists (``union_is_cheaper``), or
+    each at its own list with the union projected once and held (or picked from
+    ``projections``, the whole grid's). A union beyond half the budget is not
+    held: the particles are split in two (neighbours in search order share more
+    of their lists) until it fits; a single particle's list beyond it is scored
+    by ranges of rows.
     """
     scoring = {
         "cross_correlation": plan.cross_correlation,
         "precision": plan.precision,
         "max_bytes": plan.max_bytes,
     }
-    if projections is not None:  # the whole grid is held
-        return score_held_lists(data, projections, ids, valid, **scoring)
     b, t = ids.shape[0], data.phases.shape[1]
     union = torch.unique(ids[valid])
+    if union.shape[0] == 0:  # no candidate: coarse_pass names the particles
+        return torch.full((b, t, ids.shape[1]), torch.inf, device=ids.device)
+    rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
+    if projections is None:
+        table = coarse_rotations(plan.orientations, union)
+        projector = RowProjector(reference_ft, table, window, plan.padding_factor)
+    else:
+        projector = RowProjector(
+            reference_ft, None, window, plan.padding_factor, projections[union]
+        )
+    mean_list = float(valid.sum()) / max(1, b)
+    # the union's scores (b, t, union) and the lists picked from them, up to float64
+    fits = 16 * b * t * projector.rows <= plan.max_bytes // 2
+    if fits and union_is_cheaper(projector.rows, mean_list, t):
+        everything = score_shared(data, projector, **scoring)  # (b, t, union)
+        scores = everything.gather(2, rows[:, None, :].expand(-1, t, -1))
+        return scores.masked_fill_(~valid[:, None, :], torch.inf)
+    if projections is not None:
+        return score_held_lists(data, projections, ids, valid, **scoring)
     row_bytes = window.count * reference_ft.element_size()
     if union.shape[0] * row_bytes > plan.max_bytes // 2 and b > 1:
         half = b // 2
@@ -217,16 +236,6 @@ def _list_scores(
                 for part in (slice(0, half), slice(half, b))
             ]
         )
-    rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
-    table = coarse_rotations(plan.orientations, union)
-    projector = RowProjector(reference_ft, table, window, plan.padding_factor)
-    mean_list = float(valid.sum()) / max(1, b)
-    # the union's scores (b, t, union) and the lists picked from them, up to float64
-    fits = 16 * b * t * projector.rows <= plan.max_bytes // 2
-    if fits and union_is_cheaper(projector.rows, mean_list, t):
-        everything = score_shared(data, projector, **scoring)  # (b, t, union)
-        scores = everything.gather(2, rows[:, None, :].expand(-1, t, -1))
-        return scores.masked_fill_(~valid[:, None, :], torch.inf)
     held = projector.with_values(plan.max_bytes // 2, chunk_bytes=plan.max_bytes // 4)
     if held.values is None:  # one particle's list beyond half the budget
         return score_lists(data, projector, rows, valid, **scoring)
