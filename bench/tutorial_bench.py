@@ -181,8 +181,8 @@ def main() -> None:
     finished = sorted(refine.glob("run_it[0-9][0-9][0-9]_optimiser.star"))
     if args.continue_run and finished:  # the options come from the optimiser star
         command = ["refine", "--continue", str(finished[-1])]
-    if args.iter:
-        command += ["--iter", str(args.iter)]
+    if args.iter or command[1] == "--continue":  # a continued run keeps its own limit unless
+        command += ["--iter", str(args.iter)]  # told: 0 is "until it converges"
     command += ["--batch_size", str(args.batch_size), "--precision", args.precision]
     profile = cProfile.Profile() if args.profile else None
     # SIGTERM (``timeout``) stops the refine; the table is then made from its last whole
