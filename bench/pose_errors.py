@@ -1,0 +1,99 @@
+"""How a refinement's poses miss the truth: the distribution of angular errors, and for the
+particles far off, the residual rotation (angle, and axis against the symmetry axis z).
+
+    python3 bench/pose_errors.py --data run_itNNN_data.star --sim SIMULATION_DIR [--sym C6]
+        [--far_deg 30] [--out FILE]
+
+``--sim`` is the folder ``cryorefine simulate`` wrote (truth_particles.star,
+simulation.json); particles are matched by image file and index, the refined
+frame by ``simulate.evaluate.global_frame``. For the particles more than
+``--far_deg`` off: the rotation ``D = T^T R G`` that is left (``G`` the symmetry
+operator that makes it smallest), its angle and ``|axis_z|`` (1: about the
+symmetry axis, 0: about an axis perpendicular to it; a flip of a C_n particle
+upside down is 180 degrees about a perpendicular axis), and their true tilts
+beside everyone's. Prints a table and writes it as JSON.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
+from cryorefine.io import load_particles
+from cryorefine.simulate.evaluate import global_frame, reference_rotation_of
+
+
+def _keys(particles) -> list[tuple[str, int]]:
+    paths = [str(path.resolve()) for path in particles.image_paths()]
+    return list(zip(paths, particles.image_indices().tolist(), strict=True))
+
+
+def _residual(
+    refined: torch.Tensor, true: torch.Tensor, group: torch.Tensor
+) -> tuple[float, float]:
+    """Angle (degrees) and |axis_z| of the smallest ``T^T R G`` over the group."""
+    candidates = true.T @ refined @ group.transpose(1, 2)  # (g, 3, 3)
+    d = candidates[int(torch.einsum("gii->g", candidates).argmax())]
+    angle = float(torch.rad2deg(torch.arccos(((torch.trace(d) - 1) / 2).clamp(-1, 1))))
+    axis = torch.stack([d[2, 1] - d[1, 2], d[0, 2] - d[2, 0], d[1, 0] - d[0, 1]])
+    if float(axis.norm()) < 1e-6:  # 180 degrees: the axis of the symmetric part
+        axis = torch.linalg.eigh((d + d.T) / 2).eigenvectors[:, -1]
+    return angle, float(abs(torch.nn.functional.normalize(axis, dim=0)[2]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--sim", type=Path, required=True)
+    parser.add_argument("--sym", default="C1")
+    parser.add_argument("--far_deg", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=Path("pose_errors.json"))
+    args = parser.parse_args()
+    refined = load_particles(args.data, check_images=False)
+    truth = load_particles(args.sim / "truth_particles.star", check_images=False)
+    by_image = {key: i for i, key in enumerate(_keys(truth))}
+    order = np.array([by_image[key] for key in _keys(refined)])
+    refined_m = euler_to_matrix(torch.from_numpy(refined.angles_deg())).double()
+    true_angles = truth.angles_deg()[order]
+    true_m = euler_to_matrix(torch.from_numpy(true_angles)).double()
+    group = point_group(args.sym, device="cpu").rotations.double()
+    frame = global_frame(refined_m, true_m, group, start=reference_rotation_of(args.sim))
+    aligned = refined_m @ frame.double()
+    errors = symmetric_angular_distance_deg(aligned, true_m, group).numpy()
+    far = np.nonzero(errors > args.far_deg)[0]
+    residuals = np.array([_residual(aligned[i], true_m[i], group) for i in far]).reshape(-1, 2)
+
+    def q(values: np.ndarray) -> list[float]:  # 10, 50 and 90 % quantiles; none if empty
+        return np.quantile(values, [0.1, 0.5, 0.9]).tolist() if len(values) else []
+
+    summary = {
+        "data": str(args.data), "particles": len(errors), "sym": args.sym,
+        "median_error_deg": float(np.median(errors)), "mean_error_deg": float(errors.mean()),
+        "share_above_deg": {str(x): float((errors > x).mean()) for x in (5, 10, 30, 90, 150)},
+        "far_deg": args.far_deg, "far": len(far),
+        "far_angle_deg_q10_50_90": q(residuals[:, 0]),
+        "far_axis_z_q10_50_90": q(residuals[:, 1]),
+        "far_true_tilt_q10_50_90": q(true_angles[far, 1]),
+        "all_true_tilt_q10_50_90": q(true_angles[:, 1]),
+    }  # fmt: skip
+    lines = [f"{len(errors)} particles: median error {summary['median_error_deg']:.2f} deg, "
+             f"mean {summary['mean_error_deg']:.2f} deg", "above (deg) | share"]  # fmt: skip
+    lines += [f"{key} | {value:.3f}" for key, value in summary["share_above_deg"].items()]
+    if len(far):
+        lines += [
+            f"{len(far)} particles above {args.far_deg:g} deg; quantiles 10/50/90 %:",
+            f"  residual angle {np.round(summary['far_angle_deg_q10_50_90'], 1).tolist()} deg",
+            f"  |axis z| {np.round(summary['far_axis_z_q10_50_90'], 2).tolist()}",
+            f"  true tilt {np.round(summary['far_true_tilt_q10_50_90'], 1).tolist()} deg "
+            f"(everyone: {np.round(summary['all_true_tilt_q10_50_90'], 1).tolist()})",
+        ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    args.out.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
