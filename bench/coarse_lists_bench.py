@@ -8,25 +8,26 @@ The regime of the tutorial job's iterations at HEALPix order 4 and coarse size
 96: every particle has a list of ``--candidates`` orientations (the nearest
 grid orientations to its prior centre), a batch's centres lie within
 ``--spread_deg`` of each other and, turned about z, within ``--psi_spread_deg``
-(``search_order`` sorts by direction, then psi: a batch of the tutorial's
-shares directions, not psi), 27 translations, the coarse window is the whole
-box. ``search.coarse_pass`` is timed both ways (``union_is_cheaper`` forced),
-best of 3, with the choice that the rule makes and two floors: the union
-product's flops over the measured float32 matrix rate, and the held lists'
-bytes (24 per list entry and coefficient: the gather written and read, and
-read by the product) over the measured copy bandwidth. Prints a table and
-writes it as JSON.
+(a batch sorted by direction first shares directions, not psi), 27
+translations, the coarse window is the whole box. ``search.coarse_pass`` is
+timed both ways (``union_is_cheaper`` forced), best of 3 after warm-ups
+(``floor_rates.seconds_per_call``), with the choice that the rule makes and
+two floors: the union product's flops over the measured float32 matrix rate
+(``floor_rates.matmul_rate``), and the held lists' bytes (24 per list entry and
+coefficient: the gather written and read, and read by the product) over the
+measured copy bandwidth (``floor_rates.copy_rates``, its largest size). Prints
+a table and writes it as JSON.
 """
 
 import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
 import torch
+from floor_rates import copy_rates, matmul_rate, seconds_per_call  # bench/ is on sys.path
 
 from cryorefine.fourier import prepare_reference
 from cryorefine.geometry import angular_step_deg, healpix_npix, psi_angles_deg, translation_grid
@@ -39,38 +40,6 @@ from cryorefine.likelihood import (
     prepare,
     search,
 )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _best_of(fn, device: torch.device, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def _matmul_rate(device: torch.device, k: int) -> float:
-    """float32 flops per second of a (1024 x k) @ (k x 512) product."""
-    a = torch.randn(1024, k, device=device)
-    b = torch.randn(k, 512, device=device)
-    seconds = _best_of(lambda: a @ b, device)
-    return 2 * 1024 * 512 * k / seconds
-
-
-def _copy_rate(device: torch.device) -> float:
-    """Bytes read and written per second by a 1 GiB device copy."""
-    a = torch.empty(2**28, device=device)
-    b = torch.empty_like(a)
-    seconds = _best_of(lambda: b.copy_(a), device)
-    return 2 * a.numel() * 4 / seconds
 
 
 def _case(args: argparse.Namespace, device: torch.device):
@@ -153,12 +122,12 @@ def main() -> None:
     for name, forced in (("union_product", True), ("per_particle_lists", False)):
         with mock.patch.object(search, "union_is_cheaper", lambda *_, f=forced: f):
             run = lambda: search.coarse_pass(prep, particles, reference, plan)  # noqa: E731
-            run()  # warm-up
-            seconds[name] = _best_of(run, device)
+            seconds[name] = seconds_per_call(run, device, 3)
     flops = 4 * args.particles * t * union * k  # the union product: (b t) x 2k x union, 2 each
-    rate = _matmul_rate(device, 2 * k)
+    rate = matmul_rate((1, 1024, 2 * k, 512), device, 3)
     list_bytes = 24 * args.particles * args.candidates * k
-    bandwidth = _copy_rate(device)
+    by_size = copy_rates(device, 3)
+    bandwidth = by_size[max(by_size, key=int)]  # the largest copy: device memory, not caches
     floors = {"union_product": flops / rate, "per_particle_lists": list_bytes / bandwidth}
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",

@@ -26,6 +26,8 @@ from cryorefine.likelihood import fourier_window
 
 __all__ = [
     "WORK",
+    "copy_rates",
+    "matmul_rate",
     "measure_rates",
     "ndim_of",
     "rate_lines",
@@ -33,6 +35,7 @@ __all__ = [
     "read_log",
     "read_star",
     "sampling",
+    "seconds_per_call",
     "translation_count",
     "window_count",
 ]
@@ -113,7 +116,7 @@ def sampling(refine_dir: Path, it: int) -> tuple[dict, int, int, np.ndarray]:
     return general, directions.shape[0], psi_count, directions
 
 
-def _seconds(
+def seconds_per_call(
     fn: Callable[[], object], device: torch.device, repeats: int, *, inner: int = 1
 ) -> float:
     """Seconds per call: best of ``repeats`` timings of ``inner`` calls, after a warm-up.
@@ -135,7 +138,7 @@ def _seconds(
     return best
 
 
-def _matmul_rate(shape: tuple[int, int, int, int], device: torch.device, repeats: int) -> float:
+def matmul_rate(shape: tuple[int, int, int, int], device: torch.device, repeats: int) -> float:
     """Flops per second of ``[batch, m, k] @ [batch, k, n]`` in float32 (real pairs, as scores)."""
     batch, m, k, n = shape
     generator = torch.Generator(device=device).manual_seed(0)
@@ -143,9 +146,9 @@ def _matmul_rate(shape: tuple[int, int, int, int], device: torch.device, repeats
     b = torch.randn((batch, k, n), generator=generator, device=device)
     if batch == 1:
         a2, b2 = a[0], b[0]
-        seconds = _seconds(lambda: a2 @ b2, device, repeats)
+        seconds = seconds_per_call(lambda: a2 @ b2, device, repeats)
     else:
-        seconds = _seconds(lambda: torch.bmm(a, b), device, repeats)
+        seconds = seconds_per_call(lambda: torch.bmm(a, b), device, repeats)
     return 2.0 * batch * m * k * n / seconds
 
 
@@ -190,7 +193,7 @@ def _within(shape: tuple[int, int, int, int], limit: int) -> tuple[int, int, int
     return batch, m, k, n
 
 
-def _copy_rates(device: torch.device, repeats: int) -> dict[str, float]:
+def copy_rates(device: torch.device, repeats: int) -> dict[str, float]:
     """Bytes read + written per second by ``dst.copy_(src)`` per tensor size in bytes."""
     largest = 2**29 if device.type == "cuda" else 2**26
     by_size = {}
@@ -199,7 +202,7 @@ def _copy_rates(device: torch.device, repeats: int) -> dict[str, float]:
         dst = torch.empty_like(src)
         inner = max(1, largest // size)
         copy = lambda: dst.copy_(src)  # noqa: B023, E731
-        by_size[str(size)] = 2 * size / _seconds(copy, device, repeats, inner=inner)
+        by_size[str(size)] = 2 * size / seconds_per_call(copy, device, repeats, inner=inner)
     return by_size
 
 
@@ -223,7 +226,7 @@ def measure_rates(
         for precision, setting in (("float32", "highest"), ("tf32", "high")):
             torch.set_float32_matmul_precision(setting)
             rates[f"matmul_flops_per_s_{precision}"] = {
-                key: _matmul_rate(shape, device, repeats)
+                key: matmul_rate(shape, device, repeats)
                 if precision == "float32" or device.type == "cuda"
                 else rates["matmul_flops_per_s_float32"][key]  # type: ignore[index]
                 for key, shape in shapes.items()
@@ -231,7 +234,7 @@ def measure_rates(
     finally:
         torch.set_float32_matmul_precision(previous)
     rates["shapes"] = {key: list(shape) for key, shape in shapes.items()}
-    by_size = _copy_rates(device, repeats)
+    by_size = copy_rates(device, repeats)
     rates["copy_bytes_per_s_by_size"] = by_size
     largest = max(by_size, key=int)
     rates["copy_bytes_per_s"] = by_size[largest]
@@ -240,7 +243,7 @@ def measure_rates(
         host = torch.ones(count, pin_memory=True)
         target = torch.empty(count, device=device)
         copy = lambda: target.copy_(host, non_blocking=True)  # noqa: E731
-        rates["h2d_bytes_per_s"] = 4 * count / _seconds(copy, device, repeats)
+        rates["h2d_bytes_per_s"] = 4 * count / seconds_per_call(copy, device, repeats)
     else:
         rates["h2d_bytes_per_s"] = by_size[largest] / 2
     return rates

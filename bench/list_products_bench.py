@@ -4,7 +4,8 @@
         [--particles 10] [--union 3000] [--out FILE]
 
 Each particle ``b`` has ``Z[b] (t, 2k)`` and its own ``r`` rows of a held table
-``V (union, 2k)``. Timed, best of 3 (the union table is made once):
+``V (union, 2k)``. Timed, best of 3 after warm-ups (``floor_rates.seconds_per_call``;
+the union table is made once):
 
 - ``gather``: ``V[rows]`` alone (``(s, r, 2k)``);
 - ``bmm``: the gather, then ``Z @ G^T`` batched over particles (one product per
@@ -17,35 +18,19 @@ Each particle ``b`` has ``Z[b] (t, 2k)`` and its own ``r`` rows of a held table
   product with the shared phases (the gather, one more pass over it, and the product).
 
 Floors: bytes (the gather written and read, read by the product: 24 per slot and
-coefficient) over the measured copy bandwidth. Prints a table and writes it as JSON.
+coefficient) over the measured copy bandwidth (``floor_rates.copy_rates``, its
+largest size). Prints a table and writes it as JSON.
 """
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
+from floor_rates import copy_rates, seconds_per_call  # bench/ is on sys.path
 
 from cryorefine.likelihood.scores import per_particle_cross
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _best_of(fn, device: torch.device, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _split_k(z: torch.Tensor, g: torch.Tensor, kc: int) -> torch.Tensor:
@@ -99,9 +84,8 @@ def main() -> None:
     want = bmm()
     for way in (split_k, blocks):
         torch.testing.assert_close(way(), want, rtol=1e-3, atol=1e-3 * want.abs().max().item())
-    a = torch.empty(2**28, device=device)
-    copy = _best_of(lambda: torch.empty_like(a).copy_(a), device)
-    bandwidth = 2 * a.numel() * 4 / copy
+    by_size = copy_rates(device, 3)
+    bandwidth = by_size[max(by_size, key=int)]  # the largest copy: device memory, not caches
     floor = 24 * s * r * k / bandwidth
     ways = {
         "gather": gather,
@@ -110,7 +94,7 @@ def main() -> None:
         "blocks": blocks,
         "factored": factored,
     }
-    seconds = {key: _best_of(fn, device) for key, fn in ways.items()}
+    seconds = {key: seconds_per_call(fn, device, 3) for key, fn in ways.items()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [
         f"{name}: {s} particles x {r} rows of {n}, {k} coefficients, {t} translations; "
