@@ -163,7 +163,7 @@ def _add_batch(
     *,
     current_size: int,
     pixel_size_angst: float,
-    scale_shells: Tensor,
+    shells_for_scales: Tensor,
 ) -> Tensor:
     """Add one batch's E-step result to the half set's sums, in place.
 
@@ -186,9 +186,9 @@ def _add_batch(
     if scale is not None:  # the sums were made with s K: the group scale divided out
         s = scale.to(torch.float64)[:, None]
         signal, power = signal / s, power / s.square()
-    # RELION sums XA and AA only where the model's SSNR exceeds 3 (``scale_shells``)
-    sums.scale_sums[0].index_add_(0, scale_groups, signal * scale_shells)
-    sums.scale_sums[1].index_add_(0, scale_groups, power * scale_shells)
+    # RELION sums XA and AA only where the model's SSNR exceeds 3 (``half_sums.scale_shells``)
+    sums.scale_sums[0].index_add_(0, scale_groups, signal * shells_for_scales)
+    sums.scale_sums[1].index_add_(0, scale_groups, power * shells_for_scales)
     if result.multiplicity_sums is not None and batch.multiplicity is not None:
         full_mult = shell_sums(batch.multiplicity, n, ndim).to(torch.float64)
         mult = result.multiplicity_sums.clone().to(torch.float64)
@@ -348,7 +348,7 @@ def run_half_set(
                 scale,
                 current_size=m,
                 pixel_size_angst=pixel,
-                scale_shells=shells_for_scales,
+                shells_for_scales=shells_for_scales,
             )
         norm = norms_all[all_rows].copy()  # bad particles keep theirs
         if result is not None and options.norm:
