@@ -128,7 +128,7 @@ def simulate(args: argparse.Namespace, sim: Path) -> float:
         "--bin", str(args.bin), "--seed", str(args.seed), "--float16",
         "--tomograms", str(args.tutorial / "Tomograms/job006/tomograms.star"),
         "--particles", str(args.tutorial / "Picks/job019/particles.star"),
-        "--tilt_image_size", "3710", "3838",
+        "--tilt_image_size", "3710", "3838", "--surface_normals",
     ]  # fmt: skip
     if args.n_particles:
         arguments += ["--n_particles", str(args.n_particles)]

@@ -16,6 +16,8 @@ import starfile
 import torch
 
 from cryorefine.errors import InputError
+from cryorefine.fourier.ctf3d import tilt_series_ctf_weights
+from cryorefine.geometry import euler_to_matrix
 from cryorefine.io import (
     check_particles_against_tomograms,
     load_optimisation_set,
@@ -24,6 +26,8 @@ from cryorefine.io import (
     read_mrc,
 )
 from cryorefine.simulate import SimulationOptions, load_picked_geometry, simulate_dataset
+from cryorefine.simulate.surface_frames import PRIOR_ANGLES_DEG, surface_normals
+from cryorefine.tomo import particle_tilts, tilt_series_geometry
 
 N = 24
 BINNING = 6.0
@@ -214,6 +218,12 @@ def test_real_tilt_series_options_are_checked(tmp_path: Path, hiv_tutorial: Path
         SimulationOptions(output_dir=tmp_path, binning=2.0)
     with pytest.raises(InputError, match="--n_particles: expected a number"):
         SimulationOptions(output_dir=tmp_path, n_particles=None)
+    with pytest.raises(InputError, match="--surface_normals: needs --tomograms"):
+        SimulationOptions(output_dir=tmp_path, surface_normals=True)
+    with pytest.raises(InputError, match="--surface_normals: needs"):
+        _options(tmp_path, hiv_tutorial, data_format="subtomo3d", surface_normals=True)
+    with pytest.raises(InputError, match="--normal_spread 60"):
+        _options(tmp_path, hiv_tutorial, surface_normals=True, normal_spread_deg=60.0)
 
 
 def test_classic_subtomograms_take_the_real_geometry_too(tmp_path: Path, hiv_tutorial: Path):
@@ -225,3 +235,56 @@ def test_classic_subtomograms_take_the_real_geometry_too(tmp_path: Path, hiv_tut
     ctf, _ = read_mrc(particles.ctf_image_paths()[0])
     assert ctf.shape == (N, N, N)
     assert np.abs(ctf).max() > 0.1  # the real tilts reach the grid
+
+
+def test_picks_on_surfaces_are_built_in_frames_along_their_normals(
+    tmp_path: Path, hiv_tutorial: Path
+) -> None:
+    simulate_dataset(_options(tmp_path, hiv_tutorial, surface_normals=True))
+    table = starfile.read(tmp_path / "particles.star")["particles"]
+    truth = starfile.read(tmp_path / "truth_particles.star")["particles"]
+    # The input carries what RELION's picking on spheres writes.
+    angles = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    np.testing.assert_array_equal(table[angles].to_numpy(), [PRIOR_ANGLES_DEG] * COUNT)
+    assert (table["rlnAngleTiltPrior"] == 90).all()
+    assert (table["rlnAnglePsiPrior"] == 0).all()
+    # The truth spreads about the priors (8 degrees by default; 5 sigma).
+    assert (np.abs(truth["rlnAngleTilt"] - 90) < 40).all()
+    assert (np.abs(truth["rlnAnglePsi"]) < 40).all()
+    assert truth["rlnAngleRot"].nunique() == COUNT
+    # Each frame's normal is the one the tomogram's picks give.
+    picks = starfile.read(hiv_tutorial / "Picks/job019/particles.star")
+    centred = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
+    frame_labels = [f"rlnTomoSubtomogram{a}" for a in ("Rot", "Tilt", "Psi")]
+    frames = euler_to_matrix(torch.as_tensor(table[frame_labels].to_numpy(np.float64)))
+    prior = euler_to_matrix(torch.tensor(PRIOR_ANGLES_DEG, dtype=torch.float64))
+    tomograms = load_tomograms(tmp_path / "tomograms.star")
+    particles = load_particles(tmp_path / "particles.star")
+    for row, name in enumerate(table["rlnTomoName"]):
+        mine = picks[picks["rlnTomoName"] == name][centred].to_numpy()
+        match = np.flatnonzero(np.abs(mine - table[centred].to_numpy()[row]).max(axis=1) < 1e-6)
+        normal = surface_normals(mine)[match[0]]
+        np.testing.assert_allclose((frames[row] @ prior)[:, 2].numpy(), normal, atol=1e-5)
+        # The pseudo-subtomogram's CTF^2 is that of its tilts seen through the frame.
+        geometry = tilt_series_geometry(tomograms[name], device="cpu", image_size_px=IMAGE)
+        position = torch.as_tensor(table[centred].to_numpy()[row : row + 1])
+        expected = {}
+        for framed in (True, False):
+            tilts = particle_tilts(
+                geometry,
+                position,
+                visibility_radius_px=BINNING * N / 2,
+                subtomogram_rotations=frames[row : row + 1] if framed else None,
+            )
+            expected[framed] = tilt_series_ctf_weights(
+                tilts.rotations, defocus_u_angst=tilts.defocus_u_angst,
+                defocus_v_angst=tilts.defocus_v_angst, defocus_angle_deg=tilts.defocus_angle_deg,
+                voltage_kv=300.0, spherical_aberration_mm=2.7, amplitude_contrast=0.1,
+                pixel_size_angst=BINNING * 1.35, box_size=N,
+                dose_e_per_angst2=tilts.dose_e_per_angst2, bfactor_angst2=tilts.bfactor_angst2,
+                scale=tilts.scale, visible=tilts.visible,
+            )[0][0].numpy()  # fmt: skip
+        weights, _ = read_mrc(particles.ctf_image_paths()[row])
+        got = weights[:N].astype(np.float64)
+        np.testing.assert_allclose(got, expected[True], rtol=2.0**-22, atol=1e-6)
+        assert np.abs(got - expected[False]).max() > 1e-2 * got.max()

@@ -19,7 +19,14 @@ per-tilt defocus (plus each particle's depth), CTF scale, dose, pixel size (--bi
 times the tilt series' pixel, or --angpix) and hand; --tilt_range, --tilt_step,
 --dose and --defocus_range are then not used. Picks that no tilt image holds are
 dropped, as relion_tomo_subtomo does. --tilt_image_size is the size of the tilt
-images (not in any STAR file; default: the tomogram's x, y size).
+images (not in any STAR file; default: the tomogram's x, y size). With
+--surface_normals the picks lie on a surface (the tutorial's on virus-like
+particles): each pseudo-subtomogram is built in a frame along the surface normal
+(rlnTomoSubtomogramRot/Tilt/Psi: the picks file's, else estimated from the
+neighbouring picks), the true pose in that frame is near tilt 90 and psi 0
+(--normal_spread degrees), and particles.star carries those angles and the
+priors rlnAngleTiltPrior 90 and rlnAnglePsiPrior 0, as RELION's picking on
+spheres writes them (refine with --sigma_tilt).
 
 With --format tilt_series the output is whole tilt series to extract particles
 from (cryorefine extract): --per_tomogram particles at random places and poses in
@@ -132,6 +139,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--float16", action="store_true", help="write 3D particles in half precision"
     )
     parser.add_argument(
+        "--surface_normals",
+        action="store_true",
+        help="picks lie on a surface: frames along its normal, poses near tilt 90 and psi 0, "
+        "and those angles as priors (relion4 with --particles)",
+    )
+    parser.add_argument(
+        "--normal_spread",
+        type=float,
+        default=8.0,
+        help="standard deviation of the true tilt and psi about the priors, degrees",
+    )
+    parser.add_argument(
         "--per_tomogram", type=int, default=4, help="particles per tomogram (tilt_series)"
     )
     parser.add_argument(
@@ -168,6 +187,8 @@ def run(args: argparse.Namespace) -> None:
         tilt_image_size_px=None if args.tilt_image_size is None else tuple(args.tilt_image_size),
         float16=args.float16,
         particles_per_tomogram=args.per_tomogram,
+        surface_normals=args.surface_normals,
+        normal_spread_deg=args.normal_spread,
     )
     simulate_dataset(options, progress=progress_logger(), device=device_from_gpu_option(args.gpu))
 

@@ -38,6 +38,7 @@ between chunk sizes); ``snr = inf`` gives the same particles without noise. How 
 particles are computed and written, chunk by chunk: ``simulate.batches``.
 """
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 
 from cryorefine.errors import InputError
-from cryorefine.geometry import point_group
+from cryorefine.geometry import euler_to_matrix, point_group
 from cryorefine.io import make_output_folder, write_atomically, write_mrc
 from cryorefine.simulate.batches import chunk_size, image_names, particle_count, simulate_particles
 from cryorefine.simulate.options import SimulationOptions
@@ -56,6 +57,7 @@ from cryorefine.simulate.picks import load_picked_geometry
 from cryorefine.simulate.poses import draw_particles, tilt_scheme
 from cryorefine.simulate.reference import make_mask, make_reference, reference_rotation
 from cryorefine.simulate.summary import simulation_summary
+from cryorefine.simulate.surface_frames import poses_in_frames
 from cryorefine.simulate.tables import write_tables
 from cryorefine.simulate.tilt_series import simulate_tilt_series
 from cryorefine.simulate.truth import prepare_truth, signal_power
@@ -181,6 +183,10 @@ def simulate_dataset(
         three_d=options.is_tomography,
         generator=params_generator,
     )
+    if picked is not None and picked.subtomogram_angles_deg is not None:
+        count, spread = particle_count(options), options.normal_spread_deg
+        angles = poses_in_frames(count, spread_deg=spread, generator=params_generator)
+        draws = dataclasses.replace(draws, angles_deg=angles, rotations=euler_to_matrix(angles))
     scheme = None
     if options.is_tomography and picked is None:
         angles = torch.from_numpy(options.tilt_angles_deg())

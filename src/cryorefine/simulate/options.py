@@ -96,6 +96,14 @@ class SimulationOptions:
         ``--per_tomogram``: particles in each simulated tomogram (``tilt_series``).
     float16
         ``--float16``: write the 3D particle files in half precision (MRC mode 12).
+    surface_normals
+        ``--surface_normals``: the picks lie on a surface; each particle gets a
+        subtomogram frame along its normal, its true pose near tilt 90 and psi 0
+        in that frame, and those angles as priors (``simulate.surface_frames``);
+        relion4 with ``particles_star`` only.
+    normal_spread_deg
+        ``--normal_spread``: standard deviation of the true tilt and psi about
+        the priors, degrees.
     """
 
     output_dir: Path
@@ -121,6 +129,8 @@ class SimulationOptions:
     tilt_image_size_px: tuple[int, int] | None = None
     float16: bool = False
     particles_per_tomogram: int = 4
+    surface_normals: bool = False
+    normal_spread_deg: float = 8.0
 
     def __post_init__(self) -> None:
         """Check every option (``InputError`` naming the command-line option)."""
@@ -162,6 +172,13 @@ class SimulationOptions:
             raise InputError(f"--ref_rotation_deg {self.ref_rotation_deg}: expected 0 to 180")
         if not math.isfinite(self.bfactor_angst2):
             raise InputError(f"--bfactor {self.bfactor_angst2}: expected a finite number")
+        if self.surface_normals and (self.particles_star is None or self.data_format != "relion4"):
+            raise InputError(
+                "--surface_normals: needs --tomograms and --particles with --format relion4 "
+                "(frames of pseudo-subtomograms)"
+            )
+        if not 0 <= self.normal_spread_deg <= 45:
+            raise InputError(f"--normal_spread {self.normal_spread_deg}: expected 0 to 45 degrees")
         if not 0 <= self.seed < 2**63:
             raise InputError(f"--seed {self.seed}: expected a whole number from 0 to 2^63 - 1")
 

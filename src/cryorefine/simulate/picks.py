@@ -22,6 +22,11 @@ Which picks
     (reproducibly, from ``--seed``), kept in file order, grouped by tomogram in
     the order tomograms first appear, so that a chunk of particles shares one tilt
     series.
+Frames (``--surface_normals``)
+    Each particle's subtomogram frame: the picks file's ``rlnTomoSubtomogram*``
+    where it has them, else one whose z is the surface normal estimated from the
+    neighbouring picks (``simulate.surface_frames``); the poses are then drawn
+    in those frames.
 """
 
 import dataclasses
@@ -32,13 +37,16 @@ import torch
 from jaxtyping import Float64, Int64
 
 from cryorefine.errors import InputError
+from cryorefine.geometry import euler_to_matrix
 from cryorefine.io import (
+    ParticleSet,
     TomogramSet,
     check_particles_against_tomograms,
     load_particles,
     load_tomograms,
 )
 from cryorefine.simulate.options import SimulationOptions
+from cryorefine.simulate.surface_frames import frame_angles_deg, surface_normals
 from cryorefine.tomo import ParticleTilts, TiltSeriesGeometry, particle_tilts, tilt_series_geometry
 from cryorefine.tomo.extract_tables import particle_centres_angst
 
@@ -70,6 +78,9 @@ class PickedGeometry:
         Picks in the file, and those dropped because no tilt sees them.
     microscope
         ``voltage_kv``, ``spherical_aberration_mm``, ``amplitude_contrast`` of the tilt series.
+    subtomogram_angles_deg
+        Each particle's frame ``rlnTomoSubtomogramRot/Tilt/Psi`` (module docstring);
+        None: the tomogram's frame (angles 0).
     """
 
     options: SimulationOptions
@@ -83,6 +94,7 @@ class PickedGeometry:
     picks: int
     dropped: int
     microscope: dict[str, float]
+    subtomogram_angles_deg: Float64[np.ndarray, "b 3"] | None = None
 
     @property
     def visibility_radius_px(self) -> float:
@@ -105,10 +117,18 @@ class PickedGeometry:
         if len(names) != 1:
             raise ValueError(f"rows {rows} span tomograms {sorted(names)}; use chunks()")
         geometry = self.geometries[names.pop()]
-        positions = torch.as_tensor(
-            self.centered_coordinates_angst[rows], device=geometry.projections.device
+        device = geometry.projections.device
+        positions = torch.as_tensor(self.centered_coordinates_angst[rows], device=device)
+        frames = None
+        if self.subtomogram_angles_deg is not None:
+            angles = torch.as_tensor(self.subtomogram_angles_deg[rows], device=device)
+            frames = euler_to_matrix(angles)
+        return particle_tilts(
+            geometry,
+            positions,
+            visibility_radius_px=self.visibility_radius_px,
+            subtomogram_rotations=frames,
         )
-        return particle_tilts(geometry, positions, visibility_radius_px=self.visibility_radius_px)
 
 
 def _common(
@@ -153,6 +173,24 @@ def _choose(keep: np.ndarray, options: SimulationOptions, generator: torch.Gener
     order = torch.randperm(len(available), generator=generator)[:wanted]
     chosen: np.ndarray = available[np.sort(order.numpy())]
     return chosen
+
+
+def _frames(
+    particles: ParticleSet,
+    positions: np.ndarray,
+    tomo: np.ndarray,
+    chosen: np.ndarray,
+    generator: torch.Generator,
+) -> np.ndarray:
+    """Frames of the ``chosen`` picks: the file's, else from the normals of all picks."""
+    if "rlnTomoSubtomogramRot" in particles.particles.columns:
+        from_file: np.ndarray = particles.subtomogram_angles_deg()[chosen]
+        return from_file
+    normals = np.zeros_like(positions)
+    for name in dict.fromkeys(tomo.tolist()):
+        rows = np.flatnonzero(tomo == name)
+        normals[rows] = surface_normals(positions[rows])
+    return frame_angles_deg(normals[chosen], generator=generator)
 
 
 def load_picked_geometry(
@@ -200,6 +238,9 @@ def load_picked_geometry(
         numbers[rows] = np.arange(1, len(rows) + 1)
     chosen = _choose(keep, options, generator)
     grouped = chosen[np.argsort([used.index(names[r]) for r in chosen], kind="stable")]
+    frames = None
+    if options.surface_normals:
+        frames = _frames(particles, positions, tomo, grouped, generator)
     return PickedGeometry(
         options=dataclasses.replace(resolved, n_particles=len(grouped)),
         tomograms=tomograms,
@@ -216,4 +257,5 @@ def load_picked_geometry(
             "spherical_aberration_mm": cs,
             "amplitude_contrast": q0,
         },
+        subtomogram_angles_deg=frames,
     )

@@ -153,5 +153,12 @@ def _picked_summary(picked: PickedGeometry) -> dict[str, object]:
         "(tomo.tilt_geometry); astigmatism, CTF scale and B-factor of the tilt",
         "dose_weight": "Grant & Grigorieff with each tilt's rlnMicrographPreExposure",
         "multiplicity_threshold": MULTIPLICITY_THRESHOLD,
+        "surface_frames": None
+        if picked.subtomogram_angles_deg is None
+        else {
+            "poses": "rot uniform, tilt 90 and psi 0 plus a normal spread, in frames along "
+            "each pick's surface normal (simulate.surface_frames)",
+            "normal_spread_deg": picked.options.normal_spread_deg,
+        },
         "tomograms": tomograms,
     }

@@ -3,8 +3,9 @@
 Labels follow REFINE_SPEC §2.1 (SPA), §2.2 (RELION-4 pseudo-subtomograms), §2.5
 (tomograms.star, RELION 4 layout: ``data_global`` and one ``data_<name>`` block of
 projection rows per tomogram) and §7.4 (classic subtomograms). The refinement
-input (``particles.star``) has no ``rlnAngle*``/``rlnOrigin*``; the truth table
-adds them. Tomography: every particle has a tilt series of its own, named
+input (``particles.star``) has no ``rlnAngle*``/``rlnOrigin*`` (picks on surfaces:
+the angles and priors of ``simulate.surface_frames``); the truth table
+sets them. Tomography: every particle has a tilt series of its own, named
 ``TS_<number>``, so that its tilt table can carry the particle's defocus
 exactly; the particle sits at the tomogram's centre, which every projection
 maps to the tilt image's centre at depth 0. On real tilt series (``picked``) the
@@ -23,6 +24,7 @@ from cryorefine.simulate.options import SimulationOptions
 from cryorefine.simulate.picks import PickedGeometry
 from cryorefine.simulate.picks_tables import picked_particle_columns, write_picked_tables
 from cryorefine.simulate.poses import ParticleDraws, TiltScheme
+from cryorefine.simulate.surface_frames import PRIOR_ANGLES_DEG
 
 __all__ = [
     "TOMOGRAM_SIZE_BOXES",
@@ -86,8 +88,7 @@ def particle_table(
         relion4 = options.data_format == "relion4"
         table.update(picked_particle_columns(picked, particle_names=relion4))
         if relion4:
-            for label in ("Rot", "Tilt", "Psi"):
-                table[f"rlnTomoSubtomogram{label}"] = np.zeros(count)
+            table.update(_frame_columns(picked, count))
     elif options.data_format == "relion4":
         names = tomogram_names(count)
         centre = _tomogram_centre_px(options)
@@ -110,6 +111,23 @@ def particle_table(
     table["rlnOpticsGroup"] = np.ones(count, dtype=np.int64)
     table["rlnRandomSubset"] = half_sets.astype(np.int64)
     return pd.DataFrame(table)
+
+
+def _frame_columns(picked: PickedGeometry, count: int) -> dict[str, np.ndarray]:
+    """Subtomogram frames; on surfaces also the starting angles and the priors (as RELION's)."""
+    frames = picked.subtomogram_angles_deg
+    if frames is None:
+        return {f"rlnTomoSubtomogram{label}": np.zeros(count) for label in ("Rot", "Tilt", "Psi")}
+    columns = {
+        f"rlnTomoSubtomogram{label}": frames[:, axis]
+        for axis, label in enumerate(("Rot", "Tilt", "Psi"))
+    }
+    rot, tilt, psi = PRIOR_ANGLES_DEG
+    for label, value in (("Rot", rot), ("Tilt", tilt), ("Psi", psi)):
+        columns[f"rlnAngle{label}"] = np.full(count, value)
+    columns["rlnAngleTiltPrior"] = np.full(count, tilt)
+    columns["rlnAnglePsiPrior"] = np.full(count, psi)
+    return columns
 
 
 def truth_columns(
