@@ -209,6 +209,13 @@ def score_pairs(
     return out[:, :q]
 
 
+DENSE_TABLE_SHARE = 4
+"""``sum_pairs`` adds the back-projection data straight into a table of every fine row of
+the group (``rows x 3 kb`` reals) when it takes at most ``1 / DENSE_TABLE_SHARE`` of the
+budget; the row weights are then one product ``(rows, b) @ (b, kb)`` at the end. Otherwise
+each chunk's carried children are picked and merged with the rows so far."""
+
+
 @dataclass(frozen=True)
 class PairSums:
     """What the pairs' weights add to the M-step.
@@ -268,26 +275,36 @@ def sum_pairs(
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
     merged: tuple[Tensor, Tensor, Tensor] | None = None
-    chunk = _chunk(projector, b, g, k, v.shape[1], max_bytes)
-    row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx, max_bytes)
-    row_weights = w_all.new_zeros(b, 0 if row_power is None else row_power.shape[0])
+    fine_rows_total = projector.projector.rows
+    table_bytes = fine_rows_total * 3 * v.shape[1] * w_all.element_size()
+    dense = table_bytes <= max_bytes // DENSE_TABLE_SHARE
+    budget = max_bytes - table_bytes if dense else max_bytes
+    chunk = _chunk(projector, b, g, k, v.shape[1], budget)
+    row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx, budget)
+    held_rows = row_power is not None or dense
+    row_weights = w_all.new_zeros(b, fine_rows_total if held_rows else 0)
+    data_table = w_all.new_zeros(fine_rows_total if dense else 0, 2 * v.shape[1])
     for part in row_chunks(projector, rows, lists.valid, chunk):
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
         w = w * part.inside[:, :, None, None]
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
         p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
         per_child = w.sum(dim=2)  # (b, l, f)
-        child_rows = _child_rows(part.rows, f)  # (b, l f): projector rows of the children
+        # projector rows of the children (b, l f); padding points at row 0 with weight 0
+        child_rows = _child_rows(torch.where(part.inside, part.rows, 0), f)
         with matmul_precision(precision):
             contribution = w @ p  # (b, l, g, 2k)
-            if row_power is not None:  # each held row's weight; one product at the end
+            if held_rows:  # each row's weight per particle; products at the end
                 row_weights.scatter_add_(1, child_rows, per_child.reshape(b, -1))
-            else:  # |P|^2: square the copy in place; (Re^2, Im^2) pairs added after the sum
+            if row_power is None:  # |P|^2: square the copy in place; (Re^2, Im^2) added after
                 power_pairs = (per_child[:, :, None, :] @ p.square_()).sum(dim=(1, 2))
                 power += power_pairs.reshape(b, k, 2).sum(dim=-1)
             data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
         flat = (owner[:, None, None] * tg + index).reshape(-1)
         q_sum.index_add_(0, flat, contribution.reshape(-1, 2 * k))
+        if dense:  # straight into the group's table of fine rows: no picks, no merges
+            data_table.index_add_(0, child_rows.reshape(-1), data.reshape(-1, data.shape[-1]))
+            continue
         carried = (per_child > 0) & part.inside[:, :, None]  # (b, l, f)
         at = carried.reshape(-1).nonzero().squeeze(1)  # one host sync for the three picks
         who = at // (carried.shape[1] * f)  # the particle of each carried child
@@ -302,6 +319,10 @@ def sum_pairs(
     if row_power is not None:
         with matmul_precision(precision):
             power += row_weights @ row_power
+    if dense:
+        kept = (row_weights.sum(dim=0) > 0).nonzero().squeeze(1)
+        with matmul_precision(precision):
+            merged = (kept, data_table[kept], row_weights[:, kept].T @ v)
     totals = shell_sums_from_products(
         x,
         ctf,
