@@ -95,7 +95,13 @@ def test_pair_scores_are_the_full_scores_at_the_pairs_children(
 
 @pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize("max_bytes", [2**30, 1])  # with a budget the held rows' |P|^2 is used
-def test_pair_sums_are_the_kernel_sums_of_the_scattered_weights(cached, max_bytes):
+@pytest.mark.parametrize("table", [True, False], ids=["table of rows", "merged picks"])
+def test_pair_sums_are_the_kernel_sums_of_the_scattered_weights(
+    monkeypatch, cached, max_bytes, table
+):
+    # the data added into a table of the group's fine rows, or picked and merged per chunk
+    if not table:
+        monkeypatch.setattr(pairs, "DENSE_TABLE_SHARE", 2**62)
     projector, significant, shifts, (data, ctf, _, phases) = _case(cached)
     lists = pair_lists(significant)
     gen = torch.Generator().manual_seed(1)

@@ -49,6 +49,17 @@ def test_normals_of_picks_on_two_spheres_point_outward_along_the_radius() -> Non
     assert angle.max() < theta / 2
 
 
+def test_a_small_patch_of_a_sphere_still_points_outward() -> None:
+    # 12 picks on a 450 A sphere (a fragment of a capsid): its centroid lies almost on
+    # the patch, so the normals are turned away from the fitted sphere's centre.
+    centre = np.array([30.0, -50.0, 80.0])
+    points = _sphere_points(520, 450.0, centre)
+    patch = points[np.argsort(np.linalg.norm(points - points[100], axis=1))[:12]]
+    normals = surface_normals(patch)
+    radial = (patch - centre) / 450.0
+    assert (np.einsum("bi,bi->b", normals, radial) > 0.9).all()
+
+
 def test_fewer_than_three_picks_get_the_z_axis() -> None:
     np.testing.assert_array_equal(surface_normals(np.zeros((2, 3))), [[0, 0, 1], [0, 0, 1]])
 

@@ -276,7 +276,8 @@ def sum_pairs(
     owner = torch.arange(b, device=rows.device)
     merged: tuple[Tensor, Tensor, Tensor] | None = None
     fine_rows_total = projector.projector.rows
-    table_bytes = fine_rows_total * 3 * v.shape[1] * w_all.element_size()
+    # the table of data and weights, and the (b, rows) row weights with their kept copy
+    table_bytes = fine_rows_total * (3 * v.shape[1] + 2 * b) * w_all.element_size()
     dense = table_bytes <= max_bytes // DENSE_TABLE_SHARE
     budget = max_bytes - table_bytes if dense else max_bytes
     chunk = _chunk(projector, b, g, k, v.shape[1], budget)
@@ -284,7 +285,9 @@ def sum_pairs(
     held_rows = row_power is not None or dense
     row_weights = w_all.new_zeros(b, fine_rows_total if held_rows else 0)
     data_table = w_all.new_zeros(fine_rows_total if dense else 0, 2 * v.shape[1])
+    chunks = 0
     for part in row_chunks(projector, rows, lists.valid, chunk):
+        chunks += 1
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
         w = w * part.inside[:, :, None, None]
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
@@ -319,10 +322,9 @@ def sum_pairs(
     if row_power is not None:
         with matmul_precision(precision):
             power += row_weights @ row_power
-    if dense:
+    if dense and chunks:  # the weights in full float32, as the merge path forms them
         kept = (row_weights.sum(dim=0) > 0).nonzero().squeeze(1)
-        with matmul_precision(precision):
-            merged = (kept, data_table[kept], row_weights[:, kept].T @ v)
+        merged = (kept, data_table[kept], row_weights[:, kept].T @ v)
     totals = shell_sums_from_products(
         x,
         ctf,

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from cryorefine.errors import InputError
-from cryorefine.geometry import euler_to_matrix, point_group
+from cryorefine.geometry import euler_to_matrix, matrix_to_euler, point_group
 from cryorefine.io import make_output_folder, write_atomically, write_mrc
 from cryorefine.simulate.batches import chunk_size, image_names, particle_count, simulate_particles
 from cryorefine.simulate.options import SimulationOptions
@@ -185,8 +185,12 @@ def simulate_dataset(
     )
     if picked is not None and picked.subtomogram_angles_deg is not None:
         count, spread = particle_count(options), options.normal_spread_deg
-        angles = poses_in_frames(count, spread_deg=spread, generator=params_generator)
-        draws = dataclasses.replace(draws, angles_deg=angles, rotations=euler_to_matrix(angles))
+        rotations = euler_to_matrix(
+            poses_in_frames(count, spread_deg=spread, generator=params_generator)
+        )  # written as RELION's angles (tilt in 0 .. 180)
+        draws = dataclasses.replace(
+            draws, angles_deg=matrix_to_euler(rotations), rotations=rotations
+        )
     scheme = None
     if options.is_tomography and picked is None:
         angles = torch.from_numpy(options.tilt_angles_deg())

@@ -24,7 +24,7 @@ Which picks
     series.
 Frames (``--surface_normals``)
     Each particle's subtomogram frame: the picks file's ``rlnTomoSubtomogram*``
-    where it has them, else one whose z is the surface normal estimated from the
+    where it has them (not all 0), else one whose z is the surface normal estimated from the
     neighbouring picks (``simulate.surface_frames``); the poses are then drawn
     in those frames.
 """
@@ -183,9 +183,10 @@ def _frames(
     generator: torch.Generator,
 ) -> np.ndarray:
     """Frames of the ``chosen`` picks: the file's, else from the normals of all picks."""
-    if "rlnTomoSubtomogramRot" in particles.particles.columns:
-        from_file: np.ndarray = particles.subtomogram_angles_deg()[chosen]
-        return from_file
+    from_file: np.ndarray = particles.subtomogram_angles_deg()  # 0 where absent
+    if np.any(from_file != 0):  # frames in the file (all zero: none)
+        chosen_frames: np.ndarray = from_file[chosen]
+        return chosen_frames
     normals = np.zeros_like(positions)
     for name in dict.fromkeys(tomo.tolist()):
         rows = np.flatnonzero(tomo == name)

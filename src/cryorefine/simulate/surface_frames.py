@@ -15,10 +15,11 @@ Normals
     surfaces (chains of picks less than ``LINK_SPACINGS`` median spacings
     apart). A pick's normal is the direction of least spread of the
     ``NORMAL_NEIGHBOURS`` nearest picks of its surface (their covariance's
-    smallest eigenvector), turned away from the surface's centroid. On a convex
-    surface such as a capsid that centroid is inside, so the normal points out:
-    for ``p`` on a sphere of centre ``c`` and radius ``R`` and any ``q`` inside,
-    ``n . (p - q) = R - n . (q - c) >= 0``.
+    smallest eigenvector), turned away from the centre of a sphere fitted to the
+    surface (a capsid's, even from a small patch of it), or from the surface's
+    centroid where no sphere fits (a flat patch: either side). Any point ``q``
+    inside the sphere turns the normal outward: for ``p`` on a sphere of centre
+    ``c`` and radius ``R``, ``n . (p - q) = R - n . (q - c) >= 0``.
 Poses
     The true pose in the frame: ``rot`` uniform, ``tilt = 90 + spread g1`` and
     ``psi = spread g2`` (``g`` standard normal), as the tutorial's refined
@@ -39,6 +40,8 @@ from cryorefine.geometry import matrix_to_euler
 
 __all__ = [
     "LINK_SPACINGS",
+    "MAX_SPHERE_RADII",
+    "MIN_SPHERE_PICKS",
     "NORMAL_NEIGHBOURS",
     "PRIOR_ANGLES_DEG",
     "frame_angles_deg",
@@ -51,6 +54,12 @@ NORMAL_NEIGHBOURS = 12
 
 #: Picks closer than this many median nearest-pick distances are on one surface.
 LINK_SPACINGS = 1.5
+
+#: Fewest picks of a surface to which a sphere is fitted (its centre orients the normals).
+MIN_SPHERE_PICKS = 6
+
+#: A fitted sphere larger than this many times its surface's extent: a flat patch.
+MAX_SPHERE_RADII = 20.0
 
 #: ``(rot, tilt, psi)`` of a particle along its frame's normal, and the priors written.
 PRIOR_ANGLES_DEG = (0.0, 90.0, 0.0)
@@ -87,10 +96,32 @@ def _normals_of_one_surface(points: Float64[np.ndarray, "b 3"]) -> Float64[np.nd
     spread = points[near] - points[near].mean(axis=1, keepdims=True)
     covariance = np.einsum("bki,bkj->bij", spread, spread)
     normals = np.linalg.eigh(covariance)[1][:, :, 0]  # eigenvalues ascend
-    outward = points - points.mean(axis=0)
+    outward = points - _inside_point(points)
     sign = np.where(np.einsum("bi,bi->b", normals, outward) < 0, -1.0, 1.0)
     out: np.ndarray = normals * sign[:, None]
     return out
+
+
+def _inside_point(points: Float64[np.ndarray, "b 3"]) -> Float64[np.ndarray, " 3"]:
+    """The centre of the sphere fitted to ``points``, or their centroid where none fits.
+
+    Algebraic least squares, ``|x|^2 = 2 c . x + (r^2 - |c|^2)``; no sphere fits
+    with fewer than ``MIN_SPHERE_PICKS`` points, a rank-deficient system, or a
+    radius beyond ``MAX_SPHERE_RADII`` times the points' extent (a flat patch,
+    whose side is arbitrary).
+    """
+    centroid: np.ndarray = points.mean(axis=0)
+    if len(points) < MIN_SPHERE_PICKS:
+        return centroid
+    shifted = points - centroid
+    design = np.concatenate([2 * shifted, np.ones((len(points), 1))], axis=1)
+    solution, _, rank, _ = np.linalg.lstsq(design, (shifted**2).sum(axis=1), rcond=None)
+    radius2 = solution[3] + (solution[:3] ** 2).sum()
+    extent = np.linalg.norm(shifted, axis=1).max()
+    if rank < 4 or not 0 < radius2 <= (MAX_SPHERE_RADII * extent) ** 2:
+        return centroid
+    centre: np.ndarray = centroid + solution[:3]
+    return centre
 
 
 def frame_angles_deg(

@@ -81,7 +81,7 @@ def particle_table(
     defocus_angst: Float64[np.ndarray, " b"],
     picked: PickedGeometry | None = None,
 ) -> pd.DataFrame:
-    """data_particles of the refinement input (no angles, no origins)."""
+    """data_particles of the refinement input (no origins; angles only on surfaces)."""
     count = len(image_names)
     table: dict[str, object] = {}
     if picked is not None:
