@@ -27,6 +27,7 @@ from cryorefine.likelihood import fourier_window
 __all__ = [
     "WORK",
     "copy_rates",
+    "iteration_file",
     "matmul_rate",
     "measure_rates",
     "ndim_of",
@@ -86,8 +87,17 @@ def read_star(path: Path) -> dict:
     return starfile.read(path, always_dict=True)
 
 
+def iteration_file(refine_dir: Path, it: int, name: str) -> Path:
+    """``run_itNNN_<name>``; where it is missing, the final files' ``run_<name>``
+    (``run_model.star`` for a half set's model): the final iteration writes only those."""
+    path = refine_dir / f"run_it{it:03d}_{name}"
+    if path.exists():
+        return path
+    return refine_dir / f"run_{'model.star' if name.endswith('_model.star') else name}"
+
+
 def ndim_of(refine_dir: Path, it: int) -> int:
-    optics = read_star(refine_dir / f"run_it{it:03d}_data.star").get("optics")
+    optics = read_star(iteration_file(refine_dir, it, "data.star")).get("optics")
     if optics is not None and "rlnImageDimensionality" in optics.columns:
         return int(optics["rlnImageDimensionality"].iloc[0])
     return 2
@@ -109,7 +119,7 @@ def translation_count(info: dict, ndim: int) -> int:
 
 def sampling(refine_dir: Path, it: int) -> tuple[dict, int, int, np.ndarray]:
     """The sampling star's general block, direction and psi counts, directions ``(m, 2)``."""
-    blocks = read_star(refine_dir / f"run_it{it:03d}_sampling.star")
+    blocks = read_star(iteration_file(refine_dir, it, "sampling.star"))
     general = blocks["sampling_general"]
     directions = blocks["sampling_directions"][["rlnAngleRot", "rlnAngleTilt"]].to_numpy(float)
     psi_count = psi_angles_deg(float(general["rlnPsiStep"]), device="cpu").shape[0]

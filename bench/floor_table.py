@@ -79,6 +79,7 @@ import numpy as np
 import torch
 from floor_rates import (  # bench/ is on sys.path
     WORK,
+    iteration_file,
     measure_rates,
     ndim_of,
     rate_lines,
@@ -126,9 +127,9 @@ def _searched(refine_dir: Path, it: int, info: dict, rows: np.ndarray) -> tuple[
     general, m, psi_count, directions = sampling(refine_dir, it)
     if not info["local_searches"]:
         return np.full(len(rows), m * psi_count, dtype=np.int64), m * psi_count
-    model = _general(refine_dir / f"run_it{it:03d}_half1_model.star", "model_general")
+    model = _general(iteration_file(refine_dir, it, "half1_model.star"), "model_general")
     sigma = [float(model[f"rlnSigmaPrior{a}Angle"]) for a in ("Rot", "Tilt", "Psi")]
-    optimiser = _general(refine_dir / f"run_it{it:03d}_optimiser.star", "optimiser_general")
+    optimiser = _general(iteration_file(refine_dir, it, "optimiser.star"), "optimiser_general")
     local_order = int(optimiser.get("rlnAutoLocalSearchesHealpixOrder", 4))
     previous = read_star(refine_dir / f"run_it{it - 1:03d}_data.star")["particles"].iloc[rows]
     angles = previous[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
@@ -248,14 +249,19 @@ def floor_rows(refine_dir: Path, rates: dict, *, precision: str = "float32") -> 
     """
     refine_dir = Path(refine_dir)
     rows: list[dict] = []
-    for it, info in sorted(read_log(refine_dir).items()):
-        star_path = refine_dir / f"run_it{it:03d}_data.star"
+    logged = read_log(refine_dir)
+    for it, info in sorted(logged.items()):
+        star_path = iteration_file(refine_dir, it, "data.star")
+        own = (refine_dir / f"run_it{it:03d}_data.star").exists() or it == max(logged)
+        previous = (refine_dir / f"run_it{it - 1:03d}_data.star").exists()
+        if not own or (info["local_searches"] and not previous):
+            continue  # a carried state holds only its last iteration's files
         blocks = read_star(star_path)
         particles = blocks["particles"]
         ndim = ndim_of(refine_dir, it)
         optics = blocks.get("optics")
         ori_size = int(optics["rlnImageSize"].iloc[0]) if optics is not None else 0
-        model = _general(refine_dir / f"run_it{it:03d}_half1_model.star", "model_general")
+        model = _general(iteration_file(refine_dir, it, "half1_model.star"), "model_general")
         info = {**info, "padding_factor": float(model.get("rlnPaddingFactor", 2.0))}
         halves = particles["rlnRandomSubset"].to_numpy(int)
         for half, measured in sorted(info["halves"].items()):
