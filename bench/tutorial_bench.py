@@ -138,23 +138,28 @@ def simulate(args: argparse.Namespace, sim: Path) -> float:
 
 
 def iteration_table(log: str) -> list[dict[str, float]]:
-    """Per iteration: its seconds, E-step seconds (both halves) and resolution."""
+    """Per iteration: its seconds, E-step seconds (both halves) and resolution.
+
+    An iteration logged twice (run again from a carried state) counts as its last run.
+    """
+    halves: dict[tuple[int, int], float] = {}
+    pattern = r"iter=(\d+) half_set=(\d) .*?e_step_seconds=([\d.]+)"
+    for it, half, seconds in re.findall(pattern, log):
+        halves[int(it), int(half)] = float(seconds)
     e_step: dict[int, float] = {}
-    for it, seconds in re.findall(r"iter=(\d+) half_set=\d .*?e_step_seconds=([\d.]+)", log):
-        e_step[int(it)] = e_step.get(int(it), 0.0) + float(seconds)
-    rows = []
+    for (it, _), seconds in halves.items():
+        e_step[it] = e_step.get(it, 0.0) + seconds
+    rows: dict[int, dict[str, float]] = {}
     pattern = r"iter=(\d+) resolution_angst=([\d.]+) current_size=(\d+).* seconds=([\d.]+)"
     for it, resolution, size, seconds in re.findall(pattern, log):
-        rows.append(
-            {
-                "iteration": int(it),
-                "seconds": float(seconds),
-                "e_step_seconds": e_step.get(int(it), 0.0),
-                "resolution_angst": float(resolution),
-                "current_size": int(size),
-            }
-        )
-    return rows
+        rows[int(it)] = {
+            "iteration": int(it),
+            "seconds": float(seconds),
+            "e_step_seconds": e_step.get(int(it), 0.0),
+            "resolution_angst": float(resolution),
+            "current_size": int(size),
+        }
+    return [rows[it] for it in sorted(rows)]
 
 
 def floor(refine: Path, *, gpu: bool, precision: str = "float32") -> dict:
