@@ -212,11 +212,16 @@ def test_lists_are_scored_at_the_union_only_when_its_product_costs_less_than_the
     assert not union_is_cheaper(UNION_PRODUCT_RATIO, 1.0, 1)
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["projected", "whole grid held"])
 @pytest.mark.parametrize("union", [True, False], ids=["union product", "per-particle lists"])
-def test_local_search_lists_match_a_dense_prior_that_is_minus_inf_elsewhere(monkeypatch, union):
-    # both ways of scoring lists: every particle at the batch's union, or each at its own
+def test_local_search_lists_match_a_dense_prior_that_is_minus_inf_elsewhere(
+    monkeypatch, union, cached
+):
+    # both ways of scoring lists: every particle at the batch's union, or each at its own;
+    # the union's rows projected, or picked from a cache of the whole grid
     monkeypatch.setattr(search, "union_is_cheaper", lambda *_: union)
     reference, plan, images, *_ = _case(2, b=3, seed=6, precision="float64")
+    cache = projection_cache(reference, plan, ndim=2, coarse=True, fine=True) if cached else None
     count = plan.orientations.count
     gen = torch.Generator().manual_seed(7)
     ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
@@ -228,6 +233,7 @@ def test_local_search_lists_match_a_dense_prior_that_is_minus_inf_elsewhere(monk
         particle_terms(images, **kwargs, log_prior_orientations=log_prior, orientation_ids=ids),
         reference,
         plan,
+        cache=cache,
     )
     full = expectation(full_particles, reference, plan)
     _assert_same(listed, full, _exponent_error(full_particles, reference, plan))

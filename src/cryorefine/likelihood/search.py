@@ -208,25 +208,22 @@ def _list_scores(
     union = torch.unique(ids[valid])
     if union.shape[0] == 0:  # no candidate: coarse_pass names the particles
         return torch.full((b, t, ids.shape[1]), torch.inf, device=ids.device)
-    rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
-    if projections is None:
-        table = coarse_rotations(plan.orientations, union)
-        projector = RowProjector(reference_ft, table, window, plan.padding_factor)
-    else:
-        projector = RowProjector(
-            reference_ft, None, window, plan.padding_factor, projections[union]
-        )
+    n = union.shape[0]
+    rows = torch.searchsorted(union, ids).clamp(max=n - 1)
     mean_list = float(valid.sum()) / max(1, b)
     # the union's scores (b, t, union) and the lists picked from them, up to float64
-    fits = 16 * b * t * projector.rows <= plan.max_bytes // 2
-    if fits and union_is_cheaper(projector.rows, mean_list, t):
-        everything = score_shared(data, projector, **scoring)  # (b, t, union)
+    fits = 16 * b * t * n <= plan.max_bytes // 2
+    if fits and union_is_cheaper(n, mean_list, t):
+        table = None if projections is not None else coarse_rotations(plan.orientations, union)
+        held_rows = None if projections is None else projections[union]
+        shared = RowProjector(reference_ft, table, window, plan.padding_factor, held_rows)
+        everything = score_shared(data, shared, **scoring)  # (b, t, union)
         scores = everything.gather(2, rows[:, None, :].expand(-1, t, -1))
         return scores.masked_fill_(~valid[:, None, :], torch.inf)
-    if projections is not None:
+    if projections is not None:  # the whole grid is held: no copy of the union's rows
         return score_held_lists(data, projections, ids, valid, **scoring)
     row_bytes = window.count * reference_ft.element_size()
-    if union.shape[0] * row_bytes > plan.max_bytes // 2 and b > 1:
+    if n * row_bytes > plan.max_bytes // 2 and b > 1:
         half = b // 2
         return torch.cat(
             [
@@ -236,6 +233,8 @@ def _list_scores(
                 for part in (slice(0, half), slice(half, b))
             ]
         )
+    table = coarse_rotations(plan.orientations, union)
+    projector = RowProjector(reference_ft, table, window, plan.padding_factor)
     held = projector.with_values(plan.max_bytes // 2, chunk_bytes=plan.max_bytes // 4)
     if held.values is None:  # one particle's list beyond half the budget
         return score_lists(data, projector, rows, valid, **scoring)

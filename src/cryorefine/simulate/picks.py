@@ -24,9 +24,9 @@ Which picks
     series.
 Frames (``--surface_normals``)
     Each particle's subtomogram frame: the picks file's ``rlnTomoSubtomogram*``
-    where it has them (not all 0), else one whose z is the surface normal estimated from the
-    neighbouring picks (``simulate.surface_frames``); the poses are then drawn
-    in those frames.
+    where it has them (not all 0), else one whose z is the surface normal
+    estimated from the neighbouring picks (``simulate.surface_frames``); the
+    poses are then drawn in those frames.
 """
 
 import dataclasses
