@@ -1,5 +1,6 @@
 """likelihood.expectation: one E-step batch, end to end on small synthetic cases."""
 
+import importlib
 import math
 from dataclasses import replace
 
@@ -38,6 +39,9 @@ from cryorefine.likelihood import (
 from cryorefine.likelihood.fine_groups import fine_groups
 from cryorefine.likelihood.search import UNION_PRODUCT_RATIO, CoarseOutcome, union_is_cheaper
 from cryorefine.timing import PhaseTimes
+
+# the module, which the package's ``expectation`` (the function) hides
+expectation_module = importlib.import_module("cryorefine.likelihood.expectation")
 
 
 def _fine_pose(plan, coarse_id, child, translation_id, translation_child):
@@ -348,6 +352,41 @@ def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=64 * 2.0**-53 * scale)
     torch.testing.assert_close(got[1], want[1], rtol=0, atol=64 * 2.0**-53 * scale)
     assert want[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_groups_inserted_as_they_go_keep_none_of_their_sums_alive(ndim, monkeypatch):
+    """Each group's back-projection sums are freed once inserted, not held until the batch ends.
+
+    An empty slice of the sums would still hold their storage: with broad posteriors
+    that is one group's sums per group (tens of GiB at box 64 on a GPU).
+    """
+    reference, plan, images, *_ = _case(ndim, b=3, seed=12, precision="float64")
+    plan = replace(plan, max_bytes=2_000_000 if ndim == 2 else 12_000_000)  # 3 groups each
+    particles = particle_terms(
+        images,
+        current_size=plan.current_size,
+        sigma2=0.3,
+        ndim=ndim,
+        grid_count=plan.orientations.count,
+    )
+    kept = []
+    merge = expectation_module._merge
+
+    def keep(fine, *args):
+        kept.extend(fine)
+        return merge(fine, *args)
+
+    monkeypatch.setattr(expectation_module, "_merge", keep)
+    n, device = plan.ori_size, reference.device
+    accumulators = zero_accumulators(n, padding_factor=plan.padding_factor, device=device)
+    expectation(particles, reference, plan, accumulators=accumulators)
+    assert len(kept) > 1
+    for outcome in kept:
+        for sums in (outcome.bp_rotations, outcome.bp_data, outcome.bp_weight):
+            assert sums.shape[0] == 0
+            assert sums.untyped_storage().nbytes() == 0
+    assert accumulators[1].abs().sum() > 0
 
 
 def test_cross_correlation_iteration_assigns_each_particle_to_its_pose():

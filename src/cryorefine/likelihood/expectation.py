@@ -253,11 +253,13 @@ def _inserted(
         padding_factor=plan.padding_factor,
         max_bytes=plan.max_bytes // 4,
     )
+    # new empty tensors, not ``[:0]`` views: a view would keep the whole storage alive
+    # until the batch ends (one group's sums per group, beyond the budget)
     return replace(
         outcome,
-        bp_rotations=outcome.bp_rotations[:0],
-        bp_data=outcome.bp_data[:0],
-        bp_weight=outcome.bp_weight[:0],
+        bp_rotations=outcome.bp_rotations.new_empty((0, *outcome.bp_rotations.shape[1:])),
+        bp_data=outcome.bp_data.new_empty((0, *outcome.bp_data.shape[1:])),
+        bp_weight=outcome.bp_weight.new_empty((0, *outcome.bp_weight.shape[1:])),
     )
 
 
