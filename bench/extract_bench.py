@@ -18,8 +18,12 @@ Floor: the bytes the extraction must move at least, over the copy bandwidth meas
 in the same run (a clone of 1 GiB on a GPU, 256 MiB on the CPU, read + write counted):
 the tilt images read once, the boxes (particles x tilts x box^2 float32) read, and
 the outputs written once (data n^3 and weights 2 n^2 (n/2 + 1) float32, or the 2D
-stacks particles x tilts x n^2). Default on the CPU: 200 particles (about a second
-per 8 particles on two cores); on a GPU: 1000. Prints a table and writes the rows as JSON.
+stacks particles x tilts x n^2). On a GPU the outputs must also reach the host: their
+bytes over the device-to-host rate into pinned memory, measured in the same run (1 GiB),
+is the second floor, and the larger of the two is the one the ratio uses. The results
+come to the host as ``extract`` copies them (``tomo.HostBuffers``), and the seconds of
+the copies are shown apart. Default on the CPU: 200 particles (about a second per 8
+particles on two cores); on a GPU: 1000. Prints a table and writes the rows as JSON.
 """
 
 import argparse
@@ -48,6 +52,7 @@ from cryorefine.simulate.tilt_series_tables import (
 )
 from cryorefine.tomo import (
     ExtractOptions,
+    HostBuffers,
     extract_particles,
     particle_tilts,
     pseudo_subtomogram_volumes,
@@ -79,6 +84,22 @@ def copy_bandwidth(device: torch.device) -> float:
         _sync(device)
         times.append(time.perf_counter() - start)
     return 2 * size / sorted(times)[2]
+
+
+def host_bandwidth(device: torch.device) -> float | None:
+    """Bytes per second from the device into pinned host memory (median of 5), None on a CPU."""
+    if device.type != "cuda":
+        return None
+    x = torch.empty((1 << 30) // 4, dtype=torch.float32, device=device)
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    times = []
+    for _ in range(5):
+        _sync(device)
+        start = time.perf_counter()
+        host.copy_(x, non_blocking=True)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return (1 << 30) / sorted(times)[2]
 
 
 def tilt_series(folder: Path, tilts: int) -> TiltSeries:
@@ -122,6 +143,16 @@ def bench_compute(
         geometry, _positions(particles, gen).to(device), visibility_radius_px=box / 2
     )
 
+    host = HostBuffers(slots=2)
+    to_host = [0.0]
+
+    def copied(*results: torch.Tensor) -> None:
+        _sync(device)
+        start = time.perf_counter()
+        for name, result in enumerate(results):
+            host.copy(result, str(name))
+        to_host[0] += time.perf_counter() - start
+
     def run(count: int) -> None:
         insertion = None if stack2d else slab_insertion(all_tilts.rotations[0], box_size=box)
         for first in range(0, count, batch):
@@ -130,17 +161,16 @@ def bench_compute(
             z = tilt_image_transforms(images, part, geometry, binning=1.0, box_size=box,
                                       crop_size=box)  # fmt: skip
             if stack2d:
-                from_fourier(z, box, 2).cpu()
+                copied(from_fourier(z, box, 2))
                 continue
-            data, weights = pseudo_subtomogram_volumes(
+            copied(*pseudo_subtomogram_volumes(
                 z, part, voltage_kv=300.0, spherical_aberration_mm=2.7, amplitude_contrast=0.1,
                 pixel_size_angst=PIXEL, insertion=insertion,
-            )  # fmt: skip
-            data.cpu()
-            weights.cpu()
+            ))  # fmt: skip
 
     run(min(batch, particles))
     _sync(device)
+    to_host[0] = 0.0
     start = time.perf_counter()
     run(particles)
     _sync(device)
@@ -148,7 +178,12 @@ def bench_compute(
     nh = box // 2 + 1
     written = particles * (tilts * box * box if stack2d else box**3 + 2 * box * box * nh) * 4
     read = tilts * IMAGE * IMAGE * 4 + particles * tilts * box * box * 4
-    return {"seconds": seconds, "bytes": float(read + written)}
+    return {
+        "seconds": seconds,
+        "to_host_seconds": to_host[0],
+        "bytes": float(read + written),
+        "host_bytes": float(written),
+    }
 
 
 def bench_files(device: torch.device, particles: int, tilts: int, box: int) -> dict[str, float]:
@@ -184,7 +219,7 @@ def bench_files(device: torch.device, particles: int, tilts: int, box: int) -> d
     nh = box // 2 + 1
     written = particles * (box**3 + 2 * box * box * nh) * 4
     read = tilts * IMAGE * IMAGE * 4 + particles * tilts * box * box * 4
-    return {"seconds": seconds, "bytes": float(read + written)}
+    return {"seconds": seconds, "bytes": float(read + written), "host_bytes": float(written)}
 
 
 def main() -> None:
@@ -201,6 +236,7 @@ def main() -> None:
     particles = args.particles or (1000 if device.type == "cuda" else 200)
     batch = 256 if device.type == "cuda" else 32
     bandwidth = copy_bandwidth(device)
+    to_host_rate = host_bandwidth(device)
     rows = []
     cases = [("pseudo-subtomograms", False), ("2D stacks", True)]
     timings = [(name, bench_compute(device, particles, args.tilts, args.box, flag, batch))
@@ -208,7 +244,9 @@ def main() -> None:
     if args.files:
         timings.append(("command on files", bench_files(device, particles, args.tilts, args.box)))
     for name, timing in timings:
-        floor = timing["bytes"] / bandwidth
+        memory_floor = timing["bytes"] / bandwidth
+        host_floor = 0.0 if to_host_rate is None else timing["host_bytes"] / to_host_rate
+        floor = max(memory_floor, host_floor)
         rows.append(
             {
                 "device": str(device if device.type == "cpu" else torch.cuda.get_device_name()),
@@ -218,22 +256,30 @@ def main() -> None:
                 "box": args.box,
                 "seconds": timing["seconds"],
                 "particles_per_second": particles / timing["seconds"],
+                "to_host_seconds": timing.get("to_host_seconds"),
+                "memory_floor_seconds": memory_floor,
+                "to_host_floor_seconds": host_floor,
                 "floor_seconds": floor,
                 "ratio_to_floor": timing["seconds"] / floor,
                 "bandwidth_gb_per_s": bandwidth / 1e9,
+                "to_host_gb_per_s": None if to_host_rate is None else to_host_rate / 1e9,
             }
         )
     header = (
-        f"{'operation':<22}{'particles':>10}{'seconds':>10}{'per s':>10}{'floor s':>10}"
-        f"{'x floor':>9}"
+        f"{'operation':<22}{'particles':>10}{'seconds':>10}{'to host s':>10}{'per s':>10}"
+        f"{'floor s':>10}{'x floor':>9}"
     )
-    print(f"device {rows[0]['device']}, copy bandwidth {bandwidth / 1e9:.1f} GB/s")  # noqa: T201
+    rates = f"copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+    if to_host_rate is not None:
+        rates += f", to pinned host memory {to_host_rate / 1e9:.1f} GB/s"
+    print(f"device {rows[0]['device']}, {rates}")  # noqa: T201
     print(header)  # noqa: T201
     for row in rows:
+        to_host = "" if row["to_host_seconds"] is None else f"{row['to_host_seconds']:.2f}"
         print(  # noqa: T201
-            f"{row['operation']:<22}{row['particles']:>10}{row['seconds']:>10.2f}"
+            f"{row['operation']:<22}{row['particles']:>10}{row['seconds']:>10.2f}{to_host:>10}"
             f"{row['particles_per_second']:>10.1f}{row['floor_seconds']:>10.4f}"
-            f"{row['ratio_to_floor']:>9.0f}"
+            f"{row['ratio_to_floor']:>9.1f}"
         )
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -8,6 +8,7 @@ from cryorefine.tomo.extract import (
     slab_insertion,
 )
 from cryorefine.tomo.extract_job import ExtractedSet, ExtractOptions, extract_particles
+from cryorefine.tomo.host_buffers import HostBuffers
 from cryorefine.tomo.particle_batches import (
     SUPPORTED_FLAVOURS,
     ParticleBatch,
@@ -49,6 +50,7 @@ __all__ = [
     "SUPPORTED_FLAVOURS",
     "ExtractOptions",
     "ExtractedSet",
+    "HostBuffers",
     "ParticleBatch",
     "ParticleTilts",
     "SlabInsertion",

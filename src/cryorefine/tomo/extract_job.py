@@ -68,6 +68,7 @@ from cryorefine.tomo.extract_tables import (
     rebased_optimisation_set,
     tilt_image_references,
 )
+from cryorefine.tomo.host_buffers import HostBuffers
 from cryorefine.tomo.tilt_geometry import (
     ParticleTilts,
     TiltSeriesGeometry,
@@ -187,6 +188,7 @@ def _roots(options: ExtractOptions, tomograms: list[str], names: list[str]) -> l
 
 def _write_batch(
     writers: ThreadPoolExecutor,
+    host: HostBuffers,
     options: ExtractOptions,
     roots: list[str],
     transforms: torch.Tensor,
@@ -200,7 +202,7 @@ def _write_batch(
     pixel = options.binning * geometry.pixel_size_angst
     write = {"float16": options.float16}
     if options.stack2d:
-        images = (from_fourier(transforms, options.crop, 2) * options.binning).cpu().numpy()
+        images = host.copy(from_fourier(transforms, options.crop, 2) * options.binning, "stack")
         visible = tilts.visible.cpu().numpy()
         return [
             writers.submit(write_mrc, f"{root}_stack2d.mrcs", stack[seen], voxel_size_angst=pixel,
@@ -218,7 +220,8 @@ def _write_batch(
         insertion=insertion,
     )
     futures = []
-    for root, volume, weight in zip(roots, data.cpu().numpy(), weights.cpu().numpy(), strict=True):
+    volumes, weights_host = host.copy(data, "data"), host.copy(weights, "weights")
+    for root, volume, weight in zip(roots, volumes, weights_host, strict=True):
         futures.append(
             writers.submit(write_mrc, f"{root}_data.mrc", volume, voxel_size_angst=pixel, **write)
         )
@@ -302,6 +305,7 @@ def extract_particles(
     visible_frames: list[np.ndarray] = []
     done, total = 0, len(particles)
     source = source_box_size(options.box_size, options.binning)
+    host = HostBuffers(slots=2)  # reused two batches on, after the writes are awaited
     with ThreadPoolExecutor(WRITER_THREADS) as writers:
         pending: list[Future[Path]] = []
         for name in order:
@@ -331,7 +335,7 @@ def extract_particles(
                 for future in pending:
                     future.result()  # re-raises a failed write here
                 pending = _write_batch(
-                    writers, options, roots, transforms, batch, geometry, insertion
+                    writers, host, options, roots, transforms, batch, geometry, insertion
                 )
                 done += len(chunk)
                 if progress is not None:
