@@ -155,9 +155,10 @@ def run_command(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[in
 
 def _set(label: str, row: int, value: object) -> Callable[[dict], None]:
     def edit(blocks: dict) -> None:
-        column = blocks["particles"][label].astype(object).tolist()
+        table = blocks["particles"]  # named: pandas 3 takes blocks[..][..] = for chained assignment
+        column = table[label].astype(object).tolist()
         column[row - 1] = value
-        blocks["particles"][label] = column
+        table[label] = column
 
     return edit
 
@@ -182,7 +183,16 @@ def _two_pixel_sizes(blocks: dict) -> None:
 
 
 def _voltage(blocks: dict) -> None:
-    blocks["optics"]["rlnVoltage"] = [0.0]
+    optics = blocks["optics"]
+    optics["rlnVoltage"] = [0.0]
+
+
+def _image_names(names: list[str]) -> Callable[[dict], None]:
+    def edit(blocks: dict) -> None:
+        table = blocks["particles"]
+        table["rlnImageName"] = names
+
+    return edit
 
 
 def _stack(project: Project, name: str, data: np.ndarray, voxel: float = PIXEL) -> str:
@@ -197,7 +207,7 @@ def _truncated_stack(project: Project) -> str:
     path = project.folder / "Extract" / "short.mrcs"
     path.write_bytes(project.stack.read_bytes()[:3000])
     names = [f"{i:06d}@Extract/short.mrcs" for i in range(1, N_PARTICLES + 1)]
-    return project.variant("short", lambda b: b["particles"].__setitem__("rlnImageName", names))
+    return project.variant("short", _image_names(names))
 
 
 def _corrupt_header(project: Project) -> str:
@@ -205,12 +215,12 @@ def _corrupt_header(project: Project) -> str:
     content[208:212] = b"XXXX"  # the "MAP " identifier
     (project.folder / "Extract" / "corrupt.mrcs").write_bytes(bytes(content))
     names = [f"{i:06d}@Extract/corrupt.mrcs" for i in range(1, N_PARTICLES + 1)]
-    return project.variant("corrupt", lambda b: b["particles"].__setitem__("rlnImageName", names))
+    return project.variant("corrupt", _image_names(names))
 
 
 def _missing_stack(project: Project) -> str:
     names = [f"{i:06d}@Extract/gone.mrcs" for i in range(1, N_PARTICLES + 1)]
-    return project.variant("gone", lambda b: b["particles"].__setitem__("rlnImageName", names))
+    return project.variant("gone", _image_names(names))
 
 
 def _a_file(work: Path) -> str:
