@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryorefine.geometry import healpix as healpix_module
 from cryorefine.geometry import (
     healpix_children,
     healpix_max_pixel_radius_rad,
@@ -51,16 +52,29 @@ def test_nest2xyf_and_xyf2nest_are_inverse(order, device):
     assert torch.equal(healpix_xyf2nest(order, ix, iy, face), pix)
 
 
-def test_bit_interleave_matches_a_slow_digit_by_digit_reference():
-    order = 5
-    pix = torch.arange(healpix_npix(order))
-    ix, iy, face = healpix_nest2xyf(order, pix)
-    for p in range(0, healpix_npix(order), 97):
+@pytest.mark.parametrize("order", [5, 8, 9, 17, 29])
+def test_bit_interleave_matches_a_slow_digit_by_digit_reference(order, device):
+    """Both directions, across the 8-bit chunks of the lookup tables, up to the largest order."""
+    gen = torch.Generator().manual_seed(100 + order)
+    npix = healpix_npix(order)
+    pix = torch.cat([torch.randint(0, npix, (300,), generator=gen), torch.tensor([0, npix - 1])])
+    ix, iy, face = healpix_nest2xyf(order, pix.to(device))
+    got = zip(pix.tolist(), ix.tolist(), iy.tolist(), face.tolist(), strict=True)
+    for p, x_got, y_got, face_got in got:
         inner, x, y = p % 4**order, 0, 0
         for bit in range(order):  # x on the even bits, y on the odd bits
             x |= ((inner >> (2 * bit)) & 1) << bit
             y |= ((inner >> (2 * bit + 1)) & 1) << bit
-        assert (ix[p].item(), iy[p].item(), face[p].item()) == (x, y, p // 4**order)
+        assert (x_got, y_got, face_got) == (x, y, p // 4**order)
+    assert torch.equal(healpix_xyf2nest(order, ix, iy, face).cpu(), pix)
+
+
+def test_face_ring_and_longitude_follow_the_base_face_table():
+    """Gorski et al. 2005, Fig. 4: the ring of each face's southern corner and its longitude."""
+    face = torch.arange(12)
+    ring, phi = healpix_module._face_ring_phi(face)
+    assert ring.tolist() == list(healpix_module._FACE_RING)
+    assert phi.tolist() == list(healpix_module._FACE_PHI)
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
