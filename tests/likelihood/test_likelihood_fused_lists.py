@@ -146,8 +146,9 @@ def test_on_cuda_the_held_lists_and_the_fused_kernel_agree(precision):
         9, n=12, ndim=3, s=4, t=19, rows=40, slots=24
     )
     cuda = torch.device("cuda")
+    shared = particles.phases[0].to(cuda).expand(particles.phases.shape)  # shared, as the pass's
     on = ParticleWindowData(*(x.to(cuda) for x in (
-        particles.data, particles.ctf, particles.weight, particles.phases)))  # fmt: skip
+        particles.data, particles.ctf, particles.weight)), shared)  # fmt: skip
     values = sample_rotated(
         reference.to(cuda), rotations.to(cuda), freq.to(cuda), padding_factor=2,
         max_radius=radius, scale=scale,

@@ -32,6 +32,8 @@ triton = trilinear_kernels.triton
 tl = trilinear_kernels.tl
 
 _BLOCK_R = 16  # slots per program (the products' N)
+_BLOCK_K = 64  # frequencies per step (32 where the translations' tile passes 32 rows)
+_NUM_WARPS = 4
 _MAX_SLOT_BLOCKS = 65_535  # the grid's second dimension
 
 
@@ -82,10 +84,12 @@ if triton is not None:
             fy = tl.load(freq_ptr + offs * 3 + 1, mask=in_k, other=0).to(tl.float32)
             fz = tl.load(freq_ptr + offs * 3 + 2, mask=in_k, other=0).to(tl.float32)
             keep = in_k & ((fx * fx + fy * fy + fz * fz) <= radius2)
-            fx2, fy2, fz2 = fx[:, None], fy[:, None], fz[:, None]
-            qx = (fx2 * a0[None, :] + fy2 * a3[None, :] + fz2 * a6[None, :]) * pad
-            qy = (fx2 * a1[None, :] + fy2 * a4[None, :] + fz2 * a7[None, :]) * pad
-            qz = (fx2 * a2[None, :] + fy2 * a5[None, :] + fz2 * a8[None, :]) * pad
+            # tiles (slots, frequencies): a warp walks one rotation's consecutive frequencies,
+            # whose corners lie close together in the reference (as ``_sample``'s rows)
+            fx2, fy2, fz2 = fx[None, :], fy[None, :], fz[None, :]
+            qx = (a0[:, None] * fx2 + a3[:, None] * fy2 + a6[:, None] * fz2) * pad
+            qy = (a1[:, None] * fx2 + a4[:, None] * fy2 + a7[:, None] * fz2) * pad
+            qz = (a2[:, None] * fx2 + a5[:, None] * fy2 + a8[:, None] * fz2) * pad
             flip = qx < 0
             qx = tl.where(flip, -qx, qx)
             qy = tl.where(flip, -qy, qy)
@@ -95,9 +99,9 @@ if triton is not None:
             x0 = x0f.to(tl.int32)
             y0, y1, ty = _rotated_axis(qy, p, p // 2)
             z0, z1, tz = _rotated_axis(qz, p, p // 2)
-            live = keep[:, None] & in_r[None, :]
-            re = tl.zeros((BLOCK_K, BLOCK_R), dtype=tl.float32)
-            im = tl.zeros((BLOCK_K, BLOCK_R), dtype=tl.float32)
+            live = in_r[:, None] & keep[None, :]
+            re = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+            im = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
             for corner in tl.static_range(8):
                 dx = corner % 2
                 dy = (corner // 2) % 2
@@ -118,13 +122,13 @@ if triton is not None:
             z_re = tl.load(z_ptr + z_at, mask=z_live, other=0.0)
             z_im = tl.load(z_ptr + z_at + 1, mask=z_live, other=0.0)
             if TF32:
-                cross += tl.dot(z_re, re, input_precision="tf32")
-                cross += tl.dot(z_im, im, input_precision="tf32")
+                cross += tl.dot(z_re, tl.trans(re), input_precision="tf32")
+                cross += tl.dot(z_im, tl.trans(im), input_precision="tf32")
             else:
-                cross += tl.dot(z_re, re, input_precision="ieee")
-                cross += tl.dot(z_im, im, input_precision="ieee")
+                cross += tl.dot(z_re, tl.trans(re), input_precision="ieee")
+                cross += tl.dot(z_im, tl.trans(im), input_precision="ieee")
             ctf_power = tl.load(cp_ptr + particle * k + offs, mask=in_k, other=0.0)
-            power += tl.sum(ctf_power[:, None] * (re * re + im * im), axis=0)
+            power += tl.sum(ctf_power[None, :] * (re * re + im * im), axis=1)
             start += BLOCK_K
         out = (particle * t + translations.to(tl.int64))[:, None] * r + slots[None, :]
         tl.store(cross_ptr + out, cross, mask=in_t[:, None] & in_r[None, :])
@@ -167,7 +171,7 @@ def list_cross(
     if k2 != 2 * k:
         raise ValueError(f"shifted has {k2} reals per translation, frequencies {k}")
     block_t = _pow2_at_least(t, 16)
-    block_k = 64 if block_t <= 32 else 32  # the Z tile and the samples within registers
+    block_k = _BLOCK_K if block_t <= 32 else _BLOCK_K // 2  # Z tile and samples in registers
     table = torch.view_as_real(reference_ft.contiguous())
     rotation_rows = rotations.to(torch.float32).reshape(-1, 9).contiguous()
     slot_rows = rows.to(torch.int32).contiguous()
@@ -180,7 +184,7 @@ def list_cross(
     _list_cross[(s, blocks)](
         table, rotation_rows, slot_rows, freq, z, cp, cross, power,
         k, t, r, p, ph, float(padding_factor), float(max_radius) ** 2, float(scale),
-        BLOCK_K=block_k, BLOCK_T=block_t, BLOCK_R=_BLOCK_R, TF32=tf32,
+        BLOCK_K=block_k, BLOCK_T=block_t, BLOCK_R=_BLOCK_R, TF32=tf32, num_warps=_NUM_WARPS,
     )  # fmt: skip
     return cross, power
 
