@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
-__all__ = ["available", "sample_kernel", "splat_kernel"]
+__all__ = ["TILE", "available", "sample_kernel", "splat_kernel", "tile_order"]
 
 _BLOCK = 256
 _MAX_GRID_ROWS = 65_535  # rows per launch: the grid's second dimension
@@ -72,12 +72,13 @@ if triton is not None:
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _sample(
-        table_ptr, rot_ptr, freq_ptr, out_ptr, k, p, ph, pad, radius2, scale,
+        table_ptr, rot_ptr, freq_ptr, order_ptr, out_ptr, k, p, ph, pad, radius2, scale,
         BLOCK: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(1)
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < k
+        lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = lanes < k
+        offs = tl.load(order_ptr + lanes, mask=mask, other=0)  # frequencies in tiles
         fx, fy, fz, qx, qy, qz, flip = _rotated(freq_ptr, rot_ptr, row, offs, mask, pad)
         x0f = tl.floor(qx)
         tx = qx - x0f
@@ -110,13 +111,14 @@ if triton is not None:
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _splat(
-        data_acc_ptr, weight_acc_ptr, rot_ptr, freq_ptr, data_ptr, weight_ptr,
+        data_acc_ptr, weight_acc_ptr, rot_ptr, freq_ptr, order_ptr, data_ptr, weight_ptr,
         k, p, ph, pad, radius2, skip_redundant: tl.constexpr, ndim: tl.constexpr,
         BLOCK: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(1)
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < k
+        lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = lanes < k
+        offs = tl.load(order_ptr + lanes, mask=mask, other=0)  # frequencies in tiles
         fx, fy, fz, qx, qy, qz, flip = _rotated(freq_ptr, rot_ptr, row, offs, mask, pad)
         mask &= (fx * fx + fy * fy + fz * fz) <= radius2
         if skip_redundant:
@@ -158,6 +160,28 @@ if triton is not None:
             )
 
 
+TILE = (8, 4, 1)
+"""Frequencies are taken in tiles of ``8 x 4 x 1`` (x, y, z): a warp's 32 lanes then
+sample a compact patch of the rotated grid, whose corners share cache lines, where a
+run of 32 along x walks 32 rows. On an H100, 2,048 rotations within 3 degrees of each
+other at box 96: 19 G samples/s in the list's order, 71 in tiles (random rotations: 23
+and 27)."""
+
+
+def tile_order(frequencies: Tensor) -> Tensor:
+    """Permutation ``(k,)`` int32 that lists ``frequencies (k, 3)`` tile by tile (``TILE``)."""
+    if frequencies.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int32, device=frequencies.device)
+    v = frequencies.to(torch.int64)
+    v = v - v.amin(dim=0)
+    tile = torch.tensor(TILE, dtype=torch.int64, device=v.device)
+    outer, inner = v // tile, v % tile
+    extent = outer.amax(dim=0) + 1
+    key = (outer[:, 2] * extent[1] + outer[:, 1]) * extent[0] + outer[:, 0]
+    within = (inner[:, 2] * TILE[1] + inner[:, 1]) * TILE[0] + inner[:, 0]
+    return torch.argsort(key * (TILE[0] * TILE[1] * TILE[2]) + within).to(torch.int32)
+
+
 def _rotation_rows(rotations: Tensor) -> Tensor:
     return rotations.to(torch.float32).reshape(-1, 9).contiguous()
 
@@ -181,11 +205,12 @@ def sample_kernel(
     table = torch.view_as_real(reference_ft.contiguous())
     out = torch.empty((r, k, 2), dtype=torch.float32, device=reference_ft.device)
     freq = frequencies.to(torch.int32).contiguous()
+    order = tile_order(freq)
     rows = _rotation_rows(rotations)
     for lo in range(0, r if k else 0, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit
         hi = min(lo + _MAX_GRID_ROWS, r)
         _sample[(triton.cdiv(k, _BLOCK), hi - lo)](
-            table, rows[lo:hi], freq, out[lo:hi], k, p, ph, float(padding_factor),
+            table, rows[lo:hi], freq, order, out[lo:hi], k, p, ph, float(padding_factor),
             float(max_radius) ** 2, float(scale), BLOCK=_BLOCK,
         )  # fmt: skip
     return torch.view_as_complex(out)
@@ -217,10 +242,11 @@ def splat_kernel(
     values = torch.view_as_real(data.to(torch.complex64).contiguous())
     weights = weights.to(torch.float32).contiguous()
     freq, rows = frequencies.to(torch.int32).contiguous(), _rotation_rows(rotations)
+    order = tile_order(freq)
     for lo in range(0, r, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit
         hi = min(lo + _MAX_GRID_ROWS, r)
         _splat[(triton.cdiv(k, _BLOCK), hi - lo)](
-            torch.view_as_real(accumulator_data), accumulator_weight, rows[lo:hi], freq,
+            torch.view_as_real(accumulator_data), accumulator_weight, rows[lo:hi], freq, order,
             values[lo:hi], weights[lo:hi], k, p, ph, float(padding_factor),
             float(max_radius) ** 2, int(skip_redundant), ndim, BLOCK=_BLOCK,
         )  # fmt: skip
