@@ -72,13 +72,12 @@ if triton is not None:
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _sample(
-        table_ptr, rot_ptr, freq_ptr, order_ptr, out_ptr, k, p, ph, pad, radius2, scale,
+        table_ptr, rot_ptr, freq_ptr, out_ptr, k, p, ph, pad, radius2, scale,
         BLOCK: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(1)
-        lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = lanes < k
-        offs = tl.load(order_ptr + lanes, mask=mask, other=0)  # frequencies in tiles
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < k
         fx, fy, fz, qx, qy, qz, flip = _rotated(freq_ptr, rot_ptr, row, offs, mask, pad)
         x0f = tl.floor(qx)
         tx = qx - x0f
@@ -111,14 +110,13 @@ if triton is not None:
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _splat(
-        data_acc_ptr, weight_acc_ptr, rot_ptr, freq_ptr, order_ptr, data_ptr, weight_ptr,
+        data_acc_ptr, weight_acc_ptr, rot_ptr, freq_ptr, data_ptr, weight_ptr,
         k, p, ph, pad, radius2, skip_redundant: tl.constexpr, ndim: tl.constexpr,
         BLOCK: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(1)
-        lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = lanes < k
-        offs = tl.load(order_ptr + lanes, mask=mask, other=0)  # frequencies in tiles
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < k
         fx, fy, fz, qx, qy, qz, flip = _rotated(freq_ptr, rot_ptr, row, offs, mask, pad)
         mask &= (fx * fx + fy * fy + fz * fz) <= radius2
         if skip_redundant:
@@ -169,9 +167,13 @@ and 27)."""
 
 
 def tile_order(frequencies: Tensor) -> Tensor:
-    """Permutation ``(k,)`` int32 that lists ``frequencies (k, 3)`` tile by tile (``TILE``)."""
+    """Permutation ``(k,)`` that lists ``frequencies (k, 3)`` tile by tile (``TILE``).
+
+    The kernels take their inputs in this order and give results back in the
+    caller's: a gather in, a gather out, each a pass at the copy rate.
+    """
     if frequencies.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int32, device=frequencies.device)
+        return torch.zeros(0, dtype=torch.int64, device=frequencies.device)
     v = frequencies.to(torch.int64)
     v = v - v.amin(dim=0)
     tile = torch.tensor(TILE, dtype=torch.int64, device=v.device)
@@ -179,7 +181,7 @@ def tile_order(frequencies: Tensor) -> Tensor:
     extent = outer.amax(dim=0) + 1
     key = (outer[:, 2] * extent[1] + outer[:, 1]) * extent[0] + outer[:, 0]
     within = (inner[:, 2] * TILE[1] + inner[:, 1]) * TILE[0] + inner[:, 0]
-    return torch.argsort(key * (TILE[0] * TILE[1] * TILE[2]) + within).to(torch.int32)
+    return torch.argsort(key * (TILE[0] * TILE[1] * TILE[2]) + within)
 
 
 def _rotation_rows(rotations: Tensor) -> Tensor:
@@ -204,16 +206,16 @@ def sample_kernel(
     r, k = rotations.shape[0], frequencies.shape[0]
     table = torch.view_as_real(reference_ft.contiguous())
     out = torch.empty((r, k, 2), dtype=torch.float32, device=reference_ft.device)
-    freq = frequencies.to(torch.int32).contiguous()
-    order = tile_order(freq)
+    order = tile_order(frequencies)
+    freq = frequencies.to(torch.int32)[order].contiguous()  # sampled tile by tile
     rows = _rotation_rows(rotations)
     for lo in range(0, r if k else 0, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit
         hi = min(lo + _MAX_GRID_ROWS, r)
         _sample[(triton.cdiv(k, _BLOCK), hi - lo)](
-            table, rows[lo:hi], freq, order, out[lo:hi], k, p, ph, float(padding_factor),
+            table, rows[lo:hi], freq, out[lo:hi], k, p, ph, float(padding_factor),
             float(max_radius) ** 2, float(scale), BLOCK=_BLOCK,
         )  # fmt: skip
-    return torch.view_as_complex(out)
+    return torch.view_as_complex(out.index_select(1, torch.argsort(order)))  # the caller's order
 
 
 def splat_kernel(
@@ -239,14 +241,15 @@ def splat_kernel(
     r, k = rotations.shape[0], frequencies.shape[0]
     if not (r and k):
         return
-    values = torch.view_as_real(data.to(torch.complex64).contiguous())
-    weights = weights.to(torch.float32).contiguous()
-    freq, rows = frequencies.to(torch.int32).contiguous(), _rotation_rows(rotations)
-    order = tile_order(freq)
+    order = tile_order(frequencies)  # splatted tile by tile
+    values = torch.view_as_real(data.to(torch.complex64)).index_select(1, order).contiguous()
+    weights = weights.to(torch.float32).index_select(1, order).contiguous()
+    freq = frequencies.to(torch.int32)[order].contiguous()
+    rows = _rotation_rows(rotations)
     for lo in range(0, r, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit
         hi = min(lo + _MAX_GRID_ROWS, r)
         _splat[(triton.cdiv(k, _BLOCK), hi - lo)](
-            torch.view_as_real(accumulator_data), accumulator_weight, rows[lo:hi], freq, order,
+            torch.view_as_real(accumulator_data), accumulator_weight, rows[lo:hi], freq,
             values[lo:hi], weights[lo:hi], k, p, ph, float(padding_factor),
             float(max_radius) ** 2, int(skip_redundant), ndim, BLOCK=_BLOCK,
         )  # fmt: skip
