@@ -137,20 +137,3 @@ def test_more_rotations_than_one_cuda_launch_holds_are_all_sampled():
     )
     torch.testing.assert_close(values[-3:], last, rtol=0.0, atol=0.0)
     assert bool(values[-3:].abs().sum() > 0)
-
-
-def test_tile_order_lists_every_frequency_once_tile_by_tile():
-    """The fused kernels' lanes take frequencies 8 x 4 x 1 at a time (``TILE``)."""
-    axes = (torch.arange(0, 17), torch.arange(-8, 8), torch.arange(-8, 8))
-    frequencies = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-    shuffled = frequencies[
-        torch.randperm(frequencies.shape[0], generator=torch.Generator().manual_seed(4))
-    ]
-    order = trilinear_kernels.tile_order(shuffled).long()
-    assert torch.equal(torch.sort(order).values, torch.arange(shuffled.shape[0]))
-    tiled = shuffled[order]
-    first = tiled[:32]  # one whole tile: 8 x-values, 4 y-values, one z
-    assert first[:, 0].unique().numel() == 8
-    assert first[:, 1].unique().numel() == 4
-    assert first[:, 2].unique().numel() == 1
-    assert (first[:, 0].max() - first[:, 0].min()).item() == 7

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
-__all__ = ["TILE", "available", "sample_kernel", "splat_kernel", "tile_order"]
+__all__ = ["available", "sample_kernel", "splat_kernel"]
 
 _BLOCK = 256
 _MAX_GRID_ROWS = 65_535  # rows per launch: the grid's second dimension
@@ -158,32 +158,6 @@ if triton is not None:
             )
 
 
-TILE = (8, 4, 1)
-"""Frequencies are taken in tiles of ``8 x 4 x 1`` (x, y, z): a warp's 32 lanes then
-sample a compact patch of the rotated grid, whose corners share cache lines, where a
-run of 32 along x walks 32 rows. On an H100, 2,048 rotations within 3 degrees of each
-other at box 96: 19 G samples/s in the list's order, 71 in tiles (random rotations: 23
-and 27)."""
-
-
-def tile_order(frequencies: Tensor) -> Tensor:
-    """Permutation ``(k,)`` that lists ``frequencies (k, 3)`` tile by tile (``TILE``).
-
-    The kernels take their inputs in this order and give results back in the
-    caller's: a gather in, a gather out, each a pass at the copy rate.
-    """
-    if frequencies.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64, device=frequencies.device)
-    v = frequencies.to(torch.int64)
-    v = v - v.amin(dim=0)
-    tile = torch.tensor(TILE, dtype=torch.int64, device=v.device)
-    outer, inner = v // tile, v % tile
-    extent = outer.amax(dim=0) + 1
-    key = (outer[:, 2] * extent[1] + outer[:, 1]) * extent[0] + outer[:, 0]
-    within = (inner[:, 2] * TILE[1] + inner[:, 1]) * TILE[0] + inner[:, 0]
-    return torch.argsort(key * (TILE[0] * TILE[1] * TILE[2]) + within)
-
-
 def _rotation_rows(rotations: Tensor) -> Tensor:
     return rotations.to(torch.float32).reshape(-1, 9).contiguous()
 
@@ -206,8 +180,7 @@ def sample_kernel(
     r, k = rotations.shape[0], frequencies.shape[0]
     table = torch.view_as_real(reference_ft.contiguous())
     out = torch.empty((r, k, 2), dtype=torch.float32, device=reference_ft.device)
-    order = tile_order(frequencies)
-    freq = frequencies.to(torch.int32)[order].contiguous()  # sampled tile by tile
+    freq = frequencies.to(torch.int32).contiguous()
     rows = _rotation_rows(rotations)
     for lo in range(0, r if k else 0, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit
         hi = min(lo + _MAX_GRID_ROWS, r)
@@ -215,7 +188,7 @@ def sample_kernel(
             table, rows[lo:hi], freq, out[lo:hi], k, p, ph, float(padding_factor),
             float(max_radius) ** 2, float(scale), BLOCK=_BLOCK,
         )  # fmt: skip
-    return torch.view_as_complex(out.index_select(1, torch.argsort(order)))  # the caller's order
+    return torch.view_as_complex(out)
 
 
 def splat_kernel(
@@ -241,11 +214,9 @@ def splat_kernel(
     r, k = rotations.shape[0], frequencies.shape[0]
     if not (r and k):
         return
-    order = tile_order(frequencies)  # splatted tile by tile
-    values = torch.view_as_real(data.to(torch.complex64)).index_select(1, order).contiguous()
-    weights = weights.to(torch.float32).index_select(1, order).contiguous()
-    freq = frequencies.to(torch.int32)[order].contiguous()
-    rows = _rotation_rows(rotations)
+    values = torch.view_as_real(data.to(torch.complex64).contiguous())
+    weights = weights.to(torch.float32).contiguous()
+    freq, rows = frequencies.to(torch.int32).contiguous(), _rotation_rows(rotations)
     for lo in range(0, r, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit
         hi = min(lo + _MAX_GRID_ROWS, r)
         _splat[(triton.cdiv(k, _BLOCK), hi - lo)](
