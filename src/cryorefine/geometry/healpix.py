@@ -74,11 +74,11 @@ def healpix_nest2xyf(
     face = pixels >> (2 * order)
     inner = pixels & ((1 << (2 * order)) - 1)
     split, _ = _bit_tables(pixels.device)
-    ix = iy = torch.zeros_like(inner)
+    ix, iy = torch.zeros_like(inner), torch.zeros_like(inner)
     for chunk in range(0, order, 8):  # 16 bits of inner, 8 of ix and of iy, at a time
         both = split[(inner >> (2 * chunk)) & 0xFFFF]
         ix, iy = ix | ((both & 0xFF) << chunk), iy | ((both >> 8) << chunk)
-    return ix, iy, face
+    return ix.to(pixels.dtype), iy.to(pixels.dtype), face
 
 
 def healpix_xyf2nest(
@@ -91,7 +91,7 @@ def healpix_xyf2nest(
     for chunk in range(0, order, 8):  # 8 bits of ix and of iy, 16 of inner, at a time
         bits = spread[(ix >> chunk) & 0xFF] | (spread[(iy >> chunk) & 0xFF] << 1)
         nest = nest + (bits << (2 * chunk))
-    return nest
+    return nest.to(ix.dtype)
 
 
 @functools.lru_cache(maxsize=8)

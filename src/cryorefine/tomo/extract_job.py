@@ -195,42 +195,41 @@ def _write_batch(
     tilts: ParticleTilts,
     geometry: TiltSeriesGeometry,
     insertion: SlabInsertion | None,
+    previous: list[Future[Path]],
 ) -> list[Future[Path]]:
-    """Compute the batch's volumes (or stacks) and hand their files to the writer threads."""
+    """Compute the batch's volumes (or stacks) and copy them to ``host``; once the
+    ``previous`` batch's files are written, hand this batch's to the writer threads."""
     for parent in {Path(root).parent for root in roots}:
         parent.mkdir(parents=True, exist_ok=True)
     pixel = options.binning * geometry.pixel_size_angst
     write = {"float16": options.float16}
     if options.stack2d:
         images = host.copy(from_fourier(transforms, options.crop, 2) * options.binning, "stack")
-        visible = tilts.visible.cpu().numpy()
-        return [
-            writers.submit(write_mrc, f"{root}_stack2d.mrcs", stack[seen], voxel_size_angst=pixel,
-                           **write)
-            for root, stack, seen in zip(roots, images, visible, strict=True)
-        ]  # fmt: skip
-    data, weights = pseudo_subtomogram_volumes(
-        transforms,
-        tilts,
-        voltage_kv=geometry.voltage_kv,
-        spherical_aberration_mm=geometry.spherical_aberration_mm,
-        amplitude_contrast=geometry.amplitude_contrast,
-        pixel_size_angst=pixel,
-        use_ctf=options.use_ctf,
-        insertion=insertion,
-    )
-    futures = []
-    volumes, weights_host = host.copy(data, "data"), host.copy(weights, "weights")
-    for root, volume, weight in zip(roots, volumes, weights_host, strict=True):
-        futures.append(
-            writers.submit(write_mrc, f"{root}_data.mrc", volume, voxel_size_angst=pixel, **write)
+        visible = tilts.visible.cpu().numpy()  # the stacks' rows are copied at submission
+        files = [(f"{root}_stack2d.mrcs", stack[seen], pixel)
+                 for root, stack, seen in zip(roots, images, visible, strict=True)]  # fmt: skip
+    else:
+        data, weights = pseudo_subtomogram_volumes(
+            transforms,
+            tilts,
+            voltage_kv=geometry.voltage_kv,
+            spherical_aberration_mm=geometry.spherical_aberration_mm,
+            amplitude_contrast=geometry.amplitude_contrast,
+            pixel_size_angst=pixel,
+            use_ctf=options.use_ctf,
+            insertion=insertion,
         )
-        futures.append(
-            writers.submit(
-                write_mrc, f"{root}_weights.mrc", weight, voxel_size_angst=1.0 / pixel, **write
-            )
-        )
-    return futures
+        volumes, weight_volumes = host.copy(data, "data"), host.copy(weights, "weights")
+        files = []
+        for root, volume, weight in zip(roots, volumes, weight_volumes, strict=True):
+            files += [
+                (f"{root}_data.mrc", volume, pixel),
+                (f"{root}_weights.mrc", weight, 1 / pixel),
+            ]
+    for future in previous:
+        future.result()  # re-raises a failed write here; its host buffers are free again
+    return [writers.submit(write_mrc, path, values, voxel_size_angst=voxel, **write)
+            for path, values, voxel in files]  # fmt: skip
 
 
 def _shared_insertion(
@@ -305,7 +304,9 @@ def extract_particles(
     visible_frames: list[np.ndarray] = []
     done, total = 0, len(particles)
     source = source_box_size(options.box_size, options.binning)
-    host = HostBuffers(slots=2)  # reused two batches on, after the writes are awaited
+    # a batch's buffers are reused two batches on: its writes are awaited before the next
+    # batch's are submitted, while that batch is computed into the other slot
+    host = HostBuffers(slots=2)
     with ThreadPoolExecutor(WRITER_THREADS) as writers:
         pending: list[Future[Path]] = []
         for name in order:
@@ -332,10 +333,8 @@ def extract_particles(
                     visible_frames.extend(batch.visible.cpu().numpy())
                 chunk = kept[first : first + step]
                 roots = _roots(options, [tomo_names[r] for r in chunk], [names[r] for r in chunk])
-                for future in pending:
-                    future.result()  # re-raises a failed write here
                 pending = _write_batch(
-                    writers, host, options, roots, transforms, batch, geometry, insertion
+                    writers, host, options, roots, transforms, batch, geometry, insertion, pending
                 )
                 done += len(chunk)
                 if progress is not None:
