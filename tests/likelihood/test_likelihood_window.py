@@ -99,3 +99,13 @@ def test_shell_matrix_sums_each_shell():
         want[:, shell] += values[:, j]
     # k-term sums of values in [0, 1]: error <= k u * sum
     torch.testing.assert_close(got, want, rtol=window.count * U64, atol=0)
+
+
+def test_a_window_is_built_once_per_arguments_and_shared():
+    """Every batch asks for the same few windows; building one waits for a GPU (``nonzero``)."""
+    cpu = torch.device("cpu")
+    first = fourier_window(12, 3, device=cpu, include_dc=True)
+    assert fourier_window(12, 3, device=torch.device("cpu"), include_dc=True) is first
+    other = fourier_window(12, 3, device=cpu)
+    assert other is not first
+    assert other.count == first.count - 1  # the same window without the DC term

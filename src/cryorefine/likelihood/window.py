@@ -15,6 +15,7 @@ Tensors on the grid of side ``size`` are ``(..., size, .., size // 2 + 1)``;
 coefficients, ``scatter_window`` puts them back (zeros elsewhere).
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -92,6 +93,16 @@ def fourier_window(
     """
     if ndim not in (2, 3) or size < 2 or size % 2:
         raise ValueError(f"need an even size >= 2 and ndim 2 or 3, got size {size}, ndim {ndim}")
+    return _window(size, ndim, device, include_dc, include_redundant)
+
+
+@functools.lru_cache(maxsize=64)
+def _window(
+    size: int, ndim: int, device: torch.device, include_dc: bool, include_redundant: bool
+) -> FourierWindow:
+    """``fourier_window``, built once per arguments: every batch asks for the same few
+    windows, and building one waits for the device (``nonzero``). Its tensors are shared;
+    no caller changes them in place."""
     k = frequency_indices(size, ndim, device=device).reshape(-1, ndim)
     shell = torch.round(torch.linalg.vector_norm(k.to(torch.float64), dim=-1)).to(torch.int64)
     keep = shell <= size // 2
