@@ -1,0 +1,71 @@
+"""Calls that would make the host wait for a GPU, counted per call site, over one iteration.
+
+    python3 bench/sync_sites.py --continue Refine3D/run_itNNN_optimiser.star --o ROOT
+        [--iter N] [--top 40]
+
+Runs ``cryorefine refine --continue ... --iter N --o ROOT`` (on the CPU unless the
+command line asks otherwise) with ``Tensor.item/tolist/nonzero/cpu/numpy``, ``bool``,
+``int``, ``float`` and ``index`` of tensors, ``torch.nonzero``, ``torch.unique``,
+``repeat_interleave`` and ``masked_select`` wrapped to count their calls by the
+innermost two ``cryorefine`` frames. On a GPU each of these waits for the device's
+queue to drain; on the CPU they cost nothing, so the count, not the time, is the
+measurement. Prints the total and the ``--top`` sites.
+"""
+
+import argparse
+import collections
+import functools
+import traceback
+
+import torch
+
+from cryorefine.cli.main import main as cryorefine
+
+WRAPPED = (
+    (torch.Tensor, "item"), (torch.Tensor, "tolist"), (torch.Tensor, "nonzero"),
+    (torch, "nonzero"), (torch.Tensor, "__bool__"), (torch.Tensor, "__int__"),
+    (torch.Tensor, "__float__"), (torch.Tensor, "__index__"), (torch, "unique"),
+    (torch.Tensor, "cpu"), (torch.Tensor, "numpy"), (torch, "repeat_interleave"),
+    (torch.Tensor, "repeat_interleave"), (torch, "masked_select"),
+)  # fmt: skip
+
+
+def _site() -> str:
+    frames = [f for f in traceback.extract_stack(limit=14)[:-2] if "/cryorefine/" in f.filename]
+    return " < ".join(f"{f.filename.split('cryorefine/')[-1]}:{f.lineno}" for f in frames[:-3:-1])
+
+
+def counting(counts: collections.Counter) -> None:
+    """Wrap every entry of ``WRAPPED`` to add its calls to ``counts`` by site."""
+    for owner, name in WRAPPED:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def counted(*args, _original=original, _name=name, **kwargs):
+            counts[f"{_name.strip('_'):<17} {_site()}"] += 1
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, counted)
+
+
+def main() -> None:
+    """Run the count (module docstring)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--continue", dest="continue_from", required=True)
+    parser.add_argument("--o", required=True, help="output root of the continued run")
+    parser.add_argument("--iter", type=int, default=None, help="default: one more iteration")
+    parser.add_argument("--top", type=int, default=40)
+    args, extra = parser.parse_known_args()
+    counts: collections.Counter = collections.Counter()
+    counting(counts)
+    command = ["refine", "--continue", args.continue_from, "--o", args.o, *extra]
+    if args.iter is not None:
+        command += ["--iter", str(args.iter)]
+    cryorefine(command)
+    print(f"calls that would sync a GPU: {sum(counts.values())}")  # noqa: T201
+    for key, n in counts.most_common(args.top):
+        print(f"{n:7d}  {key}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
