@@ -26,6 +26,7 @@ import torch
 from cryorefine.fourier import trilinear_kernels
 from cryorefine.geometry import euler_to_matrix
 from cryorefine.likelihood.window import fourier_window, window_frequencies_xyz
+from cryorefine.simulate.poses import random_rotations
 
 
 def morton_key(frequencies: torch.Tensor) -> torch.Tensor:
@@ -49,18 +50,6 @@ def tile_key(frequencies: torch.Tensor, tile: tuple[int, int, int]) -> torch.Ten
     return key * (tile[0] * tile[1] * tile[2]) + within
 
 
-def random_rotations(count: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """``(count, 3, 3)`` float32 rotations, uniform (normalised Gaussian quaternions)."""
-    q = torch.randn((count, 4), dtype=torch.float64, device=device, generator=gen)
-    w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
-    rows = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ]
-    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2).to(torch.float32)
-
-
 def main() -> None:
     """Run the benchmark (module docstring)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -82,14 +71,16 @@ def main() -> None:
         "tiles 4x4x2": raster[torch.argsort(tile_key(raster, (4, 4, 2)))],
     }
     rows = []
-    base = random_rotations(1, gen, device)[0]
+    rotation_gen = torch.Generator().manual_seed(2)  # simulate's uniform draws, on the CPU
+    base = random_rotations(1, generator=rotation_gen)[0].to(device)
     for spread_name in ("random", "within 3 degrees"):
         if spread_name == "random":
-            rotations = random_rotations(args.rotations, gen, device)
+            rotations = random_rotations(args.rotations, generator=rotation_gen)
+            rotations = rotations.to(device, torch.float32)
         else:  # small turns about a random rotation, as a local search's list
             angles = torch.rand((args.rotations, 3), dtype=torch.float64, device=device,
                                 generator=gen)  # fmt: skip
-            rotations = (base @ euler_to_matrix(angles * 3.0)).to(torch.float32)
+            rotations = (base.to(torch.float64) @ euler_to_matrix(angles * 3.0)).to(torch.float32)
         for order_name, frequencies in orders.items():
 
             def sample(

@@ -317,10 +317,10 @@ def test_chunks_and_projection_caches_do_not_change_the_result():
         torch.testing.assert_close(got, want, rtol=8 * tol, atol=0)
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
+def _three_groups(ndim: int):
+    """Three float64 particles whose fine pass, under a small budget, takes 3 groups."""
     reference, plan, images, *_ = _case(ndim, b=3, seed=12, precision="float64")
-    plan = replace(plan, max_bytes=2_000_000 if ndim == 2 else 12_000_000)  # 3 groups each
+    plan = replace(plan, max_bytes=2_000_000 if ndim == 2 else 12_000_000)
     particles = particle_terms(
         images,
         current_size=plan.current_size,
@@ -328,6 +328,12 @@ def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
         ndim=ndim,
         grid_count=plan.orientations.count,
     )
+    return reference, plan, particles
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
+    reference, plan, particles = _three_groups(ndim)
     whole = expectation(particles, reference, plan)
     n, device = plan.ori_size, reference.device
     want = zero_accumulators(n, padding_factor=plan.padding_factor, device=device)
@@ -361,15 +367,7 @@ def test_groups_inserted_as_they_go_keep_none_of_their_sums_alive(ndim, monkeypa
     An empty slice of the sums would still hold their storage: with broad posteriors
     that is one group's sums per group (tens of GiB at box 64 on a GPU).
     """
-    reference, plan, images, *_ = _case(ndim, b=3, seed=12, precision="float64")
-    plan = replace(plan, max_bytes=2_000_000 if ndim == 2 else 12_000_000)  # 3 groups each
-    particles = particle_terms(
-        images,
-        current_size=plan.current_size,
-        sigma2=0.3,
-        ndim=ndim,
-        grid_count=plan.orientations.count,
-    )
+    reference, plan, particles = _three_groups(ndim)
     kept = []
     merge = expectation_module._merge
 
