@@ -1,7 +1,7 @@
 """Reduced precision against float64 on a refinement's own particles: best poses that change.
 
     python3 bench/precision_poses.py --continue Refine3D/run_itNNN_optimiser.star [--gpu]
-        [--particles 500] [--precisions float32 tf32] [--out FILE]
+        [--particles 500] [--precisions float32 tf32 texture] [--out FILE]
 
 Reads a finished iteration as ``--continue`` does (its options, state, half
 models and particles) and runs that iteration's E-step again
@@ -13,7 +13,10 @@ compared with float64's: a pose changes when the rotation moves by more than
 equal samples agree to rounding). Prints per precision the share of particles
 whose pose changes, the median and largest rotation change among them, the
 largest relative change of pmax and the E-step seconds; writes the same as
-JSON. On the CPU ``tf32`` is ``float32`` (tf32 is a CUDA mode).
+JSON. On the CPU ``tf32`` is ``float32`` (tf32 is a CUDA mode). ``texture`` is
+float32 with the projections sampled by the GPU's texture units
+(``fourier.texture``, refine's ``--interpolation texture``); the other
+precisions sample exactly.
 """
 
 import argparse
@@ -21,12 +24,14 @@ import dataclasses
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cryorefine.fourier import prepare_reference
+from cryorefine.fourier.texture import reference_texture
 from cryorefine.geometry import (
     angular_distance_deg,
     asymmetric_unit_pixels,
@@ -42,8 +47,9 @@ from cryorefine.refine.run_continue import output_root_of
 from cryorefine.refine.run_files import read_continue
 
 
-def _poses(continued, inputs, rows, precision, device):
-    """One E-step of half set 1's ``rows`` at ``precision``: its pose update and seconds."""
+def _poses(continued, inputs, rows, variant, device):
+    """One E-step of half set 1's ``rows`` as ``variant``: its pose update and seconds."""
+    precision = "float32" if variant == "texture" else variant
     options, state, model = continued.options, continued.state, continued.half_models[0]
     grid = OrientationGrid(
         healpix_order=state.healpix_order,
@@ -59,21 +65,23 @@ def _poses(continued, inputs, rows, precision, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    _, update = run_half_set(
-        inputs.particles,
-        rows,
-        model,
-        state,
-        options,
-        plan,
-        optics_group=inputs.optics_group,
-        scale_group=inputs.scale_group,
-        operators=inputs.group.rotations,
-        reference_ft=reference,
-        batch_size=default_batch_size(inputs.ndim, inputs.ori_size, device),
-        device=device,
-        noise_seed=iteration_noise_seed(options.random_seed, state.iteration),
-    )
+    sampling = reference_texture(reference) if variant == "texture" else nullcontext()
+    with sampling:
+        _, update = run_half_set(
+            inputs.particles,
+            rows,
+            model,
+            state,
+            options,
+            plan,
+            optics_group=inputs.optics_group,
+            scale_group=inputs.scale_group,
+            operators=inputs.group.rotations,
+            reference_ft=reference,
+            batch_size=default_batch_size(inputs.ndim, inputs.ori_size, device),
+            device=device,
+            noise_seed=iteration_noise_seed(options.random_seed, state.iteration),
+        )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return update, time.perf_counter() - start
@@ -106,7 +114,7 @@ def main() -> None:
     parser.add_argument("--continue", dest="continue_from", type=Path, required=True)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--particles", type=int, default=500)
-    parser.add_argument("--precisions", nargs="+", default=["float32", "tf32"])
+    parser.add_argument("--precisions", nargs="+", default=["float32", "tf32", "texture"])
     parser.add_argument("--out", type=Path, default=Path("precision_poses.json"))
     args = parser.parse_args()
     device = torch.device("cuda:0" if args.gpu else "cpu")

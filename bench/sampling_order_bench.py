@@ -12,18 +12,21 @@ inside a tile). A warp's
 32 lanes sample 32 consecutive entries; in raster order they walk a line of the
 rotated grid and touch a cache line each, in tiles a compact patch whose
 corners share lines. Prints the median seconds of 3 calls and G samples per
-second per order, and writes the same as JSON. The outputs come in the order given (no permutation
-back): this measures the sampling alone.
+second per order, and writes the same as JSON. The window and Morton orders are
+also sampled by the texture units (``fourier.texture``). The outputs come in the
+order given (no permutation back): this measures the sampling alone.
 """
 
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from cryorefine.fourier import trilinear_kernels
+from cryorefine.fourier.texture import ReferenceTexture, sample_texture
 from cryorefine.geometry import euler_to_matrix
 from cryorefine.likelihood.window import fourier_window, window_frequencies_xyz
 from cryorefine.simulate.poses import random_rotations
@@ -50,6 +53,27 @@ def tile_key(frequencies: torch.Tensor, tile: tuple[int, int, int]) -> torch.Ten
     return key * (tile[0] * tile[1] * tile[2]) + within
 
 
+def _cases(orders: dict[str, torch.Tensor]):
+    """(sampler, order) and frequencies: every order exactly, window and Morton by texture."""
+    for order_name, frequencies in orders.items():
+        yield ("exact", order_name), frequencies
+    for order_name in ("window", "morton"):
+        yield ("texture", order_name), orders[order_name]
+
+
+def _median_seconds(sample) -> float:
+    """Median of 3 timed calls after one untimed."""
+    sample()
+    times = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        sample()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[1]
+
+
 def main() -> None:
     """Run the benchmark (module docstring)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -70,6 +94,7 @@ def main() -> None:
         "tiles 8x4x1": raster[torch.argsort(tile_key(raster, (8, 4, 1)))],
         "tiles 4x4x2": raster[torch.argsort(tile_key(raster, (4, 4, 2)))],
     }
+    texture = ReferenceTexture(reference)
     rows = []
     rotation_gen = torch.Generator().manual_seed(2)  # simulate's uniform draws, on the CPU
     base = random_rotations(1, generator=rotation_gen)[0].to(device)
@@ -81,33 +106,23 @@ def main() -> None:
             angles = torch.rand((args.rotations, 3), dtype=torch.float64, device=device,
                                 generator=gen)  # fmt: skip
             rotations = (base.to(torch.float64) @ euler_to_matrix(angles * 3.0)).to(torch.float32)
-        for order_name, frequencies in orders.items():
-
-            def sample(
-                frequencies: torch.Tensor = frequencies, rotations: torch.Tensor = rotations
-            ) -> torch.Tensor:
-                return trilinear_kernels.sample_kernel(
-                    reference, rotations, frequencies, padding_factor=2,
-                    max_radius=float(half), scale=1.0,
-                )  # fmt: skip
-
-            sample()
-            times = []
-            for _ in range(3):
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-                sample()
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-            seconds = sorted(times)[1]
+        for (sampler, order_name), frequencies in _cases(orders):
+            if sampler == "texture":
+                sample = partial(sample_texture, texture, rotations, frequencies)
+            else:
+                sample = partial(trilinear_kernels.sample_kernel, reference, rotations, frequencies)
+            seconds = _median_seconds(partial(sample, padding_factor=2, max_radius=float(half),
+                                              scale=1.0))  # fmt: skip
             samples = args.rotations * raster.shape[0]
-            rows.append({"rotations": spread_name, "order": order_name, "seconds": seconds,
-                         "gsamples_per_second": samples / seconds / 1e9})  # fmt: skip
+            rate = samples / seconds / 1e9
+            rows.append({"rotations": spread_name, "sampler": sampler, "order": order_name,
+                         "seconds": seconds, "gsamples_per_second": rate})  # fmt: skip
+    texture.close()
     print(f"{torch.cuda.get_device_name()}: box {args.box}, {raster.shape[0]} frequencies")  # noqa: T201
-    print(f"{'rotations':<18}{'order':<14}{'seconds':>9}{'GS/s':>8}")  # noqa: T201
+    print(f"{'rotations':<18}{'sampler':<9}{'order':<14}{'seconds':>9}{'GS/s':>8}")  # noqa: T201
     for row in rows:
-        print(f"{row['rotations']:<18}{row['order']:<14}{row['seconds']:>9.4f}"  # noqa: T201
-              f"{row['gsamples_per_second']:>8.1f}")  # fmt: skip
+        print(f"{row['rotations']:<18}{row['sampler']:<9}{row['order']:<14}"  # noqa: T201
+              f"{row['seconds']:>9.4f}{row['gsamples_per_second']:>8.1f}")  # fmt: skip
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
 
 

@@ -115,6 +115,9 @@ def parse_arguments() -> argparse.Namespace:
         "--precision", default="float32", help="refine --precision (float32, tf32, float64)"
     )
     parser.add_argument(
+        "--interpolation", default="texture", help="refine --interpolation (texture, exact)"
+    )
+    parser.add_argument(
         "--no_floor", action="store_true", help="skip measuring the rates and the floor table"
     )
     parser.add_argument("--work", type=Path, default=Path("bench_tutorial_work"))
@@ -188,7 +191,8 @@ def main() -> None:
         command = ["refine", "--continue", str(finished[-1])]
     if args.iter or command[1] == "--continue":  # a continued run keeps its own limit unless
         command += ["--iter", str(args.iter)]  # told: 0 is "until it converges"
-    command += ["--batch_size", str(args.batch_size), "--precision", args.precision]
+    command += ["--batch_size", str(args.batch_size), "--precision", args.precision,
+                "--interpolation", args.interpolation]  # fmt: skip
     profile = cProfile.Profile() if args.profile else None
     # SIGTERM (``timeout``) stops the refine; the table is then made from its last whole
     # iteration, so that a run cut by a time limit still reports
@@ -227,6 +231,7 @@ def main() -> None:
     total_iterations = sum(r["seconds"] for r in iterations)
     summary = {
         "device": torch.cuda.get_device_name() if args.gpu else "CPU",
+        "interpolation": args.interpolation if args.gpu else "exact",
         "particles": particles,
         "box": args.box,
         "bin": args.bin,

@@ -115,6 +115,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="arithmetic of the E-step's matrix products (default float32)",
     )
     parser.add_argument(
+        "--interpolation",
+        choices=("texture", "exact"),
+        default="texture",
+        help="E-step projections on a GPU: the texture units' trilinear interpolation "
+        "(8-bit fractions, as RELION's GPU code) or exact float32 (default texture; "
+        "the CPU is always exact)",
+    )
+    parser.add_argument(
         "--batch_size", type=int, default=0, help="particles per batch (0: chosen from memory)"
     )
     parser.add_argument(
@@ -238,6 +246,7 @@ def run(args: argparse.Namespace) -> None:
         "continue_from": args.continue_from,
         "given_options": args.given_options,
         "precision": args.precision,
+        "interpolation": args.interpolation,
         "batch_size": args.batch_size,
     }
     with ExitStack() as stack:

@@ -8,6 +8,8 @@ padding_factor`` of a padded centred half-grid (layout and Friedel fold:
 ``fourier.trilinear_kernels`` run for single-precision inputs (float32
 coordinates and values; the accumulators keep their own dtype); elsewhere, and
 for double-precision inputs, the torch path of ``fourier.interpolation``.
+Inside ``fourier.texture.reference_texture`` a reference is sampled by the
+GPU's texture units instead (8-bit interpolation fractions, as RELION's GPU code).
 """
 
 import torch
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from cryorefine.fourier import trilinear_kernels
 from cryorefine.fourier.interpolation import _interpolate, _real_dtype, _splat, padded_size
+from cryorefine.fourier.texture import registered_texture, sample_texture
 
 __all__ = ["sample_rotated", "splat_rotated"]
 
@@ -66,6 +69,16 @@ def sample_rotated(
     p = padded_size(reference_ft.shape)
     device = reference_ft.device
     frequencies = frequencies.to(device)
+    texture = registered_texture(reference_ft)
+    if texture is not None:  # inside fourier.texture.reference_texture: the texture units
+        return sample_texture(
+            texture,
+            rotations,
+            frequencies,
+            padding_factor=padding_factor,
+            max_radius=max_radius,
+            scale=scale,
+        )
     if trilinear_kernels.available(reference_ft) and reference_ft.dtype == torch.complex64:
         return trilinear_kernels.sample_kernel(
             reference_ft,

@@ -14,11 +14,13 @@ named once per run (``inputs.non_finite_rows``; ``half_pass``).
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
 from cryorefine.fourier import symmetrise
+from cryorefine.fourier.texture import reference_texture
 from cryorefine.geometry import perturb_translations, translation_grid
 from cryorefine.likelihood import ExpectationPlan, OrientationGrid, memory_budget
 from cryorefine.refine.communicator import Communicator
@@ -159,10 +161,15 @@ def e_step(
     communicator: Communicator,
     cc: bool,
     precision: str,
+    interpolation: str = "texture",
     batch_size: int,
     device: torch.device,
 ) -> tuple[tuple[HalfSetSums, HalfSetSums], list[PoseUpdate]]:
-    """Both half sets' symmetrised sums and all particles' pose updates, on every rank."""
+    """Both half sets' symmetrised sums and all particles' pose updates, on every rank.
+
+    ``interpolation`` ``"texture"`` samples the references through the GPU's
+    texture units where they can (``fourier.texture``), ``"exact"`` never.
+    """
     noise_seed = iteration_noise_seed(options.random_seed, state.iteration)
     sums_by_half: dict[int, HalfSetSums] = {}
     updates_by_half: dict[int, PoseUpdate] = {}
@@ -181,23 +188,26 @@ def e_step(
             plan = expectation_plan(
                 state, options, inputs, grid, model, cc=cc, precision=precision, device=device
             )
-            sums_by_half[half], updates_by_half[half] = run_half_set(
-                inputs.particles,
-                rows,
-                model,
-                state,
-                options,
-                plan,
-                optics_group=inputs.optics_group,
-                scale_group=inputs.scale_group,
-                operators=inputs.group.rotations,
-                reference_ft=references[half - 1],
-                batch_size=batch_size,
-                device=device,
-                noise_seed=noise_seed,
-                progress=_progress_lines(state.iteration, half, tic),
-                named_rows=inputs.non_finite_rows,
-            )
+            reference = references[half - 1]
+            sampling = reference_texture(reference) if interpolation == "texture" else nullcontext()
+            with sampling:  # the texture is freed when the half set is done
+                sums_by_half[half], updates_by_half[half] = run_half_set(
+                    inputs.particles,
+                    rows,
+                    model,
+                    state,
+                    options,
+                    plan,
+                    optics_group=inputs.optics_group,
+                    scale_group=inputs.scale_group,
+                    operators=inputs.group.rotations,
+                    reference_ft=reference,
+                    batch_size=batch_size,
+                    device=device,
+                    noise_seed=noise_seed,
+                    progress=_progress_lines(state.iteration, half, tic),
+                    named_rows=inputs.non_finite_rows,
+                )
         seconds = time.perf_counter() - tic
         logger.info(
             "iter=%03d half_set=%d particles=%d e_step_seconds=%.1f particles_per_second=%.1f",

@@ -1,0 +1,137 @@
+"""Sampling through the GPU's texture units stays within its 8-bit fractions of trilinear.
+
+The texture unit keeps each axis's interpolation fraction in 8 fractional bits
+(CUDA C++ Programming Guide, "Linear filtering"). Moving the fraction of axis
+``a`` by at most ``2**-8`` moves a multilinear value by at most ``2**-8`` times
+the largest difference between two corners along ``a``; the three axes add.
+"""
+
+import pytest
+import torch
+
+from cryorefine.fourier import sample_rotated
+from cryorefine.fourier.interpolation import _fold
+from cryorefine.fourier.texture import (
+    ReferenceTexture,
+    available,
+    reference_texture,
+    registered_texture,
+)
+from cryorefine.geometry import euler_to_matrix
+
+U32 = 2.0**-24  # float32 unit roundoff
+FRACTION = 2.0**-8  # the texture unit's fraction step
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="textures need a CUDA GPU")
+
+
+def _case(seed: int, n: int, pad: int):
+    gen = torch.Generator().manual_seed(seed)
+    p = n * pad
+    reference = torch.randn((p, p, p // 2 + 1), dtype=torch.complex64, generator=gen)
+    rotations = euler_to_matrix(torch.rand((6, 3), generator=gen, dtype=torch.float64) * 360)
+    half = n // 2
+    axes = (torch.arange(0, half + 1), torch.arange(-half, half), torch.arange(-half, half))
+    frequencies = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    return reference, rotations, frequencies, p
+
+
+def _corner_values(reference: torch.Tensor, q: torch.Tensor, p: int):
+    """Float64 corners ``(..., z, y, x)`` of each point (conjugated where folded), fractions."""
+    base, frac, flip = _fold(q)
+    ph = p // 2 + 1
+    table = reference.to(torch.complex128)
+    corners = torch.zeros((*q.shape[:-1], 2, 2, 2), dtype=torch.complex128)
+    for dz in (0, 1):
+        iz = torch.remainder(base[..., 2] + dz + p // 2, p)
+        for dy in (0, 1):
+            iy = torch.remainder(base[..., 1] + dy + p // 2, p)
+            for dx in (0, 1):
+                ix = base[..., 0] + dx
+                value = table[iz, iy, ix.clamp(max=ph - 1)]
+                corners[..., dz, dy, dx] = torch.where(ix < ph, value, 0)
+    corners = torch.where(flip[..., None, None, None], corners.conj(), corners)
+    return corners, frac
+
+
+def _trilinear(corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    wx, wy, wz = (torch.stack([1 - t, t], dim=-1).to(corners.dtype) for t in frac.unbind(-1))
+    return torch.einsum("...zyx,...z,...y,...x->...", corners, wz, wy, wx)
+
+
+def _fraction_bound(corners: torch.Tensor) -> torch.Tensor:
+    """Per point: ``2**-8`` (plus coordinate rounding) times the summed largest edge differences."""
+    edges = sum(corners.diff(dim=axis).abs().amax(dim=(-1, -2, -3)) for axis in (-1, -2, -3))
+    return (FRACTION + 2.0**-12) * edges + 16 * U32 * corners.abs().amax(dim=(-1, -2, -3))
+
+
+def test_on_the_cpu_no_texture_is_made_and_sampling_is_unchanged():
+    reference, rotations, frequencies, _ = _case(1, 8, 2)
+    exact = sample_rotated(reference, rotations, frequencies, padding_factor=2, max_radius=4.0)
+    assert not available(reference)
+    with reference_texture(reference) as texture:
+        assert texture is None
+        assert registered_texture(reference) is None
+        inside = sample_rotated(reference, rotations, frequencies, padding_factor=2, max_radius=4.0)
+    assert torch.equal(inside, exact)
+
+
+def test_the_corner_reference_is_the_exact_sampler():
+    """The float64 reference of these tests against the exact float32 path (on the CPU)."""
+    reference, rotations, frequencies, p = _case(2, 10, 1)
+    exact = sample_rotated(reference, rotations, frequencies, padding_factor=1, max_radius=5.0)
+    corners, frac = _corner_values(reference, frequencies.to(torch.float64) @ rotations, p)
+    inside = frequencies.to(torch.float64).square().sum(dim=-1) <= 25.0
+    expected = torch.where(inside, _trilinear(corners, frac), 0)
+    bound = (4 * p * 8 + 8) * U32 * float(reference.abs().max())  # float32 coordinates, sums
+    torch.testing.assert_close(exact.to(torch.complex128), expected, rtol=0, atol=bound)
+
+
+def test_a_texture_needs_a_single_precision_gpu_tensor():
+    with pytest.raises(ValueError, match="complex64 CUDA tensor"):
+        ReferenceTexture(torch.zeros((8, 8, 5), dtype=torch.complex64))
+
+
+@cuda_only
+@pytest.mark.parametrize(("n", "pad"), [(12, 2), (10, 1), (16, 2)])
+def test_texture_samples_are_trilinear_within_the_fraction_bound(n, pad):
+    reference, rotations, frequencies, p = _case(n + pad, n, pad)
+    radius = n / 2 - 0.5
+    device = torch.device("cuda")
+    gpu = reference.to(device)
+    with reference_texture(gpu) as texture:
+        assert texture is not None
+        values = sample_rotated(
+            gpu, rotations.to(device), frequencies.to(device),
+            padding_factor=pad, max_radius=radius, scale=3.0,
+        ).cpu()  # fmt: skip
+    q = (frequencies.to(torch.float64) * pad) @ rotations
+    corners, frac = _corner_values(reference, q, p)
+    inside = frequencies.to(torch.float64).square().sum(dim=-1) <= radius**2
+    expected = torch.where(inside, 3.0 * _trilinear(corners, frac), 0)
+    error = (values.to(torch.complex128) - expected).abs()
+    assert bool((error <= 3.0 * _fraction_bound(corners)).all())
+    assert bool((values[:, ~inside] == 0).all())
+    # the bound is not vacuous: it is far below the values themselves
+    assert float(_fraction_bound(corners).mean()) < 0.05 * float(expected[:, inside].abs().mean())
+
+
+@cuda_only
+def test_sampling_follows_the_registered_tensor_only_while_it_is_unchanged():
+    reference, rotations, frequencies, _ = _case(3, 8, 2)
+    device = torch.device("cuda")
+    gpu = reference.to(device)
+    other = gpu.clone()
+    with reference_texture(gpu) as texture:
+        assert registered_texture(gpu) is texture
+        assert registered_texture(other) is None  # equal values, another tensor
+        gpu.mul_(2.0)  # changed in place: the texture no longer holds it
+        assert registered_texture(gpu) is None
+        doubled = sample_rotated(
+            gpu, rotations.to(device), frequencies.to(device), padding_factor=2, max_radius=4.0
+        )
+    exact = sample_rotated(
+        other, rotations.to(device), frequencies.to(device), padding_factor=2, max_radius=4.0
+    )
+    torch.testing.assert_close(doubled, 2 * exact, rtol=0, atol=0)
+    assert registered_texture(gpu) is None
+    assert not texture._finalizer.alive  # freed on leaving the block
