@@ -1,16 +1,9 @@
 """Fixtures shared by every test: where the shared RELION files are, and devices."""
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    # Triton's interpreter runs the fused kernels on CPU tensors, so that their tests run
-    # without a GPU; it must be chosen before the kernels are defined (first import). The
-    # library itself only launches them on CUDA tensors (``trilinear_kernels.available``).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

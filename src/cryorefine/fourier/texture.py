@@ -149,23 +149,6 @@ if trilinear_kernels.triton is not None:
 
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
-    def fetch(texture, qx, qy, qz, p, ph):
-        """Trilinear ``(re, im)`` at folded ``q`` (``q_x >= 0``) of a texture's ``(p, p, ph)``."""
-        centre = (p // 2).to(tl.float32) + 0.5  # texel centres lie at i + 0.5
-        side = p.to(tl.float32)
-        handle = tl.zeros_like(qx).to(tl.int64) + texture
-        re, im, _, _ = tl.inline_asm_elementwise(
-            "tex.3d.v4.f32.f32 {$0, $1, $2, $3}, [$4, {$5, $6, $7, $7}];",
-            "=f,=f,=f,=f,l,f,f,f",
-            [handle, (qx + 0.5) / ph.to(tl.float32), (qy + centre) / side, (qz + centre) / side],
-            dtype=(tl.float32, tl.float32, tl.float32, tl.float32),
-            is_pure=True,
-            pack=1,
-        )
-        return re, im
-
-    @triton.jit
-    @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _sample(
         texture, rot_ptr, freq_ptr, out_ptr, k, p, ph, pad, radius2, scale,
         BLOCK: tl.constexpr,
@@ -176,7 +159,17 @@ if trilinear_kernels.triton is not None:
         fx, fy, fz, qx, qy, qz, flip = trilinear_kernels._rotated(
             freq_ptr, rot_ptr, row, offs, mask, pad
         )
-        re, im = fetch(texture, qx, qy, qz, p, ph)
+        centre = (p // 2).to(tl.float32) + 0.5  # texel centres lie at i + 0.5
+        side = p.to(tl.float32)
+        handle = tl.full([BLOCK], 0, tl.int64) + texture
+        re, im, _, _ = tl.inline_asm_elementwise(
+            "tex.3d.v4.f32.f32 {$0, $1, $2, $3}, [$4, {$5, $6, $7, $7}];",
+            "=f,=f,=f,=f,l,f,f,f",
+            [handle, (qx + 0.5) / ph.to(tl.float32), (qy + centre) / side, (qz + centre) / side],
+            dtype=(tl.float32, tl.float32, tl.float32, tl.float32),
+            is_pure=True,
+            pack=1,
+        )
         im = tl.where(flip, -im, im)
         keep = (fx * fx + fy * fy + fz * fz) <= radius2
         out = (row.to(tl.int64) * k + offs) * 2

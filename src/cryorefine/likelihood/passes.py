@@ -94,21 +94,16 @@ class RowProjector:
             return self.values[lo:hi]
         if self.rotations is None:
             raise ValueError("a RowProjector needs rotations or values")
-        frequencies, max_radius, scale = self.sampling()
+        size, ndim = self.window.size, self.window.ndim
+        scale = self.reference_ft.shape[0] // self.padding_factor if ndim == 2 else 1
         return sample_rotated(
             self.reference_ft,
             self.rotations[lo:hi],
-            frequencies,
+            window_frequencies_xyz(self.window),
             padding_factor=self.padding_factor,
-            max_radius=max_radius,
-            scale=scale,
+            max_radius=float(size // 2),
+            scale=float(scale),
         )
-
-    def sampling(self) -> tuple[Int[Tensor, "k 3"], float, float]:
-        """``sample_rotated``'s frequencies, ``max_radius`` and ``scale`` for this window."""
-        size, ndim = self.window.size, self.window.ndim
-        scale = self.reference_ft.shape[0] // self.padding_factor if ndim == 2 else 1
-        return window_frequencies_xyz(self.window), float(size // 2), float(scale)
 
     def bytes_per_row(self) -> int:
         """Peak bytes of one projection: its values, and the torch path's ~4x temporaries."""

@@ -17,8 +17,6 @@ import torch
 from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
-from cryorefine.fourier.texture import registered_texture
-from cryorefine.likelihood import fused_lists
 from cryorefine.likelihood.passes import (
     ParticleWindowData,
     RowProjector,
@@ -224,19 +222,6 @@ def _list_scores(
         return scores.masked_fill_(~valid[:, None, :], torch.inf)
     if projections is not None:  # the whole grid is held: no copy of the union's rows
         return score_held_lists(data, projections, ids, valid, **scoring)
-    texture = registered_texture(reference_ft)
-    if texture is not None and fused_lists.available(
-        reference_ft, precision=plan.precision, cross_correlation=plan.cross_correlation
-    ):  # each list sampled by the texture units and scored in one kernel: nothing held
-        table = coarse_rotations(plan.orientations, union)
-        frequencies, max_radius, scale = RowProjector(
-            reference_ft, table, window, plan.padding_factor
-        ).sampling()
-        return fused_lists.fused_list_scores(
-            data, reference_ft, table, rows, valid, frequencies,
-            padding_factor=plan.padding_factor, max_radius=max_radius, scale=scale,
-            precision=plan.precision, max_bytes=plan.max_bytes, texture=texture,
-        )  # fmt: skip
     row_bytes = window.count * reference_ft.element_size()
     if n * row_bytes > plan.max_bytes // 2 and b > 1:
         half = b // 2
