@@ -7,7 +7,14 @@ on the CPU the torch path. Both are held to the same float64 reference.
 import pytest
 import torch
 
-from cryorefine.fourier import sample_rotated, splat_rotated, trilinear_kernels
+from cryorefine.fourier import (
+    add_packed,
+    packed_accumulator,
+    sample_rotated,
+    splat_rotated,
+    trilinear_kernels,
+    zero_accumulators,
+)
 from cryorefine.fourier.interpolation import _interpolate_corners, _splat
 from cryorefine.geometry import euler_to_matrix
 
@@ -54,24 +61,37 @@ def test_sampled_values_equal_the_float64_corner_loop(device, n, pad):
     assert bool((values[:, ~inside] == 0).all())  # exactly zero beyond the radius
 
 
-@pytest.mark.parametrize("accumulator_dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("accumulator_dtype", [torch.float64, torch.float32, "packed"])
 def test_splatting_equals_the_float64_corner_loop_and_skips_mates(device, accumulator_dtype):
+    """Into float64 or float32 accumulators, or one packed float32 (re, im, weight, 0) grid
+    (on GPUs with vector reductions: one per corner)."""
     n, pad = 12, 2
     _, rotations, frequencies, p = _case(3, n, pad, device)
     gen = torch.Generator().manual_seed(4)
     r, k = rotations.shape[0], frequencies.shape[0]
     data = torch.randn((r, k), dtype=torch.complex64, generator=gen).to(device)
     weights = torch.rand((r, k), generator=gen).to(device)
-    complex_dtype = torch.complex128 if accumulator_dtype == torch.float64 else torch.complex64
     shape = (p, p, p // 2 + 1)
-    acc_data = torch.zeros(shape, dtype=complex_dtype, device=device)
-    acc_weight = torch.zeros(shape, dtype=accumulator_dtype, device=device)
     radius = 5.0
-    splat_rotated(
-        data, weights, rotations, frequencies, padding_factor=pad,
-        accumulator_data=acc_data, accumulator_weight=acc_weight,
-        max_radius=radius, skip_redundant=True, ndim=3,
-    )  # fmt: skip
+    if accumulator_dtype == "packed":
+        packed = packed_accumulator(n, padding_factor=pad, device=device)
+        splat_rotated(
+            data, weights, rotations, frequencies, padding_factor=pad,
+            accumulator_data=packed, accumulator_weight=None,
+            max_radius=radius, skip_redundant=True, ndim=3,
+        )  # fmt: skip
+        assert bool((packed[..., 3] == 0).all())  # the unused channel
+        acc_data = torch.view_as_complex(packed[..., :2].contiguous())
+        acc_weight = packed[..., 2]
+    else:
+        complex_dtype = torch.complex128 if accumulator_dtype == torch.float64 else torch.complex64
+        acc_data = torch.zeros(shape, dtype=complex_dtype, device=device)
+        acc_weight = torch.zeros(shape, dtype=accumulator_dtype, device=device)
+        splat_rotated(
+            data, weights, rotations, frequencies, padding_factor=pad,
+            accumulator_data=acc_data, accumulator_weight=acc_weight,
+            max_radius=radius, skip_redundant=True, ndim=3,
+        )  # fmt: skip
     keep = frequencies.to(torch.float64).square().sum(dim=-1) <= radius**2
     keep &= ~_redundant(frequencies)
     q = (frequencies[keep].to(torch.float64) * pad) @ rotations.to(torch.float64)
@@ -84,13 +104,26 @@ def test_splatting_equals_the_float64_corner_loop_and_skips_mates(device, accumu
     # the float32 weights' rounding (coordinate bound) per contribution, and, in float32
     # accumulators, the running sum's rounding, bounded by the number of terms
     terms = 8 * r * int(keep.sum())
-    unit = U32 if accumulator_dtype == torch.float32 else 0.0
+    unit = 0.0 if accumulator_dtype == torch.float64 else U32
     scale = data.abs().max().item()
     bound = (_coordinate_bound(p) * 8 + terms * unit) * scale
     torch.testing.assert_close(acc_data.to(torch.complex128), want_data, rtol=0.0, atol=bound)
     torch.testing.assert_close(acc_weight.double(), want_weight, rtol=0.0, atol=bound)
     # a wrong mate rule or radius would leave ~|value| (order 1) differences
     assert bound < 0.01 * scale
+
+
+def test_packed_sums_move_into_the_float64_accumulators(device):
+    gen = torch.Generator().manual_seed(8)
+    packed = packed_accumulator(4, padding_factor=2, device=device)
+    packed.copy_(torch.randn(packed.shape, generator=gen).to(device))
+    want = packed.double().clone()
+    data, weight = zero_accumulators(4, padding_factor=2, device=device)
+    data += 1.0
+    add_packed(packed, data, weight)
+    torch.testing.assert_close(data, torch.complex(want[..., 0], want[..., 1]) + 1.0)
+    torch.testing.assert_close(weight, want[..., 2])
+    assert bool((packed == 0).all())  # ready for the next batch
 
 
 def test_splatting_is_the_adjoint_of_sampling(device):

@@ -361,6 +361,35 @@ def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
+def test_single_precision_batches_insert_within_float32_rounding_of_the_returned_sums(ndim):
+    """On a GPU a float32 batch inserts into one packed float32 accumulator (vector
+    reductions) and adds it to the float64 sums at its end; on the CPU directly. Each
+    voxel then sums at most ``8 m`` contributions (``m`` inserted samples) of at most the
+    largest value, in float32: within ``8 m u32`` times that value of the float64 sums."""
+    reference, plan, images, *_ = _case(ndim, b=3, seed=12, precision="float32")
+    particles = particle_terms(
+        images, current_size=plan.current_size, sigma2=0.3, ndim=ndim,
+        grid_count=plan.orientations.count,
+    )  # fmt: skip
+    whole = expectation(particles, reference, plan)
+    sums = whole.backprojection
+    n, device = plan.ori_size, reference.device
+    want = zero_accumulators(n, padding_factor=plan.padding_factor, device=device)
+    insert_backprojection(
+        sums.data, sums.weight, sums.rotations, sums.window, accumulator_data=want[0],
+        accumulator_weight=want[1], padding_factor=plan.padding_factor,
+    )  # fmt: skip
+    got = zero_accumulators(n, padding_factor=plan.padding_factor, device=device)
+    expectation(particles, reference, plan, accumulators=got)
+    m = sums.data.numel()
+    largest = max(sums.data.abs().max().item(), sums.weight.abs().max().item())
+    bound = 8 * m * 2.0**-24 * largest
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=bound)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=bound)
+    assert bound < 0.01 * want[1].abs().max().item()  # a lost group would show
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
 def test_groups_inserted_as_they_go_keep_none_of_their_sums_alive(ndim, monkeypatch):
     """Each group's back-projection sums are freed once inserted, not held until the batch ends.
 

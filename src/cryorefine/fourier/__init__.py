@@ -3,7 +3,13 @@
 Conventions (axes, layout, normalisation, shells, shift sign): ``fourier.conventions``.
 """
 
-from cryorefine.fourier.backprojector import insert_slices, insert_volumes, zero_accumulators
+from cryorefine.fourier.backprojector import (
+    add_packed,
+    insert_slices,
+    insert_volumes,
+    packed_accumulator,
+    zero_accumulators,
+)
 from cryorefine.fourier.conventions import (
     frequency_indices,
     friedel_redundant,
@@ -75,6 +81,7 @@ from cryorefine.fourier.symmetrise import apply_point_group, enforce_hermitian_s
 
 __all__ = [
     "GriddingCorrection",
+    "add_packed",
     "apply_bfactor",
     "apply_point_group",
     "average_to_map",
@@ -108,6 +115,7 @@ __all__ = [
     "mask_outside_sphere",
     "mask_with_background",
     "noise_images",
+    "packed_accumulator",
     "padded_size",
     "phase_shift_grid",
     "power_spectrum",

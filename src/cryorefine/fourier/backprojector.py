@@ -30,7 +30,13 @@ from torch import Tensor
 from cryorefine.fourier.interpolation import _kept_frequencies, padded_size
 from cryorefine.fourier.rotated_samples import splat_rotated
 
-__all__ = ["insert_slices", "insert_volumes", "zero_accumulators"]
+__all__ = [
+    "add_packed",
+    "insert_slices",
+    "insert_volumes",
+    "packed_accumulator",
+    "zero_accumulators",
+]
 
 
 def zero_accumulators(
@@ -49,6 +55,32 @@ def zero_accumulators(
     data = torch.zeros((p, p, p // 2 + 1), dtype=complex_dtype, device=device)
     weight = torch.zeros((p, p, p // 2 + 1), dtype=dtype, device=device)
     return data, weight
+
+
+def packed_accumulator(
+    ori_size: int, *, padding_factor: int = 2, device: torch.device
+) -> Float[Tensor, "p p ph 4"]:
+    """An empty float32 accumulator of (re, im, weight, unused) per padded half-grid voxel.
+
+    ``fourier.splat_rotated`` adds into it with one vector reduction per corner
+    on GPUs that have them, against three double atomics into the float64
+    accumulators; ``add_packed`` moves its sums into those.
+    """
+    p = padding_factor * ori_size
+    return torch.zeros((p, p, p // 2 + 1, 4), dtype=torch.float32, device=device)
+
+
+def add_packed(
+    packed: Float[Tensor, "p p ph 4"],
+    accumulator_data: Complex[Tensor, "p p ph"],
+    accumulator_weight: Float[Tensor, "p p ph"],
+) -> None:
+    """Add a packed accumulator's sums into the data and weight accumulators; zero it."""
+    accumulator_data += torch.view_as_complex(packed[..., :2].contiguous()).to(
+        accumulator_data.dtype
+    )
+    accumulator_weight += packed[..., 2].to(accumulator_weight.dtype)
+    packed.zero_()
 
 
 def _insert(

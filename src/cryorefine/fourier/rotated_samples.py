@@ -105,8 +105,8 @@ def splat_rotated(
     frequencies: Int[Tensor, "k 3"],
     *,
     padding_factor: int,
-    accumulator_data: Complex[Tensor, "p p ph"],
-    accumulator_weight: Float[Tensor, "p p ph"],
+    accumulator_data: Complex[Tensor, "p p ph"] | Float[Tensor, "p p ph 4"],
+    accumulator_weight: Float[Tensor, "p p ph"] | None,
     max_radius: float,
     skip_redundant: bool,
     ndim: int,
@@ -117,9 +117,12 @@ def splat_rotated(
     where ``q_x < 0``). Frequencies beyond ``max_radius`` are left out, and with
     ``skip_redundant`` the Friedel-redundant mates (``_redundant``) as RELION
     does. The accumulators (contiguous, e.g. ``zero_accumulators``) are updated
-    in place; values are cast to their dtype.
+    in place; values are cast to their dtype. With ``accumulator_weight`` None,
+    ``accumulator_data`` is a packed float32 ``(p, p, ph, 4)`` accumulator of
+    (re, im, weight, unused) (``fourier.packed_accumulator``).
     """
-    p = padded_size(accumulator_data.shape)
+    packed = accumulator_weight is None
+    p = padded_size(accumulator_data.shape[:3] if packed else accumulator_data.shape)
     device = accumulator_data.device
     frequencies = frequencies.to(device)
     single = data.dtype == torch.complex64 and weights.dtype == torch.float32
@@ -141,10 +144,14 @@ def splat_rotated(
     if skip_redundant:
         keep &= ~_redundant(frequencies, ndim)
     columns = keep.nonzero().squeeze(1)
-    real_dtype = _real_dtype(accumulator_data.dtype)
+    real_dtype = accumulator_data.dtype if packed else _real_dtype(accumulator_data.dtype)
     kept = frequencies[columns].to(real_dtype) * padding_factor
     q = kept @ rotations.to(device, real_dtype)
-    table = torch.view_as_real(accumulator_data).reshape(-1, 2)
+    if packed:  # views of the packed channels: index_add_ writes through them
+        rows = accumulator_data.reshape(-1, 4)
+        table, weight_table = rows[:, :2], rows[:, 2:3]
+    else:
+        table = torch.view_as_real(accumulator_data).reshape(-1, 2)
+        weight_table = accumulator_weight.reshape(-1, 1)
     _splat(table, q, torch.view_as_real(data[:, columns].contiguous()), p, conj_channel=1)
-    weight_values = weights[:, columns, None]
-    _splat(accumulator_weight.reshape(-1, 1), q, weight_values, p, conj_channel=None)
+    _splat(weight_table, q, weights[:, columns, None], p, conj_channel=None)

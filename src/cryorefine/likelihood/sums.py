@@ -229,8 +229,8 @@ def insert_backprojection(
     rotations: Float[Tensor, "r 3 3"],
     window: FourierWindow,
     *,
-    accumulator_data: Complex[Tensor, "p p ph"],
-    accumulator_weight: Float[Tensor, "p p ph"],
+    accumulator_data: Complex[Tensor, "p p ph"] | Float[Tensor, "p p ph 4"],
+    accumulator_weight: Float[Tensor, "p p ph"] | None,
     padding_factor: int = 2,
     max_bytes: int = 2**30,
 ) -> None:
@@ -238,6 +238,7 @@ def insert_backprojection(
 
     ``window`` is the one the sums live on (usually with DC and the redundant
     mates: ``fourier.insert_slices`` / ``insert_volumes`` skip the mates as RELION).
+    ``accumulator_weight`` None: ``accumulator_data`` is packed (``fourier.packed_accumulator``).
     """
     per_orientation = 16 * window.count * data.element_size()  # the torch path's temporaries
     chunk = max(1, max_bytes // per_orientation)
