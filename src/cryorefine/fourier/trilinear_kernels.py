@@ -31,12 +31,6 @@ except ImportError:  # pragma: no cover - depends on the installation
 __all__ = ["available", "sample_kernel", "splat_kernel"]
 
 _BLOCK = 256
-# Hopper's vector reduction of four float32 at a 16-byte aligned address, where predicate
-# operand $6 is non-zero (PTX ISA 8.1, sm_90); the output $0 is a dummy
-_PACKED_RED = (
-    "{ .reg .pred live; setp.ne.b32 live, $6, 0; "
-    "@live red.global.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.b32 $0, 0; }"
-)
 _MAX_GRID_ROWS = 65_535  # rows per launch: the grid's second dimension
 
 
@@ -153,8 +147,12 @@ if triton is not None:
             inside = mask & (ix < ph)
             index = ((iz * p + iy) * ph + ix).to(tl.int64)
             if PACKED and VECTOR:  # (re, im, weight, 0): one vector reduction per corner
+                # Hopper's reduction of four float32 at a 16-byte aligned address where the
+                # predicate operand $6 is non-zero (PTX ISA 8.1, sm_90); $0 is a dummy
                 tl.inline_asm_elementwise(
-                    _PACKED_RED, "=r,l,f,f,f,f,r",
+                    "{ .reg .pred live; setp.ne.b32 live, $6, 0; "
+                    "@live red.global.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.b32 $0, 0; }",
+                    "=r,l,f,f,f,f,r",
                     [(data_acc_ptr + index * 4).to(tl.int64), w * re, w * im, w * weight,
                      tl.zeros_like(w), inside.to(tl.int32)],
                     dtype=tl.int32, is_pure=False, pack=1,
