@@ -4,8 +4,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
 from cryorefine.errors import InputError
+from cryorefine.refine.driver import refine_run
 from cryorefine.refine.options import (
     COMMAND_LINE_FLAGS,
     RefineOptions,
@@ -90,3 +92,13 @@ def test_malformed_value_names_the_option_and_the_source():
         options_from_command_line("--healpix_order x", source="run_it003_optimiser.star")
     with pytest.raises(InputError, match="option --ini_high needs one value"):
         options_from_command_line("--ini_high --ctf")
+
+
+def test_an_unknown_interpolation_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="interpolation must be 'texture' or 'exact'"):
+        refine_run(
+            RefineOptions(output_root=tmp_path / "run"),
+            device=torch.device("cpu"),
+            interpolation="cubic",
+        )
+    assert not any(tmp_path.iterdir())  # nothing written

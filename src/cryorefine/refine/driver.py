@@ -307,12 +307,17 @@ def refine_run(
     With ``continue_from`` the options are the continued run's, except those that
     ``run_continue.continued_options`` lets the command line (``given_options``:
     the names given on it, or None for those that differ from the defaults) change.
+    ``precision`` is the E-step's arithmetic (``likelihood.scores``); on a GPU
+    ``interpolation`` ``"texture"`` samples the references by the texture units
+    (``fourier.texture``), ``"exact"`` by the float32 kernel.
 
     Raises
     ------
     InputError
         Any input that is not what RELION's relion_refine expects, before the first iteration.
     """
+    if interpolation not in ("texture", "exact"):
+        raise ValueError(f"interpolation must be 'texture' or 'exact', got {interpolation!r}")
     communicator = communicator or SingleProcess()
     check_option_ranges(options)
     state: RefineState | None = None
