@@ -121,9 +121,26 @@ def test_packed_sums_move_into_the_float64_accumulators(device):
     data, weight = zero_accumulators(4, padding_factor=2, device=device)
     data += 1.0
     add_packed(packed, data, weight)
-    torch.testing.assert_close(data, torch.complex(want[..., 0], want[..., 1]) + 1.0)
-    torch.testing.assert_close(weight, want[..., 2])
+    # float32 to float64 is exact, and so is adding it to 1 in float64 (24 + 1 bits fit 53)
+    torch.testing.assert_close(
+        data, torch.complex(want[..., 0], want[..., 1]) + 1.0, rtol=0, atol=0
+    )
+    torch.testing.assert_close(weight, want[..., 2], rtol=0, atol=0)
     assert bool((packed == 0).all())  # ready for the next batch
+
+
+def test_a_packed_accumulator_must_be_a_whole_float32_grid(device):
+    _, rotations, frequencies, _ = _case(3, 8, 2, device)
+    data = torch.zeros((rotations.shape[0], frequencies.shape[0]), dtype=torch.complex64)
+    weights = torch.zeros(data.shape)
+    packed = packed_accumulator(8, padding_factor=2, device=device)
+    for bad in (packed.double(), packed[:, :, :-1]):  # another dtype; not contiguous
+        with pytest.raises(ValueError, match="contiguous float32"):
+            splat_rotated(
+                data.to(device), weights.to(device), rotations, frequencies, padding_factor=2,
+                accumulator_data=bad, accumulator_weight=None, max_radius=4.0,
+                skip_redundant=True, ndim=3,
+            )  # fmt: skip
 
 
 def test_splatting_is_the_adjoint_of_sampling(device):

@@ -9,7 +9,7 @@ the largest difference between two corners along ``a``; the three axes add.
 import pytest
 import torch
 
-from cryorefine.fourier import sample_rotated
+from cryorefine.fourier import sample_rotated, trilinear_kernels
 from cryorefine.fourier.interpolation import _fold
 from cryorefine.fourier.texture import (
     ReferenceTexture,
@@ -58,10 +58,17 @@ def _trilinear(corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...zyx,...z,...y,...x->...", corners, wz, wy, wx)
 
 
-def _fraction_bound(corners: torch.Tensor) -> torch.Tensor:
-    """Per point: ``2**-8`` (plus coordinate rounding) times the summed largest edge differences."""
+def _fraction_bound(corners: torch.Tensor, p: int) -> torch.Tensor:
+    """Per point: the fraction step plus the coordinate's rounding, times the summed largest
+    edge differences, plus the blend's own float32 rounding.
+
+    The normalised coordinate ``(q + c) / side`` is rounded twice in float32 (the sum, the
+    quotient: each ``u`` relative) and scaled back by ``side <= p``: at most ``2 p u``
+    texels, which moves the fraction by as much. The blend of 8 corners by 3 products and
+    7 additions rounds at most ``16 u`` of the largest corner.
+    """
     edges = sum(corners.diff(dim=axis).abs().amax(dim=(-1, -2, -3)) for axis in (-1, -2, -3))
-    return (FRACTION + 2.0**-12) * edges + 16 * U32 * corners.abs().amax(dim=(-1, -2, -3))
+    return (FRACTION + 2 * p * U32) * edges + 16 * U32 * corners.abs().amax(dim=(-1, -2, -3))
 
 
 def test_on_the_cpu_no_texture_is_made_and_sampling_is_unchanged():
@@ -95,7 +102,7 @@ def test_a_texture_needs_a_single_precision_gpu_tensor():
 @pytest.mark.parametrize(("n", "pad"), [(12, 2), (10, 1), (16, 2)])
 def test_texture_samples_are_trilinear_within_the_fraction_bound(n, pad):
     reference, rotations, frequencies, p = _case(n + pad, n, pad)
-    radius = n / 2 - 0.5
+    radius = n / 2  # the outer shell reaches x = p / 2 (the border) and wraps in y and z
     device = torch.device("cuda")
     gpu = reference.to(device)
     with reference_texture(gpu) as texture:
@@ -104,15 +111,21 @@ def test_texture_samples_are_trilinear_within_the_fraction_bound(n, pad):
             gpu, rotations.to(device), frequencies.to(device),
             padding_factor=pad, max_radius=radius, scale=3.0,
         ).cpu()  # fmt: skip
+        exact = trilinear_kernels.sample_kernel(
+            gpu, rotations.to(device), frequencies.to(device),
+            padding_factor=pad, max_radius=radius, scale=3.0,
+        ).cpu()  # fmt: skip
+    assert bool((values != exact).any())  # the texture units sampled, not the exact kernel
     q = (frequencies.to(torch.float64) * pad) @ rotations
     corners, frac = _corner_values(reference, q, p)
     inside = frequencies.to(torch.float64).square().sum(dim=-1) <= radius**2
     expected = torch.where(inside, 3.0 * _trilinear(corners, frac), 0)
     error = (values.to(torch.complex128) - expected).abs()
-    assert bool((error <= 3.0 * _fraction_bound(corners)).all())
+    assert bool((error <= 3.0 * _fraction_bound(corners, p)).all())
     assert bool((values[:, ~inside] == 0).all())
     # the bound is not vacuous: it is far below the values themselves
-    assert float(_fraction_bound(corners).mean()) < 0.05 * float(expected[:, inside].abs().mean())
+    typical = float(expected[:, inside].abs().mean())
+    assert float(_fraction_bound(corners, p).mean()) < 0.05 * typical
 
 
 @cuda_only
@@ -135,3 +148,15 @@ def test_sampling_follows_the_registered_tensor_only_while_it_is_unchanged():
     torch.testing.assert_close(doubled, 2 * exact, rtol=0, atol=0)
     assert registered_texture(gpu) is None
     assert not texture._finalizer.alive  # freed on leaving the block
+
+
+@cuda_only
+def test_a_block_inside_another_for_the_same_tensor_gives_the_outer_texture_back():
+    reference, _, _, _ = _case(4, 8, 2)
+    gpu = reference.to(torch.device("cuda"))
+    with reference_texture(gpu) as outer:
+        with reference_texture(gpu) as inner:
+            assert registered_texture(gpu) is inner
+        assert registered_texture(gpu) is outer
+        assert not inner._finalizer.alive
+    assert registered_texture(gpu) is None

@@ -75,11 +75,12 @@ def add_packed(
     accumulator_data: Complex[Tensor, "p p ph"],
     accumulator_weight: Float[Tensor, "p p ph"],
 ) -> None:
-    """Add a packed accumulator's sums into the data and weight accumulators; zero it."""
-    accumulator_data += torch.view_as_complex(packed[..., :2].contiguous()).to(
-        accumulator_data.dtype
-    )
-    accumulator_weight += packed[..., 2].to(accumulator_weight.dtype)
+    """Add a packed accumulator's sums into the data and weight accumulators; zero it.
+
+    In place, with no temporary grid (float32 to float64 is exact).
+    """
+    torch.view_as_real(accumulator_data).add_(packed[..., :2])
+    accumulator_weight.add_(packed[..., 2])
     packed.zero_()
 
 

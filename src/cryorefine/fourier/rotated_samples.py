@@ -122,6 +122,12 @@ def splat_rotated(
     (re, im, weight, unused) (``fourier.packed_accumulator``).
     """
     packed = accumulator_weight is None
+    if packed and (
+        accumulator_data.dtype != torch.float32
+        or not accumulator_data.is_contiguous()
+        or accumulator_data.data_ptr() % 16
+    ):  # the vector reductions add 16 aligned bytes per voxel
+        raise ValueError("a packed accumulator is a contiguous float32 (p, p, ph, 4) grid")
     p = padded_size(accumulator_data.shape[:3] if packed else accumulator_data.shape)
     device = accumulator_data.device
     frequencies = frequencies.to(device)
@@ -148,7 +154,7 @@ def splat_rotated(
     kept = frequencies[columns].to(real_dtype) * padding_factor
     q = kept @ rotations.to(device, real_dtype)
     if packed:  # views of the packed channels: index_add_ writes through them
-        rows = accumulator_data.reshape(-1, 4)
+        rows = accumulator_data.view(-1, 4)
         table, weight_table = rows[:, :2], rows[:, 2:3]
     else:
         table = torch.view_as_real(accumulator_data).reshape(-1, 2)

@@ -95,12 +95,14 @@ def available(tensor: Tensor) -> bool:
     return trilinear_kernels.available(tensor) and _driver() is not None
 
 
-def _release(texture: int, array: int, device: torch.device) -> None:
-    torch.cuda.synchronize(device)  # no kernel may still read it
+def _release(texture: int | None, array: int, device: torch.device) -> None:
     driver = _driver()
     assert driver is not None  # a texture was made
-    _check(driver.cuTexObjectDestroy(ctypes.c_uint64(texture)), "cuTexObjectDestroy")
-    _check(driver.cuArrayDestroy(ctypes.c_void_p(array)), "cuArrayDestroy")
+    with torch.cuda.device(device):  # the objects belong to this device's context
+        torch.cuda.synchronize(device)  # no kernel may still read them
+        if texture is not None:
+            _check(driver.cuTexObjectDestroy(ctypes.c_uint64(texture)), "cuTexObjectDestroy")
+        _check(driver.cuArrayDestroy(ctypes.c_void_p(array)), "cuArrayDestroy")
 
 
 class ReferenceTexture:
@@ -112,6 +114,9 @@ class ReferenceTexture:
     def __init__(self, reference_ft: Tensor) -> None:
         if not available(reference_ft) or reference_ft.dtype != torch.complex64:
             raise ValueError("a ReferenceTexture needs a complex64 CUDA tensor, Triton and CUDA")
+        shape = tuple(reference_ft.shape)
+        if len(shape) != 3 or shape[0] != shape[1] or shape[2] != shape[0] // 2 + 1:
+            raise ValueError(f"expected a (p, p, p // 2 + 1) half-grid, got shape {shape}")
         driver = _driver()
         table = reference_ft.contiguous()
         p, _, ph = table.shape
@@ -122,18 +127,22 @@ class ReferenceTexture:
             description = _Array3D(ph, p, p, _FLOAT, 2, 0)
             _check(driver.cuArray3DCreate_v2(ctypes.byref(array), ctypes.byref(description)),
                    "cuArray3DCreate")  # fmt: skip
-            copy = _Copy3D(src_memory_type=_DEVICE_MEMORY, src_device=table.data_ptr(),
-                           src_pitch=ph * 8, src_height=p, dst_memory_type=_ARRAY_MEMORY,
-                           dst_array=array, width_bytes=ph * 8, height=p, depth=p)  # fmt: skip
-            stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
-            _check(driver.cuMemcpy3DAsync_v2(ctypes.byref(copy), stream), "cuMemcpy3DAsync")
-            resource = _ResourceDesc(type=0, array=array)  # CU_RESOURCE_TYPE_ARRAY
-            sampling = _TextureDesc(filter_mode=_LINEAR, flags=_NORMALISED)
-            sampling.address_mode[:] = (_BORDER, _WRAP, _WRAP)  # x beyond ph reads 0
-            status = driver.cuTexObjectCreate(
-                ctypes.byref(handle), ctypes.byref(resource), ctypes.byref(sampling), None
-            )
-            _check(status, "cuTexObjectCreate")
+            try:
+                copy = _Copy3D(src_memory_type=_DEVICE_MEMORY, src_device=table.data_ptr(),
+                               src_pitch=ph * 8, src_height=p, dst_memory_type=_ARRAY_MEMORY,
+                               dst_array=array, width_bytes=ph * 8, height=p, depth=p)  # fmt: skip
+                stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
+                _check(driver.cuMemcpy3DAsync_v2(ctypes.byref(copy), stream), "cuMemcpy3DAsync")
+                resource = _ResourceDesc(type=0, array=array)  # CU_RESOURCE_TYPE_ARRAY
+                sampling = _TextureDesc(filter_mode=_LINEAR, flags=_NORMALISED)
+                sampling.address_mode[:] = (_BORDER, _WRAP, _WRAP)  # x beyond ph reads 0
+                status = driver.cuTexObjectCreate(
+                    ctypes.byref(handle), ctypes.byref(resource), ctypes.byref(sampling), None
+                )
+                _check(status, "cuTexObjectCreate")
+            except RuntimeError:
+                _release(None, int(array.value or 0), self.device)  # the array alone
+                raise
         self.handle: int = int(handle.value or 0)
         self._finalizer = weakref.finalize(self, _release, self.handle, array.value, self.device)
         self._finalizer.atexit = False  # the driver may be gone by then; the process frees it
@@ -197,12 +206,13 @@ def sample_texture(
     freq = frequencies.to(torch.int32).contiguous()
     rows = rotations.to(texture.device, torch.float32).reshape(-1, 9).contiguous()
     limit = trilinear_kernels._MAX_GRID_ROWS
-    for lo in range(0, r if k else 0, limit):  # CUDA's grid y-dimension limit
-        hi = min(lo + limit, r)
-        _sample[(triton.cdiv(k, _BLOCK), hi - lo)](
-            texture.handle, rows[lo:hi], freq, out[lo:hi], k, p, ph, float(padding_factor),
-            float(max_radius) ** 2, float(scale), BLOCK=_BLOCK,
-        )  # fmt: skip
+    with torch.cuda.device(texture.device):  # a texture object is valid on its own GPU only
+        for lo in range(0, r if k else 0, limit):  # CUDA's grid y-dimension limit
+            hi = min(lo + limit, r)
+            _sample[(triton.cdiv(k, _BLOCK), hi - lo)](
+                texture.handle, rows[lo:hi], freq, out[lo:hi], k, p, ph,
+                float(padding_factor), float(max_radius) ** 2, float(scale), BLOCK=_BLOCK,
+            )  # fmt: skip
     return torch.view_as_complex(out)
 
 
@@ -222,16 +232,22 @@ def reference_texture(reference_ft: Tensor) -> Iterator[ReferenceTexture | None]
     """Sample ``reference_ft`` through a texture inside the block (nothing where unavailable).
 
     Yields the texture, or None for tensors textures cannot hold (CPU,
-    double precision). The texture is freed on leaving the block.
+    double precision). The texture is freed on leaving the block; a block
+    inside another for the same tensor gives the outer one back on leaving.
+    The copy into the texture is queued on the current stream: sample on it.
     """
     if not available(reference_ft) or reference_ft.dtype != torch.complex64:
         yield None
         return
     texture = ReferenceTexture(reference_ft)
     key = id(reference_ft)
+    outer = _registered.get(key)  # a block around this one, for the same tensor
     _registered[key] = (weakref.ref(reference_ft), reference_ft._version, texture)
     try:
         yield texture
     finally:
-        del _registered[key]
+        if outer is None:
+            _registered.pop(key, None)
+        else:
+            _registered[key] = outer
         texture.close()
