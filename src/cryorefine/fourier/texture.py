@@ -38,6 +38,7 @@ _DEVICE_MEMORY, _ARRAY_MEMORY = 2, 3  # CUmemorytype
 _WRAP, _BORDER = 0, 3  # CUaddress_mode
 _LINEAR = 1  # CUfilter_mode
 _NORMALISED = 2  # CU_TRSF_NORMALIZED_COORDINATES (wrap-around needs them)
+_OUT_OF_MEMORY = 2  # CUDA_ERROR_OUT_OF_MEMORY
 
 
 class _Array3D(ctypes.Structure):
@@ -125,8 +126,11 @@ class ReferenceTexture:
         array, handle = ctypes.c_void_p(), ctypes.c_uint64()
         with torch.cuda.device(self.device):
             description = _Array3D(ph, p, p, _FLOAT, 2, 0)
-            _check(driver.cuArray3DCreate_v2(ctypes.byref(array), ctypes.byref(description)),
-                   "cuArray3DCreate")  # fmt: skip
+            status = driver.cuArray3DCreate_v2(ctypes.byref(array), ctypes.byref(description))
+            if status == _OUT_OF_MEMORY:  # torch's allocator may hold the free memory cached
+                torch.cuda.empty_cache()
+                status = driver.cuArray3DCreate_v2(ctypes.byref(array), ctypes.byref(description))
+            _check(status, "cuArray3DCreate")
             try:
                 copy = _Copy3D(src_memory_type=_DEVICE_MEMORY, src_device=table.data_ptr(),
                                src_pitch=ph * 8, src_height=p, dst_memory_type=_ARRAY_MEMORY,
