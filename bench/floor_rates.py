@@ -148,6 +148,19 @@ def seconds_per_call(
     return best
 
 
+def median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median seconds of ``repeats`` synchronised calls on the GPU, after one untimed."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2]
+
+
 def matmul_rate(shape: tuple[int, int, int, int], device: torch.device, repeats: int) -> float:
     """Flops per second of ``[batch, m, k] @ [batch, k, n]`` in float32 (real pairs, as scores)."""
     batch, m, k, n = shape

@@ -19,11 +19,11 @@ order given (no permutation back): this measures the sampling alone.
 
 import argparse
 import json
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
+from floor_rates import median_seconds  # bench/ is on sys.path
 
 from cryorefine.fourier import trilinear_kernels
 from cryorefine.fourier.texture import ReferenceTexture, sample_texture
@@ -59,19 +59,6 @@ def _cases(orders: dict[str, torch.Tensor]):
         yield ("exact", order_name), frequencies
     for order_name in ("window", "morton"):
         yield ("texture", order_name), orders[order_name]
-
-
-def _median_seconds(sample) -> float:
-    """Median of 3 timed calls after one untimed."""
-    sample()
-    times = []
-    for _ in range(3):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        sample()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[1]
 
 
 def main() -> None:
@@ -111,7 +98,7 @@ def main() -> None:
                 sample = partial(sample_texture, texture, rotations, frequencies)
             else:
                 sample = partial(trilinear_kernels.sample_kernel, reference, rotations, frequencies)
-            seconds = _median_seconds(partial(sample, padding_factor=2, max_radius=float(half),
+            seconds = median_seconds(partial(sample, padding_factor=2, max_radius=float(half),
                                               scale=1.0))  # fmt: skip
             samples = args.rotations * raster.shape[0]
             rate = samples / seconds / 1e9
