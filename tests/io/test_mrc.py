@@ -177,3 +177,10 @@ def test_read_images_refuses_a_buffer_of_the_wrong_shape(tmp_path: Path) -> None
     write_mrc(tmp_path / "p.mrc", _random((3, 4, 5), seed=0), voxel_size_angst=2.0)
     with pytest.raises(InputError, match=r"p\.mrc.*\(3, 4, 5\)"):
         read_images([tmp_path / "p.mrc"], [0], out=np.zeros((1, 3, 4, 4), dtype=np.float32))
+
+
+def test_a_voxel_size_beyond_the_float32_header_is_refused_before_writing(tmp_path: Path) -> None:
+    target = tmp_path / "big.mrc"
+    with pytest.raises(InputError, match=r"big\.mrc: a voxel size of 1e\+300 A"):
+        write_mrc(target, np.zeros((4, 4, 4), dtype=np.float32), voxel_size_angst=1e300)
+    assert not any(tmp_path.iterdir())  # nothing written, not even a partial file

@@ -517,3 +517,19 @@ def test_continue_takes_what_the_command_line_gave_even_a_default_value(
     assert changed.auto_ignore_angles is False  # RELION: on only if given again
     assert changed.sym == run.options.sym
     assert "--sym kept from the run" in caplog.text
+
+
+def test_an_offset_sigma_whose_square_overflows_is_named(run_files: RunFiles) -> None:
+    """A value that is finite but squares to infinity (hypothesis found 1e300)."""
+    path = next(p for p in sorted(run_files) if p.name.endswith("_half1_model.star"))
+    lines = [
+        "_rlnSigmaOffsetsAngst 1e300" if text.startswith("_rlnSigmaOffsetsAngst") else text
+        for text in run_files[path].splitlines()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    optimiser = next(p for p in sorted(run_files) if p.name.endswith("_optimiser.star"))
+    try:
+        with pytest.raises(InputError, match=r"rlnSigmaOffsetsAngst is 1e\+300.*square is finite"):
+            read_continue(optimiser)
+    finally:
+        path.write_text(run_files[path])

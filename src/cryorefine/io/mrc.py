@@ -219,6 +219,12 @@ def write_mrc(
     if not voxel_size_angst > 0:
         raise ValueError(f"voxel_size_angst must be positive, got {voxel_size_angst}")
     target = Path(path)
+    cell = voxel_size_angst * max(data.shape)
+    if not cell < float(np.finfo(np.float32).max):  # the header's cell is float32
+        raise InputError(
+            f"{target}: a voxel size of {voxel_size_angst:g} A makes a cell of {cell:g} A, "
+            "beyond what an MRC header (float32) holds"
+        )
     values = np.ascontiguousarray(data, dtype=np.float16 if float16 else np.float32)
 
     def write(partial: Path) -> None:

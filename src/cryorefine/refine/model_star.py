@@ -195,10 +195,14 @@ def _general(blocks: dict[str, StarBlock], path: Path) -> dict[str, float]:
             wrong = wrong or value < least or value != round(value)
         elif label in ("rlnCurrentResolution", "rlnPixelSize"):
             wrong = wrong or value <= 0
+        elif label == "rlnSigmaOffsetsAngst":  # squared into the offsets' variance
+            wrong = wrong or not math.isfinite(value * value)
         if wrong:
             expected = (
                 f"a whole number >= {least}" if least is not None else "a finite number"
             ) + (" > 0" if label in ("rlnCurrentResolution", "rlnPixelSize") else "")
+            if label == "rlnSigmaOffsetsAngst":
+                expected += " whose square is finite (Angstrom)"
             raise InputError(f"{path}: data_model_general: {label} is {value}, expected {expected}")
         out[label] = float(value)
     return out
