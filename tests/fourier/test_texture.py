@@ -8,6 +8,8 @@ the largest difference between two corners along ``a``; the three axes add.
 
 import pytest
 import torch
+from test_rotated_samples import U32, _coordinate_bound
+from test_rotated_samples import _case as _device_case
 
 from cryorefine.fourier import sample_rotated, trilinear_kernels
 from cryorefine.fourier.interpolation import _fold
@@ -17,22 +19,14 @@ from cryorefine.fourier.texture import (
     reference_texture,
     registered_texture,
 )
-from cryorefine.geometry import euler_to_matrix
 
-U32 = 2.0**-24  # float32 unit roundoff
 FRACTION = 2.0**-8  # the texture unit's fraction step
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="textures need a CUDA GPU")
 
 
 def _case(seed: int, n: int, pad: int):
-    gen = torch.Generator().manual_seed(seed)
-    p = n * pad
-    reference = torch.randn((p, p, p // 2 + 1), dtype=torch.complex64, generator=gen)
-    rotations = euler_to_matrix(torch.rand((6, 3), generator=gen, dtype=torch.float64) * 360)
-    half = n // 2
-    axes = (torch.arange(0, half + 1), torch.arange(-half, half), torch.arange(-half, half))
-    frequencies = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-    return reference, rotations, frequencies, p
+    """``test_rotated_samples``' random reference, rotations and frequencies, on the CPU."""
+    return _device_case(seed, n, pad, torch.device("cpu"))
 
 
 def _corner_values(reference: torch.Tensor, q: torch.Tensor, p: int):
@@ -89,7 +83,7 @@ def test_the_corner_reference_is_the_exact_sampler():
     corners, frac = _corner_values(reference, frequencies.to(torch.float64) @ rotations, p)
     inside = frequencies.to(torch.float64).square().sum(dim=-1) <= 25.0
     expected = torch.where(inside, _trilinear(corners, frac), 0)
-    bound = (4 * p * 8 + 8) * U32 * float(reference.abs().max())  # float32 coordinates, sums
+    bound = _coordinate_bound(p) * float(reference.abs().max())  # float32 coordinates, sums
     torch.testing.assert_close(exact.to(torch.complex128), expected, rtol=0, atol=bound)
 
 

@@ -208,7 +208,7 @@ def sample_texture(
     r, k = rotations.shape[0], frequencies.shape[0]
     out = torch.empty((r, k, 2), dtype=torch.float32, device=texture.device)
     freq = frequencies.to(torch.int32).contiguous()
-    rows = rotations.to(texture.device, torch.float32).reshape(-1, 9).contiguous()
+    rows = trilinear_kernels._rotation_rows(rotations.to(texture.device))
     limit = trilinear_kernels._MAX_GRID_ROWS
     with torch.cuda.device(texture.device):  # a texture object is valid on its own GPU only
         for lo in range(0, r if k else 0, limit):  # CUDA's grid y-dimension limit

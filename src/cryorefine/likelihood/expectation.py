@@ -372,7 +372,7 @@ def expectation(
         window = prep.bp_window
     if window is None:
         raise ValueError("expectation needs at least one particle")
-    if accumulators is not None and staged is not None and staged[1] is None:
+    if staged is not None and staged[1] is None:  # a packed accumulator: into the sums
         with times.phase("insert"):
             add_packed(staged[0], *accumulators)
     result = _merge(fine, torch.cat(orders), torch.cat(counts), window)
