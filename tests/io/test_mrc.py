@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cryorefine.errors import InputError
 from cryorefine.io import (
+    image_stacks,
     parse_image_name,
     read_image,
     read_images,
@@ -171,6 +172,33 @@ def test_read_images_into_a_buffer_keeps_the_files_values_and_order(tmp_path: Pa
     assert got is out
     # float16 files into a float16 buffer: the stored values, bit for bit
     np.testing.assert_array_equal(out, np.stack([volumes[i] for i in order]))
+
+
+@pytest.mark.parametrize("count", [3, 12])
+def test_whole_files_of_the_buffers_dtype_are_read_straight_into_it(
+    tmp_path: Path, count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volumes = [_random((3, 4, 5), seed=i) for i in range(count)]
+    for i, volume in enumerate(volumes):
+        write_mrc(tmp_path / f"p{i}.mrc", volume, voxel_size_angst=2.0)
+
+    def no_intermediate_array(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read through an intermediate array")
+
+    monkeypatch.setattr(image_stacks, "_read_from_file", no_intermediate_array)
+    order = [*range(count - 1, -1, -1), 1]  # one file twice
+    out = np.full((len(order), 3, 4, 5), np.nan, dtype=np.float32)
+    read_images([tmp_path / f"p{i}.mrc" for i in order], [0] * len(order), out=out)
+    np.testing.assert_array_equal(out, np.stack([volumes[i] for i in order]))
+
+
+def test_a_buffer_of_another_byte_order_gets_the_values_converted(tmp_path: Path) -> None:
+    volume = np.arange(2 * 3 * 4, dtype=">f4").reshape(2, 3, 4) - 7.5
+    with mrcfile.new(tmp_path / "big.mrc") as mrc:
+        mrc.set_data(volume)
+    out = np.zeros((1, 2, 3, 4), dtype=np.float32)
+    read_images([tmp_path / "big.mrc"], [0], out=out)
+    np.testing.assert_array_equal(out[0], volume.astype(np.float32))
 
 
 def test_read_images_refuses_a_buffer_of_the_wrong_shape(tmp_path: Path) -> None:
