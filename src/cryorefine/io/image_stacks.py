@@ -137,13 +137,12 @@ def _read_whole_into(path: Path, indices: np.ndarray, row: np.ndarray) -> bool:
     included): one copy from the page cache, made by the system with the GIL
     released, instead of a read into a fresh array and a second copy.
     """
-    header = _cached_header(path)
-    nz, ny, nx = header.shape
-    shape = (nz, ny, nx) if nz > 1 else (ny, nx)
+    shape, stored = stored_image_layout(path, 0)
     if not (indices == 0).all() or row.shape != shape:
         return False
-    if row.dtype != np.dtype(header.data_dtype) or not row.flags.c_contiguous:
+    if row.dtype != stored or not row.flags.c_contiguous:
         return False
+    header = _cached_header(path)
     target = memoryview(row).cast("B")
     try:
         with open(path, "rb") as stream:
