@@ -96,10 +96,14 @@ def test_pair_scores_are_the_full_scores_at_the_pairs_children(
 @pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize("max_bytes", [2**30, 1])  # with a budget the held rows' |P|^2 is used
 @pytest.mark.parametrize("table", [True, False], ids=["table of rows", "merged picks"])
+@pytest.mark.parametrize("widest", [T, 0], ids=["all translations", "own blocks"])
 def test_pair_sums_are_the_kernel_sums_of_the_scattered_weights(
-    monkeypatch, cached, max_bytes, table
+    monkeypatch, cached, max_bytes, table, widest
 ):
-    # the data added into a table of the group's fine rows, or picked and merged per chunk
+    # the data added into a table of the group's fine rows, or picked and merged per chunk;
+    # both products: weights spread over every translation of the particle, or each pair's
+    # own block of translations added in
+    monkeypatch.setattr(pairs, "MAX_TRANSLATIONS_PER_PRODUCT", widest)
     if not table:
         monkeypatch.setattr(pairs, "DENSE_TABLE_SHARE", 2**62)
     projector, significant, shifts, (data, ctf, _, phases) = _case(cached)

@@ -100,7 +100,9 @@ MAX_TRANSLATIONS_PER_PRODUCT = 14
 coarse translations' ``Z`` (``T`` times the flops of its own ``g``) when ``T`` is at most
 this: per pair the blocks of ``Z`` gathered and its ``|P|^2`` temporaries move about
 ``(28 f + 16 g) k`` bytes, the wider product ``4 T g f k`` flops instead of ``4 g f k``;
-at float32's ~17 flops per byte (H100) the product wins below ``T`` ~ 15."""
+at float32's ~17 flops per byte (H100) the product wins below ``T`` ~ 15. ``sum_pairs``
+uses the same rule for its two products (``Q`` and the back-projection data): weights spread
+over all ``T g`` translations instead of per-pair blocks and an index_add over them."""
 
 
 def _chunk(projector: BlockProjector, b: int, g: int, k: int, kb: int, max_bytes: int) -> int:
@@ -142,6 +144,19 @@ def _translation_index(lists: PairLists, slots: Tensor, g: int) -> Tensor:
     """Fine translation index ``(b, l, g)`` of the children of the pairs at ``slots``."""
     coarse = lists.translations.gather(1, slots)
     return coarse[:, :, None] * g + torch.arange(g, device=slots.device)
+
+
+def _spread(w: Tensor, index: Tensor, tg: int) -> Tensor:
+    """Weights ``w (b, l, g, f)`` at their translations ``index (b, l, g)``: ``(b, T g, l f)``.
+
+    Column ``(l, f)`` holds pair ``l``'s child ``f`` at its own ``g`` rows and zeros at
+    the particle's other translations, so that one product per particle adds every
+    pair into every translation (no per-pair copies of ``Z`` or of the products).
+    """
+    b, width, g, f = w.shape
+    out = w.new_zeros(b, tg, width, f)
+    out.scatter_(1, index.transpose(1, 2)[..., None].expand(b, g, width, f), w.transpose(1, 2))
+    return out.reshape(b, tg, width * f)
 
 
 def _blocks(shifted: Tensor, index: Tensor) -> Tensor:
@@ -271,7 +286,8 @@ def sum_pairs(
     w_all = weights.to(real)
     shifted_bp = as_real_pairs(y.to(cplx)[:, None, :] * bp_phases.to(cplx))  # (b, u g, 2kb)
     v = v.to(real)
-    q_sum = w_all.new_zeros(b * tg, 2 * k)
+    every_translation = tg // g <= MAX_TRANSLATIONS_PER_PRODUCT
+    q_sum = w_all.new_zeros(b, tg, 2 * k)
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
     merged: tuple[Tensor, Tensor, Tensor] | None = None
@@ -292,19 +308,27 @@ def sum_pairs(
         w = w * part.inside[:, :, None, None]
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
         p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
+        width = p.shape[1]  # l
         per_child = w.sum(dim=2)  # (b, l, f)
         # projector rows of the children (b, l f); padding points at row 0 with weight 0
         child_rows = _child_rows(torch.where(part.inside, part.rows, 0), f)
         with matmul_precision(precision):
-            contribution = w @ p  # (b, l, g, 2k)
+            if every_translation:  # (b, T g, l f) @ (b, l f, 2k) straight into Q
+                spread = _spread(w, index, tg)
+                q_sum.baddbmm_(spread, p.reshape(b, width * f, 2 * k))
+            else:
+                contribution = w @ p  # (b, l, g, 2k)
+                flat = (owner[:, None, None] * tg + index).reshape(-1)
+                q_sum.view(b * tg, 2 * k).index_add_(0, flat, contribution.reshape(-1, 2 * k))
             if held_rows:  # each row's weight per particle; products at the end
                 row_weights.scatter_add_(1, child_rows, per_child.reshape(b, -1))
             if row_power is None:  # |P|^2: square the copy in place; (Re^2, Im^2) added after
                 power_pairs = (per_child[:, :, None, :] @ p.square_()).sum(dim=(1, 2))
                 power += power_pairs.reshape(b, k, 2).sum(dim=-1)
-            data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
-        flat = (owner[:, None, None] * tg + index).reshape(-1)
-        q_sum.index_add_(0, flat, contribution.reshape(-1, 2 * k))
+            if every_translation:  # (b, l f, T g) @ (b, T g, 2kb): no copies of Z's rows
+                data = spread.transpose(1, 2) @ shifted_bp
+            else:
+                data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
         if dense:  # straight into the group's table of fine rows: no picks, no merges
             data_table.index_add_(0, child_rows.reshape(-1), data.reshape(-1, data.shape[-1]))
             continue
@@ -329,7 +353,7 @@ def sum_pairs(
         x,
         ctf,
         phases.expand(b, -1, -1) if phases.dim() == 2 else phases,
-        q_sum.reshape(b, tg, 2 * k),
+        q_sum,
         power,
         w_all.sum(dim=(1, 2, 3)),
         shells,

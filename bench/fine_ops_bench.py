@@ -1,0 +1,118 @@
+"""The fine pass's products and gathers at the tutorial's final-iteration shapes, timed.
+
+    python3 bench/fine_ops_bench.py [--device cuda] [--out FILE]
+
+A fine group of the tutorial job's final iteration (box 96, 3D) holds about
+``b`` = 37 particles, ``rows`` = 732 fine rows of projections held on the fine
+window (``k`` = 238,869 coefficients at size 96) and 15 pairs of ``f`` = 8
+children per particle. Timed here, each against its floor (flops over the
+float32 matrix rate measured in the same run, bytes over the copy rate) and
+against the other way of doing it:
+
+- ``w K^2`` of the particles against the held rows' ``|P|^2``, ``(b, k) @ (k,
+  rows)``: one product (``a @ b``, as ``pairs.score_pairs`` does), and the long
+  ``k`` cut into blocks, one batched product (``long_inner_product`` here);
+- the pairs' weights against the rows' ``|P|^2``, ``(b, rows) @ (rows, k)``;
+- the gather of each particle's pairs' blocks ``(b, l, f, k)`` from the held
+  table (``values[index]`` and ``index_select``).
+
+Prints a table and writes it as JSON.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from floor_rates import copy_rates, matmul_rate, seconds_per_call  # bench/ is on sys.path
+
+from cryorefine.likelihood.scores import CROSS_BLOCK
+
+K, ROWS, B, PAIRS, F = 238_869, 732, 37, 15, 8
+
+
+def long_inner_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (m, k) @ b (k, n)`` with ``k`` cut into blocks of ``CROSS_BLOCK``: one product
+    batched over the blocks on strided views, summed, plus the remainder (the split that
+    ``scores.per_particle_cross`` makes per particle)."""
+    k = a.shape[1]
+    blocks = k // CROSS_BLOCK
+    if blocks <= 1:
+        return a @ b
+    main = blocks * CROSS_BLOCK
+    split_a = a[:, :main].unflatten(1, (blocks, CROSS_BLOCK)).transpose(0, 1)
+    out = (split_a @ b[:main].unflatten(0, (blocks, CROSS_BLOCK))).sum(dim=0)
+    if main < k:
+        out += a[:, main:] @ b[main:]
+    return out
+
+
+def _row(name: str, seconds: float, flops: float, nbytes: float, rates: dict) -> dict:
+    floor = max(flops / rates["flops"], nbytes / rates["copy"])
+    return {"operation": name, "seconds": seconds, "floor_seconds": floor,
+            "ratio_to_floor": seconds / floor}  # fmt: skip
+
+
+def measure(device: torch.device, repeats: int) -> dict:
+    """Every row of the table, with the rates its floors use."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    copy = copy_rates(device, repeats)
+    rates = {"flops": matmul_rate((1, 4096, 4096, 4096), device, repeats),
+             "copy": max(copy.values())}  # fmt: skip
+    ctf_power = torch.rand((B, K), generator=gen, device=device)
+    row_power = torch.rand((ROWS, K), generator=gen, device=device)
+    row_weights = torch.rand((B, ROWS), generator=gen, device=device)
+    values = torch.randn((ROWS // F, F, K), generator=gen, device=device, dtype=torch.complex64)
+    index = torch.randint(0, ROWS // F, (B, PAIRS), generator=gen, device=device)
+    inner_flops, inner_bytes = 2.0 * B * K * ROWS, 4.0 * (B + ROWS) * K
+    gather_bytes = 2.0 * B * PAIRS * F * K * 8  # read and written once
+    cases: list[tuple[str, Callable[[], object], float, float]] = [
+        ("(b,k)@(k,rows) a @ b", lambda: ctf_power @ row_power.T, inner_flops, inner_bytes),
+        ("(b,k)@(k,rows) long_inner_product",
+         lambda: long_inner_product(ctf_power, row_power.T), inner_flops, inner_bytes),
+        ("(b,rows)@(rows,k) a @ b", lambda: row_weights @ row_power, inner_flops, inner_bytes),
+        ("gather (b,l,f,k) values[index]", lambda: values[index], 0.0, gather_bytes),
+        ("gather (b,l,f,k) index_select",
+         lambda: values.index_select(0, index.reshape(-1)), 0.0, gather_bytes),
+    ]  # fmt: skip
+    rows = [
+        _row(name, seconds_per_call(fn, device, repeats), flops, nbytes, rates)
+        for name, fn, flops, nbytes in cases
+    ]
+    want = ctf_power.double() @ row_power.double().T
+    error = (
+        long_inner_product(ctf_power, row_power.T).double() - want
+    ).abs().max() / want.abs().max()
+    return {"device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
+            "shapes": {"k": K, "rows": ROWS, "b": B, "pairs": PAIRS, "f": F},
+            "rates": rates, "long_inner_product_relative_error": float(error),
+            "rows": rows}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("bench_fine_ops.json"))
+    args = parser.parse_args()
+    result = measure(torch.device(args.device), args.repeats)
+    rates = result["rates"]
+    lines = [
+        f"device: {result['device']}; float32 {rates['flops'] / 1e12:.1f} TFLOP/s, copy "
+        f"{rates['copy'] / 1e9:.0f} GB/s; long_inner_product relative error "
+        f"{result['long_inner_product_relative_error']:.2e}",
+        f"{'operation':<40} {'ms':>9} {'floor ms':>9} {'ratio':>7}",
+    ]
+    lines += [
+        f"{row['operation']:<40} {row['seconds'] * 1e3:9.3f} "
+        f"{row['floor_seconds'] * 1e3:9.3f} {row['ratio_to_floor']:7.1f}"
+        for row in result["rows"]
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
