@@ -572,11 +572,17 @@ def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_bu
     plan = replace(plan, max_bytes=4 * 30 * per_orientation)  # a quarter holds 30 orientations
     groups = fine_groups(coarse, plan, window_values=1, projected_values=k)
     orientations = significant.any(dim=1).sum(dim=1)
-    assert sorted(torch.cat(groups).tolist()) == list(range(b))  # each particle once
-    for group in groups:
+    members = [sizes.particles for sizes in groups]
+    assert sorted(torch.cat(members).tolist()) == list(range(b))  # each particle once
+    for sizes in groups:
+        group = sizes.particles
         # orientations shared by particles of the group are projected once
-        union = int(significant[group].any(dim=1).any(dim=0).sum())
-        assert union * per_orientation <= plan.max_bytes // 4 or group.numel() == 1
+        union = significant[group].any(dim=1).any(dim=0).nonzero().squeeze(1)
+        assert union.shape[0] * per_orientation <= plan.max_bytes // 4 or group.numel() == 1
+        # the sizes the fine pass pads to, found on the host: exactly the device's own
+        assert sizes.orientations.tolist() == union.tolist()
+        assert sizes.pair_width == int(significant[group].sum(dim=(1, 2)).max())
+        assert sizes.translation_width == int(significant[group].any(dim=2).sum(dim=1).max())
     # closed only when the next particle would not fit: few groups, not one per particle
     assert len(groups) <= 2 * int(orientations.sum()) // 30 + 1
 

@@ -13,6 +13,7 @@ from cryorefine.likelihood import (
     log_likelihood_contribution,
     log_sigma2_sum,
     pmax,
+    posterior,
     posterior_weights,
     significant_samples,
 )
@@ -78,6 +79,14 @@ def _smallest_set_size(weights, fraction):
     return len(values)
 
 
+@pytest.fixture(params=["candidates first", "all sorted"])
+def sorting(request, monkeypatch):
+    """Both routes of ``significant_samples``: the candidates above tau, or every sample."""
+    monkeypatch.setattr(posterior, "FULL_SORT_SAMPLES", 0 if request.param == "candidates first"
+                        else 2**40)  # fmt: skip
+
+
+@pytest.mark.usefixtures("sorting")
 @pytest.mark.parametrize("fraction", [0.5, 0.9, 0.999, 1.0])
 def test_significant_samples_are_the_smallest_set_holding_the_fraction(fraction):
     gen = torch.Generator().manual_seed(2)
@@ -94,6 +103,7 @@ def test_significant_samples_are_the_smallest_set_holding_the_fraction(fraction)
             assert kept.min() >= dropped.max()  # the heaviest samples
 
 
+@pytest.mark.usefixtures("sorting")
 def test_significant_samples_break_ties_by_lower_index():
     weights = torch.tensor([[0.1, 0.3, 0.3, 0.3]], dtype=torch.float64)
     mask, count = significant_samples(weights, 0.5)
@@ -101,11 +111,27 @@ def test_significant_samples_break_ties_by_lower_index():
     assert mask.tolist() == [[False, True, True, False]]
 
 
+@pytest.mark.usefixtures("sorting")
 def test_significant_samples_keep_at_least_the_maximum():
     weights = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
     mask, count = significant_samples(weights, 0.0)
     assert count.tolist() == [1]
     assert mask.tolist() == [[False, True, False]]
+
+
+def test_both_routes_to_the_significant_samples_agree_on_ties_and_zeros(monkeypatch):
+    # weights of few distinct values (many ties), zeros, and a particle of equal weights
+    gen = torch.Generator().manual_seed(3)
+    weights = torch.randint(0, 4, (20, 300), generator=gen).to(torch.float64) ** 3
+    weights[5] = 1.0
+    weights[6, 1:] = 0.0
+    got = {}
+    for name, limit in (("candidates", 0), ("all", 2**40)):
+        monkeypatch.setattr(posterior, "FULL_SORT_SAMPLES", limit)
+        got[name] = significant_samples(weights, 0.9)
+    assert torch.equal(got["candidates"][0], got["all"][0])
+    assert torch.equal(got["candidates"][1], got["all"][1])
+    assert got["all"][1][5] == 270  # equal weights: the first 90 % of them
 
 
 def test_hard_assignment_picks_the_lowest_searched_score():

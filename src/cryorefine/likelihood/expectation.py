@@ -354,10 +354,11 @@ def expectation(
         # per fine translation: phases and Z on the fine window, phases and shifted
         # data on the back-projection window (16 bytes per coefficient of each)
         window_values = prep.fine_window.count + prep.bp_window.count
-        for group in fine_groups(coarse, plan, window_values, projected_values):
+        for sizes in fine_groups(coarse, plan, window_values, projected_values):
+            group = sizes.particles
             sub = (select(prep, group), part.select(group), select(coarse, group))
             with times.phase("fine"):
-                outcome = fine_pass(*sub, reference_ft, plan, cache.fine, times)
+                outcome = fine_pass(*sub, reference_ft, plan, cache.fine, times, sizes)
             times.add_count("fine_groups", 1)
             times.add_count("fine_samples", outcome.scored_samples)
             times.add_count("projected_orientations", outcome.projected_orientations)

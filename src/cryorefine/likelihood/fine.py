@@ -21,6 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cryorefine.geometry import oversampled_translations
+from cryorefine.likelihood.fine_groups import FineGroup
 from cryorefine.likelihood.pairs import (
     BlockProjector,
     PairLists,
@@ -70,19 +71,21 @@ def _projector(
     reference_ft: Tensor,
     plan: ExpectationPlan,
     projections: Tensor | None,
+    union: Tensor | None = None,
 ) -> tuple[BlockProjector, Tensor, Callable[[Tensor], Tensor]]:
     """Blocks of children, each pair's block row, and fine rows -> matrices.
 
     With ``projections`` of the whole fine grid the block rows are coarse ids;
-    otherwise the children of the group's significant coarse orientations are
-    projected once (and kept if they fit a quarter of the budget).
+    otherwise the children of the group's significant coarse orientations
+    (``union``, ascending, if the caller knows it) are projected once (and kept
+    if they fit a quarter of the budget).
     """
     f = 8**plan.oversampling
     window, pad = prep.fine_window, plan.padding_factor
     if projections is not None:
         projector = RowProjector(reference_ft, None, window, pad, projections)
         return BlockProjector(projector, f), ids, lambda rows: fine_row_rotations(plan, rows)
-    union = torch.unique(ids[valid])
+    union = torch.unique(ids[valid]) if union is None else union
     rows = torch.searchsorted(union, ids).clamp(max=union.shape[0] - 1)
     table = fine_rotations(plan.orientations, union, oversampling=plan.oversampling)
     table = table.reshape(-1, 3, 3)
@@ -91,8 +94,12 @@ def _projector(
     return BlockProjector(projector, f), rows, lambda picked: table[picked]
 
 
-def distinct_translations(lists: PairLists, count: int) -> tuple[Tensor, PairLists]:
+def distinct_translations(
+    lists: PairLists, count: int, width: int | None = None
+) -> tuple[Tensor, PairLists]:
     """Each particle's distinct coarse translations ``(b, u)``, and ``lists`` indexing them.
+
+    ``u`` = ``width`` if given (at least the largest number), else the largest number.
 
     The fine pass needs ``Z`` only at the children of these (a few per particle
     once posteriors are peaked), not at the whole fine grid: for 3D data the
@@ -104,7 +111,7 @@ def distinct_translations(lists: PairLists, count: int) -> tuple[Tensor, PairLis
     used = torch.zeros((b, count), dtype=torch.bool, device=device)
     owner = torch.arange(b, device=device)[:, None].expand_as(lists.translations)
     used[owner[lists.valid], lists.translations[lists.valid]] = True
-    distinct, distinct_valid = compact(used)
+    distinct, distinct_valid = compact(used, width)
     position = torch.zeros((b, count), dtype=torch.int64, device=device)
     column = torch.arange(distinct.shape[1], device=device).expand_as(distinct)
     position[owner[:, : distinct.shape[1]].expand_as(distinct)[distinct_valid],
@@ -140,28 +147,34 @@ def fine_pass(
     plan: ExpectationPlan,
     projections: Tensor | None = None,
     times: PhaseTimes | None = None,
+    sizes: FineGroup | None = None,
 ) -> FineOutcome:
     """Score the children of the significant coarse pairs; posterior, best pose, sums.
 
     ``projections``: the whole fine grid's projections on the fine window
     (``ProjectionCache.fine``), or None. ``times``: where the sub-phases
     ``fine_project`` (the children's projections), ``fine_score`` and
-    ``fine_sum`` add their seconds, or None.
+    ``fine_sum`` add their seconds, or None. ``sizes``: the group's widths and
+    orientations as ``fine_groups`` found them on the host (no waits for the
+    device to find them again), or None.
     """
 
     def phase(name: str) -> AbstractContextManager[None]:
         return nullcontext() if times is None else times.phase(name)
 
-    lists = pair_lists(coarse.significant)
+    lists = pair_lists(coarse.significant, None if sizes is None else sizes.pair_width)
     ids = coarse.ids.gather(1, lists.slots)  # ascending per particle
     with phase("fine_project"):
+        union = None if sizes is None else sizes.orientations
         projector, rows, rotation_of = _projector(
-            ids, lists.valid, prep, reference_ft, plan, projections
+            ids, lists.valid, prep, reference_ft, plan, projections, union
         )
     translations = fine_translations(plan)
     b, q = ids.shape
     g, f = translations.shape[0] // plan.translations_px.shape[0], projector.block
-    distinct, local = distinct_translations(lists, plan.translations_px.shape[0])
+    distinct, local = distinct_translations(
+        lists, plan.translations_px.shape[0], None if sizes is None else sizes.translation_width
+    )
     needed = (distinct[:, :, None] * g + torch.arange(g, device=ids.device)).reshape(b, -1)
     needed_px = translations[needed]  # (b, u g, ndim)
     with phase("fine_score"):

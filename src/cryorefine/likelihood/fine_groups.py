@@ -6,21 +6,50 @@ projected: groups of particles with similar numbers of significant pairs,
 closed before either would exceed its share of ``plan.max_bytes``.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from cryorefine.likelihood.plan import ExpectationPlan
 from cryorefine.likelihood.search import CoarseOutcome
 
-__all__ = ["BYTES_PER_SAMPLE", "fine_groups"]
+__all__ = ["BYTES_PER_SAMPLE", "FineGroup", "fine_groups"]
 
 BYTES_PER_SAMPLE = 72  # scores, log priors, weights, sort keys and indices, cumulative sums
 
 
+@dataclass(frozen=True)
+class FineGroup:
+    """One group's particles and the sizes the host already knows of them.
+
+    The fine pass pads its lists to these widths instead of asking the device
+    for them (each ask waits for the device's queue to drain).
+
+    Attributes
+    ----------
+    particles
+        Rows of the batch, on the batch's device.
+    pair_width
+        Largest number of significant coarse pairs of a particle of the group.
+    translation_width
+        Largest number of distinct translations among a particle's significant pairs.
+    orientations
+        The union of the particles' significant coarse orientation ids, ascending,
+        on the device; None where the fine projections are cached (not listed).
+    """
+
+    particles: Int[Tensor, " n"]
+    pair_width: int
+    translation_width: int
+    orientations: Int[Tensor, " u"] | None
+
+
 def fine_groups(
     coarse: CoarseOutcome, plan: ExpectationPlan, window_values: int, projected_values: int
-) -> list[Tensor]:
+) -> list[FineGroup]:
     """Particles grouped by their number of significant coarse pairs, arrays within budget.
 
     A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
@@ -74,4 +103,18 @@ def fine_groups(
         held.update(significant_ids[i])
         widest_distinct = wider
     device = coarse.significant.device
-    return [torch.tensor(group, dtype=torch.int64, device=device) for group in groups]
+
+    def on_device(values: list[int]) -> Tensor:  # from pageable memory: no wait for the queue
+        return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)
+
+    return [
+        FineGroup(
+            particles=on_device(group),
+            pair_width=max(1, max(pairs[i] for i in group)),
+            translation_width=max(1, max(distinct[i] for i in group)),
+            orientations=on_device(sorted(set().union(*(significant_ids[i] for i in group))))
+            if per_orientation > 0
+            else None,
+        )
+        for group in groups
+    ]

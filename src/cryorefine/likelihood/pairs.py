@@ -28,6 +28,7 @@ from cryorefine.likelihood.scores import (
     matmul_precision,
     working_dtypes,
 )
+from cryorefine.likelihood.search import compact
 from cryorefine.likelihood.sums import ShellSums, shell_sums_from_products
 
 __all__ = ["BlockProjector", "PairLists", "PairSums", "pair_lists", "score_pairs", "sum_pairs"]
@@ -80,18 +81,16 @@ class PairLists:
     valid: Bool[Tensor, "b q"]
 
 
-def pair_lists(significant: Bool[Tensor, "b t c"]) -> PairLists:
-    """The significant pairs of each particle, padded to the largest count."""
+def pair_lists(significant: Bool[Tensor, "b t c"], width: int | None = None) -> PairLists:
+    """The significant pairs of each particle, padded to ``width`` (default: the largest count).
+
+    A ``width`` the caller knows (``fine_groups.FineGroup.pair_width``) spares a
+    wait for the device. Padding points at pair 0 (slot 0, translation 0).
+    """
     b, t, c = significant.shape
     by_slot = significant.transpose(1, 2).reshape(b, c * t)  # orientation-major
-    count = by_slot.sum(dim=1)
-    width = max(1, int(count.max()))
-    particle, flat = by_slot.nonzero(as_tuple=True)  # ascending flat per particle
-    first = torch.cumsum(count, dim=0) - count
-    position = torch.arange(particle.shape[0], device=flat.device) - first[particle]
-    chosen = torch.zeros((b, width), dtype=torch.int64, device=flat.device)
-    chosen[particle, position] = flat
-    valid = torch.arange(width, device=flat.device)[None, :] < count[:, None]
+    chosen, valid = compact(by_slot, width)  # ascending flat positions per particle
+    chosen = torch.where(valid, chosen, 0)
     return PairLists(chosen // t, chosen % t, valid)
 
 

@@ -63,6 +63,13 @@ def log_evidence(
     return torch.logsumexp(log_prior.to(torch.float64) - diff2.to(torch.float64), dim=-1)
 
 
+FULL_SORT_SAMPLES = 4096
+"""``significant_samples`` sorts all of a particle's samples when it has at most this many
+(the fine pass: ``q g f``, a few thousand at most): picking the candidates first costs two
+waits for the device (their widest count, their positions), a sort of a few thousand
+numbers per particle none."""
+
+
 def _candidates(weights: Tensor, adaptive_fraction: float) -> tuple[Tensor, Tensor]:
     """Positions ``(b, c)`` (ascending, padded with ``s``) of the samples above ``tau``.
 
@@ -89,7 +96,9 @@ def significant_samples(
     """The smallest set of samples holding ``adaptive_fraction`` of each particle's weight.
 
     Only the samples above ``(1 - fraction) total / s`` can be significant; they
-    are sorted (stable, decreasing), so the cost is that of a sort of those.
+    are sorted (stable, decreasing), so the cost is that of a sort of those. Up to
+    ``FULL_SORT_SAMPLES`` samples per particle all are sorted, with the same result
+    and no wait for the device.
 
     Returns
     -------
@@ -101,7 +110,10 @@ def significant_samples(
     if not 0.0 <= adaptive_fraction <= 1.0:
         raise ValueError(f"adaptive_fraction must be in [0, 1], got {adaptive_fraction}")
     b, s = weights.shape
-    positions, _ = _candidates(weights, adaptive_fraction)
+    if s <= FULL_SORT_SAMPLES:
+        positions = torch.arange(s, device=weights.device).expand(b, s)
+    else:
+        positions, _ = _candidates(weights, adaptive_fraction)
     padded = torch.cat([weights, weights.new_full((b, 1), -1.0)], dim=-1)
     ordered, order = torch.sort(padded.gather(1, positions), dim=-1, descending=True, stable=True)
     positions = positions.gather(1, order)

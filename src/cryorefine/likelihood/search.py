@@ -107,10 +107,16 @@ class FineOutcome:
     projected_orientations: int = 0  # child orientations projected (0 when cached)
 
 
-def compact(mask: Bool[Tensor, "b n"]) -> tuple[Int[Tensor, "b l"], Bool[Tensor, "b l"]]:
-    """Positions of each row's True entries, ascending, padded at the end; ``l`` = largest count."""
+def compact(
+    mask: Bool[Tensor, "b n"], width: int | None = None
+) -> tuple[Int[Tensor, "b l"], Bool[Tensor, "b l"]]:
+    """Positions of each row's True entries, ascending, padded at the end.
+
+    ``l`` = ``width`` if given (at least the largest count: the caller knows it, and
+    the device is not asked), else the largest count.
+    """
     count = mask.sum(dim=1)
-    width = max(1, int(count.max()))
+    width = max(1, int(count.max())) if width is None else width
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :width]
     valid = torch.arange(width, device=mask.device)[None, :] < count[:, None]
     return order, valid
