@@ -14,7 +14,13 @@ against the other way of doing it:
   ``k`` cut into blocks, one batched product (``long_inner_product`` here);
 - the pairs' weights against the rows' ``|P|^2``, ``(b, rows) @ (rows, k)``;
 - the gather of each particle's pairs' blocks ``(b, l, f, k)`` from the held
-  table (``values[index]`` and ``index_select``).
+  table (``values[index]`` and ``index_select``);
+- the cross terms of each particle's own rows of a held table, ``Z (b, t, 2k)``
+  against ``P[rows] (b, r, 2k)``: gathered and multiplied (torch), and read
+  through the indices by ``held_cross``'s Triton kernel (float32 and TF32), at
+  the fine group's shape (``t`` = 24 fine translations, ``r`` = 120 children of
+  15 pairs, 732 rows) and at a coarse chunk's of local searches (32 particles,
+  ``t`` = 7, ``r`` = 180 candidates of a 2,000-row union), on CUDA.
 
 Prints a table and writes it as JSON.
 """
@@ -23,11 +29,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 from floor_rates import copy_rates, matmul_rate, seconds_per_call  # bench/ is on sys.path
+from torch import Tensor
 
+from cryorefine.likelihood.held_cross import kernel_cross, triton
 from cryorefine.likelihood.scores import CROSS_BLOCK
 
 K, ROWS, B, PAIRS, F = 238_869, 732, 37, 15, 8
@@ -55,6 +64,33 @@ def _row(name: str, seconds: float, flops: float, nbytes: float, rates: dict) ->
             "ratio_to_floor": seconds / floor}  # fmt: skip
 
 
+def _cross_cases(
+    device: torch.device, gen: torch.Generator
+) -> list[tuple[str, Callable[[], object], float, float]]:
+    """Cross terms of own rows: gathered and multiplied, and by the kernel (CUDA only)."""
+    if device.type != "cuda" or triton is None:
+        return []
+    cases = []
+    for name, b, t, r, n in (("fine", B, 24, PAIRS * F, ROWS), ("coarse", 32, 7, 180, 2000)):
+        shifted = torch.randn((b, t, 2 * K), generator=gen, device=device)
+        table = torch.randn((n, 2 * K), generator=gen, device=device)
+        rows = torch.randint(0, n, (b, r), generator=gen, device=device)
+        flops = 2.0 * b * t * r * 2 * K
+        once = 4.0 * (b * t + b * r) * 2 * K  # Z and each own row read once
+        gathered = once + 4.0 * 2 * b * r * 2 * K  # the copy written and read again
+
+        def torch_route(s: Tensor = shifted, p: Tensor = table, i: Tensor = rows) -> Tensor:
+            return s @ p[i].transpose(1, 2)
+
+        def kernel(s: Tensor = shifted, p: Tensor = table, i: Tensor = rows, x: bool = False):
+            return kernel_cross(s, p, i, tf32=x)
+
+        cases.append((f"{name} cross: gather + bmm", torch_route, flops, gathered))
+        cases.append((f"{name} cross: kernel float32", kernel, flops, once))
+        cases.append((f"{name} cross: kernel tf32", partial(kernel, x=True), flops, once))
+    return cases
+
+
 def measure(device: torch.device, repeats: int) -> dict:
     """Every row of the table, with the rates its floors use."""
     gen = torch.Generator(device=device).manual_seed(0)
@@ -77,6 +113,7 @@ def measure(device: torch.device, repeats: int) -> dict:
         ("gather (b,l,f,k) index_select",
          lambda: values.index_select(0, index.reshape(-1)), 0.0, gather_bytes),
     ]  # fmt: skip
+    cases += _cross_cases(device, gen)
     rows = [
         _row(name, seconds_per_call(fn, device, repeats), flops, nbytes, rates)
         for name, fn, flops, nbytes in cases

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
+from cryorefine.likelihood.held_cross import kernel_applies, kernel_cross
 from cryorefine.likelihood.passes import RowProjector, merge_rows, row_chunks
 from cryorefine.likelihood.scores import (
     DataTerms,
@@ -191,6 +192,13 @@ def score_pairs(
     if row_power is not None:  # sum_k w K^2 |P_row|^2 of every particle and held row
         with matmul_precision(terms.precision):
             held_power = terms.ctf_power @ row_power.T  # (b, rows)
+        values = projector.projector.values
+        if (
+            every_translation
+            and values.is_contiguous()
+            and kernel_applies(terms.shifted, as_real_pairs(values), terms.precision)
+        ):
+            return _kernel_scores(terms, projector, rows, lists, held_power, g, cross_correlation)
     else:  # w K^2 on the real pairs, for each chunk's |P|^2 product
         ctf_pairs = terms.ctf_power.repeat_interleave(2, dim=-1)[:, :, None]  # (b, 2k, 1)
     for part in row_chunks(projector, rows, lists.valid, chunk):
@@ -209,18 +217,48 @@ def score_pairs(
             else:  # |P|^2 weighted by w K^2: square the copy in place, one product
                 power = p.square_().reshape(b, width * f, k2) @ ctf_pairs
             power = power.reshape(b, width, 1, f)
-        if cross_correlation:
-            tiny = torch.finfo(cross.dtype).tiny
-            norm = (
-                power.clamp_min(tiny).sqrt()
-                * terms.data_power.clamp_min(tiny).sqrt()[:, None, None, None]
-            )
-            scores = -cross / norm
-        else:
-            scores = cross.mul_(-2.0).add_(power).add_(terms.data_power[:, None, None, None])
+        scores = _pair_scores(cross, power, terms.data_power, cross_correlation)
         target = torch.where(part.inside, part.slots, q)[:, :, None, None].expand(-1, -1, g, f)
         out.scatter_(1, target, scores)
     return out[:, :q]
+
+
+def _pair_scores(
+    cross: Tensor, power: Tensor, data_power: Tensor, cross_correlation: bool
+) -> Tensor:
+    """Scores ``(b, l, g, f)`` from the cross terms, ``sum w K^2 |P|^2 (b, l, 1, f)`` and
+    ``sum w |X|^2 (b,)``; ``cross`` is overwritten."""
+    if cross_correlation:
+        tiny = torch.finfo(cross.dtype).tiny
+        norm = power.clamp_min(tiny).sqrt() * data_power.clamp_min(tiny).sqrt()[:, None, None, None]
+        return -cross / norm
+    return cross.mul_(-2.0).add_(power).add_(data_power[:, None, None, None])
+
+
+def _kernel_scores(
+    terms: DataTerms,
+    projector: BlockProjector,
+    rows: Tensor,
+    lists: PairLists,
+    held_power: Tensor,
+    g: int,
+    cross_correlation: bool,
+) -> Tensor:
+    """``score_pairs`` for held projections by ``held_cross``'s kernel: every pair's children
+    read through their row indices (no gathered copies), all translations at once."""
+    b, tg, _ = terms.shifted.shape
+    f, q = projector.block, rows.shape[1]
+    values = projector.projector.values
+    children = _child_rows(rows.clamp(0, projector.rows - 1), f)  # (b, q f)
+    table = as_real_pairs(values)  # (rows, 2k), a view of the held projections
+    cross = kernel_cross(terms.shifted, table, children, tf32=terms.precision == "tf32")
+    cross = cross.reshape(b, tg, q, f).transpose(1, 2)  # (b, q, T g, f)
+    slots = torch.arange(q, device=rows.device).expand(b, q)
+    index = _translation_index(lists, slots, g)  # (b, q, g)
+    cross = cross.gather(2, index[:, :, :, None].expand(-1, -1, -1, f))
+    power = held_power.gather(1, children).reshape(b, q, 1, f)
+    scores = _pair_scores(cross, power, terms.data_power, cross_correlation)
+    return scores.masked_fill_(~lists.valid[:, :, None, None], torch.inf)
 
 
 DENSE_TABLE_SHARE = 4

@@ -19,6 +19,7 @@ from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.fourier import sample_rotated
+from cryorefine.likelihood.held_cross import kernel_applies, kernel_cross
 from cryorefine.likelihood.scores import (
     as_real_pairs,
     data_terms,
@@ -303,6 +304,7 @@ def score_held_lists(
     per_particle = 4 * r * k * size + 4 * t * k * size
     step = max(1, (max_bytes // 2) // per_particle)
     phases = particles.phases[:1]
+    table = as_real_pairs(values) if values.is_contiguous() else None  # (n, 2k), a view
     for lo in range(0, b, step):
         chunk = slice(lo, min(lo + step, b))
         terms = data_terms(
@@ -312,16 +314,25 @@ def score_held_lists(
             phases[0],
             precision=precision,
         )
-        slots = values[rows[chunk]].to(cplx)  # (s, r, k)
-        if table_power is None:
-            squares = slots.real.square() + slots.imag.square()
-            ref_power = (squares @ ctf_power[chunk, :, None]).squeeze(-1)
-            del squares
-        else:
+        if (
+            table is not None
+            and table_power is not None
+            and kernel_applies(terms.shifted, table, precision)
+        ):
+            # each particle's rows read through their indices: no gathered copy
             ref_power = table_power[chunk]
-        cross = per_particle_cross(
-            terms.shifted, as_real_pairs(slots), precision=precision, block=block_k
-        )
+            cross = kernel_cross(terms.shifted, table, rows[chunk], tf32=precision == "tf32")
+        else:
+            slots = values[rows[chunk]].to(cplx)  # (s, r, k)
+            if table_power is None:
+                squares = slots.real.square() + slots.imag.square()
+                ref_power = (squares @ ctf_power[chunk, :, None]).squeeze(-1)
+                del squares
+            else:
+                ref_power = table_power[chunk]
+            cross = per_particle_cross(
+                terms.shifted, as_real_pairs(slots), precision=precision, block=block_k
+            )
         out[chunk] = scores_from_cross(
             terms.data_power, ref_power, cross, cross_correlation=cross_correlation
         )

@@ -1,0 +1,145 @@
+"""Cross terms of each particle against its own rows of a held table, without gathering them.
+
+    cross[b, t, j] = sum_k Z[b, t, k] P[rows[b, j], k]
+
+with ``Z`` and ``P`` as real pairs (``scores.as_real_pairs``: ``2k`` numbers per
+coefficient). The coarse pass's local searches (``passes.score_held_lists``) and
+the fine pass (``pairs.score_pairs``) need this for a few hundred rows per
+particle out of a table of many thousands; the torch route gathers each
+particle's rows into a copy first (written and read again: 3 times the rows'
+bytes, at the memory's speed, ``bench/fine_ops_bench.py``). The Triton kernel
+reads the rows through their indices straight from the table, once.
+
+The kernel runs on CUDA tensors in float32 when Triton is importable and
+``KERNEL`` is on (``CRYOREFINE_HELD_CROSS=1``); otherwise the torch route (the
+reference it is tested against). Its ``k`` is cut into ``split`` ranges whose
+partial sums are added in a fixed order (no atomics), so results do not vary
+between runs. ``KERNEL`` is off until its speed is measured on a GPU (issue 7).
+"""
+
+import os
+from typing import no_type_check
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from cryorefine.likelihood.scores import matmul_precision
+
+try:  # Triton comes with CUDA builds of torch; CPU builds take the torch route
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+    tl = None
+
+__all__ = ["KERNEL", "held_cross", "kernel_applies", "kernel_cross"]
+
+KERNEL = os.environ.get("CRYOREFINE_HELD_CROSS") == "1"
+"""Whether the kernel is used where it can be: off unless the environment sets
+``CRYOREFINE_HELD_CROSS=1`` (until its speed is measured)."""
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter: CPU tensors
+
+_BLOCK_ROWS = 64
+_BLOCK_K = 32
+_PROGRAMS = 1056  # about 8 programs per multiprocessor of an H100 (132)
+
+if triton is not None:
+
+    @triton.jit
+    @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
+    def _cross(z_ptr, table_ptr, rows_ptr, out_ptr, t, r, k2, span, z_sb, z_st, rows_sb,
+               table_sr, out_ss, out_sb, out_st,
+               BT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
+               IEEE: tl.constexpr):  # fmt: skip
+        """One particle, ``BR`` of its rows, all its ``t`` rows of Z, one range of ``k``."""
+        b = tl.program_id(0)
+        block = tl.program_id(1)
+        part = tl.program_id(2)
+        ts = tl.arange(0, BT)
+        rs = block * BR + tl.arange(0, BR)
+        ks = tl.arange(0, BK)
+        in_t = ts < t
+        in_r = rs < r
+        rows = tl.load(rows_ptr + b * rows_sb + rs, mask=in_r, other=0).to(tl.int64)
+        z_base = z_ptr + b.to(tl.int64) * z_sb + ts[:, None].to(tl.int64) * z_st
+        p_base = table_ptr + rows[:, None] * table_sr
+        acc = tl.zeros((BT, BR), dtype=tl.float32)
+        start = part * span
+        for k0 in range(start, tl.minimum(start + span, k2), BK):
+            kk = k0 + ks
+            in_k = kk < k2
+            z = tl.load(z_base + kk[None, :], mask=in_t[:, None] & in_k[None, :], other=0.0)
+            p = tl.load(p_base + kk[None, :], mask=in_r[:, None] & in_k[None, :], other=0.0)
+            if IEEE:
+                acc += tl.dot(z, tl.trans(p), input_precision="ieee")
+            else:
+                acc += tl.dot(z, tl.trans(p), input_precision="tf32")
+        out = out_ptr + part * out_ss + b * out_sb + ts[:, None] * out_st + rs[None, :]
+        tl.store(out, acc, mask=in_t[:, None] & in_r[None, :])
+
+
+def _splits(b: int, row_blocks: int, k2: int) -> int:
+    """Ranges of ``k`` per (particle, row block): enough programs to fill the GPU."""
+    wanted = -(-_PROGRAMS // max(1, b * row_blocks))
+    return max(1, min(wanted, k2 // (8 * _BLOCK_K)))
+
+
+def kernel_cross(
+    shifted: Tensor, table: Tensor, rows: Tensor, *, tf32: bool = False, split: int | None = None
+) -> Tensor:
+    """The Triton kernel's ``cross`` (``held_cross``'s arguments; ``split`` ranges of ``k``).
+
+    Runs wherever Triton does, the interpreter (``TRITON_INTERPRET=1``) included.
+    """
+    b, t, k2 = shifted.shape
+    r = rows.shape[1]
+    if shifted.stride(2) != 1 or table.stride(1) != 1:
+        raise ValueError("held_cross needs unit stride along 2k in Z and in the table")
+    rows = rows.contiguous()
+    block_t = max(16, triton.next_power_of_2(t))
+    row_blocks = triton.cdiv(max(r, 1), _BLOCK_ROWS)
+    split = _splits(b, row_blocks, k2) if split is None else split
+    span = triton.cdiv(triton.cdiv(k2, split), _BLOCK_K) * _BLOCK_K
+    split = triton.cdiv(k2, span)
+    partial = shifted.new_empty((split, b, t, r), dtype=torch.float32)
+    if b and r and t:
+        _cross[(b, row_blocks, split)](
+            shifted, table, rows, partial, t, r, k2, span,
+            shifted.stride(0), shifted.stride(1), rows.stride(0), table.stride(0),
+            partial.stride(0), partial.stride(1), partial.stride(2),
+            BT=block_t, BR=_BLOCK_ROWS, BK=_BLOCK_K, IEEE=not tf32,
+        )  # fmt: skip
+    return partial.sum(dim=0) if split > 1 else partial[0]
+
+
+def kernel_applies(shifted: Tensor, table: Tensor, precision: str) -> bool:
+    """Whether ``held_cross`` takes the kernel: ``KERNEL`` on, Triton there, float32 on a GPU
+    (or on the CPU under Triton's interpreter)."""
+    return (
+        KERNEL
+        and triton is not None
+        and (shifted.is_cuda or _INTERPRETED)
+        and precision in ("float32", "tf32")
+        and shifted.dtype == table.dtype == torch.float32
+    )
+
+
+def held_cross(
+    shifted: Float[Tensor, "b t k2"],
+    table: Float[Tensor, "n k2"],
+    rows: Int[Tensor, "b r"],
+    *,
+    precision: str = "float32",
+) -> Float[Tensor, "b t r"]:
+    """``sum_k Z[b, t, k] P[rows[b, j], k]`` for every particle, translation and own row.
+
+    ``rows`` index ``table`` (in range); ``precision`` as ``scores``'s. The Triton
+    kernel where ``KERNEL`` is on, Triton is there, the tensors are on a GPU and
+    the precision is float32 or tf32; else each particle's rows gathered and one
+    batched product.
+    """
+    if kernel_applies(shifted, table, precision):
+        return kernel_cross(shifted, table, rows, tf32=precision == "tf32")
+    with matmul_precision(precision):
+        return shifted @ table[rows].transpose(1, 2)
