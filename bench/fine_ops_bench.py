@@ -20,7 +20,8 @@ against the other way of doing it:
   through the indices by ``held_cross``'s Triton kernel (float32 and TF32), at
   the fine group's shape (``t`` = 24 fine translations, ``r`` = 120 children of
   15 pairs, 732 rows) and at a coarse chunk's of local searches (32 particles,
-  ``t`` = 7, ``r`` = 180 candidates of a 2,000-row union), on CUDA.
+  ``t`` = 7, ``r`` = 180 candidates of a 2,000-row union), on CUDA; and the
+  sums' ``Q = W (b, t, r) @ P[rows]`` both ways (``kernel_combination``).
 
 Prints a table and writes it as JSON.
 """
@@ -36,7 +37,7 @@ import torch
 from floor_rates import copy_rates, matmul_rate, seconds_per_call  # bench/ is on sys.path
 from torch import Tensor
 
-from cryorefine.likelihood.held_cross import kernel_cross, triton
+from cryorefine.likelihood.held_cross import kernel_combination, kernel_cross, triton
 from cryorefine.likelihood.scores import CROSS_BLOCK
 
 K, ROWS, B, PAIRS, F = 238_869, 732, 37, 15, 8
@@ -88,6 +89,18 @@ def _cross_cases(
         cases.append((f"{name} cross: gather + bmm", torch_route, flops, gathered))
         cases.append((f"{name} cross: kernel float32", kernel, flops, once))
         cases.append((f"{name} cross: kernel tf32", partial(kernel, x=True), flops, once))
+        if name == "fine":  # the sums' Q: weights (b, t, r) against the same rows
+            weights = torch.rand((b, t, r), generator=gen, device=device)
+
+            def q_torch(w: Tensor = weights, p: Tensor = table, i: Tensor = rows) -> Tensor:
+                return w @ p[i]
+
+            def q_kernel(w: Tensor = weights, p: Tensor = table, i: Tensor = rows) -> Tensor:
+                return kernel_combination(w, p, i)
+
+            written = 4.0 * b * t * 2 * K  # Q written once
+            cases.append(("fine Q: gather + bmm", q_torch, flops, gathered + written))
+            cases.append(("fine Q: kernel float32", q_kernel, flops, once + written))
     return cases
 
 

@@ -10,7 +10,7 @@ import torch
 from likelihood_cases import U32, gamma
 
 from cryorefine.likelihood import held_cross as module
-from cryorefine.likelihood.held_cross import held_cross
+from cryorefine.likelihood.held_cross import held_combination, held_cross
 
 # (particles, translations, rows per particle, table rows, 2k): t below, at and above 16,
 # rows beyond one block of 64, 2k not a multiple of the kernel's block of 32
@@ -70,6 +70,39 @@ def test_the_kernel_in_tritons_interpreter_matches_the_product(tmp_path, shape, 
     _check(torch.load(tmp_path / "out.pt"), shifted, table, rows)
 
 
+_COMBINED = textwrap.dedent(
+    """
+    import sys, torch
+    from cryorefine.likelihood.held_cross import kernel_combination
+    weights, table, rows = torch.load(sys.argv[1])
+    torch.save(kernel_combination(weights, table, rows), sys.argv[2])
+    """
+)
+
+
+def _check_combination(got, weights, table, rows):
+    """Within float32's bound of an r-term sum in any order: gamma_r sum |w p|."""
+    want = torch.einsum("btr,brk->btk", weights.double(), table.double()[rows])
+    magnitude = torch.einsum("btr,brk->btk", weights.double().abs(), table.double().abs()[rows])
+    assert got.shape == want.shape
+    assert ((got.double() - want).abs() <= gamma(rows.shape[1], U32) * magnitude).all()
+
+
+@pytest.mark.parametrize("shape", CASES)
+def test_the_combination_is_each_particles_weighted_sum_of_its_own_rows(tmp_path, shape):
+    # the torch route here, the kernel in Triton's interpreter where Triton is installed
+    _, table, rows = _case(*shape, seed=3)
+    weights = torch.randn(shape[:3], generator=torch.Generator().manual_seed(6))
+    _check_combination(held_combination(weights, table, rows), weights, table, rows)
+    pytest.importorskip("triton")
+    torch.save((weights, table, rows), tmp_path / "in.pt")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    script = [sys.executable, "-c", _COMBINED, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _check_combination(torch.load(tmp_path / "out.pt"), weights, table, rows)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("shape", [*CASES, (8, 24, 120, 700, 477_738)])
 def test_the_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):
@@ -82,67 +115,58 @@ def test_the_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):
 
 _WIRED = textwrap.dedent(
     """
-    import sys, torch
-    sys.path.insert(0, sys.argv[1])
-    import test_likelihood_pairs as case_pairs, test_likelihood_passes as case_passes
-    from cryorefine.likelihood import data_terms, held_cross, pairs, passes
-    from cryorefine.likelihood.passes import ParticleWindowData
-    calls = []
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return held_cross.kernel_cross(*args, **kwargs)
-    pairs.kernel_cross = passes.kernel_cross = counted
-    projector, significant, _, (data, ctf, weight, phases) = case_pairs._case(True)
-    lists = pairs.pair_lists(significant)
-    terms = data_terms(data, ctf, weight, phases)
-    held, rows, valid, particles, _ = case_passes._case(True)
-    values, rows = held.values[:18], rows.clamp(max=17)
-    shared = ParticleWindowData(
-        particles.data, particles.ctf, particles.weight, particles.phases[:1].expand(3, -1, -1)
-    )
-    out = {}
-    for on in (False, True):
-        held_cross.KERNEL = on
-        out["pairs", on] = pairs.score_pairs(
-            terms, projector, lists.slots, lists, children=case_pairs.G,
-            cross_correlation=False, max_bytes=2**30,
-        )
-        out["lists", on] = passes.score_held_lists(
-            shared, values, rows, valid, cross_correlation=False, precision="float32",
-            max_bytes=2**30,
-        )
-    from likelihood_cases import score_magnitudes
-    table = projector.projector.project(0, projector.projector.rows)  # (C F, k)
-    r_index = (lists.slots[:, :, None] * case_pairs.F + torch.arange(case_pairs.F))
-    pair_magnitude = score_magnitudes(data, ctf, weight, table)[
-        torch.arange(3)[:, None, None], r_index
-    ][:, :, None, :]  # (b, q, 1, f)
-    list_magnitude = score_magnitudes(
-        particles.data, particles.ctf, particles.weight, values[rows]
-    )[:, None, :]  # (b, 1, r)
-    magnitudes = {"pairs": pair_magnitude, "lists": list_magnitude}
-    valids = {"pairs": lists.valid[:, :, None, None], "lists": valid[:, None, :]}
-    torch.save((out, len(calls), magnitudes, valids, held.window.count), sys.argv[2])
+    import sys, pytest
+    calls = {"cross": 0, "combination": 0}
+
+    class KernelsOn:  # imports the library once pytest's hooks are in place
+        @staticmethod
+        def pytest_sessionstart(session):
+            from cryorefine.likelihood import held_cross, pair_sums, pairs, passes
+            def cross(*args, **kwargs):
+                calls["cross"] += 1
+                return held_cross.kernel_cross(*args, **kwargs)
+            def combination(*args, **kwargs):
+                calls["combination"] += 1
+                return held_cross.kernel_combination(*args, **kwargs)
+            pairs.kernel_cross = passes.kernel_cross = cross
+            pair_sums.kernel_combination = combination
+            held_cross.KERNEL = True
+
+    code = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[2:]], plugins=[KernelsOn()])
+    with open(sys.argv[1], "w") as out:
+        out.write(f"{int(code)} {calls['cross']} {calls['combination']}")
     """
 )
 
 
-def test_the_fine_pairs_and_held_lists_score_alike_with_the_kernel(tmp_path):
-    # both callers, kernel on (Triton's interpreter, on the CPU) against their own route:
-    # each within gamma_(2k+10) M of the exact scores (their own tests; M the score
-    # magnitudes), so the two within twice that
+def test_the_callers_own_tests_pass_with_the_kernels_on(tmp_path):
+    # the fine pairs' scores and sums and the held lists' scores, each test of theirs run
+    # again with both kernels on (Triton's interpreter, on the CPU): the same bounds from
+    # the same maths, and the kernels really called
     pytest.importorskip("triton")
     here = os.path.dirname(__file__)
+    tests = [
+        os.path.join(here, "test_likelihood_pairs.py"),
+        os.path.join(here, "test_likelihood_passes.py") + "::"
+        "test_held_list_scores_with_shared_translations_equal_the_exact_per_particle_scores",
+    ]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    script = [sys.executable, "-c", _WIRED, here, str(tmp_path / "out.pt")]
-    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out, calls, magnitudes, valids, k = torch.load(tmp_path / "out.pt")
-    assert calls == 2  # the kernel served both callers when on, and neither when off
-    for name in ("pairs", "lists"):
-        off, on = out[name, False], out[name, True]
-        mask = valids[name].expand_as(off)
-        assert torch.isinf(on[~mask]).all()
-        assert torch.isinf(off[~mask]).all()
-        bound = 2 * gamma(2 * k + 10, U32) * magnitudes[name].expand_as(off)
-        assert ((on - off).abs()[mask] <= bound[mask]).all()
+    script = [sys.executable, "-c", _WIRED, str(tmp_path / "calls.txt"), *tests]
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    code, cross, combination = map(int, (tmp_path / "calls.txt").read_text().split())
+    assert code == 0
+    assert cross > 0
+    assert combination > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("shape", [*CASES, (8, 24, 120, 700, 477_738)])
+def test_the_combination_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):
+    pytest.importorskip("triton")
+    monkeypatch.setattr(module, "KERNEL", True)
+    _, table, rows = (x.cuda() for x in _case(*shape, seed=4))
+    gen = torch.Generator().manual_seed(5)
+    weights = torch.rand(shape[0], shape[1], shape[2], generator=gen).cuda()
+    got = held_combination(weights, table, rows)
+    _check_combination(got.cpu(), weights.cpu(), table.cpu(), rows.cpu())

@@ -9,6 +9,7 @@ from cryorefine.likelihood import (
     backprojection_sums,
     data_terms,
     fourier_window,
+    pair_sums,
     pairs,
     shell_matrix,
     shell_sums,
@@ -16,7 +17,8 @@ from cryorefine.likelihood import (
     window_phases,
 )
 from cryorefine.likelihood.fine import distinct_translations
-from cryorefine.likelihood.pairs import BlockProjector, pair_lists, score_pairs, sum_pairs
+from cryorefine.likelihood.pair_sums import sum_pairs
+from cryorefine.likelihood.pairs import BlockProjector, pair_lists, score_pairs
 from cryorefine.likelihood.passes import RowProjector
 
 F, G, T, C = 8, 4, 3, 20  # children per orientation and translation; coarse counts
@@ -105,7 +107,7 @@ def test_pair_sums_are_the_kernel_sums_of_the_scattered_weights(
     # own block of translations added in
     monkeypatch.setattr(pairs, "MAX_TRANSLATIONS_PER_PRODUCT", widest)
     if not table:
-        monkeypatch.setattr(pairs, "DENSE_TABLE_SHARE", 2**62)
+        monkeypatch.setattr(pair_sums, "DENSE_TABLE_SHARE", 2**62)
     projector, significant, shifts, (data, ctf, _, phases) = _case(cached)
     lists = pair_lists(significant)
     gen = torch.Generator().manual_seed(1)

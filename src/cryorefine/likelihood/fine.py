@@ -22,13 +22,8 @@ from torch import Tensor
 
 from cryorefine.geometry import oversampled_translations
 from cryorefine.likelihood.fine_groups import FineGroup
-from cryorefine.likelihood.pairs import (
-    BlockProjector,
-    PairLists,
-    pair_lists,
-    score_pairs,
-    sum_pairs,
-)
+from cryorefine.likelihood.pair_sums import sum_pairs
+from cryorefine.likelihood.pairs import BlockProjector, PairLists, pair_lists, score_pairs
 from cryorefine.likelihood.passes import RowProjector
 from cryorefine.likelihood.plan import ExpectationPlan, ParticleTerms
 from cryorefine.likelihood.poses import fine_rotations

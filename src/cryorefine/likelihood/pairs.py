@@ -22,7 +22,7 @@ from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.likelihood.held_cross import kernel_applies, kernel_cross
-from cryorefine.likelihood.passes import RowProjector, merge_rows, row_chunks
+from cryorefine.likelihood.passes import RowProjector, row_chunks
 from cryorefine.likelihood.scores import (
     DataTerms,
     as_real_pairs,
@@ -30,9 +30,14 @@ from cryorefine.likelihood.scores import (
     working_dtypes,
 )
 from cryorefine.likelihood.search import compact
-from cryorefine.likelihood.sums import ShellSums, shell_sums_from_products
 
-__all__ = ["BlockProjector", "PairLists", "PairSums", "pair_lists", "score_pairs", "sum_pairs"]
+__all__ = [
+    "MAX_TRANSLATIONS_PER_PRODUCT",
+    "BlockProjector",
+    "PairLists",
+    "pair_lists",
+    "score_pairs",
+]
 
 
 @dataclass(frozen=True)
@@ -259,154 +264,3 @@ def _kernel_scores(
     power = held_power.gather(1, children).reshape(b, q, 1, f)
     scores = _pair_scores(cross, power, terms.data_power, cross_correlation)
     return scores.masked_fill_(~lists.valid[:, :, None, None], torch.inf)
-
-
-DENSE_TABLE_SHARE = 4
-"""``sum_pairs`` adds the back-projection data straight into a table of every fine row of
-the group (``rows x 3 kb`` reals) when it takes at most ``1 / DENSE_TABLE_SHARE`` of the
-budget; the row weights are then one product ``(rows, b) @ (b, kb)`` at the end. Otherwise
-each chunk's carried children are picked and merged with the rows so far."""
-
-
-@dataclass(frozen=True)
-class PairSums:
-    """What the pairs' weights add to the M-step.
-
-    Attributes
-    ----------
-    shell_sums
-        Noise and scale sums per particle and shell.
-    rows, data, weight
-        Fine rows (block row times ``f`` plus child) that carry weight,
-        ascending, and their back-projection data and weight.
-    translation_weights
-        Weight of each fine translation ``(b, T g)``.
-    pair_weights
-        Weight of each pair ``(b, q)``.
-    """
-
-    shell_sums: ShellSums
-    rows: Int[Tensor, " n"]
-    data: Complex[Tensor, "n kb"]
-    weight: Float[Tensor, "n kb"]
-    translation_weights: Float[Tensor, "b tg"]
-    pair_weights: Float[Tensor, "b q"]
-
-
-def sum_pairs(
-    particles: tuple[Tensor, Tensor, Tensor],
-    projector: BlockProjector,
-    rows: Int[Tensor, "b q"],
-    lists: PairLists,
-    weights: Float[Tensor, "b q g f"],
-    shells: Float[Tensor, "k s"],
-    backprojection: tuple[Tensor, Tensor, Tensor],
-    *,
-    precision: str,
-    max_bytes: int,
-) -> PairSums:
-    """Shell sums and back-projection sums of the pairs' children (``likelihood.sums``).
-
-    ``particles`` is ``(X (b, k), K (b, k), S (b, u, k))`` on the fine window;
-    ``backprojection`` is ``(Y (b, kb), V (b, kb), S (b, u, kb))`` on the
-    back-projection window; ``S`` are the phases of each particle's fine
-    translations, which ``lists.translations`` (times ``g`` plus child) index.
-    ``Q = sum_r w P_r`` is accumulated per fine translation, ``sum_r W_r |P_r|^2``
-    per particle, and the back-projection terms per fine row; all are linear in
-    the weights.
-    """
-    real, cplx = working_dtypes(precision)
-    x, ctf, phases = particles
-    y, v, bp_phases = backprojection
-    b, _, g, f = weights.shape
-    tg, k = phases.shape[-2:]
-    w_all = weights.to(real)
-    shifted_bp = as_real_pairs(y.to(cplx)[:, None, :] * bp_phases.to(cplx))  # (b, u g, 2kb)
-    v = v.to(real)
-    every_translation = tg // g <= MAX_TRANSLATIONS_PER_PRODUCT
-    q_sum = w_all.new_zeros(b, tg, 2 * k)
-    power = w_all.new_zeros(b, k)
-    owner = torch.arange(b, device=rows.device)
-    merged: tuple[Tensor, Tensor, Tensor] | None = None
-    fine_rows_total = projector.projector.rows
-    # the table of data and weights, and the (b, rows) row weights with their kept copy
-    table_bytes = fine_rows_total * (3 * v.shape[1] + 2 * b) * w_all.element_size()
-    dense = table_bytes <= max_bytes // DENSE_TABLE_SHARE
-    budget = max_bytes - table_bytes if dense else max_bytes
-    chunk = _chunk(projector, b, g, k, v.shape[1], budget)
-    row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx, budget)
-    held_rows = row_power is not None or dense
-    row_weights = w_all.new_zeros(b, fine_rows_total if held_rows else 0)
-    data_table = w_all.new_zeros(fine_rows_total if dense else 0, 2 * v.shape[1])
-    chunks = 0
-    for part in row_chunks(projector, rows, lists.valid, chunk):
-        chunks += 1
-        w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
-        w = w * part.inside[:, :, None, None]
-        index = _translation_index(lists, part.slots, g)  # (b, l, g)
-        p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
-        width = p.shape[1]  # l
-        per_child = w.sum(dim=2)  # (b, l, f)
-        # projector rows of the children (b, l f); padding points at row 0 with weight 0
-        child_rows = _child_rows(torch.where(part.inside, part.rows, 0), f)
-        with matmul_precision(precision):
-            if every_translation:  # (b, T g, l f) @ (b, l f, 2k) straight into Q
-                spread = _spread(w, index, tg)
-                q_sum.baddbmm_(spread, p.reshape(b, width * f, 2 * k))
-            else:
-                contribution = w @ p  # (b, l, g, 2k)
-                flat = (owner[:, None, None] * tg + index).reshape(-1)
-                q_sum.view(b * tg, 2 * k).index_add_(0, flat, contribution.reshape(-1, 2 * k))
-            if held_rows:  # each row's weight per particle; products at the end
-                row_weights.scatter_add_(1, child_rows, per_child.reshape(b, -1))
-            if row_power is None:  # |P|^2: square the copy in place; (Re^2, Im^2) added after
-                power_pairs = (per_child[:, :, None, :] @ p.square_()).sum(dim=(1, 2))
-                power += power_pairs.reshape(b, k, 2).sum(dim=-1)
-            if every_translation:  # (b, l f, T g) @ (b, T g, 2kb): no copies of Z's rows
-                data = spread.transpose(1, 2) @ shifted_bp
-            else:
-                data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
-        if dense:  # straight into the group's table of fine rows: no picks, no merges
-            data_table.index_add_(0, child_rows.reshape(-1), data.reshape(-1, data.shape[-1]))
-            continue
-        carried = (per_child > 0) & part.inside[:, :, None]  # (b, l, f)
-        at = carried.reshape(-1).nonzero().squeeze(1)  # one host sync for the three picks
-        who = at // (carried.shape[1] * f)  # the particle of each carried child
-        fine_rows = child_rows.reshape(-1)[at]
-        picked = data.reshape(-1, data.shape[-1])[at]
-        fresh = (fine_rows, picked, per_child.reshape(-1)[at][:, None] * v[who])
-        # Merge as we go: memory follows the distinct fine rows, not particles x rows.
-        if merged is None:
-            merged = merge_rows(*fresh)
-        else:
-            merged = merge_rows(*(torch.cat(pair) for pair in zip(merged, fresh, strict=True)))
-    if row_power is not None:
-        with matmul_precision(precision):
-            power += row_weights @ row_power
-    if dense and chunks:  # the weights in full float32, as the merge path forms them
-        kept = (row_weights.sum(dim=0) > 0).nonzero().squeeze(1)
-        merged = (kept, data_table[kept], row_weights[:, kept].T @ v)
-    totals = shell_sums_from_products(
-        x,
-        ctf,
-        phases.expand(b, -1, -1) if phases.dim() == 2 else phases,
-        q_sum,
-        power,
-        w_all.sum(dim=(1, 2, 3)),
-        shells,
-        precision=precision,
-    )
-    if merged is None:
-        raise ValueError("no fine pairs to sum")
-    kept, data_sum, weight_sum = merged
-    index_all = lists.translations[:, :, None] * g + torch.arange(g, device=rows.device)
-    per_translation = weights.new_zeros(b, tg)
-    per_translation.scatter_add_(1, index_all.reshape(b, -1), weights.sum(dim=3).reshape(b, -1))
-    return PairSums(
-        shell_sums=totals,
-        rows=kept,
-        data=torch.view_as_complex(data_sum.reshape(data_sum.shape[0], -1, 2).contiguous()),
-        weight=weight_sum,
-        translation_weights=per_translation,
-        pair_weights=weights.sum(dim=(2, 3)),
-    )

@@ -180,21 +180,23 @@ def score_shared(
 class Chunk:
     """Some slots of every particle's list: their projections, positions, mask and rows.
 
-    ``projections`` is a copy made for the chunk (a gather): callers may overwrite it.
+    ``projections`` is a copy made for the chunk (a gather): callers may overwrite it;
+    None where the caller asked for none.
     """
 
-    projections: Complex[Tensor, "b l ..."]
+    projections: Complex[Tensor, "b l ..."] | None
     slots: Int[Tensor, "b l"]
     inside: Bool[Tensor, "b l"]
     rows: Int[Tensor, "b l"]
 
 
 def row_chunks(
-    projector: ProjectionTable, rows: Tensor, valid: Tensor, chunk: int
+    projector: ProjectionTable, rows: Tensor, valid: Tensor, chunk: int, *, project: bool = True
 ) -> Iterator[Chunk]:
     """Chunks of the slots of every particle's list ``rows (b, r)`` (ascending, ``valid``).
 
-    With precomputed projections: consecutive slots of every list. Otherwise
+    With precomputed projections: consecutive slots of every list (their
+    projections left out, None, where ``project`` is False). Otherwise
     the slots whose rows fall in consecutive row ranges, so that each row is
     projected once, at most ``chunk`` slots of each list at a time (a row can
     hold several slots of one list).
@@ -205,9 +207,8 @@ def row_chunks(
         for lo in range(0, r, chunk):
             slots = torch.arange(lo, min(lo + chunk, r), device=rows.device).expand(b, -1)
             picked = rows[:, lo : lo + chunk]
-            yield Chunk(
-                projector.values[picked.clamp(0, n - 1)], slots, valid[:, lo : lo + chunk], picked
-            )
+            projections = projector.values[picked.clamp(0, n - 1)] if project else None
+            yield Chunk(projections, slots, valid[:, lo : lo + chunk], picked)
         return
     sentinel = torch.where(valid, rows, n)
     for lo in range(0, n, chunk):
