@@ -116,25 +116,27 @@ def test_the_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):
 _WIRED = textwrap.dedent(
     """
     import sys, pytest
-    calls = {"cross": 0, "combination": 0}
+    calls = {"pairs": 0, "lists": 0, "combination": 0}
 
     class KernelsOn:  # imports the library once pytest's hooks are in place
         @staticmethod
         def pytest_sessionstart(session):
             from cryorefine.likelihood import held_cross, pair_sums, pairs, passes
-            def cross(*args, **kwargs):
-                calls["cross"] += 1
-                return held_cross.kernel_cross(*args, **kwargs)
+            def counted(name):
+                def cross(*args, **kwargs):
+                    calls[name] += 1
+                    return held_cross.kernel_cross(*args, **kwargs)
+                return cross
             def combination(*args, **kwargs):
                 calls["combination"] += 1
                 return held_cross.kernel_combination(*args, **kwargs)
-            pairs.kernel_cross = passes.kernel_cross = cross
+            pairs.kernel_cross, passes.kernel_cross = counted("pairs"), counted("lists")
             pair_sums.kernel_combination = combination
             held_cross.KERNEL = True
 
     code = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[2:]], plugins=[KernelsOn()])
     with open(sys.argv[1], "w") as out:
-        out.write(f"{int(code)} {calls['cross']} {calls['combination']}")
+        out.write(f"{int(code)} {calls['pairs']} {calls['lists']} {calls['combination']}")
     """
 )
 
@@ -149,14 +151,18 @@ def test_the_callers_own_tests_pass_with_the_kernels_on(tmp_path):
         os.path.join(here, "test_likelihood_pairs.py"),
         os.path.join(here, "test_likelihood_passes.py") + "::"
         "test_held_list_scores_with_shared_translations_equal_the_exact_per_particle_scores",
+        os.path.join(here, "test_likelihood_expectation.py"),  # the fine pass, whole
     ]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     script = [sys.executable, "-c", _WIRED, str(tmp_path / "calls.txt"), *tests]
     done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    code, cross, combination = map(int, (tmp_path / "calls.txt").read_text().split())
+    code, pair_calls, list_calls, combination = map(
+        int, (tmp_path / "calls.txt").read_text().split()
+    )
     assert code == 0
-    assert cross > 0
+    assert pair_calls > 0  # each route served at least one of its tests
+    assert list_calls > 0
     assert combination > 0
 
 

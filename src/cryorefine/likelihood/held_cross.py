@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 __all__ = [
     "KERNEL",
+    "MAX_TILE_ROWS",
     "held_combination",
     "held_cross",
     "kernel_applies",
@@ -48,6 +49,11 @@ KERNEL = os.environ.get("CRYOREFINE_HELD_CROSS") == "1"
 """Whether the kernel is used where it can be: off unless the environment sets
 ``CRYOREFINE_HELD_CROSS=1`` (until its speed is measured)."""
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter: CPU tensors
+
+MAX_TILE_ROWS = 128
+"""The kernels hold all ``t`` rows of ``Z`` or ``W`` of a particle in one tile: beyond this
+many (a 3D global search's hundreds of translations) registers and shared memory run out,
+and the torch route is taken."""
 
 _BLOCK_ROWS = 64
 _BLOCK_K = 32
@@ -84,7 +90,13 @@ if triton is not None:
                 acc += tl.dot(z, tl.trans(p), input_precision="ieee")
             else:
                 acc += tl.dot(z, tl.trans(p), input_precision="tf32")
-        out = out_ptr + part * out_ss + b * out_sb + ts[:, None] * out_st + rs[None, :]
+        out = (
+            out_ptr
+            + part.to(tl.int64) * out_ss
+            + b.to(tl.int64) * out_sb
+            + ts[:, None].to(tl.int64) * out_st
+            + rs[None, :]
+        )
         tl.store(out, acc, mask=in_t[:, None] & in_r[None, :])
 
     @triton.jit
@@ -191,13 +203,17 @@ def held_combination(
 
 def kernel_applies(shifted: Tensor, table: Tensor, precision: str) -> bool:
     """Whether ``held_cross`` takes the kernel: ``KERNEL`` on, Triton there, float32 on a GPU
-    (or on the CPU under Triton's interpreter)."""
+    (or on the CPU under Triton's interpreter), at most ``MAX_TILE_ROWS`` rows of ``Z`` (or
+    ``W``) per particle, unit strides along ``2k`` (``r`` for ``W``)."""
     return (
         KERNEL
         and triton is not None
         and (shifted.is_cuda or _INTERPRETED)
         and precision in ("float32", "tf32")
         and shifted.dtype == table.dtype == torch.float32
+        and shifted.shape[-2] <= MAX_TILE_ROWS
+        and shifted.stride(-1) == 1
+        and table.stride(-1) == 1
     )
 
 

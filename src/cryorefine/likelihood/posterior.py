@@ -124,7 +124,8 @@ def significant_samples(
     take = (before < threshold) & (ordered > 0)
     take[:, 0] = True  # the maximum is always kept
     mask = torch.zeros((b, s + 1), dtype=torch.bool, device=weights.device)
-    mask.scatter_(1, torch.where(take, positions, s), True)
+    # a row without a finite weight keeps no sample (its count stays 1), by either route
+    mask.scatter_(1, torch.where(take & ~ordered.isnan(), positions, s), True)
     return mask[:, :s], take.sum(dim=-1)
 
 
