@@ -1,0 +1,111 @@
+"""The tutorial job's final iteration under several settings, one after the other, one machine.
+
+    python3 bench/final_iteration_ab.py --tutorial T --state STATE.tgz --gpu \\
+        [--settings base kernels=CRYOREFINE_HELD_CROSS=1 base kernels=...] \\
+        [--work /tmp/work] [--out bench_final_iteration_ab.json]
+
+Simulates the tutorial-shaped data once (``tutorial_bench.simulate``, seed 11,
+the state's own), then for each setting unpacks the carried iterations
+(``bench/results/tutorial_9437_reader_h100_it025-026_state.tgz``: their paths
+name ``/tmp/work``) into a fresh ``Refine3D`` and runs ``tutorial_bench.py
+--continue_run --iter 27 --no_floor`` in a process of its own with the
+setting's environment (``NAME=VAR=VALUE[,VAR=VALUE]``; a bare ``NAME`` adds
+nothing). Prints one row per run: the iteration's seconds, the E-step and its
+phases summed over the half sets, and the truth figures (which must not move),
+and writes the same as JSON. Repeat a setting to see the spread between runs.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from tutorial_bench import simulate  # bench/ is on sys.path
+
+PHASES = ("mask", "coarse", "fine_project", "fine_score", "fine_sum", "insert")
+HERE = Path(__file__).resolve().parent
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME`` or ``NAME=VAR=VALUE[,VAR=VALUE]`` -> name and environment additions."""
+    name, _, assignments = text.partition("=")
+    env = {}
+    for pair in filter(None, assignments.split(",")):
+        variable, sep, value = pair.partition("=")
+        if not sep or not variable:
+            raise SystemExit(f"--settings {text!r}: expected NAME=VAR=VALUE[,VAR=VALUE]")
+        env[variable] = value
+    return name, env
+
+
+def run_setting(args: argparse.Namespace, name: str, env: dict[str, str], index: int) -> dict:
+    """The final iteration from the carried state with ``env`` added; its summary row."""
+    refine = args.work / "Refine3D"
+    shutil.rmtree(refine, ignore_errors=True)
+    refine.mkdir(parents=True)
+    with tarfile.open(args.state) as archive:
+        archive.extractall(refine, filter="data")
+    out = args.work / f"ab_{index}_{name}.json"
+    command = [
+        sys.executable, str(HERE / "tutorial_bench.py"), "--tutorial", str(args.tutorial),
+        "--work", str(args.work), "--continue_run", "--iter", str(args.iter), "--no_floor",
+        "--out", str(out), *(["--gpu"] if args.gpu else []),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"setting {name}: tutorial_bench failed\n{done.stderr[-3000:]}")
+    summary = json.loads(out.read_text())
+    phases = summary["e_step_phase_seconds"]
+    return {
+        "setting": name, "environment": env, "process_seconds": time.perf_counter() - start,
+        "iteration_seconds": summary["iteration_seconds_total"],
+        "e_step_seconds": summary["e_step_seconds_total"],
+        **{phase: phases.get(phase, 0.0) for phase in PHASES},
+        "resolution_vs_truth_angst": summary["resolution_vs_truth_angst"],
+        "median_angular_error_deg": summary["median_angular_error_deg"],
+        "peak_gpu_memory_gib": summary["peak_gpu_memory_gib"],
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tutorial", type=Path, required=True, help="the tutorial's folder")
+    parser.add_argument("--state", type=Path, required=True, help="the carried iterations (.tgz)")
+    parser.add_argument("--settings", nargs="+", default=["base"])
+    parser.add_argument("--iter", type=int, default=27, help="the iteration to run")
+    parser.add_argument("--n_particles", type=int, default=None, help="as the state's job")
+    parser.add_argument("--box", type=int, default=96, help="as the state's job")
+    parser.add_argument("--bin", type=int, default=6, help="as the state's job")
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/work"))
+    parser.add_argument("--out", type=Path, default=Path("bench_final_iteration_ab.json"))
+    args = parser.parse_args()
+    settings = [parse_setting(text) for text in args.settings]
+    sim = args.work / "sim"
+    simulated = 0.0
+    if not (sim / "optimisation_set.star").exists():
+        options = argparse.Namespace(
+            tutorial=args.tutorial, box=args.box, bin=args.bin, seed=11,
+            n_particles=args.n_particles, snr=None, gpu=args.gpu,
+        )  # fmt: skip
+        simulated = simulate(options, sim)
+    rows = [run_setting(args, name, env, i) for i, (name, env) in enumerate(settings)]
+    columns = ["setting", "iteration_seconds", "e_step_seconds", *PHASES,
+               "resolution_vs_truth_angst", "median_angular_error_deg"]  # fmt: skip
+    lines = [f"simulated in {simulated:.1f} s", " | ".join(columns)]
+    lines += [
+        " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
+        for row in rows
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    args.out.write_text(json.dumps({"simulate_seconds": simulated, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
