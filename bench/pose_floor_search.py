@@ -27,7 +27,7 @@ from cryorefine.fourier import (
     soft_sphere_mask,
     to_fourier,
 )
-from cryorefine.geometry import matrix_to_euler
+from cryorefine.geometry import axis_angle_to_matrix, matrix_to_euler
 from cryorefine.io import ParticleSet, load_particles
 from cryorefine.likelihood import fourier_window, gather_window, squared_differences, window_phases
 from cryorefine.likelihood.passes import RowProjector
@@ -140,19 +140,14 @@ def reference(volume: np.ndarray, *, lowpass_shells: float | None, gridding: str
 
 
 def skew_exp(vectors_deg: Tensor) -> Tensor:
-    """Rotation matrices ``expm([w]x)`` of rotation vectors in degrees (``(..., 3)``)."""
-    w = torch.deg2rad(vectors_deg)
-    zero = torch.zeros_like(w[..., 0])
-    x, y, z = w.unbind(-1)
-    k = torch.stack(
-        [
-            torch.stack([zero, -z, y], -1),
-            torch.stack([z, zero, -x], -1),
-            torch.stack([-y, x, zero], -1),
-        ],
-        -2,
-    )
-    return torch.linalg.matrix_exp(k)
+    """Rotation matrices ``expm([w]x)`` of rotation vectors in degrees (``(..., 3)``).
+
+    ``geometry.axis_angle_to_matrix`` about ``w / |w|`` by ``|w|``; the zero vector
+    (any axis, angle 0) gives the identity.
+    """
+    angles = torch.linalg.vector_norm(vectors_deg, dim=-1)
+    axes = torch.where(angles[..., None] > 0, vectors_deg, vectors_deg.new_tensor([0.0, 0.0, 1.0]))
+    return axis_angle_to_matrix(axes, angles)
 
 
 def cube(half: float, step: float, ndim: int) -> Tensor:
