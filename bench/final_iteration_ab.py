@@ -59,7 +59,8 @@ def run_setting(args: argparse.Namespace, name: str, env: dict[str, str], index:
     start = time.perf_counter()
     done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"setting {name}: tutorial_bench failed\n{done.stderr[-3000:]}")
+        sys.stderr.write(f"setting {name}: tutorial_bench failed\n{done.stderr[-3000:]}\n")
+        return {"setting": name, "environment": env, "failed": done.stderr[-3000:]}
     summary = json.loads(out.read_text())
     phases = summary["e_step_phase_seconds"]
     return {
@@ -95,13 +96,20 @@ def main() -> None:
             n_particles=args.n_particles, snr=None, gpu=args.gpu,
         )  # fmt: skip
         simulated = simulate(options, sim)
-    rows = [run_setting(args, name, env, i) for i, (name, env) in enumerate(settings)]
+    rows = []
+    for i, (name, env) in enumerate(settings):
+        rows.append(run_setting(args, name, env, i))
+        sys.stdout.write(json.dumps(rows[-1]) + "\n")
+        sys.stdout.flush()
+        partial = {"simulate_seconds": simulated, "rows": rows}
+        args.out.write_text(json.dumps(partial, indent=1))  # what is done survives a cut
+    done = [row for row in rows if "failed" not in row]
     columns = ["setting", "iteration_seconds", "e_step_seconds", *PHASES,
                "resolution_vs_truth_angst", "median_angular_error_deg"]  # fmt: skip
     lines = [f"simulated in {simulated:.1f} s", " | ".join(columns)]
     lines += [
         " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
-        for row in rows
+        for row in done
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     args.out.write_text(json.dumps({"simulate_seconds": simulated, "rows": rows}, indent=1))
