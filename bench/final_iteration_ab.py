@@ -31,20 +31,29 @@ PHASES = ("mask", "coarse", "fine_project", "fine_score", "fine_sum", "insert")
 HERE = Path(__file__).resolve().parent
 
 
-def parse_setting(text: str) -> tuple[str, dict[str, str]]:
-    """``NAME`` or ``NAME=VAR=VALUE[,VAR=VALUE]`` -> name and environment additions."""
+def parse_setting(text: str) -> tuple[str, dict[str, str], list[str]]:
+    """``NAME[=VAR=VALUE,--option=VALUE,...]`` -> name, environment additions, bench options.
+
+    An entry that starts with ``--`` is an option of ``tutorial_bench.py`` (e.g.
+    ``--precision=tf32``); any other is an environment variable.
+    """
     name, _, assignments = text.partition("=")
-    env = {}
+    env, options = {}, []
     for pair in filter(None, assignments.split(",")):
         variable, sep, value = pair.partition("=")
         if not sep or not variable:
             raise SystemExit(f"--settings {text!r}: expected NAME=VAR=VALUE[,VAR=VALUE]")
-        env[variable] = value
-    return name, env
+        if variable.startswith("--"):
+            options += [variable, value]
+        else:
+            env[variable] = value
+    return name, env, options
 
 
-def run_setting(args: argparse.Namespace, name: str, env: dict[str, str], index: int) -> dict:
-    """The final iteration from the carried state with ``env`` added; its summary row."""
+def run_setting(
+    args: argparse.Namespace, name: str, env: dict[str, str], options: list[str], index: int
+) -> dict:
+    """The final iteration from the carried state with ``env`` and ``options``; its row."""
     refine = args.work / "Refine3D"
     shutil.rmtree(refine, ignore_errors=True)
     refine.mkdir(parents=True)
@@ -54,7 +63,7 @@ def run_setting(args: argparse.Namespace, name: str, env: dict[str, str], index:
     command = [
         sys.executable, str(HERE / "tutorial_bench.py"), "--tutorial", str(args.tutorial),
         "--work", str(args.work), "--continue_run", "--iter", str(args.iter), "--no_floor",
-        "--out", str(out), *(["--gpu"] if args.gpu else []),
+        "--out", str(out), *(["--gpu"] if args.gpu else []), *options,
     ]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
@@ -64,7 +73,8 @@ def run_setting(args: argparse.Namespace, name: str, env: dict[str, str], index:
     summary = json.loads(out.read_text())
     phases = summary["e_step_phase_seconds"]
     return {
-        "setting": name, "environment": env, "process_seconds": time.perf_counter() - start,
+        "setting": name, "environment": env, "options": options,
+        "process_seconds": time.perf_counter() - start,
         "iteration_seconds": summary["iteration_seconds_total"],
         "e_step_seconds": summary["e_step_seconds_total"],
         **{phase: phases.get(phase, 0.0) for phase in PHASES},
@@ -97,8 +107,8 @@ def main() -> None:
         )  # fmt: skip
         simulated = simulate(options, sim)
     rows = []
-    for i, (name, env) in enumerate(settings):
-        rows.append(run_setting(args, name, env, i))
+    for i, (name, env, options) in enumerate(settings):
+        rows.append(run_setting(args, name, env, options, i))
         sys.stdout.write(json.dumps(rows[-1]) + "\n")
         sys.stdout.flush()
         partial = {"simulate_seconds": simulated, "rows": rows}

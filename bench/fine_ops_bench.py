@@ -60,7 +60,9 @@ def long_inner_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _row(name: str, seconds: float, flops: float, nbytes: float, rates: dict) -> dict:
-    floor = max(flops / rates["flops"], nbytes / rates["copy"])
+    """A row's floor: its flops at the matrix rate of its precision, or its bytes at copy speed."""
+    rate = rates["tf32_flops"] if "tf32" in name else rates["flops"]
+    floor = max(flops / rate, nbytes / rates["copy"])
     return {"operation": name, "seconds": seconds, "floor_seconds": floor,
             "ratio_to_floor": seconds / floor}  # fmt: skip
 
@@ -95,12 +97,13 @@ def _cross_cases(
             def q_torch(w: Tensor = weights, p: Tensor = table, i: Tensor = rows) -> Tensor:
                 return w @ p[i]
 
-            def q_kernel(w: Tensor = weights, p: Tensor = table, i: Tensor = rows) -> Tensor:
-                return kernel_combination(w, p, i)
+            def q_kernel(w: Tensor = weights, p: Tensor = table, i: Tensor = rows, x=False):
+                return kernel_combination(w, p, i, tf32=x)
 
             written = 4.0 * b * t * 2 * K  # Q written once
             cases.append(("fine Q: gather + bmm", q_torch, flops, gathered + written))
             cases.append(("fine Q: kernel float32", q_kernel, flops, once + written))
+            cases.append(("fine Q: kernel tf32", partial(q_kernel, x=True), flops, once + written))
     return cases
 
 
@@ -110,6 +113,12 @@ def measure(device: torch.device, repeats: int) -> dict:
     copy = copy_rates(device, repeats)
     rates = {"flops": matmul_rate((1, 4096, 4096, 4096), device, repeats),
              "copy": max(copy.values())}  # fmt: skip
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        rates["tf32_flops"] = matmul_rate((1, 4096, 4096, 4096), device, repeats)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
     ctf_power = torch.rand((B, K), generator=gen, device=device)
     row_power = torch.rand((ROWS, K), generator=gen, device=device)
     row_weights = torch.rand((B, ROWS), generator=gen, device=device)
@@ -150,7 +159,8 @@ def main() -> None:
     result = measure(torch.device(args.device), args.repeats)
     rates = result["rates"]
     lines = [
-        f"device: {result['device']}; float32 {rates['flops'] / 1e12:.1f} TFLOP/s, copy "
+        f"device: {result['device']}; float32 {rates['flops'] / 1e12:.1f} TFLOP/s, tf32 "
+        f"{rates['tf32_flops'] / 1e12:.1f} TFLOP/s (tf32 rows' floor), copy "
         f"{rates['copy'] / 1e9:.0f} GB/s; long_inner_product relative error "
         f"{result['long_inner_product_relative_error']:.2e}",
         f"{'operation':<40} {'ms':>9} {'floor ms':>9} {'ratio':>7}",

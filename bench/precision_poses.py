@@ -15,8 +15,9 @@ whose pose changes, the median and largest rotation change among them, the
 largest relative change of pmax and the E-step seconds; writes the same as
 JSON. On the CPU ``tf32`` is ``float32`` (tf32 is a CUDA mode). ``texture`` is
 float32 with the projections sampled by the GPU's texture units
-(``fourier.texture``, refine's ``--interpolation texture``); the other
-precisions sample exactly.
+(``fourier.texture``, refine's ``--interpolation texture``), ``tf32_texture``
+the same with tf32; the other precisions sample exactly. With the environment's
+``CRYOREFINE_HELD_CROSS=1`` float32 and tf32 take the held-row kernels.
 """
 
 import argparse
@@ -49,7 +50,8 @@ from cryorefine.refine.run_files import read_continue
 
 def _poses(continued, inputs, rows, variant, device):
     """One E-step of half set 1's ``rows`` as ``variant``: its pose update and seconds."""
-    precision = "float32" if variant == "texture" else variant
+    texture = variant.endswith("texture")  # "texture" is float32's, "tf32_texture" tf32's
+    precision = "float32" if variant == "texture" else variant.removesuffix("_texture")
     options, state, model = continued.options, continued.state, continued.half_models[0]
     grid = OrientationGrid(
         healpix_order=state.healpix_order,
@@ -65,7 +67,7 @@ def _poses(continued, inputs, rows, variant, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    sampling = reference_texture(reference) if variant == "texture" else nullcontext()
+    sampling = reference_texture(reference) if texture else nullcontext()
     with sampling:
         _, update = run_half_set(
             inputs.particles,
