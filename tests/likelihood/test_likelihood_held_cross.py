@@ -219,3 +219,23 @@ def test_the_combination_kernel_on_the_gpu_matches_the_product(monkeypatch, shap
     weights = torch.rand(shape[0], shape[1], shape[2], generator=gen).cuda()
     got = held_combination(weights, table, rows)
     _check_combination(got.cpu(), weights.cpu(), table.cpu(), rows.cpu())
+
+
+@pytest.mark.parametrize(
+    ("setting", "float32", "tf32"),
+    [(None, False, True), (True, True, True), (False, False, False)],
+    ids=["default: tf32 only", "CRYOREFINE_HELD_CROSS=1", "CRYOREFINE_HELD_CROSS=0"],
+)
+def test_the_kernel_is_taken_in_tf32_by_default_and_in_float32_when_asked(
+    monkeypatch, setting, float32, tf32
+):
+    # the routing alone: Triton stood in for, the interpreter's CPU tensors allowed
+    monkeypatch.setattr(module, "triton", object())
+    monkeypatch.setattr(module, "_INTERPRETED", True)
+    monkeypatch.setattr(module, "KERNEL", setting)
+    shifted, table, _ = _case(2, 3, 4, 5, 20)
+    assert module.kernel_applies(shifted, table, "float32") is float32
+    assert module.kernel_applies(shifted, table, "tf32") is tf32
+    assert module.kernel_applies(shifted.double(), table.double(), "float64") is False
+    wide = torch.randn(2, module.MAX_TILE_ROWS + 1, 20)  # too many rows of Z for one tile
+    assert module.kernel_applies(wide, table, "tf32") is False
