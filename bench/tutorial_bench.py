@@ -39,6 +39,7 @@ from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on s
 from floor_table import floor_rows, format_totals, iteration_totals
 
 from cryorefine.cli.main import main as cryorefine
+from cryorefine.refine.driver import resolve_precision
 from cryorefine.refine.run_files import last_finished_iteration
 from cryorefine.simulate.evaluate import compare_to_truth
 
@@ -112,7 +113,7 @@ def parse_arguments() -> argparse.Namespace:
         "--batch_size", type=int, default=0, help="refine --batch_size (0: refine's default)"
     )
     parser.add_argument(
-        "--precision", default="float32", help="refine --precision (float32, tf32, float64)"
+        "--precision", default="auto", help="refine --precision (auto, float32, tf32, float64)"
     )
     parser.add_argument(
         "--interpolation", default="texture", help="refine --interpolation (texture, exact)"
@@ -206,10 +207,12 @@ def main() -> None:
         refine_seconds, stopped = time.perf_counter() - start, True
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
     allocator = torch.cuda.memory_stats() if args.gpu else {}
+    device = torch.device("cuda" if args.gpu else "cpu")
+    precision = resolve_precision(args.precision, device)
     floors = (
-        {"precision": args.precision, "rates": {}, "rows": [], "per_iteration": []}
+        {"precision": precision, "rates": {}, "rows": [], "per_iteration": []}
         if args.no_floor
-        else floor(refine, gpu=args.gpu, precision=args.precision)
+        else floor(refine, gpu=args.gpu, precision=precision)
     )
     log = (refine / "run.log").read_text()
     counts = re.findall(r"iter=001 half_set=\d particles=(\d+)", log)

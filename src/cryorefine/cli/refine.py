@@ -110,9 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("float32", "float64", "tf32"),
-        default="float32",
-        help="arithmetic of the E-step's matrix products (default float32)",
+        choices=("auto", "float32", "float64", "tf32"),
+        default="auto",
+        help="arithmetic of the E-step's matrix products (default auto: tf32 on a GPU, "
+        "float32 on the CPU)",
     )
     parser.add_argument(
         "--interpolation",
