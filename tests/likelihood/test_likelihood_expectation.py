@@ -555,6 +555,11 @@ def test_the_work_counted_is_the_searched_grid_and_the_children_scored():
     assert counts["projected_orientations"] % 8 == 0
     assert counts["projected_orientations"] > 0
     assert counts["inserted_orientations"] == result.backprojection.rotations.shape[0]
+    # the coarse pass's sub-phases are timed inside it, as the fine pass's inside it
+    seconds = times.seconds()
+    for sub, whole in (("coarse_prepare", "coarse"), ("coarse_score", "coarse"),
+                       ("coarse_select", "coarse"), ("fine_score", "fine")):  # fmt: skip
+        assert 0 < seconds[sub] <= seconds[whole]
 
 
 def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_budget():

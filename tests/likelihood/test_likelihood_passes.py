@@ -15,6 +15,7 @@ from cryorefine.likelihood import (
 from cryorefine.likelihood.passes import (
     ParticleWindowData,
     RowProjector,
+    held_list_chunk,
     row_chunks,
     score_held_lists,
     score_lists,
@@ -174,3 +175,14 @@ def test_row_chunks_bound_the_slots_per_list_even_when_one_row_holds_many():
         torch.testing.assert_close(part.projections[part.inside][:, 0], want)
     assert torch.equal(seen, valid.to(torch.int64))  # every valid slot exactly once
     assert table.projected == [(0, 2), (2, 4), (4, 5)]  # each row projected once
+
+
+def test_held_list_chunks_budget_the_gathered_copy_only_where_the_rows_are_gathered():
+    # the tutorial's final coarse pass: 180 slots, 27 translations, 239k coefficients
+    r, t, k, size, budget = 180, 27, 238_869, 4, 16 * 2**30
+    z_bytes, copy_bytes = 4 * t * k * size, 4 * r * k * size
+    assert held_list_chunk(r, t, k, size, budget, gathered=True) == (budget // 2) // (
+        z_bytes + copy_bytes
+    )
+    assert held_list_chunk(r, t, k, size, budget, gathered=False) == (budget // 2) // z_bytes
+    assert held_list_chunk(r, t, k, size, 1, gathered=False) == 1  # never empty

@@ -347,8 +347,9 @@ def expectation(
     for start in range(0, particles.count, chunk):
         part = particles.select(slice(start, start + chunk))
         with times.phase("coarse"):
-            prep = prepare(part, plan)
-            coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse)
+            with times.phase("coarse_prepare"):
+                prep = prepare(part, plan)
+            coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse, times)
         # the children's projections live on the fine window (not the whole grid)
         projected_values = 0 if cache.fine is not None else prep.fine_window.count
         # per fine translation: phases and Z on the fine window, phases and shifted

@@ -36,6 +36,7 @@ __all__ = [
     "ParticleWindowData",
     "ProjectionTable",
     "RowProjector",
+    "held_list_chunk",
     "merge_rows",
     "row_chunks",
     "score_held_lists",
@@ -254,6 +255,18 @@ def score_lists(
     return out[:, :, :r]
 
 
+def held_list_chunk(r: int, t: int, k: int, size: int, max_bytes: int, *, gathered: bool) -> int:
+    """Particles per chunk of ``score_held_lists``: half of ``max_bytes`` over each one's bytes.
+
+    Per particle: its ``Z`` (``t x 2k`` numbers of ``size`` bytes, and the complex array it
+    is made from) and, where its ``r`` slots are ``gathered`` (the torch route), their copy
+    (2 numbers per slot and coefficient, and as many again for a copy in the working dtype
+    or their squares).
+    """
+    per_particle = 4 * t * k * size + (4 * r * k * size if gathered else 0)
+    return max(1, (max_bytes // 2) // per_particle)
+
+
 def score_held_lists(
     particles: ParticleWindowData,
     values: Complex[Tensor, "n k"],
@@ -299,13 +312,13 @@ def score_held_lists(
                 table_power[:, lo : lo + block] = ctf_power @ power.T
         table_power = table_power.gather(1, rows)
     out = ctf_power.new_empty((b, t, r))
-    # per particle: its gathered slots (2 numbers per slot and coefficient, and as many
-    # again for a copy in the working dtype or their squares) and its Z (t x 2k, and the
-    # complex array it is made from); half the budget
-    per_particle = 4 * r * k * size + 4 * t * k * size
-    step = max(1, (max_bytes // 2) // per_particle)
     phases = particles.phases[:1]
     table = as_real_pairs(values) if values.is_contiguous() else None  # (n, 2k), a view
+    # the kernel reads each particle's rows through their indices: no gathered copy
+    z_like = ctf_power.new_empty((1, t, 2))  # a chunk's Z as the kernel would see it
+    kernel = table is not None and table_power is not None
+    kernel = kernel and kernel_applies(z_like, table, precision)
+    step = held_list_chunk(r, t, k, size, max_bytes, gathered=not kernel)
     for lo in range(0, b, step):
         chunk = slice(lo, min(lo + step, b))
         terms = data_terms(
@@ -315,11 +328,7 @@ def score_held_lists(
             phases[0],
             precision=precision,
         )
-        if (
-            table is not None
-            and table_power is not None
-            and kernel_applies(terms.shifted, table, precision)
-        ):
+        if kernel and kernel_applies(terms.shifted, table, precision):
             # each particle's rows read through their indices: no gathered copy
             ref_power = table_power[chunk]
             cross = kernel_cross(terms.shifted, table, rows[chunk], tf32=precision == "tf32")

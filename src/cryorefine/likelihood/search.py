@@ -10,6 +10,7 @@ only for the log-likelihood contribution.
 """
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from cryorefine.likelihood.posterior import (
 )
 from cryorefine.likelihood.sums import ShellSums
 from cryorefine.likelihood.window import FourierWindow
+from cryorefine.timing import PhaseTimes
 
 __all__ = [
     "CoarseOutcome",
@@ -253,36 +255,60 @@ def coarse_pass(
     reference_ft: Tensor,
     plan: ExpectationPlan,
     projections: Tensor | None = None,
+    times: PhaseTimes | None = None,
 ) -> CoarseOutcome:
     """Score the coarse grid, compute the posterior and mark the significant samples.
 
     ``projections``: the whole coarse grid's projections on the coarse window, or None.
+    ``times``: where the sub-phases ``coarse_score`` (the candidates' projections and
+    scores) and ``coarse_select`` (the posterior and its significant samples) add
+    their seconds, or None.
     """
+
+    def phase(name: str) -> AbstractContextManager[None]:
+        return nullcontext() if times is None else times.phase(name)
+
     ids, log_prior_o, shared = _candidates(particles, plan)
     log_prior_o = log_prior_o - _log_mean_exp(log_prior_o)[:, None]
     log_prior_t = offset_log_prior(particles, plan.translations_px, plan.sigma2_offset_px2)
     norm_t = _log_mean_exp(log_prior_t)
     log_prior_t = log_prior_t - norm_t[:, None]
+    with phase("coarse_score"):
+        scores = _coarse_scores(prep, ids, log_prior_o, shared, reference_ft, plan, projections)
+    with phase("coarse_select"):
+        b, t, c = scores.shape
+        log_prior = log_prior_t[:, :, None] + log_prior_o[:, None, :]
+        weights = weights_of(scores.reshape(b, -1), log_prior.reshape(b, -1), plan)
+        if not bool(torch.isfinite(weights).all()):
+            bad = (~torch.isfinite(weights).all(dim=1)).nonzero().squeeze(1)[:5].tolist()
+            raise ValueError(
+                f"particles {bad} of the chunk have no searched pose with a finite score"
+            )
+        significant, count = significant_samples(weights, plan.adaptive_fraction)
+    return CoarseOutcome(significant.reshape(b, t, c), count, ids, log_prior_o, norm_t)
+
+
+def _coarse_scores(
+    prep: Prepared,
+    ids: Int[Tensor, "b c"],
+    log_prior_o: Float[Tensor, "b c"],
+    shared: bool,
+    reference_ft: Tensor,
+    plan: ExpectationPlan,
+    projections: Tensor | None,
+) -> Float[Tensor, "b t c"]:
+    """The coarse scores: the whole grid shared by all particles, or each one's own list."""
     window, pad = prep.coarse_window, plan.padding_factor
     if shared:
         table = coarse_rotations(plan.orientations)
         projector = RowProjector(reference_ft, table, window, pad, projections)
-        scores = score_shared(
+        return score_shared(
             prep.coarse,
             projector,
             cross_correlation=plan.cross_correlation,
             precision=plan.precision,
             max_bytes=plan.max_bytes,
         )
-    else:
-        scores = _list_scores(
-            prep.coarse, ids, torch.isfinite(log_prior_o), reference_ft, window, plan, projections
-        )
-    b, t, c = scores.shape
-    log_prior = log_prior_t[:, :, None] + log_prior_o[:, None, :]
-    weights = weights_of(scores.reshape(b, -1), log_prior.reshape(b, -1), plan)
-    if not bool(torch.isfinite(weights).all()):
-        bad = (~torch.isfinite(weights).all(dim=1)).nonzero().squeeze(1)[:5].tolist()
-        raise ValueError(f"particles {bad} of the chunk have no searched pose with a finite score")
-    significant, count = significant_samples(weights, plan.adaptive_fraction)
-    return CoarseOutcome(significant.reshape(b, t, c), count, ids, log_prior_o, norm_t)
+    return _list_scores(
+        prep.coarse, ids, torch.isfinite(log_prior_o), reference_ft, window, plan, projections
+    )
