@@ -260,9 +260,9 @@ def test_lists_whose_union_cannot_be_held_are_split_until_it_can(monkeypatch, sp
     budget = 2 * row_bytes * (union - 1) if split == "halves" else 2 * row_bytes * 39
     original = search._list_scores
 
-    def with_small_budget(data, ids, valid, reference_ft, window, plan, projections):
+    def with_small_budget(data, ids, valid, reference_ft, window, plan, projections, times):
         small = replace(plan, max_bytes=budget)  # the chunk of the E-step keeps all three
-        return original(data, ids, valid, reference_ft, window, small, projections)
+        return original(data, ids, valid, reference_ft, window, small, projections, times)
 
     monkeypatch.setattr(search, "_list_scores", with_small_budget)
     held, ranged = [], []
@@ -282,6 +282,26 @@ def test_lists_whose_union_cannot_be_held_are_split_until_it_can(monkeypatch, sp
     full_particles = particle_terms(images, **kwargs, log_prior_orientations=dense)
     full = expectation(full_particles, reference, plan)
     _assert_same(result, full, _exponent_error(full_particles, reference, plan))
+
+
+def test_a_local_search_times_the_projection_of_its_lists_union_and_counts_its_rows(
+    monkeypatch,
+):
+    monkeypatch.setattr(search, "UNION_PRODUCT_RATIO", 0)  # lists only
+    reference, plan, images, *_ = _case(2, b=3, seed=6)
+    plan = replace(plan, orientations=whole_grid(1, perturbation=0.3))
+    count = plan.orientations.count
+    gen = torch.Generator().manual_seed(8)
+    ids = torch.stack([torch.randperm(count, generator=gen)[:40] for _ in range(3)])
+    log_prior = torch.log(torch.rand(3, 40, generator=gen, dtype=torch.float64))
+    kwargs = {"current_size": plan.current_size, "sigma2": 1.0, "ndim": 2, "grid_count": count}
+    listed = particle_terms(images, **kwargs, log_prior_orientations=log_prior, orientation_ids=ids)
+    times = PhaseTimes(torch.device("cpu"))
+    expectation(listed, reference, plan, times=times)
+    # one chunk of three particles: the union of their lists projected once
+    assert times.counts()["coarse_projected_orientations"] == torch.unique(ids).numel()
+    seconds = times.seconds()
+    assert 0 < seconds["coarse_project"] <= seconds["coarse_score"] <= seconds["coarse"]
 
 
 def _counting(function, calls):

@@ -197,6 +197,7 @@ def _list_scores(
     window: FourierWindow,
     plan: ExpectationPlan,
     projections: Tensor | None,
+    times: PhaseTimes | None = None,
 ) -> Float[Tensor, "b t c"]:
     """Scores of each particle's candidate list (+inf at padded slots).
 
@@ -205,7 +206,8 @@ def _list_scores(
     ``projections``, the whole grid's). A union beyond half the budget is not
     held: the particles are split in two (neighbours in search order share more
     of their lists) until it fits; a single particle's list beyond it is scored
-    by ranges of rows.
+    by ranges of rows. ``times``: where the union's projection (``coarse_project``)
+    adds its seconds and its orientations (``coarse_projected_orientations``), or None.
     """
     scoring = {
         "cross_correlation": plan.cross_correlation,
@@ -236,14 +238,24 @@ def _list_scores(
         return torch.cat(
             [
                 _list_scores(
-                    select(data, part), ids[part], valid[part], reference_ft, window, plan, None
+                    select(data, part),
+                    ids[part],
+                    valid[part],
+                    reference_ft,
+                    window,
+                    plan,
+                    None,
+                    times,
                 )
                 for part in (slice(0, half), slice(half, b))
             ]
         )
     table = coarse_rotations(plan.orientations, union)
     projector = RowProjector(reference_ft, table, window, plan.padding_factor)
-    held = projector.with_values(plan.max_bytes // 2, chunk_bytes=plan.max_bytes // 4)
+    with _phase(times, "coarse_project"):
+        held = projector.with_values(plan.max_bytes // 2, chunk_bytes=plan.max_bytes // 4)
+    if times is not None and held.values is not None:
+        times.add_count("coarse_projected_orientations", n)
     if held.values is None:  # one particle's list beyond half the budget
         return score_lists(data, projector, rows, valid, **scoring)
     return score_held_lists(data, held.values, rows, valid, **scoring)
@@ -265,17 +277,16 @@ def coarse_pass(
     their seconds, or None.
     """
 
-    def phase(name: str) -> AbstractContextManager[None]:
-        return nullcontext() if times is None else times.phase(name)
-
     ids, log_prior_o, shared = _candidates(particles, plan)
     log_prior_o = log_prior_o - _log_mean_exp(log_prior_o)[:, None]
     log_prior_t = offset_log_prior(particles, plan.translations_px, plan.sigma2_offset_px2)
     norm_t = _log_mean_exp(log_prior_t)
     log_prior_t = log_prior_t - norm_t[:, None]
-    with phase("coarse_score"):
-        scores = _coarse_scores(prep, ids, log_prior_o, shared, reference_ft, plan, projections)
-    with phase("coarse_select"):
+    with _phase(times, "coarse_score"):
+        scores = _coarse_scores(
+            prep, ids, log_prior_o, shared, reference_ft, plan, projections, times
+        )
+    with _phase(times, "coarse_select"):
         b, t, c = scores.shape
         log_prior = log_prior_t[:, :, None] + log_prior_o[:, None, :]
         weights = weights_of(scores.reshape(b, -1), log_prior.reshape(b, -1), plan)
@@ -296,6 +307,7 @@ def _coarse_scores(
     reference_ft: Tensor,
     plan: ExpectationPlan,
     projections: Tensor | None,
+    times: PhaseTimes | None = None,
 ) -> Float[Tensor, "b t c"]:
     """The coarse scores: the whole grid shared by all particles, or each one's own list."""
     window, pad = prep.coarse_window, plan.padding_factor
@@ -309,6 +321,10 @@ def _coarse_scores(
             precision=plan.precision,
             max_bytes=plan.max_bytes,
         )
-    return _list_scores(
-        prep.coarse, ids, torch.isfinite(log_prior_o), reference_ft, window, plan, projections
-    )
+    valid = torch.isfinite(log_prior_o)
+    return _list_scores(prep.coarse, ids, valid, reference_ft, window, plan, projections, times)
+
+
+def _phase(times: PhaseTimes | None, name: str) -> AbstractContextManager[None]:
+    """``times.phase(name)``, or nothing where no times are kept."""
+    return nullcontext() if times is None else times.phase(name)
