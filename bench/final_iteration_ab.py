@@ -28,8 +28,7 @@ from pathlib import Path
 from tutorial_bench import simulate  # bench/ is on sys.path
 
 PHASES = ("mask", "coarse", "coarse_prepare", "coarse_project", "coarse_score", "coarse_select",
-          "fine_project",
-          "fine_score", "fine_sum", "insert")  # fmt: skip
+          "fine_project", "fine_score", "fine_sum", "insert")  # fmt: skip
 HERE = Path(__file__).resolve().parent
 
 
