@@ -39,7 +39,7 @@ from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on s
 from floor_table import floor_rows, format_totals, iteration_totals
 
 from cryorefine.cli.main import main as cryorefine
-from cryorefine.refine.driver import resolve_precision
+from cryorefine.likelihood import resolve_precision
 from cryorefine.refine.run_files import last_finished_iteration
 from cryorefine.simulate.evaluate import compare_to_truth
 

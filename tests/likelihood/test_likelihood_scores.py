@@ -17,7 +17,7 @@ from cryorefine.likelihood import (
     squared_differences_per_particle,
     window_phases,
 )
-from cryorefine.likelihood.scores import per_particle_cross
+from cryorefine.likelihood.scores import per_particle_cross, resolve_precision
 
 
 def _random_terms(gen, b=3, t=4, r=5, k=37):
@@ -246,3 +246,12 @@ def test_per_particle_cross_in_blocks_is_each_particles_own_product(n):
     # float32 sums of n products: within gamma_n sum |z p| of the exact value
     magnitude = torch.einsum("btn,brn->btr", shifted.double().abs(), projections.double().abs())
     assert ((got.double() - want).abs() <= gamma(n, U32) * magnitude).all()
+
+
+def test_precision_auto_is_tf32_on_a_gpu_and_float32_on_the_cpu():
+    # the measured choice (docs/performance.md): tf32 on the GPU kept the tutorial job's
+    # figures against the truth; the CPU has no tf32
+    assert resolve_precision("auto", torch.device("cuda")) == "tf32"
+    assert resolve_precision("auto", torch.device("cpu")) == "float32"
+    for given in ("float32", "float64", "tf32"):  # a precision asked for is kept
+        assert resolve_precision(given, torch.device("cuda")) == given

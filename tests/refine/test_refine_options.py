@@ -10,7 +10,7 @@ import torch
 
 from cryorefine.cli.refine import add_arguments
 from cryorefine.errors import InputError
-from cryorefine.refine.driver import refine_run, resolve_precision
+from cryorefine.refine.driver import refine_run
 from cryorefine.refine.options import (
     COMMAND_LINE_FLAGS,
     RefineOptions,
@@ -107,13 +107,7 @@ def test_an_unknown_interpolation_is_refused_before_anything_runs(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_precision_auto_is_tf32_on_a_gpu_and_float32_on_the_cpu():
-    # the measured choice (docs/performance.md): tf32 on the GPU kept the tutorial job's
-    # figures against the truth; the CPU has no tf32
-    assert resolve_precision("auto", torch.device("cuda")) == "tf32"
-    assert resolve_precision("auto", torch.device("cpu")) == "float32"
-    for given in ("float32", "float64", "tf32"):  # a precision asked for is kept
-        assert resolve_precision(given, torch.device("cuda")) == given
+def test_refine_run_chooses_its_precision_by_device_unless_told():
     assert inspect.signature(refine_run).parameters["precision"].default == "auto"
 
 

@@ -28,7 +28,7 @@ from cryorefine.geometry import (
     next_perturbation,
     psi_angles_deg,
 )
-from cryorefine.likelihood import OrientationGrid, working_dtypes
+from cryorefine.likelihood import OrientationGrid, resolve_precision, working_dtypes
 from cryorefine.refine.auto_sampling import update_angular_sampling
 from cryorefine.refine.communicator import Communicator, SingleProcess
 from cryorefine.refine.convergence import (
@@ -69,13 +69,6 @@ __all__ = ["refine_run"]
 
 logger = logging.getLogger(__name__)
 
-AUTO_PRECISION = {True: "tf32", False: "float32"}
-"""``--precision auto`` on a GPU (True) and on the CPU (False). tf32 on the GPU: on the
-tutorial-shaped job (H100) it took 677 s against 964 s in float32 with the same figures
-against the truth (16.2 A, 2.52 against 2.54 degrees), and it changed the best pose of
-2.0 % of particles against float64 (float32: 0.9 %), each by about one fine step
-(``docs/performance.md``)."""
-
 
 def _grid(state: RefineState, group, device: torch.device) -> OrientationGrid:
     pixels = asymmetric_unit_pixels(state.healpix_order, group)
@@ -85,11 +78,6 @@ def _grid(state: RefineState, group, device: torch.device) -> OrientationGrid:
         psi_deg=psi_angles_deg(state.psi_step_deg, device=device),
         perturbation=state.perturbation,
     )
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``precision`` itself, or for ``"auto"`` the device's (``AUTO_PRECISION``)."""
-    return AUTO_PRECISION[device.type == "cuda"] if precision == "auto" else precision
 
 
 def _iteration(
@@ -320,7 +308,7 @@ def refine_run(
     ``run_continue.continued_options`` lets the command line (``given_options``:
     the names given on it, or None for those that differ from the defaults) change.
     ``precision`` is the E-step's arithmetic (``likelihood.scores``); ``"auto"`` is
-    tf32 on a GPU (``AUTO_PRECISION``) and float32 on the CPU; on a GPU
+    tf32 on a GPU and float32 on the CPU (``likelihood.resolve_precision``); on a GPU
     ``interpolation`` ``"texture"`` samples the references by the texture units
     (``fourier.texture``), ``"exact"`` by the float32 kernel.
 
