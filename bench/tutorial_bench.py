@@ -39,7 +39,6 @@ from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on s
 from floor_table import floor_rows, format_totals, iteration_totals
 
 from cryorefine.cli.main import main as cryorefine
-from cryorefine.likelihood import resolve_precision
 from cryorefine.refine.run_files import last_finished_iteration
 from cryorefine.simulate.evaluate import compare_to_truth
 
@@ -126,6 +125,14 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _concrete(precision: str, *, gpu: bool) -> str:
+    """``auto`` as ``refine`` reads it (``likelihood.scores.AUTO_PRECISION``), resolved here
+    so that the bench also drives builds older than ``--precision auto``."""
+    if precision != "auto":
+        return precision
+    return "tf32" if gpu else "float32"
+
+
 def simulate(args: argparse.Namespace, sim: Path) -> float:
     arguments = [
         "simulate", "--o", str(sim), "--sym", "C6", "--box", str(args.box),
@@ -192,7 +199,8 @@ def main() -> None:
         command = ["refine", "--continue", str(finished[-1])]
     if args.iter or command[1] == "--continue":  # a continued run keeps its own limit unless
         command += ["--iter", str(args.iter)]  # told: 0 is "until it converges"
-    command += ["--batch_size", str(args.batch_size), "--precision", args.precision,
+    command += ["--batch_size", str(args.batch_size),
+                "--precision", _concrete(args.precision, gpu=args.gpu),
                 "--interpolation", args.interpolation]  # fmt: skip
     profile = cProfile.Profile() if args.profile else None
     # SIGTERM (``timeout``) stops the refine; the table is then made from its last whole
@@ -207,8 +215,7 @@ def main() -> None:
         refine_seconds, stopped = time.perf_counter() - start, True
     peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
     allocator = torch.cuda.memory_stats() if args.gpu else {}
-    device = torch.device("cuda" if args.gpu else "cpu")
-    precision = resolve_precision(args.precision, device)
+    precision = _concrete(args.precision, gpu=args.gpu)
     floors = (
         {"precision": precision, "rates": {}, "rows": [], "per_iteration": []}
         if args.no_floor

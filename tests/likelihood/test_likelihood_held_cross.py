@@ -1,6 +1,7 @@
 """likelihood.held_cross: each particle's cross terms against its own rows of a held table."""
 
 import functools
+import math
 import os
 import subprocess
 import sys
@@ -26,12 +27,26 @@ def _case(b, t, r, n, k2, seed=0):
     return shifted, table, rows
 
 
-def _check(got, shifted, table, rows):
-    """Within float32's bound of a 2k-term sum in any order: gamma_2k sum |z p|."""
+def _check(got, shifted, table, rows, depth=None):
+    """Within float32's bound of a 2k-term sum: gamma_n sum |z p|, with n = 2k for any
+    order, or the kernel's longest chain of roundings ``depth`` where it is known."""
     want = torch.einsum("btk,brk->btr", shifted.double(), table.double()[rows])
     magnitude = torch.einsum("btk,brk->btr", shifted.double().abs(), table.double().abs()[rows])
+    n = shifted.shape[2] if depth is None else depth
     assert got.shape == want.shape
-    assert ((got.double() - want).abs() <= gamma(shifted.shape[2], U32) * magnitude).all()
+    assert ((got.double() - want).abs() <= gamma(n, U32) * magnitude).all()
+
+
+def _depth(b, r, k2, split=None, factors=1):
+    """The kernel's longest chain of roundings for one output: ``factors`` roundings of a
+    term, at most ``BK`` within a tile's sum, one per tile of a range, one per range added
+    (the launcher's own choice of ranges where ``split`` is None)."""
+    bk = module._BLOCK_K
+    if split is None:
+        split = module._splits(b, math.ceil(r / module._BLOCK_ROWS), k2)
+    span = math.ceil(math.ceil(k2 / split) / bk) * bk
+    split = math.ceil(k2 / span)
+    return factors + bk + span // bk + split
 
 
 @pytest.mark.parametrize("shape", CASES)
@@ -123,12 +138,14 @@ _POWERED = textwrap.dedent(
 )
 
 
-def _check_power(got, table, rows, ctf_power):
-    """Within float32's bound of k positive terms of three factors each: gamma_(k+2) * value."""
+def _check_power(got, table, rows, ctf_power, split=None):
+    """Within float32's bound of a sum of positive terms c p^2 (two roundings each), added
+    along the kernel's longest chain (``_depth``): gamma_depth * value."""
     pairs = table.double()[rows].unflatten(-1, (-1, 2))  # (b, r, k, 2)
     want = ((pairs.square().sum(-1)) * ctf_power.double()[:, None, :]).sum(-1)
+    depth = _depth(rows.shape[0], rows.shape[1], table.shape[1], split, factors=2)
     assert got.shape == want.shape
-    assert ((got.double() - want).abs() <= gamma(ctf_power.shape[1] + 2, U32) * want).all()
+    assert ((got.double() - want).abs() <= gamma(depth, U32) * want).all()
 
 
 @pytest.mark.parametrize("split", [1, 3], ids=["whole k", "three ranges"])
@@ -147,7 +164,7 @@ def test_the_kernel_gives_each_rows_weighted_power_from_the_same_reads(tmp_path,
     assert done.returncode == 0, done.stderr[-2000:]
     cross, power = torch.load(tmp_path / "out.pt")
     _check(cross, shifted, table, rows)
-    _check_power(power, table, rows, ctf_power)
+    _check_power(power, table, rows, ctf_power, split)
 
 
 _COMBINED = textwrap.dedent(
@@ -190,7 +207,8 @@ def test_the_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):
     monkeypatch.setattr(module, "KERNEL", True)
     shifted, table, rows = (x.cuda() for x in _case(*shape, seed=2))
     got = held_cross(shifted, table, rows)
-    _check(got.cpu(), shifted.cpu(), table.cpu(), rows.cpu())
+    depth = _depth(shape[0], shape[2], shape[4])  # IEEE float32: the launcher's own ranges
+    _check(got.cpu(), shifted.cpu(), table.cpu(), rows.cpu(), depth)
 
 
 _WIRED = textwrap.dedent(
@@ -292,6 +310,16 @@ def test_the_kernels_power_on_the_gpu_is_float32_whatever_the_products_precision
     cross, power = module.kernel_cross_and_power(
         shifted.cuda(), table.cuda(), rows.cuda(), ctf_power.cuda(), tf32=tf32
     )
-    _check_power(power.cpu(), table, rows, ctf_power)
+    _check_power(power.cpu(), table, rows, ctf_power)  # the launcher's own ranges
     if not tf32:
-        _check(cross.cpu(), shifted, table, rows)
+        _check(cross.cpu(), shifted, table, rows, _depth(3, 180, 477_738))
+
+
+def test_the_rows_power_is_refused_for_an_odd_2k_before_anything_runs():
+    # real pairs have an even 2k; an odd one would read one weight past the end
+    shifted, table, rows = _case(2, 3, 4, 5, 5)
+    with pytest.raises(ValueError, match="2k even, got 5"):
+        module.kernel_cross_and_power(shifted, table, rows, torch.rand(2, 2))
+    shifted, table, rows = _case(2, 3, 4, 5, 6)
+    with pytest.raises(ValueError, match=r"ctf_power \(2, 3\)"):
+        module.kernel_cross_and_power(shifted, table, rows, torch.rand(2, 4))

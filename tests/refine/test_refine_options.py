@@ -117,3 +117,13 @@ def test_the_command_line_defaults_to_precision_auto_and_accepts_each_precision(
     assert parser.parse_args([]).precision == "auto"
     for given in ("auto", "float32", "float64", "tf32"):
         assert parser.parse_args(["--precision", given]).precision == given
+
+
+def test_an_unknown_precision_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        refine_run(
+            RefineOptions(output_root=tmp_path / "run"),
+            device=torch.device("cpu"),
+            precision="bfloat16",
+        )
+    assert not any(tmp_path.iterdir())  # nothing written

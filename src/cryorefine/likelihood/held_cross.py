@@ -190,6 +190,13 @@ def _run_cross(
     r = rows.shape[1]
     if shifted.stride(2) != 1 or table.stride(1) != 1:
         raise ValueError("held_cross needs unit stride along 2k in Z and in the table")
+    if ctf_power is not None and (
+        k2 % 2 or ctf_power.shape != (b, k2 // 2) or ctf_power.stride(1) != 1
+    ):
+        raise ValueError(
+            f"the rows' power needs real pairs (2k even, got {k2}) and ctf_power ({b}, "
+            f"{k2 // 2}) with unit stride along k, got {tuple(ctf_power.shape)}"
+        )
     rows = rows.contiguous()
     block_t = max(16, triton.next_power_of_2(t))
     row_blocks = triton.cdiv(max(r, 1), _BLOCK_ROWS)
@@ -198,8 +205,6 @@ def _run_cross(
     split = triton.cdiv(k2, span)
     partial = shifted.new_empty((split, b, t, r), dtype=torch.float32)
     power = None if ctf_power is None else shifted.new_empty((split, b, r), dtype=torch.float32)
-    if ctf_power is not None and (ctf_power.shape != (b, k2 // 2) or ctf_power.stride(1) != 1):
-        raise ValueError(f"ctf_power must be ({b}, {k2 // 2}) with unit stride along k")
     if b and r:  # no rows of Z (t = 0) still gives the rows' power
         _cross[(b, row_blocks, split)](
             shifted, table, rows, partial,

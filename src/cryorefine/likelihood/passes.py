@@ -331,9 +331,13 @@ def score_held_lists(
             phases[0],
             precision=precision,
         )
-        if kernel and kernel_applies(terms.shifted, table, precision):
+        if kernel:  # Z as z_like: same device, dtype, t; unit stride (as_real_pairs)
             cross, ref_power = kernel_cross_and_power(
-                terms.shifted, table, rows[chunk], ctf_power[chunk], tf32=precision == "tf32"
+                terms.shifted,
+                table,
+                rows[chunk],
+                ctf_power[chunk].contiguous(),
+                tf32=precision == "tf32",
             )
         else:
             slots = values[rows[chunk]].to(cplx)  # (s, r, k)

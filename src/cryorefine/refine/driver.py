@@ -322,6 +322,7 @@ def refine_run(
     if precision == "auto":
         precision = resolve_precision(precision, device)
         logger.info("E-step arithmetic: %s (--precision auto on this device)", precision)
+    working_dtypes(precision)  # an unknown precision is refused before anything runs
     communicator = communicator or SingleProcess()
     check_option_ranges(options)
     state: RefineState | None = None
