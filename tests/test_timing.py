@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cryorefine import timing
-from cryorefine.timing import PhaseTimes
+from cryorefine.timing import PhaseTimes, phase_of
 
 
 def test_host_phases_sum_their_blocks_and_keep_their_first_order(monkeypatch):
@@ -50,3 +50,12 @@ def test_work_counts_add_up_per_name_in_first_order():
     times.add_count("coarse_samples", 10)
     times.add_count("fine_samples", 36)
     assert list(times.counts().items()) == [("fine_samples", 100), ("coarse_samples", 10)]
+
+
+def test_phase_of_times_a_block_only_where_times_are_kept():
+    times = PhaseTimes(torch.device("cpu"))
+    with phase_of(times, "coarse"):
+        pass
+    with phase_of(None, "fine"):  # nothing kept, nothing raised
+        pass
+    assert list(times.seconds()) == ["coarse"]

@@ -8,11 +8,11 @@ phase's events (the batch reader's FFTs) is counted in that phase.
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
-__all__ = ["PhaseTimes"]
+__all__ = ["PhaseTimes", "phase_of"]
 
 
 class PhaseTimes:
@@ -65,3 +65,8 @@ class PhaseTimes:
                 total = sum(begin.elapsed_time(end) for begin, end in pairs) / 1000.0
                 out[name] = out.get(name, 0.0) + total
         return out
+
+
+def phase_of(times: PhaseTimes | None, name: str) -> AbstractContextManager[None]:
+    """``times.phase(name)``, or nothing where no times are kept (``times`` None)."""
+    return nullcontext() if times is None else times.phase(name)

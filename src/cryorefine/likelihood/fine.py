@@ -14,7 +14,6 @@ same mean as the coarse one.
 
 import math
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from jaxtyping import Float, Int
@@ -39,7 +38,7 @@ from cryorefine.likelihood.search import (
 )
 from cryorefine.likelihood.sums import offset_moments
 from cryorefine.likelihood.window import shell_matrix, window_phases
-from cryorefine.timing import PhaseTimes
+from cryorefine.timing import PhaseTimes, phase_of
 
 __all__ = ["distinct_translations", "fine_pass", "fine_row_rotations", "fine_translations"]
 
@@ -154,12 +153,9 @@ def fine_pass(
     device to find them again), or None.
     """
 
-    def phase(name: str) -> AbstractContextManager[None]:
-        return nullcontext() if times is None else times.phase(name)
-
     lists = pair_lists(coarse.significant, None if sizes is None else sizes.pair_width)
     ids = coarse.ids.gather(1, lists.slots)  # ascending per particle
-    with phase("fine_project"):
+    with phase_of(times, "fine_project"):
         union = None if sizes is None else sizes.orientations
         projector, rows, rotation_of = _projector(
             ids, lists.valid, prep, reference_ft, plan, projections, union
@@ -172,7 +168,7 @@ def fine_pass(
     )
     needed = (distinct[:, :, None] * g + torch.arange(g, device=ids.device)).reshape(b, -1)
     needed_px = translations[needed]  # (b, u g, ndim)
-    with phase("fine_score"):
+    with phase_of(times, "fine_score"):
         phases = window_phases(prep.fine_window, needed_px, box_size=plan.ori_size)
         weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
         terms = data_terms(prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision)
@@ -206,7 +202,7 @@ def fine_pass(
     )
     carried_weights = summed.gather(1, carried[:, :, None, None].expand(-1, -1, g, f))
     carried_weights = carried_weights * carried_lists.valid[:, :, None, None]
-    with phase("fine_sum"):
+    with phase_of(times, "fine_sum"):
         bp_phases = window_phases(prep.bp_window, needed_px, box_size=plan.ori_size)
         sums = sum_pairs(
             (prep.fine_data, prep.fine_ctf, phases),

@@ -10,7 +10,6 @@ only for the log-likelihood contribution.
 """
 
 import math
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
@@ -34,7 +33,7 @@ from cryorefine.likelihood.posterior import (
 )
 from cryorefine.likelihood.sums import ShellSums
 from cryorefine.likelihood.window import FourierWindow
-from cryorefine.timing import PhaseTimes
+from cryorefine.timing import PhaseTimes, phase_of
 
 __all__ = [
     "CoarseOutcome",
@@ -252,7 +251,7 @@ def _list_scores(
         )
     table = coarse_rotations(plan.orientations, union)
     projector = RowProjector(reference_ft, table, window, plan.padding_factor)
-    with _phase(times, "coarse_project"):
+    with phase_of(times, "coarse_project"):
         held = projector.with_values(plan.max_bytes // 2, chunk_bytes=plan.max_bytes // 4)
     if times is not None and held.values is not None:
         times.add_count("coarse_projected_orientations", n)
@@ -282,11 +281,11 @@ def coarse_pass(
     log_prior_t = offset_log_prior(particles, plan.translations_px, plan.sigma2_offset_px2)
     norm_t = _log_mean_exp(log_prior_t)
     log_prior_t = log_prior_t - norm_t[:, None]
-    with _phase(times, "coarse_score"):
+    with phase_of(times, "coarse_score"):
         scores = _coarse_scores(
             prep, ids, log_prior_o, shared, reference_ft, plan, projections, times
         )
-    with _phase(times, "coarse_select"):
+    with phase_of(times, "coarse_select"):
         b, t, c = scores.shape
         log_prior = log_prior_t[:, :, None] + log_prior_o[:, None, :]
         weights = weights_of(scores.reshape(b, -1), log_prior.reshape(b, -1), plan)
@@ -323,8 +322,3 @@ def _coarse_scores(
         )
     valid = torch.isfinite(log_prior_o)
     return _list_scores(prep.coarse, ids, valid, reference_ft, window, plan, projections, times)
-
-
-def _phase(times: PhaseTimes | None, name: str) -> AbstractContextManager[None]:
-    """``times.phase(name)``, or nothing where no times are kept."""
-    return nullcontext() if times is None else times.phase(name)
