@@ -91,8 +91,8 @@ def _interpreter_problem() -> str | None:
     done = subprocess.run(
         [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=300
     )
-    if done.returncode == 0:
-        return None
+    if done.returncode == 0 or "only 0-dimensional arrays" not in done.stderr:
+        return None  # it runs, or fails otherwise: the tests run and show why
     return "Triton's interpreter cannot loop to a runtime bound here: " + done.stderr[-300:]
 
 
