@@ -10,7 +10,11 @@ particle out of a table of many thousands, and the fine pass's sums the
 combination (``pair_sums.sum_pairs``'s ``Q``); the torch route gathers each
 particle's rows into a copy first (written and read again: 3 times the rows'
 bytes, at the memory's speed, ``bench/fine_ops_bench.py``). The Triton kernel
-reads the rows through their indices straight from the table, once.
+reads the rows through their indices straight from the table, once; for the
+coarse pass it also returns each row's ``sum_k c[k] |P[row, k]|^2`` from the
+same reads (``kernel_cross_and_power``). ``held_cross`` and ``held_combination``
+choose between kernel and torch route for a caller with no route of its own;
+the passes above decide with ``kernel_applies``, as their torch routes differ.
 
 The kernel runs on CUDA tensors when Triton is importable, in tf32 by default
 and in float32 too where ``CRYOREFINE_HELD_CROSS=1`` (``KERNEL``); otherwise the
