@@ -92,7 +92,9 @@ if triton is not None:
         z_base = z_ptr + b.to(tl.int64) * z_sb + ts[:, None].to(tl.int64) * z_st
         p_base = table_ptr + rows[:, None] * table_sr
         acc = tl.zeros((BT, BR), dtype=tl.float32)
-        power = tl.zeros((BR,), dtype=tl.float32)
+        # the power accumulates element-wise and is summed over k once at the end: no
+        # reduction across a warp's lanes in the loop, beside the product
+        power = tl.zeros((BR, BK), dtype=tl.float32)
         start = part * span
         for k0 in range(start, tl.minimum(start + span, k2), BK):
             kk = k0 + ks
@@ -101,7 +103,7 @@ if triton is not None:
             p = tl.load(p_base + kk[None, :], mask=in_r[:, None] & in_k[None, :], other=0.0)
             if POWER:  # real and imaginary parts share their coefficient's c
                 c = tl.load(cp_ptr + b.to(tl.int64) * cp_sb + kk // 2, mask=in_k, other=0.0)
-                power += tl.sum(p * p * c[None, :], axis=1)
+                power += p * p * c[None, :]
             if IEEE:
                 acc += tl.dot(z, tl.trans(p), input_precision="ieee")
             else:
@@ -116,7 +118,7 @@ if triton is not None:
         tl.store(out, acc, mask=in_t[:, None] & in_r[None, :])
         if POWER:
             at = pow_ptr + part.to(tl.int64) * pow_ss + b.to(tl.int64) * pow_sb + rs
-            tl.store(at, power, mask=in_r)
+            tl.store(at, tl.sum(power, axis=1), mask=in_r)
 
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
