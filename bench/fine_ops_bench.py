@@ -21,11 +21,7 @@ against the other way of doing it:
   the fine group's shape (``t`` = 24 fine translations, ``r`` = 120 children of
   15 pairs, 732 rows) and at a coarse chunk's of local searches (32 particles,
   ``t`` = 7, ``r`` = 180 candidates of a 2,000-row union), on CUDA; and the
-  sums' ``Q = W (b, t, r) @ P[rows]`` both ways (``kernel_combination``);
-- at the coarse chunk's shape, the held lists' ``sum w K^2 |P|^2`` of each own
-  row: from the kernel's own reads (``kernel_cross_and_power``, with the cross
-  terms) against the table of the union's powers it replaces (squares, a product
-  with all rows, the own rows picked).
+  sums' ``Q = W (b, t, r) @ P[rows]`` both ways (``kernel_combination``).
 
 Prints a table and writes it as JSON.
 """
@@ -44,7 +40,6 @@ from torch import Tensor
 from cryorefine.likelihood.held_cross import (
     kernel_combination,
     kernel_cross,
-    kernel_cross_and_power,
     triton,
 )
 from cryorefine.likelihood.scores import CROSS_BLOCK
@@ -100,21 +95,6 @@ def _cross_cases(
         cases.append((f"{name} cross: gather + bmm", torch_route, flops, gathered))
         cases.append((f"{name} cross: kernel float32", kernel, flops, once))
         cases.append((f"{name} cross: kernel tf32", partial(kernel, x=True), flops, once))
-        if name == "coarse":  # the held lists' sum w K^2 |P|^2: fused, or a table of powers
-            cp = torch.rand((b, K), generator=gen, device=device)
-
-            def fused(s: Tensor = shifted, p: Tensor = table, i: Tensor = rows, c: Tensor = cp):
-                return kernel_cross_and_power(s, p, i, c, tf32=True)
-
-            def power_table(p: Tensor = table, i: Tensor = rows, c: Tensor = cp) -> Tensor:
-                held = torch.view_as_complex(p.view(p.shape[0], -1, 2))
-                squares = held.real.square() + held.imag.square()
-                return (c @ squares.T).gather(1, i)
-
-            extra = 3.0 * b * r * 2 * K  # the squares, weighted and added, in the kernel
-            cases.append(("coarse cross + power: kernel tf32", fused, flops + extra, once))
-            cases.append(("coarse power table: squares + product", power_table,
-                          2.0 * b * n * K, 4.0 * n * K * 4 + 4.0 * b * K))  # fmt: skip
         if name == "fine":  # the sums' Q: weights (b, t, r) against the same rows
             weights = torch.rand((b, t, r), generator=gen, device=device)
 

@@ -128,45 +128,6 @@ def test_the_kernel_in_tritons_interpreter_matches_the_product(tmp_path, shape, 
     _check(torch.load(tmp_path / "out.pt"), shifted, table, rows)
 
 
-_POWERED = textwrap.dedent(
-    """
-    import sys, torch
-    from cryorefine.likelihood.held_cross import kernel_cross_and_power
-    shifted, table, rows, ctf_power, split = torch.load(sys.argv[1])
-    torch.save(kernel_cross_and_power(shifted, table, rows, ctf_power, split=split), sys.argv[2])
-    """
-)
-
-
-def _check_power(got, table, rows, ctf_power, split=None):
-    """Within float32's bound of a sum of positive terms c p^2 (two roundings each), added
-    along the kernel's longest chain (``_depth``): gamma_depth * value."""
-    pairs = table.double()[rows].unflatten(-1, (-1, 2))  # (b, r, k, 2)
-    want = ((pairs.square().sum(-1)) * ctf_power.double()[:, None, :]).sum(-1)
-    depth = _depth(rows.shape[0], rows.shape[1], table.shape[1], split, factors=2)
-    assert got.shape == want.shape
-    assert ((got.double() - want).abs() <= gamma(depth, U32) * want).all()
-
-
-@pytest.mark.parametrize("split", [1, 3], ids=["whole k", "three ranges"])
-@pytest.mark.parametrize("shape", CASES)
-def test_the_kernel_gives_each_rows_weighted_power_from_the_same_reads(tmp_path, shape, split):
-    _needs_interpreter()
-    shifted, table, rows = _case(*shape, seed=9)
-    gen = torch.Generator().manual_seed(10)
-    ctf_power = torch.rand(shape[0], shape[4] // 2 if shape[4] > 1 else 1, generator=gen)
-    table = table[:, : 2 * ctf_power.shape[1]].contiguous()  # 2k even: pairs of (re, im)
-    shifted = shifted[:, :, : table.shape[1]].contiguous()
-    torch.save((shifted, table, rows, ctf_power, split), tmp_path / "in.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    script = [sys.executable, "-c", _POWERED, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
-    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    cross, power = torch.load(tmp_path / "out.pt")
-    _check(cross, shifted, table, rows)
-    _check_power(power, table, rows, ctf_power, split)
-
-
 _COMBINED = textwrap.dedent(
     """
     import sys, torch
@@ -228,11 +189,7 @@ _WIRED = textwrap.dedent(
             def combination(*args, **kwargs):
                 calls["combination"] += 1
                 return held_cross.kernel_combination(*args, **kwargs)
-            pairs.kernel_cross = counted("pairs")
-            def lists(*args, **kwargs):
-                calls["lists"] += 1
-                return held_cross.kernel_cross_and_power(*args, **kwargs)
-            passes.kernel_cross_and_power = lists
+            pairs.kernel_cross, passes.kernel_cross = counted("pairs"), counted("lists")
             pair_sums.kernel_combination = combination
             held_cross.KERNEL = True
 
@@ -298,28 +255,3 @@ def test_the_kernel_is_taken_in_tf32_by_default_and_in_float32_when_asked(
     assert module.kernel_applies(shifted.double(), table.double(), "float64") is False
     wide = torch.randn(2, module.MAX_TILE_ROWS + 1, 20)  # too many rows of Z for one tile
     assert module.kernel_applies(wide, table, "tf32") is False
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("tf32", [False, True], ids=["float32", "tf32"])
-def test_the_kernels_power_on_the_gpu_is_float32_whatever_the_products_precision(tf32):
-    # the tutorial's coarse pass: 27 translations, 180 rows, 238,869 coefficients
-    pytest.importorskip("triton")
-    shifted, table, rows = _case(3, 27, 180, 400, 477_738, seed=11)
-    ctf_power = torch.rand(3, 238_869, generator=torch.Generator().manual_seed(12))
-    cross, power = module.kernel_cross_and_power(
-        shifted.cuda(), table.cuda(), rows.cuda(), ctf_power.cuda(), tf32=tf32
-    )
-    _check_power(power.cpu(), table, rows, ctf_power)  # the launcher's own ranges
-    if not tf32:
-        _check(cross.cpu(), shifted, table, rows, _depth(3, 180, 477_738))
-
-
-def test_the_rows_power_is_refused_for_an_odd_2k_before_anything_runs():
-    # real pairs have an even 2k; an odd one would read one weight past the end
-    shifted, table, rows = _case(2, 3, 4, 5, 5)
-    with pytest.raises(ValueError, match="2k even, got 5"):
-        module.kernel_cross_and_power(shifted, table, rows, torch.rand(2, 2))
-    shifted, table, rows = _case(2, 3, 4, 5, 6)
-    with pytest.raises(ValueError, match=r"ctf_power \(2, 3\)"):
-        module.kernel_cross_and_power(shifted, table, rows, torch.rand(2, 4))

@@ -10,11 +10,10 @@ particle out of a table of many thousands, and the fine pass's sums the
 combination (``pair_sums.sum_pairs``'s ``Q``); the torch route gathers each
 particle's rows into a copy first (written and read again: 3 times the rows'
 bytes, at the memory's speed, ``bench/fine_ops_bench.py``). The Triton kernel
-reads the rows through their indices straight from the table, once; for the
-coarse pass it also returns each row's ``sum_k c[k] |P[row, k]|^2`` from the
-same reads (``kernel_cross_and_power``). ``held_cross`` and ``held_combination``
-choose between kernel and torch route for a caller with no route of its own;
-the passes above decide with ``kernel_applies``, as their torch routes differ.
+reads the rows through their indices straight from the table, once.
+``held_cross`` and ``held_combination`` choose between kernel and torch route
+for a caller with no route of its own; the passes above decide with
+``kernel_applies``, as their torch routes differ.
 
 The kernel runs on CUDA tensors when Triton is importable, in tf32 by default
 and in float32 too where ``CRYOREFINE_HELD_CROSS=1`` (``KERNEL``); otherwise the
@@ -50,7 +49,6 @@ __all__ = [
     "kernel_applies",
     "kernel_combination",
     "kernel_cross",
-    "kernel_cross_and_power",
 ]
 
 KERNEL: bool | None = {"1": True, "0": False}.get(os.environ.get("CRYOREFINE_HELD_CROSS", ""))
@@ -71,15 +69,11 @@ if triton is not None:
 
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
-    def _cross(z_ptr, table_ptr, rows_ptr, out_ptr, cp_ptr, pow_ptr, t, r, k2, span, z_sb,
-               z_st, rows_sb, table_sr, out_ss, out_sb, out_st, cp_sb, pow_ss, pow_sb,
+    def _cross(z_ptr, table_ptr, rows_ptr, out_ptr, t, r, k2, span, z_sb, z_st, rows_sb,
+               table_sr, out_ss, out_sb, out_st,
                BT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr,
-               IEEE: tl.constexpr, POWER: tl.constexpr):  # fmt: skip
-        """One particle, ``BR`` of its rows, all its ``t`` rows of Z, one range of ``k``.
-
-        With ``POWER`` also ``sum_k c[k] |P[row, k]|^2`` over the range for each row, from
-        the rows' numbers already loaded (``c``: the particle's ``w K^2``, one per pair).
-        """
+               IEEE: tl.constexpr):  # fmt: skip
+        """One particle, ``BR`` of its rows, all its ``t`` rows of Z, one range of ``k``."""
         b = tl.program_id(0)
         block = tl.program_id(1)
         part = tl.program_id(2)
@@ -92,18 +86,12 @@ if triton is not None:
         z_base = z_ptr + b.to(tl.int64) * z_sb + ts[:, None].to(tl.int64) * z_st
         p_base = table_ptr + rows[:, None] * table_sr
         acc = tl.zeros((BT, BR), dtype=tl.float32)
-        # the power accumulates element-wise and is summed over k once at the end: no
-        # reduction across a warp's lanes in the loop, beside the product
-        power = tl.zeros((BR, BK), dtype=tl.float32)
         start = part * span
         for k0 in range(start, tl.minimum(start + span, k2), BK):
             kk = k0 + ks
             in_k = kk < k2
             z = tl.load(z_base + kk[None, :], mask=in_t[:, None] & in_k[None, :], other=0.0)
             p = tl.load(p_base + kk[None, :], mask=in_r[:, None] & in_k[None, :], other=0.0)
-            if POWER:  # real and imaginary parts share their coefficient's c
-                c = tl.load(cp_ptr + b.to(tl.int64) * cp_sb + kk // 2, mask=in_k, other=0.0)
-                power += p * p * c[None, :]
             if IEEE:
                 acc += tl.dot(z, tl.trans(p), input_precision="ieee")
             else:
@@ -116,9 +104,6 @@ if triton is not None:
             + rs[None, :]
         )
         tl.store(out, acc, mask=in_t[:, None] & in_r[None, :])
-        if POWER:
-            at = pow_ptr + part.to(tl.int64) * pow_ss + b.to(tl.int64) * pow_sb + rs
-            tl.store(at, tl.sum(power, axis=1), mask=in_r)
 
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
@@ -161,48 +146,10 @@ def kernel_cross(
 
     Runs wherever Triton does, the interpreter (``TRITON_INTERPRET=1``) included.
     """
-    return _run_cross(shifted, table, rows, None, tf32=tf32, split=split)[0]
-
-
-def kernel_cross_and_power(
-    shifted: Tensor,
-    table: Tensor,
-    rows: Tensor,
-    ctf_power: Tensor,
-    *,
-    tf32: bool = False,
-    split: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``kernel_cross`` and, from the same reads of the rows, each particle's
-    ``sum_k ctf_power[b, k] |P[rows[b, j], k]|^2`` ``(b, r)`` in float32 (``ctf_power``
-    ``(b, k)``: ``w K^2`` per coefficient; the squares are never in tf32).
-    """
-    cross, power = _run_cross(shifted, table, rows, ctf_power, tf32=tf32, split=split)
-    assert power is not None
-    return cross, power
-
-
-def _run_cross(
-    shifted: Tensor,
-    table: Tensor,
-    rows: Tensor,
-    ctf_power: Tensor | None,
-    *,
-    tf32: bool,
-    split: int | None,
-) -> tuple[Tensor, Tensor | None]:
-    """The cross kernel's launch; the rows' weighted power too where ``ctf_power`` is given."""
     b, t, k2 = shifted.shape
     r = rows.shape[1]
     if shifted.stride(2) != 1 or table.stride(1) != 1:
         raise ValueError("held_cross needs unit stride along 2k in Z and in the table")
-    if ctf_power is not None and (
-        k2 % 2 or ctf_power.shape != (b, k2 // 2) or ctf_power.stride(1) != 1
-    ):
-        raise ValueError(
-            f"the rows' power needs real pairs (2k even, got {k2}) and ctf_power ({b}, "
-            f"{k2 // 2}) with unit stride along k, got {tuple(ctf_power.shape)}"
-        )
     rows = rows.contiguous()
     block_t = max(16, triton.next_power_of_2(t))
     row_blocks = triton.cdiv(max(r, 1), _BLOCK_ROWS)
@@ -210,21 +157,14 @@ def _run_cross(
     span = triton.cdiv(triton.cdiv(k2, split), _BLOCK_K) * _BLOCK_K
     split = triton.cdiv(k2, span)
     partial = shifted.new_empty((split, b, t, r), dtype=torch.float32)
-    power = None if ctf_power is None else shifted.new_empty((split, b, r), dtype=torch.float32)
-    if b and r:  # no rows of Z (t = 0) still gives the rows' power
+    if b and r and t:
         _cross[(b, row_blocks, split)](
-            shifted, table, rows, partial,
-            partial if ctf_power is None else ctf_power, partial if power is None else power,
-            t, r, k2, span,
+            shifted, table, rows, partial, t, r, k2, span,
             shifted.stride(0), shifted.stride(1), rows.stride(0), table.stride(0),
             partial.stride(0), partial.stride(1), partial.stride(2),
-            0 if ctf_power is None else ctf_power.stride(0),
-            0 if power is None else power.stride(0), 0 if power is None else power.stride(1),
-            BT=block_t, BR=_BLOCK_ROWS, BK=_BLOCK_K, IEEE=not tf32, POWER=power is not None,
+            BT=block_t, BR=_BLOCK_ROWS, BK=_BLOCK_K, IEEE=not tf32,
         )  # fmt: skip
-    if split == 1:
-        return partial[0], None if power is None else power[0]
-    return partial.sum(dim=0), None if power is None else power.sum(dim=0)
+    return partial.sum(dim=0) if split > 1 else partial[0]
 
 
 def kernel_combination(

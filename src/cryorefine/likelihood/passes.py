@@ -19,7 +19,7 @@ from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.fourier import sample_rotated
-from cryorefine.likelihood.held_cross import kernel_applies, kernel_cross_and_power
+from cryorefine.likelihood.held_cross import kernel_applies, kernel_cross
 from cryorefine.likelihood.scores import (
     as_real_pairs,
     data_terms,
@@ -287,11 +287,11 @@ def score_held_lists(
     gathered at once and one batched product per particle, ``Z (t, 2k) @ P^T
     (2k, r)`` cut along ``2k`` into blocks of ``block_k``
     (``scores.per_particle_cross``; default ``scores.CROSS_BLOCK``), and no
-    ``(b, t, 2k)`` array of the whole chunk. Where the held-row kernel applies
-    (``held_cross.kernel_applies``) it reads each particle's rows through their
-    indices and gives both terms from the same reads
-    (``held_cross.kernel_cross_and_power``): nothing is gathered and no table of
-    powers is made. ``particles.phases`` must be shared by all particles (expanded).
+    ``(b, t, 2k)`` array of the whole chunk. Where the table of powers is made
+    and the held-row kernel applies (``held_cross.kernel_applies``), the cross
+    terms read each particle's rows through their indices
+    (``held_cross.kernel_cross``): nothing is gathered. ``particles.phases`` must
+    be shared by all particles (expanded).
     """
     b, t, k = particles.phases.shape
     if b > 1 and particles.phases.stride(0) != 0:
@@ -302,13 +302,8 @@ def score_held_lists(
     size = torch.finfo(real).bits // 8  # bytes of a real working number
     ctf_power = weight.to(real) * particles.ctf.to(real).square()
     rows = rows.clamp(0, n - 1)
-    table = as_real_pairs(values) if values.is_contiguous() else None  # (n, 2k), a view
-    # the kernel reads each particle's rows through their indices, and their power with
-    # them: no gathered copy, no table of powers
-    z_like = ctf_power.new_empty((1, t, 2))  # a chunk's Z as the kernel would see it
-    kernel = table is not None and kernel_applies(z_like, table, precision)
     table_power = None
-    if n <= b * r and not kernel:
+    if n <= b * r:
         table_power = ctf_power.new_empty((b, n))
         # a block of rows: its working copy (2 numbers per coefficient), the two squares
         # and their sum, within a quarter of the budget
@@ -321,6 +316,14 @@ def score_held_lists(
         table_power = table_power.gather(1, rows)
     out = ctf_power.new_empty((b, t, r))
     phases = particles.phases[:1]
+    table = as_real_pairs(values) if values.is_contiguous() else None  # (n, 2k), a view
+    # with the table of powers, the kernel reads each particle's rows through their
+    # indices: no gathered copy. (The rows' powers from the kernel's own reads, in the
+    # loop of the products, took the final iteration's coarse pass from 15.6 s to 21.2 s
+    # on an H100: docs/performance.md.)
+    z_like = ctf_power.new_empty((1, t, 2))  # a chunk's Z as the kernel would see it
+    kernel = table is not None and table_power is not None
+    kernel = kernel and kernel_applies(z_like, table, precision)
     step = held_list_chunk(r, t, k, size, max_bytes, gathered=not kernel)
     for lo in range(0, b, step):
         chunk = slice(lo, min(lo + step, b))
@@ -332,13 +335,8 @@ def score_held_lists(
             precision=precision,
         )
         if kernel:  # Z as z_like: same device, dtype, t; unit stride (as_real_pairs)
-            cross, ref_power = kernel_cross_and_power(
-                terms.shifted,
-                table,
-                rows[chunk],
-                ctf_power[chunk].contiguous(),
-                tf32=precision == "tf32",
-            )
+            ref_power = table_power[chunk]
+            cross = kernel_cross(terms.shifted, table, rows[chunk], tf32=precision == "tf32")
         else:
             slots = values[rows[chunk]].to(cplx)  # (s, r, k)
             if table_power is None:
