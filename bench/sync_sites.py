@@ -1,7 +1,7 @@
 """Calls that would make the host wait for a GPU, counted per call site, over one iteration.
 
     python3 bench/sync_sites.py --continue Refine3D/run_itNNN_optimiser.star --o ROOT
-        [--iter N] [--top 40]
+        [--iter N] [--top 40] [--ops]
 
 Runs ``cryorefine refine --continue ... --iter N --o ROOT`` (on the CPU unless the
 command line asks otherwise) with ``Tensor.item/tolist/nonzero/cpu/numpy``, ``bool``,
@@ -9,7 +9,9 @@ command line asks otherwise) with ``Tensor.item/tolist/nonzero/cpu/numpy``, ``bo
 ``repeat_interleave`` and ``masked_select`` wrapped to count their calls by the
 innermost two ``cryorefine`` frames. On a GPU each of these waits for the device's
 queue to drain; on the CPU they cost nothing, so the count, not the time, is the
-measurement. Prints the total and the ``--top`` sites.
+measurement. Prints the total and the ``--top`` sites. With ``--ops``, every
+operator dispatched (each a kernel launch on a GPU) is counted by site too, as
+the host's time between two waits is mostly the launching of operators.
 """
 
 import argparse
@@ -18,6 +20,7 @@ import functools
 import traceback
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cryorefine.cli.main import main as cryorefine
 
@@ -48,6 +51,18 @@ def counting(counts: collections.Counter) -> None:
         setattr(owner, name, counted)
 
 
+class OperatorSites(TorchDispatchMode):
+    """Counts every dispatched operator by its innermost two ``cryorefine`` frames."""
+
+    def __init__(self, counts: collections.Counter) -> None:
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[f"{func.overloadpacket.__name__:<17} {_site()}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
 def main() -> None:
     """Run the count (module docstring)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -55,16 +70,29 @@ def main() -> None:
     parser.add_argument("--o", required=True, help="output root of the continued run")
     parser.add_argument("--iter", type=int, default=None, help="default: one more iteration")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--ops", action="store_true", help="count operators by site too")
     args, extra = parser.parse_known_args()
     counts: collections.Counter = collections.Counter()
     counting(counts)
     command = ["refine", "--continue", args.continue_from, "--o", args.o, *extra]
     if args.iter is not None:
         command += ["--iter", str(args.iter)]
-    cryorefine(command)
+    operators: collections.Counter = collections.Counter()
+    if args.ops:
+        with OperatorSites(operators):
+            cryorefine(command)
+    else:
+        cryorefine(command)
     print(f"calls that would sync a GPU: {sum(counts.values())}")  # noqa: T201
     for key, n in counts.most_common(args.top):
         print(f"{n:7d}  {key}")  # noqa: T201
+    if args.ops:
+        by_site = collections.Counter()
+        for key, n in operators.items():
+            by_site[key.split(maxsplit=1)[1] if " " in key.strip() else ""] += n
+        print(f"operators dispatched: {sum(operators.values())}")  # noqa: T201
+        for key, n in by_site.most_common(args.top):
+            print(f"{n:7d}  {key}")  # noqa: T201
 
 
 if __name__ == "__main__":

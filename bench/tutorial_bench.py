@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import gpu_idle
 import torch
 from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
 from floor_table import floor_rows, format_totals, iteration_totals
@@ -52,6 +53,19 @@ TUTORIAL_OPTIONS = (
 ).split()
 
 RELION_RESOLUTION_ANGST = 16.54  # Refine3D/job012/run_model.star on the real data
+PHASES = (
+    "mask",
+    "coarse",
+    "coarse_prepare",
+    "coarse_project",
+    "coarse_score",
+    "coarse_select",
+    "fine",
+    "fine_project",
+    "fine_score",
+    "fine_sum",
+    "insert",
+)  # timing.PhaseTimes ranges
 TABLES = ("per_iteration", "floor")  # summary entries printed as tables, not as key: value
 
 
@@ -68,6 +82,8 @@ def run(
         averages = prof.key_averages()
         for key in ("self_cuda_time_total", "cpu_time_total"):
             sys.stdout.write(averages.table(sort_by=key, row_limit=45, max_name_column_width=48))
+        if torch.cuda.is_available():  # where the device waited for the host, and on what
+            sys.stdout.write(gpu_idle.table(gpu_idle.from_profiler(prof.events(), PHASES)))
     else:
         status = cryorefine(arguments)
     if status != 0:

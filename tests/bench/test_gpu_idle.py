@@ -1,0 +1,50 @@
+"""bench/gpu_idle: the device's idle time charged to the host's innermost range and phase."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import gpu_idle
+
+
+def test_busy_intervals_merge_where_they_touch_or_overlap():
+    got = gpu_idle.busy_intervals([(5, 7), (0, 2), (1, 3), (3, 4), (10, 11)])
+    assert got == [(0, 4), (5, 7), (10, 11)]
+
+
+def test_idle_gaps_are_the_span_less_the_busy_intervals():
+    busy = [(0, 4), (5, 7), (10, 11)]
+    assert gpu_idle.idle_gaps(busy, 2, 12) == [(4, 5), (7, 10), (11, 12)]
+    assert gpu_idle.idle_gaps(busy, -3, 1) == [(-3, 0)]
+    assert gpu_idle.idle_gaps([], 0, 3) == [(0, 3)]
+
+
+def test_each_point_goes_to_the_innermost_range_that_holds_it():
+    ranges = [(0, 100, "fine"), (10, 40, "fine_sum"), (20, 30, "aten::nonzero"), (50, 60, "x")]
+    points = [5, 15, 25, 35, 45, 55, 150]
+    got = gpu_idle.innermost(ranges, points)
+    assert got == ["fine", "fine_sum", "aten::nonzero", "fine_sum", "fine", "x", None]
+
+
+def test_idle_time_is_charged_where_the_host_was_and_adds_up():
+    # the device works 0-10 and 40-50 us; between, the host sits 10-30 in a sync and
+    # 30-40 in Python inside fine_sum; 50-60 is idle between phases' ends
+    device = [(0, 10), (40, 50)]
+    phases = [(0, 40, "fine_sum"), (40, 60, "insert")]
+    host = [*phases, (10, 30, "cudaStreamSynchronize")]
+    got = gpu_idle.charge_idle(device, host, phases, step_us=1.0)
+    assert got["span_seconds"] == pytest.approx(60e-6)
+    assert got["busy_seconds"] == pytest.approx(20e-6)
+    assert got["idle_seconds"] == pytest.approx(40e-6)
+    assert got["idle_by_host"] == pytest.approx(
+        {"cudaStreamSynchronize": 20e-6, "fine_sum": 10e-6, "insert": 10e-6}
+    )
+    assert got["idle_by_phase"] == pytest.approx({"fine_sum": 30e-6, "insert": 10e-6})
+    assert sum(got["idle_by_host"].values()) == pytest.approx(got["idle_seconds"])
+
+
+def test_no_phases_is_refused():
+    with pytest.raises(ValueError, match="no phase ranges"):
+        gpu_idle.charge_idle([(0, 1)], [], [])
