@@ -53,19 +53,9 @@ TUTORIAL_OPTIONS = (
 ).split()
 
 RELION_RESOLUTION_ANGST = 16.54  # Refine3D/job012/run_model.star on the real data
-PHASES = (
-    "mask",
-    "coarse",
-    "coarse_prepare",
-    "coarse_project",
-    "coarse_score",
-    "coarse_select",
-    "fine",
-    "fine_project",
-    "fine_score",
-    "fine_sum",
-    "insert",
-)  # timing.PhaseTimes ranges
+PHASES = ("mask", "priors", "coarse", "coarse_prepare", "coarse_project", "coarse_score",
+          "coarse_select", "fine", "fine_project", "fine_score", "fine_sum", "insert",
+          "batch_sums", "batch_poses")  # fmt: skip (timing.PhaseTimes ranges)
 TABLES = ("per_iteration", "floor")  # summary entries printed as tables, not as key: value
 
 

@@ -312,9 +312,10 @@ def run_half_set(
                     batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
                 )
             angles = torch.as_tensor(centres_all[host_rows], device=device)
-            log_prior, ids = orientation_priors(
-                plan, state, model.orientation_pdf, operators, angles
-            )
+            with times.phase("priors"):
+                log_prior, ids = orientation_priors(
+                    plan, state, model.orientation_pdf, operators, angles
+                )
             terms = ParticleTerms(
                 masked_ft=fourier_crop(masked_full, m, ndim=ndim),
                 unmasked_ft=fourier_crop(batch.data_ft, m, ndim=ndim),
@@ -338,32 +339,34 @@ def run_half_set(
                 accumulators=(sums.data, sums.weight),
                 times=times,
             )
-            residual_sums = _add_batch(
-                sums,
-                result,
-                batch,
-                masked_full,
-                groups,
-                scale_groups,
-                scale,
-                current_size=m,
-                pixel_size_angst=pixel,
-                shells_for_scales=shells_for_scales,
-            )
+            with times.phase("batch_sums"):
+                residual_sums = _add_batch(
+                    sums,
+                    result,
+                    batch,
+                    masked_full,
+                    groups,
+                    scale_groups,
+                    scale,
+                    current_size=m,
+                    pixel_size_angst=pixel,
+                    shells_for_scales=shells_for_scales,
+                )
         norm = norms_all[all_rows].copy()  # bad particles keep theirs
         if result is not None and options.norm:
             new = new_norm_corrections(norms, model.norm_correction_average, residual_sums)
             norm[finite] = new.cpu().numpy()  # one transfer: the sum is taken on the host
             sums.norm_sum += float(norm[finite].sum())
         outputs["norm"].append(norm)
-        poses = _batch_poses(
-            result,
-            finite,
-            angles_all[all_rows],
-            origins_all[all_rows],
-            ndim=ndim,
-            pixel_size_angst=pixel,
-        )
+        with times.phase("batch_poses"):
+            poses = _batch_poses(
+                result,
+                finite,
+                angles_all[all_rows],
+                origins_all[all_rows],
+                ndim=ndim,
+                pixel_size_angst=pixel,
+            )
         for key, values in poses.items():
             outputs[key].append(values)
         outputs["left_out"].append(all_rows[~finite])
