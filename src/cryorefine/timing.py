@@ -2,8 +2,10 @@
 
 On a GPU each phase is bracketed by CUDA events on the current stream and the
 elapsed times are read once, at the end (``seconds``); on the CPU the host
-clock is used. Work that other threads put on the same stream between a
-phase's events (the batch reader's FFTs) is counted in that phase.
+clock is used. A phase's time on a GPU is its kernels and the gaps between
+them, where the device waits for the host. The batch reader works on a stream
+of its own (``tomo.prefetched``), so its copies and FFTs are in no phase; its
+host work runs beside the phases' and shares the interpreter with them.
 """
 
 import time
