@@ -20,7 +20,9 @@ from cryorefine.geometry import (
     perturb_rotations,
     pixel_rot_tilt_deg,
     psi_angles_deg,
+    sampling,
 )
+from cryorefine.geometry.sampling import TABLE_MAX_ORDER
 
 # RELION's GUI choices (pipeline_jobs.h), orders 1..9 after one oversampling.
 GUI_LABELS_DEG = [30, 15, 7.5, 3.7, 1.8, 0.9, 0.5, 0.2, 0.1]
@@ -149,3 +151,37 @@ def test_perturbed_poses_are_right_multiplied_by_one_euler_matrix(device):
     # a fixed right factor moves every pose by the same geodesic angle
     moved = angular_distance_deg(got, a)
     torch.testing.assert_close(moved, moved[:1].expand(50))
+
+
+@pytest.mark.parametrize("order", [0, 3, 6, TABLE_MAX_ORDER])
+def test_pixel_angles_from_the_table_are_those_computed_for_the_pixels(order, device):
+    # the table is every pixel computed at once; picking from it gives the same numbers as
+    # computing the picked pixels alone (float64, elementwise: at most a rounding apart)
+    gen = torch.Generator().manual_seed(order)
+    pixels = torch.randint(0, healpix_npix(order), (7, 11), generator=gen).to(device)
+    got = pixel_rot_tilt_deg(order, pixels)
+    want = sampling._rot_tilt_deg(order, pixels)
+    assert got.shape == (7, 11, 2)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=2 * torch.finfo(torch.float64).eps, atol=0.0)
+    all_pixels = healpix_rot_tilt_deg(order, device=device)
+    all_pixels.zero_()  # a copy: the table itself is not handed out
+    torch.testing.assert_close(pixel_rot_tilt_deg(order, pixels), got, rtol=0.0, atol=0.0)
+
+
+def test_pixel_angles_beyond_the_tables_orders_are_computed_without_a_table():
+    sampling._rot_tilt_table.cache_clear()
+    pixels = torch.tensor([0, 5, healpix_npix(TABLE_MAX_ORDER + 1) - 1])
+    got = pixel_rot_tilt_deg(TABLE_MAX_ORDER + 1, pixels)
+    torch.testing.assert_close(got, sampling._rot_tilt_deg(TABLE_MAX_ORDER + 1, pixels))
+    assert sampling._rot_tilt_table.cache_info().currsize == 0
+    assert ((got[:, 1] >= 0.0) & (got[:, 1] <= 180.0)).all()  # tilt
+    assert ((got[:, 0] > -180.0) & (got[:, 0] <= 180.0)).all()  # rot
+
+
+def test_each_perturbation_gets_its_own_right_factor():
+    a = euler_to_matrix(torch.tensor([[10.0, 20.0, 30.0]], dtype=torch.float64))
+    for perturbation in (0.3, -0.2, 0.3):
+        got = perturb_rotations(a, perturbation=perturbation, step_deg=15.0)
+        angle = torch.full((3,), perturbation * 15.0, dtype=torch.float64)
+        torch.testing.assert_close(got, a @ euler_to_matrix(angle))

@@ -25,6 +25,7 @@ Facts from RELION's ``healpix_sampling.cpp`` (REFINE_SPEC.md §4.4, §5.1):
   moves by ``u`` times the coarse offset step along each axis.
 """
 
+import functools
 import math
 
 import torch
@@ -73,12 +74,30 @@ def psi_angles_deg(
     return torch.arange(count, device=device, dtype=torch.float64).mul(step).to(dtype)
 
 
+TABLE_MAX_ORDER = 8
+"""Up to this order ``pixel_rot_tilt_deg`` picks from a table of every pixel's angles,
+made once per order and device (``12 * 4**8`` pixels: 12.6 MB), instead of about 50
+operators per call: the E-step asks for them per batch, coarse chunk and fine group."""
+
+
 def pixel_rot_tilt_deg(order: int, pixels: Int[Tensor, "..."]) -> Float[Tensor, "... 2"]:
     """``(rot, tilt)`` in degrees of NESTED pixel centres, as RELION computes them (float64).
 
     ``rot = phi * 180 / pi`` wrapped to (-180, 180], ``tilt = acos(z) * 180 / pi``
-    (``HealpixSampling::getDirectionFromHealPix``).
+    (``HealpixSampling::getDirectionFromHealPix``). Up to ``TABLE_MAX_ORDER``,
+    picked from a table of all pixels (the same values).
     """
+    if 0 <= order <= TABLE_MAX_ORDER:
+        return _rot_tilt_table(order, pixels.device)[pixels]
+    return _rot_tilt_deg(order, pixels)
+
+
+@functools.lru_cache(maxsize=8)
+def _rot_tilt_table(order: int, device: torch.device) -> Float[Tensor, "n 2"]:
+    return _rot_tilt_deg(order, torch.arange(healpix_npix(order), device=device))
+
+
+def _rot_tilt_deg(order: int, pixels: Int[Tensor, "..."]) -> Float[Tensor, "... 2"]:
     z, phi = healpix_pix2z_phi(order, pixels)
     rot = phi * 180 / math.pi
     rot = torch.where(rot > 180.0, rot - 360.0, rot)
@@ -88,7 +107,9 @@ def pixel_rot_tilt_deg(order: int, pixels: Int[Tensor, "..."]) -> Float[Tensor, 
 
 def healpix_rot_tilt_deg(order: int, *, device: torch.device | str) -> Float[Tensor, "m 2"]:
     """``(rot, tilt)`` in degrees of all ``12 * 4**order`` directions, in pixel order."""
-    return pixel_rot_tilt_deg(order, torch.arange(healpix_npix(order), device=device))
+    if 0 <= order <= TABLE_MAX_ORDER:
+        return _rot_tilt_table(order, torch.device(device)).clone()
+    return _rot_tilt_deg(order, torch.arange(healpix_npix(order), device=device))
 
 
 def orientation_grid_deg(
@@ -190,7 +211,12 @@ def perturb_rotations(
     ``euler_to_matrix``. Translations are perturbed by adding ``u`` times the
     coarse offset step to each component (``translations.perturb_translations``).
     """
-    angle = torch.full(
-        (3,), perturbation * step_deg, dtype=rotations.dtype, device=rotations.device
+    return rotations @ _perturbation_matrix(
+        perturbation * step_deg, rotations.dtype, rotations.device
     )
-    return rotations @ euler_to_matrix(angle)
+
+
+@functools.lru_cache(maxsize=8)
+def _perturbation_matrix(angle_deg: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``E(a, a, a)``, made once per iteration's angle (about 20 operators) and reused."""
+    return euler_to_matrix(torch.full((3,), angle_deg, dtype=dtype, device=device))
