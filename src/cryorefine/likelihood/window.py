@@ -163,16 +163,19 @@ def window_phases(
     cast to ``dtype`` and multiplied, so memory is the output's alone and the
     error is a few units of ``dtype``'s rounding.
     """
-    freq = window.frequencies.to(device=shifts_px.device)
-    half = window.size // 2
-    axis = torch.arange(-half, half + 1, device=shifts_px.device, dtype=torch.float64)
-    out: Tensor | None = None
-    for d in range(freq.shape[1]):
-        angle = shifts_px[..., d, None].to(torch.float64) * axis * (-2.0 * math.pi / box_size)
-        factor = torch.polar(torch.ones_like(angle), angle).to(dtype)[..., freq[:, d] + half]
-        out = factor if out is None else out.mul_(factor)
-    if out is None:
+    ndim = window.frequencies.shape[1]
+    if ndim == 0:
         raise ValueError("window_phases needs at least one dimension")
+    half = window.size // 2
+    at = (window.frequencies + half).to(device=shifts_px.device)  # (k, ndim) into the axis
+    axis = torch.arange(-half, half + 1, device=shifts_px.device, dtype=torch.float64)
+    # every axis's factors at once, (..., ndim, 2 half + 1): a few operators per call, not
+    # per axis (the E-step asks for phases per chunk and fine group)
+    angle = shifts_px[..., :ndim, None].to(torch.float64) * axis * (-2.0 * math.pi / box_size)
+    factors = torch.polar(torch.ones_like(angle), angle).to(dtype)
+    out = factors[..., 0, at[:, 0]]
+    for d in range(1, ndim):
+        out.mul_(factors[..., d, at[:, d]])
     return out
 
 
