@@ -53,9 +53,22 @@ TUTORIAL_OPTIONS = (
 ).split()
 
 RELION_RESOLUTION_ANGST = 16.54  # Refine3D/job012/run_model.star on the real data
-PHASES = ("mask", "priors", "coarse", "coarse_prepare", "coarse_project", "coarse_score",
-          "coarse_select", "fine", "fine_project", "fine_score", "fine_sum", "insert",
-          "batch_sums", "batch_poses")  # fmt: skip (timing.PhaseTimes ranges)
+PHASES = (
+    "mask",
+    "priors",
+    "coarse",
+    "coarse_prepare",
+    "coarse_project",
+    "coarse_score",
+    "coarse_select",
+    "fine",
+    "fine_project",
+    "fine_score",
+    "fine_sum",
+    "insert",
+    "batch_sums",
+    "batch_poses",
+)  # fmt: skip (timing.PhaseTimes ranges)
 TABLES = ("per_iteration", "floor")  # summary entries printed as tables, not as key: value
 
 
@@ -69,11 +82,14 @@ def run(
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=activities) as prof:
             status = cryorefine(arguments)
+        # first where the device waited for the host, and on what: building the events
+        # of a whole iteration takes minutes, and a call cut by its limit keeps this table
+        if torch.cuda.is_available():
+            sys.stdout.write(gpu_idle.table(gpu_idle.from_profiler(prof.events(), PHASES)))
+            sys.stdout.flush()
         averages = prof.key_averages()
         for key in ("self_cuda_time_total", "cpu_time_total"):
             sys.stdout.write(averages.table(sort_by=key, row_limit=45, max_name_column_width=48))
-        if torch.cuda.is_available():  # where the device waited for the host, and on what
-            sys.stdout.write(gpu_idle.table(gpu_idle.from_profiler(prof.events(), PHASES)))
     else:
         status = cryorefine(arguments)
     if status != 0:
