@@ -183,3 +183,30 @@ def test_distinct_translations_list_each_particles_translations_and_reindex_its_
         assert back.tolist() == lists.translations[particle][valid].tolist()
     assert torch.equal(local.slots, lists.slots)
     assert torch.equal(local.valid, lists.valid)
+
+
+def test_a_chunk_of_the_sums_counts_only_what_it_makes():
+    # box 96's final iteration: 37 particles, g = f = 8, 72 fine translations
+    shape, k, kb = (37, 8, 8, 72), 238_869, 451_584
+    budget = 12 * 2**30
+
+    def pairs_per_chunk(projected, spread):
+        return pair_sums._chunk_of_sums(0, shape, k, kb, budget, projected=projected, spread=spread)
+
+    # per pair and particle: 3 f kb + 2 g f, plus T g f (spread) or 4 g kb (own blocks),
+    # plus 2 g k + 5 f k where the projections are copied: in bytes, 4 b times that
+    made = 4 * 37 * (3 * 8 * kb + 2 * 8 * 8 + 72 * 8)
+    assert pairs_per_chunk(False, True) == (budget // 2) // made
+    copied = made + 4 * 37 * (2 * 8 * k + 5 * 8 * k)
+    assert pairs_per_chunk(True, True) == (budget // 2) // copied
+    assert pairs_per_chunk(False, True) >= 4 * pairs_per_chunk(True, False)
+    assert pair_sums._chunk_of_sums(0, shape, k, kb, 1, projected=True, spread=False) == 1
+    # the rows a projector projects count only where it projects: with a row as large as
+    # the rest of a pair's temporaries, half the pairs
+    big = 200 * copied
+
+    def with_rows(projected):
+        return pair_sums._chunk_of_sums(copied, shape, k, kb, big, projected=projected, spread=True)
+
+    assert with_rows(True) == 50
+    assert with_rows(False) == big // 2 // made

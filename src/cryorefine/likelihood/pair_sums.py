@@ -24,7 +24,6 @@ from cryorefine.likelihood.pairs import (
     PairLists,
     _blocks,
     _child_rows,
-    _chunk,
     _held_row_power,
     _spread,
     _translation_index,
@@ -66,6 +65,35 @@ class PairSums:
     weight: Float[Tensor, "n kb"]
     translation_weights: Float[Tensor, "b tg"]
     pair_weights: Float[Tensor, "b q"]
+
+
+def _chunk_of_sums(
+    row_bytes: int,
+    shape: tuple[int, int, int, int],
+    k: int,
+    kb: int,
+    max_bytes: int,
+    *,
+    projected: bool,
+    spread: bool,
+) -> int:
+    """Pairs per chunk of ``sum_pairs`` so that what a chunk makes takes about half of
+    ``max_bytes``; ``shape`` is ``(b, g, f, T g)``, ``row_bytes`` the bytes of a row the
+    projector projects (counted where ``projected``).
+
+    Per pair and particle, in reals: the children's back-projection data and their
+    picks (``3 f kb``) and weights (``2 g f``); the weights over every translation
+    (``T g f``, ``spread``) or the pair's blocks of ``Z`` rows (``4 g kb``); and, where
+    ``Q`` was not combined by the kernel (``projected``), the projections, their
+    squares and their products (``2 g k + 5 f k``, and the rows projected). Where the
+    kernel combined ``Q``, the chunk makes no projections and holds about 5 times more
+    pairs (box 96: ``kb`` 451,584, ``k`` 238,869, ``g = f = 8``).
+    """
+    b, g, f, tg = shape
+    floats = 3 * f * kb + 2 * g * f + (tg * f if spread else 4 * g * kb)
+    if projected:
+        floats += 2 * g * k + 5 * f * k
+    return max(1, (max_bytes // 2) // ((row_bytes if projected else 0) + 4 * b * floats))
 
 
 def _combine(
@@ -135,7 +163,6 @@ def sum_pairs(
     table_bytes = fine_rows_total * (3 * v.shape[1] + 2 * b) * w_all.element_size()
     dense = table_bytes <= max_bytes // DENSE_TABLE_SHARE
     budget = max_bytes - table_bytes if dense else max_bytes
-    chunk = _chunk(projector, b, g, k, v.shape[1], budget)
     row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx, budget)
     held_rows = row_power is not None or dense
     row_weights = w_all.new_zeros(b, fine_rows_total if held_rows else 0)
@@ -145,6 +172,10 @@ def sum_pairs(
         and row_power is not None
         and _combine(q_sum, w_all, lists, projector, rows, precision)
     )
+    chunk = _chunk_of_sums(
+        projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
+        projected=not combined, spread=every_translation,
+    )  # fmt: skip
     chunks = 0
     for part in row_chunks(projector, rows, lists.valid, chunk, project=not combined):
         chunks += 1
