@@ -185,3 +185,17 @@ def test_each_perturbation_gets_its_own_right_factor():
         got = perturb_rotations(a, perturbation=perturbation, step_deg=15.0)
         angle = torch.full((3,), perturbation * 15.0, dtype=torch.float64)
         torch.testing.assert_close(got, a @ euler_to_matrix(angle))
+
+
+def test_the_cached_factors_serve_autograd_after_a_first_call_in_inference_mode():
+    sampling._perturbation_matrix.cache_clear()
+    sampling._rot_tilt_table.cache_clear()
+    a = euler_to_matrix(torch.tensor([[10.0, 20.0, 30.0]], dtype=torch.float64))
+    with torch.inference_mode():
+        perturb_rotations(a, perturbation=0.4, step_deg=15.0)
+        pixel_rot_tilt_deg(2, torch.tensor([3, 4]))
+    tracked = a.clone().requires_grad_()
+    perturb_rotations(tracked, perturbation=0.4, step_deg=15.0).sum().backward()
+    assert tracked.grad is not None
+    angles = pixel_rot_tilt_deg(2, torch.tensor([3, 4]))
+    assert not angles.is_inference()

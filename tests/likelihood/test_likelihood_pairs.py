@@ -190,23 +190,26 @@ def test_a_chunk_of_the_sums_counts_only_what_it_makes():
     shape, k, kb = (37, 8, 8, 72), 238_869, 451_584
     budget = 12 * 2**30
 
-    def pairs_per_chunk(projected, spread):
-        return pair_sums._chunk_of_sums(0, shape, k, kb, budget, projected=projected, spread=spread)
+    def pairs_per_chunk(projected, spread, dense=True, row_bytes=0, real_bytes=4, budget=budget):
+        return pair_sums._chunk_of_sums(
+            row_bytes, shape, k, kb, budget, real_bytes=real_bytes, projected=projected,
+            spread=spread, dense=dense,
+        )  # fmt: skip
 
     # per pair and particle: 3 f kb + 2 g f, plus T g f (spread) or 4 g kb (own blocks),
     # plus 2 g k + 5 f k where the projections are copied: in bytes, 4 b times that
     made = 4 * 37 * (3 * 8 * kb + 2 * 8 * 8 + 72 * 8)
     assert pairs_per_chunk(False, True) == (budget // 2) // made
-    copied = made + 4 * 37 * (2 * 8 * k + 5 * 8 * k)
-    assert pairs_per_chunk(True, True) == (budget // 2) // copied
+    full = 4 * 37 * (3 * 8 * kb + 2 * 8 * 8 + 4 * 8 * kb + 2 * 8 * k + 5 * 8 * k)
+    assert pairs_per_chunk(True, False) == (budget // 2) // full
     assert pairs_per_chunk(False, True) >= 4 * pairs_per_chunk(True, False)
-    assert pair_sums._chunk_of_sums(0, shape, k, kb, 1, projected=True, spread=False) == 1
+    # picked and merged children (no dense table): the full count whatever the route
+    assert pairs_per_chunk(False, True, dense=False) == pairs_per_chunk(True, False)
+    # float64 reals take twice the bytes
+    big = 1000 * full
+    assert pairs_per_chunk(True, False, real_bytes=8, budget=big) == 250
+    assert pairs_per_chunk(True, False, budget=1) == 1
     # the rows a projector projects count only where it projects: with a row as large as
     # the rest of a pair's temporaries, half the pairs
-    big = 200 * copied
-
-    def with_rows(projected):
-        return pair_sums._chunk_of_sums(copied, shape, k, kb, big, projected=projected, spread=True)
-
-    assert with_rows(True) == 50
-    assert with_rows(False) == big // 2 // made
+    assert pairs_per_chunk(True, False, row_bytes=full, budget=big) == 250
+    assert pairs_per_chunk(False, True, row_bytes=full, budget=big) == big // 2 // made

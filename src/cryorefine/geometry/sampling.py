@@ -94,7 +94,8 @@ def pixel_rot_tilt_deg(order: int, pixels: Int[Tensor, "..."]) -> Float[Tensor, 
 
 @functools.lru_cache(maxsize=8)
 def _rot_tilt_table(order: int, device: torch.device) -> Float[Tensor, "n 2"]:
-    return _rot_tilt_deg(order, torch.arange(healpix_npix(order), device=device))
+    with torch.inference_mode(False):  # a normal tensor, whatever the caller's mode
+        return _rot_tilt_deg(order, torch.arange(healpix_npix(order), device=device))
 
 
 def _rot_tilt_deg(order: int, pixels: Int[Tensor, "..."]) -> Float[Tensor, "... 2"]:
@@ -107,9 +108,7 @@ def _rot_tilt_deg(order: int, pixels: Int[Tensor, "..."]) -> Float[Tensor, "... 
 
 def healpix_rot_tilt_deg(order: int, *, device: torch.device | str) -> Float[Tensor, "m 2"]:
     """``(rot, tilt)`` in degrees of all ``12 * 4**order`` directions, in pixel order."""
-    if 0 <= order <= TABLE_MAX_ORDER:
-        return _rot_tilt_table(order, torch.device(device)).clone()
-    return _rot_tilt_deg(order, torch.arange(healpix_npix(order), device=device))
+    return pixel_rot_tilt_deg(order, torch.arange(healpix_npix(order), device=device))
 
 
 def orientation_grid_deg(
@@ -218,5 +217,7 @@ def perturb_rotations(
 
 @functools.lru_cache(maxsize=8)
 def _perturbation_matrix(angle_deg: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``E(a, a, a)``, made once per iteration's angle (about 20 operators) and reused."""
-    return euler_to_matrix(torch.full((3,), angle_deg, dtype=dtype, device=device))
+    """``E(a, a, a)``, made once per iteration's angle (about 20 operators) and reused;
+    a normal tensor even when first asked for under ``torch.inference_mode``."""
+    with torch.inference_mode(False):
+        return euler_to_matrix(torch.full((3,), angle_deg, dtype=dtype, device=device))

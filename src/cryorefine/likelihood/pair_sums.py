@@ -74,26 +74,34 @@ def _chunk_of_sums(
     kb: int,
     max_bytes: int,
     *,
+    real_bytes: int,
     projected: bool,
     spread: bool,
+    dense: bool,
 ) -> int:
     """Pairs per chunk of ``sum_pairs`` so that what a chunk makes takes about half of
     ``max_bytes``; ``shape`` is ``(b, g, f, T g)``, ``row_bytes`` the bytes of a row the
-    projector projects (counted where ``projected``).
+    projector projects (counted where ``projected``), ``real_bytes`` those of a real.
 
-    Per pair and particle, in reals: the children's back-projection data and their
-    picks (``3 f kb``) and weights (``2 g f``); the weights over every translation
-    (``T g f``, ``spread``) or the pair's blocks of ``Z`` rows (``4 g kb``); and, where
-    ``Q`` was not combined by the kernel (``projected``), the projections, their
-    squares and their products (``2 g k + 5 f k``, and the rows projected). Where the
-    kernel combined ``Q``, the chunk makes no projections and holds about 5 times more
-    pairs (box 96: ``kb`` 451,584, ``k`` 238,869, ``g = f = 8``).
+    Per pair and particle, in reals, where the data go into the dense table: the
+    children's back-projection data (``3 f kb``, with room) and weights (``2 g f``);
+    the weights over every translation (``T g f``, ``spread``) or the pair's blocks of
+    ``Z`` rows (``4 g kb``); and, where ``Q`` was not combined by the kernel
+    (``projected``), the projections, their squares and their products
+    (``2 g k + 5 f k``, and the rows projected). Where the kernel combined ``Q``, the
+    chunk makes no projections and holds about 5 times more pairs (box 96: ``kb``
+    451,584, ``k`` 238,869, ``g = f = 8``). Where the carried children are picked and
+    merged instead (not ``dense``), the picks, their weights and the concatenations
+    take several times ``f kb`` more: the full count, as if projected and not spread.
     """
     b, g, f, tg = shape
+    if not dense:
+        projected, spread = True, False
     floats = 3 * f * kb + 2 * g * f + (tg * f if spread else 4 * g * kb)
     if projected:
         floats += 2 * g * k + 5 * f * k
-    return max(1, (max_bytes // 2) // ((row_bytes if projected else 0) + 4 * b * floats))
+    per_pair = (row_bytes if projected else 0) + real_bytes * b * floats
+    return max(1, (max_bytes // 2) // per_pair)
 
 
 def _combine(
@@ -174,7 +182,8 @@ def sum_pairs(
     )
     chunk = _chunk_of_sums(
         projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
-        projected=not combined, spread=every_translation,
+        real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,
+        dense=dense,
     )  # fmt: skip
     chunks = 0
     for part in row_chunks(projector, rows, lists.valid, chunk, project=not combined):
