@@ -2,7 +2,8 @@
 
 From one ``torch.profiler`` run (``tutorial_bench.py --torch_profile``): the
 device's kernels and copies are merged into busy intervals; every gap between
-them is cut into points ``step_us`` apart, and each point is charged to the
+them is cut into equal parts at most ``step_us`` long (one part for a shorter
+gap), and each part is charged, at its middle, to the
 host's innermost range on the thread that runs the phases (the operator it was
 in, or the phase itself where it was in Python between operators) and to the
 innermost phase (``timing.PhaseTimes`` ranges: ``fine_sum``, ``coarse_select``,
@@ -12,6 +13,7 @@ Python or in small operators is waiting for the host.
 """
 
 import collections
+import math
 from collections.abc import Iterable, Sequence
 
 Interval = tuple[float, float]
@@ -71,25 +73,34 @@ def charge_idle(
 ) -> dict:
     """Idle device time (seconds) by the host's innermost range and by innermost phase.
 
-    The span is from the first phase's start to the last phase's end; points are
-    ``step_us`` apart, so each charge is a multiple of ``step_us``.
+    The span is from the first phase's start to the last phase's end. Each gap is
+    cut into ``ceil(length / step_us)`` equal parts, each charged at its middle, so
+    the charges add up to the idle time exactly, short gaps included.
     """
     if not phases:
         raise ValueError("no phase ranges: nothing to charge the idle time to")
     start, end = min(p[0] for p in phases), max(p[1] for p in phases)
     busy = busy_intervals(device)
     gaps = idle_gaps(busy, start, end)
-    points = [a + step_us * (j + 0.5) for a, b in gaps for j in range(int((b - a) // step_us))]
-    by_host = collections.Counter(x or "(no host range)" for x in innermost(host, points))
-    by_phase = collections.Counter(x or "(between phases)" for x in innermost(phases, points))
+    points, lengths = [], []
+    for a, b in gaps:
+        parts = max(1, math.ceil((b - a) / step_us))
+        part = (b - a) / parts
+        points += [a + part * (j + 0.5) for j in range(parts)]
+        lengths += [part] * parts
+    by_host: collections.Counter = collections.Counter()
+    by_phase: collections.Counter = collections.Counter()
+    for name, us in zip(innermost(host, points), lengths, strict=True):
+        by_host[name or "(no host range)"] += us * 1e-6
+    for name, us in zip(innermost(phases, points), lengths, strict=True):
+        by_phase[name or "(between phases)"] += us * 1e-6
     busy_us = sum(min(b, end) - max(a, start) for a, b in busy if b > start and a < end)
-    seconds = step_us * 1e-6
     return {
         "span_seconds": (end - start) * 1e-6,
         "busy_seconds": busy_us * 1e-6,
         "idle_seconds": sum(b - a for a, b in gaps) * 1e-6,
-        "idle_by_phase": {k: n * seconds for k, n in by_phase.most_common()},
-        "idle_by_host": {k: n * seconds for k, n in by_host.most_common()},
+        "idle_by_phase": dict(by_phase.most_common()),
+        "idle_by_host": dict(by_host.most_common()),
     }
 
 

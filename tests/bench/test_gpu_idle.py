@@ -45,6 +45,23 @@ def test_idle_time_is_charged_where_the_host_was_and_adds_up():
     assert sum(got["idle_by_host"].values()) == pytest.approx(got["idle_seconds"])
 
 
+def test_gaps_shorter_than_the_step_are_charged_whole():
+    # a thousand launch gaps of 15 us with 20 us steps: every microsecond is charged
+    device = [(20.0 * i, 20.0 * i + 5.0) for i in range(1000)]
+    phases = [(0.0, 20_000.0, "fine_score")]
+    # the host is in an operator at each gap's middle
+    host = [*phases, *((20.0 * i + 5.0, 20.0 * i + 14.0, "aten::mul") for i in range(1000))]
+    got = gpu_idle.charge_idle(device, host, phases, step_us=20.0)
+    assert got["idle_seconds"] == pytest.approx(15e-3)
+    assert got["idle_by_phase"] == pytest.approx({"fine_score": 15e-3})
+    assert got["idle_by_host"] == pytest.approx({"aten::mul": 15e-3})
+
+
+def test_of_ranges_starting_together_the_shorter_is_innermost():
+    ranges = [(0, 10, "inner"), (0, 100, "outer")]
+    assert gpu_idle.innermost(ranges, [5, 50]) == ["inner", "outer"]
+
+
 def test_no_phases_is_refused():
     with pytest.raises(ValueError, match="no phase ranges"):
         gpu_idle.charge_idle([(0, 1)], [], [])
