@@ -97,12 +97,21 @@ def test_malformed_value_names_the_option_and_the_source():
         options_from_command_line("--ini_high --ctf")
 
 
-def test_an_unknown_interpolation_is_refused_before_anything_runs(tmp_path):
-    with pytest.raises(ValueError, match="interpolation must be 'texture' or 'exact'"):
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("interpolation", "cubic", "interpolation must be 'texture' or 'exact'"),
+        ("precision", "bfloat16", "precision must be one of"),
+    ],
+)
+def test_an_unknown_interpolation_or_precision_is_refused_before_anything_runs(
+    tmp_path, option, value, message
+):
+    with pytest.raises(ValueError, match=message):
         refine_run(
             RefineOptions(output_root=tmp_path / "run"),
             device=torch.device("cpu"),
-            interpolation="cubic",
+            **{option: value},
         )
     assert not any(tmp_path.iterdir())  # nothing written
 
@@ -117,13 +126,3 @@ def test_the_command_line_defaults_to_precision_auto_and_accepts_each_precision(
     assert parser.parse_args([]).precision == "auto"
     for given in ("auto", "float32", "float64", "tf32"):
         assert parser.parse_args(["--precision", given]).precision == given
-
-
-def test_an_unknown_precision_is_refused_before_anything_runs(tmp_path):
-    with pytest.raises(ValueError, match="precision must be one of"):
-        refine_run(
-            RefineOptions(output_root=tmp_path / "run"),
-            device=torch.device("cpu"),
-            precision="bfloat16",
-        )
-    assert not any(tmp_path.iterdir())  # nothing written
