@@ -36,12 +36,16 @@ def parse_setting(text: str) -> tuple[str, dict[str, str], list[str]]:
     """``NAME[=VAR=VALUE,--option=VALUE,...]`` -> name, environment additions, bench options.
 
     An entry that starts with ``--`` is an option of ``tutorial_bench.py`` (e.g.
-    ``--precision=tf32``); any other is an environment variable.
+    ``--precision=tf32``, or a flag alone: ``--serial_half_sets``); any other is an
+    environment variable.
     """
     name, _, assignments = text.partition("=")
     env, options = {}, []
     for pair in filter(None, assignments.split(",")):
         variable, sep, value = pair.partition("=")
+        if variable.startswith("--") and not sep:  # a flag of tutorial_bench.py
+            options.append(variable)
+            continue
         if not sep or not variable:
             raise SystemExit(f"--settings {text!r}: expected NAME=VAR=VALUE[,VAR=VALUE]")
         if variable.startswith("--"):
