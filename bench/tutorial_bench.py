@@ -139,7 +139,6 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--interpolation", default="texture", help="refine --interpolation (texture, exact)"
     )
-    parser.add_argument("--serial_half_sets", action="store_true", help="refine --serial_half_sets")
     parser.add_argument(
         "--no_floor", action="store_true", help="skip measuring the rates and the floor table"
     )
@@ -225,8 +224,6 @@ def main() -> None:
     command += ["--batch_size", str(args.batch_size),
                 "--precision", _concrete(args.precision, gpu=args.gpu),
                 "--interpolation", args.interpolation]  # fmt: skip
-    if args.serial_half_sets:
-        command.append("--serial_half_sets")
     profile = cProfile.Profile() if args.profile else None
     # SIGTERM (``timeout``) stops the refine; the table is then made from its last whole
     # iteration, so that a run cut by a time limit still reports

@@ -90,7 +90,6 @@ def _iteration(
     precision: str,
     interpolation: str,
     batch_size: int,
-    concurrent_half_sets: bool,
     generator: torch.Generator,
     communicator: Communicator,
 ):
@@ -151,7 +150,6 @@ def _iteration(
         interpolation=interpolation,
         batch_size=batch_size,
         device=device,
-        concurrent_half_sets=concurrent_half_sets,
     )
     first, second = all_sums
     unfiltered = None
@@ -299,7 +297,6 @@ def refine_run(
     precision: str = "auto",
     interpolation: str = "texture",
     batch_size: int = 0,
-    concurrent_half_sets: bool = True,
     communicator: Communicator | None = None,
     given_options: frozenset[str] | None = None,
 ) -> tuple[HalfSetModel, RefineState]:
@@ -383,7 +380,6 @@ def refine_run(
             precision=precision,
             interpolation=interpolation,
             batch_size=batch_size,
-            concurrent_half_sets=concurrent_half_sets,
             generator=generator,
             communicator=communicator,
         )

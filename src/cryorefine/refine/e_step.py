@@ -9,18 +9,12 @@ then symmetrised. The background noise seed of the iteration comes from
 generator, so that every rank draws the same perturbations and noise.
 Particles with NaN or infinity in their image or CTF volume are left out and
 named once per run (``inputs.non_finite_rows``; ``half_pass``).
-
-On a GPU, when this rank holds both half sets, the two are scored at once, each
-in a thread of its own on a CUDA stream of its own (``concurrent_half_sets``),
-each with half of the memory budget (``likelihood.memory_budget``).
 """
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,12 +22,7 @@ import torch
 from cryorefine.fourier import symmetrise
 from cryorefine.fourier.texture import reference_texture
 from cryorefine.geometry import perturb_translations, translation_grid
-from cryorefine.likelihood import (
-    ExpectationPlan,
-    OrientationGrid,
-    matmul_precision,
-    memory_budget,
-)
+from cryorefine.likelihood import ExpectationPlan, OrientationGrid, memory_budget
 from cryorefine.refine.communicator import Communicator
 from cryorefine.refine.half_pass import PoseUpdate, run_half_set
 from cryorefine.refine.half_sums import HalfSetSums, empty_sums
@@ -45,8 +34,6 @@ from cryorefine.refine.particle_noise import iteration_noise_seed
 __all__ = ["default_batch_size", "e_step", "empty_pose_update", "expectation_plan"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 BATCH_BYTES_PER_VOXEL = 144
@@ -127,10 +114,8 @@ def expectation_plan(
     cc: bool,
     precision: str,
     device: torch.device,
-    max_bytes: int | None = None,
 ) -> ExpectationPlan:
-    """The sampling and sizes of one half set's E-step in this iteration; ``max_bytes``
-    None is ``likelihood.memory_budget(device)``."""
+    """The sampling and sizes of one half set's E-step in this iteration."""
     range_px, step_px = state.offset_px(inputs.pixel_size_angst)
     translations = translation_grid(range_px, step_px, ndim=inputs.ndim, device=device)
     translations = perturb_translations(
@@ -149,7 +134,7 @@ def expectation_plan(
         padding_factor=options.pad,
         cross_correlation=cc,
         precision=precision,
-        max_bytes=memory_budget(device) if max_bytes is None else max_bytes,
+        max_bytes=memory_budget(device),
     )
 
 
@@ -163,28 +148,6 @@ def empty_pose_update() -> PoseUpdate:
         significant_samples=np.zeros(0, dtype=np.int64),
         log_likelihood=np.zeros(0),
     )
-
-
-def on_own_streams(tasks: Sequence[Callable[[], T]], device: torch.device) -> list[T]:
-    """Each task's result, the tasks run at once, each in a thread on a CUDA stream of its own."""
-    index = torch.cuda.current_device() if device.index is None else device.index
-    current = torch.cuda.current_stream(index)
-    streams = [torch.cuda.Stream(device=index) for _ in tasks]
-    for stream in streams:
-        stream.wait_stream(current)
-
-    def run(task: Callable[[], T], stream: torch.cuda.Stream) -> T:
-        torch.cuda.set_device(index)
-        with torch.cuda.stream(stream):
-            return task()
-
-    with ThreadPoolExecutor(len(tasks), thread_name_prefix="cryorefine-half-set") as pool:
-        futures = [pool.submit(run, task, s) for task, s in zip(tasks, streams, strict=True)]
-        results = [future.result() for future in futures]
-    for stream in streams:
-        current.wait_stream(stream)
-    torch.cuda.synchronize(index)
-    return results
 
 
 def e_step(
@@ -201,57 +164,59 @@ def e_step(
     interpolation: str = "texture",
     batch_size: int,
     device: torch.device,
-    concurrent_half_sets: bool = True,
 ) -> tuple[tuple[HalfSetSums, HalfSetSums], list[PoseUpdate]]:
-    """Both half sets' symmetrised sums and all particles' pose updates, on every rank."""
-    noise_seed = iteration_noise_seed(options.random_seed, state.iteration)
-    halves = list(communicator.halves_here())
-    together = concurrent_half_sets and device.type == "cuda" and len(halves) == 2
-    max_bytes = memory_budget(device) // (2 if together else 1)
-    rotations = inputs.group.rotations  # not in the threads: linalg loads lazily
+    """Both half sets' symmetrised sums and all particles' pose updates, on every rank.
 
-    def one_half_set(half: int) -> tuple[HalfSetSums, PoseUpdate]:
+    ``interpolation`` ``"texture"`` samples the references through the GPU's
+    texture units where they can (``fourier.texture``), ``"exact"`` never.
+    """
+    noise_seed = iteration_noise_seed(options.random_seed, state.iteration)
+    sums_by_half: dict[int, HalfSetSums] = {}
+    updates_by_half: dict[int, PoseUpdate] = {}
+    for half in communicator.halves_here():
         model = models[half - 1]
         rows = communicator.local_rows(
             half, np.flatnonzero(inputs.half_sets == half), block_size=batch_size
         )
         tic = time.perf_counter()
         if len(rows) == 0:
-            sums = empty_sums(
+            sums_by_half[half] = empty_sums(
                 model, grid.pixels.shape[0], padding_factor=options.pad, device=device
             )
-            update = empty_pose_update()
+            updates_by_half[half] = empty_pose_update()
         else:
             plan = expectation_plan(
-                state, options, inputs, grid, model, cc=cc, precision=precision, device=device,
-                max_bytes=max_bytes,
-            )  # fmt: skip
+                state, options, inputs, grid, model, cc=cc, precision=precision, device=device
+            )
             reference = references[half - 1]
             sampling = reference_texture(reference) if interpolation == "texture" else nullcontext()
-            with sampling:
-                sums, update = run_half_set(
-                    inputs.particles, rows, model, state, options, plan,
-                    optics_group=inputs.optics_group, scale_group=inputs.scale_group,
-                    operators=rotations, reference_ft=reference, batch_size=batch_size,
-                    device=device, noise_seed=noise_seed,
+            with sampling:  # the texture is freed when the half set is done
+                sums_by_half[half], updates_by_half[half] = run_half_set(
+                    inputs.particles,
+                    rows,
+                    model,
+                    state,
+                    options,
+                    plan,
+                    optics_group=inputs.optics_group,
+                    scale_group=inputs.scale_group,
+                    operators=inputs.group.rotations,
+                    reference_ft=reference,
+                    batch_size=batch_size,
+                    device=device,
+                    noise_seed=noise_seed,
                     progress=_progress_lines(state.iteration, half, tic),
                     named_rows=inputs.non_finite_rows,
-                )  # fmt: skip
+                )
         seconds = time.perf_counter() - tic
         logger.info(
             "iter=%03d half_set=%d particles=%d e_step_seconds=%.1f particles_per_second=%.1f",
-            state.iteration, half, len(rows), seconds, len(rows) / max(seconds, 1e-9),
-        )  # fmt: skip
-        return sums, update
-
-    tasks = [lambda half=half: one_half_set(half) for half in halves]
-    if together:
-        with matmul_precision(precision):
-            results = on_own_streams(tasks, device)
-    else:
-        results = [task() for task in tasks]
-    sums_by_half = {half: result[0] for half, result in zip(halves, results, strict=True)}
-    updates_by_half = {half: result[1] for half, result in zip(halves, results, strict=True)}
+            state.iteration,
+            half,
+            len(rows),
+            seconds,
+            len(rows) / max(seconds, 1e-9),
+        )
     totals, updates = communicator.combine(sums_by_half, updates_by_half, iteration=state.iteration)
     operators = inputs.group.operators
     for sums in totals.values():
