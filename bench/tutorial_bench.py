@@ -301,9 +301,10 @@ def main() -> None:
     if profile is not None:
         stream = io.StringIO()
         stats = pstats.Stats(profile, stream=stream)
-        stats.sort_stats("cumulative").print_stats("cryorefine", 60)
-        stats.sort_stats("tottime").print_stats(30)  # torch's own calls: where device time lands
-        stats.print_callers(12)  # which of our lines make the costliest of those calls
+        stats.sort_stats("cumulative").print_stats("cryorefine", 90)
+        stats.sort_stats("tottime").print_stats("cryorefine", 40)  # our own Python's time
+        stats.sort_stats("tottime").print_stats(60)  # torch's own calls: where device time lands
+        stats.print_callers(25)  # which of our lines make the costliest of those calls
         summary["profile_cumulative"] = stream.getvalue()
         lines.append(stream.getvalue())
     sys.stdout.write("\n".join(lines) + "\n")
