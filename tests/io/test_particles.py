@@ -11,7 +11,14 @@ import pytest
 import starfile
 from conftest import BOX, N_PARTICLES, PIXEL, Dataset
 
-from cryorefine.io import FLAVOURS, load_particles, read_star, write_particles
+from cryorefine.io import (
+    FLAVOURS,
+    load_particles,
+    mrc,
+    read_star,
+    stored_image_layout,
+    write_particles,
+)
 
 # Values pass through text with 6 decimals (starfile writes the inputs with %.6f):
 # absolute error <= 0.5e-6 per value.
@@ -211,3 +218,18 @@ def test_loading_needs_no_particular_working_directory(make_dataset, tmp_path, m
     monkeypatch.chdir(tmp_path)
     relative = Path(os.path.relpath(dataset.star, tmp_path))
     assert load_particles(relative).flavour == "relion4"
+
+
+def test_the_load_checks_leave_every_header_parsed_for_the_reader(make_dataset, monkeypatch):
+    """RELION-4 writes a file per particle: the E-step's reader must not parse them again."""
+    dataset = make_dataset("relion4")
+    parsed: list[Path] = []
+    original = mrc.read_mrc_header
+    monkeypatch.setattr(mrc, "read_mrc_header", lambda path: parsed.append(path) or original(path))
+    mrc._header_of_version.cache_clear()
+    particle_set = load_particles(dataset.star)
+    checked = len(parsed)
+    assert checked == len(set(particle_set.image_paths()) | set(particle_set.ctf_image_paths()))
+    for path in [*particle_set.image_paths(), *particle_set.ctf_image_paths()]:
+        stored_image_layout(path, 0)
+    assert len(parsed) == checked
