@@ -73,19 +73,28 @@ TABLES = ("per_iteration", "floor")  # summary entries printed as tables, not as
 
 
 def run(
-    arguments: list[str], profile: cProfile.Profile | None = None, torch_profile: bool = False
+    arguments: list[str],
+    profile: cProfile.Profile | None = None,
+    torch_profile: bool = False,
+    stacks: int = 0,
 ) -> float:
+    """Run ``cryorefine arguments``; its seconds. ``stacks`` > 0 (with ``torch_profile``):
+    also device time by operator and its ``stacks`` innermost Python frames."""
     start = time.perf_counter()
     if profile is not None:
         status = profile.runcall(cryorefine, arguments)
     elif torch_profile:
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=activities) as prof:
+        with torch.profiler.profile(activities=activities, with_stack=stacks > 0) as prof:
             status = cryorefine(arguments)
         # first where the device waited for the host, and on what: building the events
         # of a whole iteration takes minutes, and a call cut by its limit keeps this table
         if torch.cuda.is_available():
             sys.stdout.write(gpu_idle.table(gpu_idle.from_profiler(prof.events(), PHASES)))
+            sys.stdout.flush()
+        if stacks:  # device time by operator and the lines that called it
+            by_site = prof.key_averages(group_by_stack_n=stacks)
+            sys.stdout.write(by_site.table(sort_by="self_cuda_time_total", row_limit=60))
             sys.stdout.flush()
         averages = prof.key_averages()
         for key in ("self_cuda_time_total", "cpu_time_total"):
@@ -123,6 +132,13 @@ def parse_arguments() -> argparse.Namespace:
         action="store_true",
         help="run refine under torch.profiler and print the operators and phases by device "
         "time and by host time (which shows where the host, not the device, sets the pace)",
+    )
+    parser.add_argument(
+        "--torch_profile_stacks",
+        type=int,
+        default=0,
+        help="with --torch_profile: also a table of device time by operator and its N "
+        "innermost Python frames (records each operator's stack: slower)",
     )
     parser.add_argument(
         "--continue_run",
@@ -231,7 +247,10 @@ def main() -> None:
     start, stopped = time.perf_counter(), False
     try:
         refine_seconds = run(
-            command + (["--gpu", "0"] if args.gpu else []), profile, args.torch_profile
+            command + (["--gpu", "0"] if args.gpu else []),
+            profile,
+            args.torch_profile,
+            args.torch_profile_stacks,
         )
     except KeyboardInterrupt:
         refine_seconds, stopped = time.perf_counter() - start, True
