@@ -36,6 +36,7 @@ from pathlib import Path
 
 import gpu_idle
 import torch
+from torch._C._profiler import _ExperimentalConfig
 from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
 from floor_table import floor_rows, format_totals, iteration_totals
 
@@ -85,11 +86,16 @@ def run(
         status = profile.runcall(cryorefine, arguments)
     elif torch_profile:
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=activities, with_stack=stacks > 0) as prof:
+        # Python stacks are recorded only with the verbose experimental config (torch 2.11+)
+        config = _ExperimentalConfig(verbose=True) if stacks else None
+        with torch.profiler.profile(
+            activities=activities, with_stack=stacks > 0, experimental_config=config
+        ) as prof:
             status = cryorefine(arguments)
         # first where the device waited for the host, and on what: building the events
         # of a whole iteration takes minutes, and a call cut by its limit keeps this table
-        if torch.cuda.is_available():
+        # (not with stacks: the table by call site comes first then)
+        if torch.cuda.is_available() and not stacks:
             sys.stdout.write(gpu_idle.table(gpu_idle.from_profiler(prof.events(), PHASES)))
             sys.stdout.flush()
         if stacks:  # device time by operator and the lines that called it

@@ -7,4 +7,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench PYTHONUNBUFFERED=1
 timeout ${WLIM:-260} python3 bench/final_iteration_ab.py --tutorial .carry/tutorial --state bench/results/tutorial_9437_reader_h100_it025-026_state.tgz --gpu --settings warm --out $OUT/warm.json 2>&1 | tail -1
 TLIM=${TLIM:-320} EXTRA="--torch_profile_stacks ${STACKS:-4}" bash bench/device_calls/profile_final.sh > /dev/null
-grep -A70 "Source Location" $OUT/profile.log | cut -c1-40,95-150,170-400 | head -120
+grep -A200 "Source Location" $OUT/profile.log | cut -c1-60,150-400 | head -150
