@@ -36,9 +36,9 @@ from pathlib import Path
 
 import gpu_idle
 import torch
-from torch._C._profiler import _ExperimentalConfig
 from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
 from floor_table import floor_rows, format_totals, iteration_totals
+from torch._C._profiler import _ExperimentalConfig
 
 from cryorefine.cli.main import main as cryorefine
 from cryorefine.refine.run_files import last_finished_iteration
