@@ -27,6 +27,7 @@ from cryorefine.likelihood.scores import (
     DataTerms,
     as_real_pairs,
     matmul_precision,
+    squared_magnitude,
     working_dtypes,
 )
 from cryorefine.likelihood.search import compact
@@ -136,7 +137,7 @@ def _held_row_power(
     if values.numel() * torch.finfo(cplx).bits // 8 > max_bytes // 8:  # the real powers' bytes
         return None
     held = values.to(cplx)
-    return held.real.square() + held.imag.square()
+    return squared_magnitude(held)
 
 
 def _child_rows(rows: Tensor, f: int) -> Tensor:

@@ -27,6 +27,7 @@ from cryorefine.likelihood.scores import (
     per_particle_cross,
     scores_from_cross,
     scores_from_terms,
+    squared_magnitude,
     working_dtypes,
 )
 from cryorefine.likelihood.window import FourierWindow, window_frequencies_xyz
@@ -305,13 +306,13 @@ def score_held_lists(
     table_power = None
     if n <= b * r:
         table_power = ctf_power.new_empty((b, n))
-        # a block of rows: its working copy (2 numbers per coefficient), the two squares
-        # and their sum, within a quarter of the budget
+        # a block of rows: its working copy (2 numbers per coefficient) and its squared
+        # magnitude (1), counted as 5 numbers (room), within a quarter of the budget
         block = max(1, (max_bytes // 4) // (5 * k * size))
         with matmul_precision(precision):
             for lo in range(0, n, block):
                 held = values[lo : lo + block].to(cplx)
-                power = held.real.square() + held.imag.square()
+                power = squared_magnitude(held)
                 table_power[:, lo : lo + block] = ctf_power @ power.T
         table_power = table_power.gather(1, rows)
     out = ctf_power.new_empty((b, t, r))
@@ -340,7 +341,7 @@ def score_held_lists(
         else:
             slots = values[rows[chunk]].to(cplx)  # (s, r, k)
             if table_power is None:
-                squares = slots.real.square() + slots.imag.square()
+                squares = squared_magnitude(slots)
                 ref_power = (squares @ ctf_power[chunk, :, None]).squeeze(-1)
                 del squares
             else:

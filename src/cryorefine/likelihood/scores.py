@@ -55,6 +55,7 @@ __all__ = [
     "scores_from_terms",
     "squared_differences",
     "squared_differences_per_particle",
+    "squared_magnitude",
     "working_dtypes",
 ]
 
@@ -98,6 +99,18 @@ def matmul_precision(precision: str) -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
+def squared_magnitude(z: Complex[Tensor, "..."]) -> Float[Tensor, "..."]:
+    """``|z|^2``, real, of ``z``'s shape: the modulus squared in place.
+
+    Two passes over contiguous memory (8 + 4 bytes per value read, 4 + 4 written),
+    where squaring the strided ``z.real`` and ``z.imag`` views and adding them is
+    three passes, two of them strided (24 read, 12 written). The modulus is a
+    ``hypot`` (within 3 ulp on CUDA, 1 on the CPU), so the result is within
+    about 7 ulp of ``|z|^2``.
+    """
+    return z.abs().square_()
+
+
 def as_real_pairs(z: Complex[Tensor, "... k"]) -> Float[Tensor, "... k2"]:
     """``(..., k)`` complex -> ``(..., 2k)`` real, ``(Re, Im)`` interleaved."""
     return torch.view_as_real(z.contiguous()).flatten(-2)
@@ -138,7 +151,7 @@ def data_terms(
     x = data.to(cplx)
     w = weight.to(real)
     k_ctf = ctf.to(real)
-    data_power = (w * (x.real.square() + x.imag.square())).sum(-1)
+    data_power = (w * squared_magnitude(x)).sum(-1)
     z = (w * k_ctf * x)[:, None, :] * phases.to(cplx)  # (b, t, k)
     return DataTerms(data_power, w * k_ctf.square(), as_real_pairs(z), precision)
 
@@ -149,7 +162,7 @@ def orientation_terms(
     """``(sum w K^2 |P|^2 (b, r), sum Re(conj(Z) P) (b, t, r))`` for one chunk of orientations."""
     _, cplx = working_dtypes(terms.precision)
     p = projections.to(cplx)
-    p_power = p.real.square() + p.imag.square()
+    p_power = squared_magnitude(p)
     p_pairs = as_real_pairs(p)
     b, t, _ = terms.shifted.shape
     with matmul_precision(terms.precision):

@@ -29,7 +29,7 @@ from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.fourier import splat_rotated
-from cryorefine.likelihood.scores import matmul_precision, working_dtypes
+from cryorefine.likelihood.scores import matmul_precision, squared_magnitude, working_dtypes
 from cryorefine.likelihood.window import FourierWindow, window_frequencies_xyz
 
 __all__ = [
@@ -164,7 +164,7 @@ def shell_sums(
     b, t, r = weights.shape
     w = weights.to(real)
     p = projections.to(cplx)
-    p_power = p.real.square() + p.imag.square()
+    p_power = squared_magnitude(p)
     per_orientation = w.sum(dim=1)  # (b, r)
     with matmul_precision(precision):
         if p.dim() == 2:
@@ -202,7 +202,7 @@ def shell_sums_from_products(
     shells64 = shells.to(torch.float64)
     signal = (k_ctf * (x.real * g.real + x.imag * g.imag)).to(torch.float64) @ shells64
     reference = (k_ctf.square() * weighted_power).to(torch.float64) @ shells64
-    x2 = (x.real.square() + x.imag.square()).to(torch.float64)
+    x2 = squared_magnitude(x).to(torch.float64)
     residual = (weight_totals.to(torch.float64)[:, None] * x2) @ shells64
     return ShellSums(residual + reference - 2.0 * signal, signal, reference)
 
