@@ -3,10 +3,10 @@
     python3 bench/state_subset.py /tmp/work/Refine3D/run_it026_data.star --keep 900
 
 Rewrites the data STAR file in place (``io.write_star``: whole or not at all) with
-about ``keep`` of its particles, evenly spread over the table (both half sets, every
-tomogram). The continued iteration then scores only those: its phases, operators and
-kernels are those of the full job at the same sizes, in proportion, and a profiler's
-tables over them are built in seconds instead of minutes.
+about ``keep`` of its particles, evenly spread over the table (both half sets), and at
+least one of every scale group. The continued iteration then scores only those: its
+phases, operators and kernels are those of the full job at the same sizes, in
+proportion, and a profiler's tables over them are built in seconds instead of minutes.
 """
 
 import argparse
@@ -14,17 +14,28 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from cryorefine.io import read_star, write_star
+
+GROUP_LABELS = ("rlnGroupName", "rlnTomoName", "rlnMicrographName")
+"""The first of these in the table names the particles' scale groups: every group keeps at
+least its first particle, as a continued run expects the model's groups in the data."""
 
 
 def keep_every(path: Path, keep: int) -> int:
-    """Keep about ``keep`` particles of the data STAR file ``path``; the number kept."""
+    """Keep about ``keep`` particles of the data STAR file ``path`` (every ``step``-th, and
+    each group's first); the number kept."""
     blocks = read_star(path)
     particles = blocks["particles"]
     step = max(1, math.ceil(len(particles) / keep))
-    blocks["particles"] = particles.iloc[::step].reset_index(drop=True)
+    kept = np.arange(len(particles)) % step == 0
+    label = next((name for name in GROUP_LABELS if name in particles.columns), None)
+    if label is not None:
+        kept |= ~particles[label].duplicated().to_numpy()
+    blocks["particles"] = particles[kept].reset_index(drop=True)
     write_star(blocks, path)
-    return len(blocks["particles"])
+    return int(kept.sum())
 
 
 def main() -> None:
