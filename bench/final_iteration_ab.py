@@ -36,7 +36,7 @@ def parse_setting(text: str) -> tuple[str, dict[str, str], list[str]]:
     """``NAME[=VAR=VALUE,--option=VALUE,...]`` -> name, environment additions, bench options.
 
     An entry that starts with ``--`` is an option of ``tutorial_bench.py`` (e.g.
-    ``--precision=tf32``, or a flag alone: ``--serial_half_sets``); any other is an
+    ``--precision=tf32``, or a flag alone: ``--torch_profile``); any other is an
     environment variable.
     """
     name, _, assignments = text.partition("=")

@@ -3,8 +3,7 @@
 # SETTINGS replaces the settings, TESTS the CUDA tests run first, TLIM the iterations' limit.
 # The data are simulated once per machine (/tmp/work persists while it is warm).
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench PYTHONUNBUFFERED=1
+. bench/device_calls/setup.sh
 mkdir -p /tmp/old && tar xf .carry/old_src.tar -C /tmp/old
 TESTS=${TESTS-tests/likelihood/test_likelihood_held_cross.py}
 if [ -n "$TESTS" ]; then

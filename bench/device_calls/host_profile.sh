@@ -4,8 +4,7 @@
 # of the iteration (final_iteration_ab.py, which simulates the data where missing)
 # compiles Triton's kernels so that the profiled run is free of compilation.
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench PYTHONUNBUFFERED=1
+. bench/device_calls/setup.sh
 W=/tmp/work
 timeout ${WLIM:-300} python3 bench/final_iteration_ab.py --tutorial .carry/tutorial --state bench/results/tutorial_9437_reader_h100_it025-026_state.tgz --gpu --settings warm --out $OUT/warm.json 2>&1 | tail -2
 rm -rf $W/Refine3D; mkdir -p $W/Refine3D

@@ -1,8 +1,7 @@
 # Whole tutorial job on one warm machine, in calls cut by timeout; W persists while warm.
 # env: TLIM (seconds for tutorial_bench), FLOOR=1 to measure the floor, SAVE=NNN to tar state of iteration NNN
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench PYTHONUNBUFFERED=1
+. bench/device_calls/setup.sh
 W=/tmp/work; mkdir -p $W
 F=--no_floor; [ "$FLOOR" = 1 ] && F=
 date +%s > $OUT/start

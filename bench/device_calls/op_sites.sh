@@ -2,8 +2,7 @@
 # call and every dispatched operator counted by call site (bench/sync_sites.py --ops).
 # The data are simulated first (about 150 s on an H100).
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench PYTHONUNBUFFERED=1
+. bench/device_calls/setup.sh
 W=/tmp/work; rm -rf $W/Refine3D; mkdir -p $W/Refine3D
 tar xzf bench/results/tutorial_9437_reader_h100_it025-026_state.tgz -C $W/Refine3D
 python3 -c "

@@ -3,8 +3,7 @@
 # The data are simulated first when /tmp/work/sim is missing (about 150 s on an H100).
 # KEEP=N profiles about N of the 9,437 particles.
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench PYTHONUNBUFFERED=1
+. bench/device_calls/setup.sh
 W=/tmp/work; rm -rf $W/Refine3D; mkdir -p $W/Refine3D
 tar xzf bench/results/tutorial_9437_reader_h100_it025-026_state.tgz -C $W/Refine3D
 # KEEP=N: about N of the particles (bench/state_subset.py), for tables built in seconds

@@ -5,8 +5,7 @@
 # compiled and cached there; about 260 s); the second runs it under the profiler (about
 # 60 s, then minutes while the profiler builds the events; the idle table comes first).
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench PYTHONUNBUFFERED=1
+. bench/device_calls/setup.sh
 W=/tmp/work
 if [ ! -e $W/warm.done ]; then
   rm -rf $W/Refine3D; mkdir -p $W/Refine3D
