@@ -97,23 +97,24 @@ def test_pair_scores_are_the_full_scores_at_the_pairs_children(
 
 @pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize("max_bytes", [2**30, 1])  # with a budget the held rows' |P|^2 is used
-@pytest.mark.parametrize("table", [True, False], ids=["table of rows", "merged picks"])
 @pytest.mark.parametrize("widest", [T, 0], ids=["all translations", "own blocks"])
 def test_pair_sums_are_the_kernel_sums_of_the_scattered_weights(
-    monkeypatch, cached, max_bytes, table, widest
+    monkeypatch, cached, max_bytes, widest
 ):
-    # the data added into a table of the group's fine rows, or picked and merged per chunk;
-    # both products: weights spread over every translation of the particle, or each pair's
-    # own block of translations added in
+    # the data added into a table of the fine rows that carry weight, in one chunk or in
+    # chunks of one pair; both products: weights spread over every translation of the
+    # particle (only the children with weight made), or each pair's own block of
+    # translations added in
     monkeypatch.setattr(pairs, "MAX_TRANSLATIONS_PER_PRODUCT", widest)
-    if not table:
-        monkeypatch.setattr(pair_sums, "DENSE_TABLE_SHARE", 2**62)
     projector, significant, shifts, (data, ctf, _, phases) = _case(cached)
     lists = pair_lists(significant)
     gen = torch.Generator().manual_seed(1)
     weights = torch.rand(*lists.slots.shape, G, F, generator=gen)
     weights = weights * lists.valid[:, :, None, None]
     weights[0, 0, :, 3] = 0.0  # a child without weight is not in play
+    # about half the children carry no weight (the second significance cut): the chunks'
+    # lists of carried children differ in length between particles
+    weights = weights * (torch.rand(*lists.slots.shape, 1, F, generator=gen) < 0.5)
     bp_window = fourier_window(
         8, 2, device=torch.device("cpu"), include_dc=True, include_redundant=True
     )
@@ -190,10 +191,10 @@ def test_a_chunk_of_the_sums_counts_only_what_it_makes():
     shape, k, kb = (37, 8, 8, 72), 238_869, 451_584
     budget = 12 * 2**30
 
-    def pairs_per_chunk(projected, spread, dense=True, row_bytes=0, real_bytes=4, budget=budget):
+    def pairs_per_chunk(projected, spread, row_bytes=0, real_bytes=4, budget=budget):
         return pair_sums._chunk_of_sums(
             row_bytes, shape, k, kb, budget, real_bytes=real_bytes, projected=projected,
-            spread=spread, dense=dense,
+            spread=spread,
         )  # fmt: skip
 
     # per pair and particle: 3 f kb + 2 g f, plus T g f (spread) or 4 g kb (own blocks),
@@ -203,8 +204,6 @@ def test_a_chunk_of_the_sums_counts_only_what_it_makes():
     full = 4 * 37 * (3 * 8 * kb + 2 * 8 * 8 + 4 * 8 * kb + 2 * 8 * k + 5 * 8 * k)
     assert pairs_per_chunk(True, False) == (budget // 2) // full
     assert pairs_per_chunk(False, True) >= 4 * pairs_per_chunk(True, False)
-    # picked and merged children (no dense table): the full count whatever the route
-    assert pairs_per_chunk(False, True, dense=False) == pairs_per_chunk(True, False)
     # float64 reals take twice the bytes
     big = 1000 * full
     assert pairs_per_chunk(True, False, real_bytes=8, budget=big) == 250

@@ -14,7 +14,7 @@ pair into ``Q`` and gives each child's data. With the projections held and
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Complex, Float, Int
+from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.likelihood import pairs
@@ -28,18 +28,17 @@ from cryorefine.likelihood.pairs import (
     _spread,
     _translation_index,
 )
-from cryorefine.likelihood.passes import merge_rows, row_chunks
+from cryorefine.likelihood.passes import row_chunks
 from cryorefine.likelihood.scores import as_real_pairs, matmul_precision, working_dtypes
+from cryorefine.likelihood.search import compact
 from cryorefine.likelihood.sums import ShellSums, shell_sums_from_products
 
-__all__ = ["DENSE_TABLE_SHARE", "PairSums", "sum_pairs"]
+__all__ = ["MIN_CHUNK_SHARE", "PairSums", "sum_pairs"]
 
 
-DENSE_TABLE_SHARE = 4
-"""``sum_pairs`` adds the back-projection data straight into a table of every fine row of
-the group (``rows x 3 kb`` reals) when it takes at most ``1 / DENSE_TABLE_SHARE`` of the
-budget; the row weights are then one product ``(rows, b) @ (b, kb)`` at the end. Otherwise
-each chunk's carried children are picked and merged with the rows so far."""
+MIN_CHUNK_SHARE = 4
+"""``sum_pairs``'s chunks keep at least ``1 / MIN_CHUNK_SHARE`` of the budget, however large
+the table of the group's carried fine rows (which the sums need whole in the end)."""
 
 
 @dataclass(frozen=True)
@@ -77,31 +76,46 @@ def _chunk_of_sums(
     real_bytes: int,
     projected: bool,
     spread: bool,
-    dense: bool,
 ) -> int:
     """Pairs per chunk of ``sum_pairs`` so that what a chunk makes takes about half of
     ``max_bytes``; ``shape`` is ``(b, g, f, T g)``, ``row_bytes`` the bytes of a row the
     projector projects (counted where ``projected``), ``real_bytes`` those of a real.
 
-    Per pair and particle, in reals, where the data go into the dense table: the
-    children's back-projection data (``3 f kb``, with room) and weights (``2 g f``);
-    the weights over every translation (``T g f``, ``spread``) or the pair's blocks of
-    ``Z`` rows (``4 g kb``); and, where ``Q`` was not combined by the kernel
-    (``projected``), the projections, their squares and their products
-    (``2 g k + 5 f k``, and the rows projected). Where the kernel combined ``Q``, the
-    chunk makes no projections and holds about 5 times more pairs (box 96: ``kb``
-    451,584, ``k`` 238,869, ``g = f = 8``). Where the carried children are picked and
-    merged instead (not ``dense``), the picks, their weights and the concatenations
-    take several times ``f kb`` more: the full count, as if projected and not spread.
+    Per pair and particle, in reals: the children's back-projection data (``3 f kb``,
+    with room; only the children that carry weight are made where the weights are
+    spread, but all are counted) and weights (``2 g f``); the weights over every
+    translation (``T g f``, ``spread``) or the pair's blocks of ``Z`` rows (``4 g
+    kb``); and, where ``Q`` was not combined by the kernel (``projected``), the
+    projections, their squares and their products (``2 g k + 5 f k``, and the rows
+    projected). Where the kernel combined ``Q``, the chunk makes no projections and
+    holds about 5 times more pairs (box 96: ``kb`` 451,584, ``k`` 238,869, ``g = f =
+    8``).
     """
     b, g, f, tg = shape
-    if not dense:
-        projected, spread = True, False
     floats = 3 * f * kb + 2 * g * f + (tg * f if spread else 4 * g * kb)
     if projected:
         floats += 2 * g * k + 5 * f * k
     per_pair = (row_bytes if projected else 0) + real_bytes * b * floats
     return max(1, (max_bytes // 2) // per_pair)
+
+
+def _table_rows(children: Int[Tensor, "b c"], kept: Int[Tensor, " n"]) -> Int[Tensor, "b c"]:
+    """Position of each fine row ``children`` in the ascending ``kept``; ``n`` (the
+    table's spare last row) where a row is not kept."""
+    n = kept.shape[0]
+    if n == 0:
+        return torch.zeros_like(children)
+    at = torch.searchsorted(kept, children).clamp_max(n - 1)
+    return torch.where(kept[at] == children, at, n)
+
+
+def _carried_widths(carried: Bool[Tensor, "b q f"], chunk: int) -> Int[Tensor, " c"]:
+    """The largest count of carried children of one particle in each chunk of ``chunk``
+    consecutive pairs."""
+    b, q, f = carried.shape
+    chunks = -(-q // chunk)
+    padded = torch.nn.functional.pad(carried.reshape(b, -1), (0, (chunks * chunk - q) * f))
+    return padded.reshape(b, chunks, chunk * f).sum(dim=2).amax(dim=0)
 
 
 def _combine(
@@ -165,16 +179,19 @@ def sum_pairs(
     q_sum = w_all.new_zeros(b, tg, 2 * k)
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
-    merged: tuple[Tensor, Tensor, Tensor] | None = None
-    fine_rows_total = projector.projector.rows
-    # the table of data and weights, and the (b, rows) row weights with their kept copy
-    table_bytes = fine_rows_total * (3 * v.shape[1] + 2 * b) * w_all.element_size()
-    dense = table_bytes <= max_bytes // DENSE_TABLE_SHARE
-    budget = max_bytes - table_bytes if dense else max_bytes
+    # The fine rows that carry weight, known before the chunks: their data are added
+    # straight into a table of them (and a spare last row for children without weight)
+    per_child_all = w_all.sum(dim=2) * lists.valid[:, :, None]  # (b, q, f)
+    carried_all = per_child_all > 0
+    kept = torch.unique(_child_rows(rows, f)[carried_all.reshape(b, -1)])  # one host sync
+    n_kept = kept.shape[0]
+    table_bytes = (n_kept + 1) * (3 * v.shape[1] + 2 * b) * w_all.element_size()
+    budget = max(max_bytes - table_bytes, max_bytes // MIN_CHUNK_SHARE)
     row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx, budget)
-    held_rows = row_power is not None or dense
-    row_weights = w_all.new_zeros(b, fine_rows_total if held_rows else 0)
-    data_table = w_all.new_zeros(fine_rows_total if dense else 0, 2 * v.shape[1])
+    # each fine row's weight per particle, for the products with |P|^2 at the end
+    row_weights = w_all.new_zeros(b, projector.projector.rows if row_power is not None else 0)
+    table_weights = w_all.new_zeros(b, n_kept + 1)
+    data_table = w_all.new_zeros(n_kept + 1, 2 * v.shape[1])
     combined = (
         every_translation
         and row_power is not None
@@ -183,17 +200,20 @@ def sum_pairs(
     chunk = _chunk_of_sums(
         projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
         real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,
-        dense=dense,
     )  # fmt: skip
+    # chunks of consecutive slots (held projections): each one's widest list of carried
+    # children, read in one transfer; otherwise counted per chunk
+    consecutive = projector.projector.values is not None
+    widths = _carried_widths(carried_all, chunk).tolist() if consecutive else None
     chunks = 0
     for part in row_chunks(projector, rows, lists.valid, chunk, project=not combined):
-        chunks += 1
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
         w = w * part.inside[:, :, None, None]
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
         per_child = w.sum(dim=2)  # (b, l, f)
         # projector rows of the children (b, l f); padding points at row 0 with weight 0
         child_rows = _child_rows(torch.where(part.inside, part.rows, 0), f)
+        at_table = _table_rows(child_rows, kept)  # (b, l f)
         spread = _spread(w, index, tg) if every_translation else None  # (b, T g, l f)
         with matmul_precision(precision):
             if part.projections is not None:  # Q (unless combined) and |P|^2 from the copy
@@ -207,32 +227,27 @@ def sum_pairs(
                 if row_power is None:  # square the copy in place; (Re^2, Im^2) added after
                     power_pairs = (per_child[:, :, None, :] @ p.square_()).sum(dim=(1, 2))
                     power += power_pairs.reshape(b, k, 2).sum(dim=-1)
-            if held_rows:  # each row's weight per particle; products at the end
+            if row_power is not None:
                 row_weights.scatter_add_(1, child_rows, per_child.reshape(b, -1))
-            if spread is not None:  # (b, l f, T g) @ (b, T g, 2kb): no copies of Z's rows
-                data = spread.transpose(1, 2) @ shifted_bp
+            table_weights.scatter_add_(1, at_table, per_child.reshape(b, -1))
+            if spread is not None:  # only the children that carry weight: (b, m, 2kb)
+                carried = (per_child > 0).reshape(b, -1)
+                width = None if widths is None else max(1, widths[chunks])
+                picks, picked = compact(carried, width)
+                columns = spread.gather(2, picks[:, None, :].expand(-1, tg, -1))
+                data = columns.transpose(1, 2) @ shifted_bp  # no copies of Z's rows
+                at_table = torch.where(picked, at_table.gather(1, picks), n_kept)
             else:
                 data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
-        if dense:  # straight into the group's table of fine rows: no picks, no merges
-            data_table.index_add_(0, child_rows.reshape(-1), data.reshape(-1, data.shape[-1]))
-            continue
-        carried = (per_child > 0) & part.inside[:, :, None]  # (b, l, f)
-        at = carried.reshape(-1).nonzero().squeeze(1)  # one host sync for the three picks
-        who = at // (carried.shape[1] * f)  # the particle of each carried child
-        fine_rows = child_rows.reshape(-1)[at]
-        picked = data.reshape(-1, data.shape[-1])[at]
-        fresh = (fine_rows, picked, per_child.reshape(-1)[at][:, None] * v[who])
-        # Merge as we go: memory follows the distinct fine rows, not particles x rows.
-        if merged is None:
-            merged = merge_rows(*fresh)
-        else:
-            merged = merge_rows(*(torch.cat(pair) for pair in zip(merged, fresh, strict=True)))
+        data_table.index_add_(0, at_table.reshape(-1), data.reshape(-1, data.shape[-1]))
+        chunks += 1
+    if not chunks:
+        raise ValueError("no fine pairs to sum")
     if row_power is not None:
         with matmul_precision(precision):
             power += row_weights @ row_power
-    if dense and chunks:  # the weights in full float32, as the merge path forms them
-        kept = (row_weights.sum(dim=0) > 0).nonzero().squeeze(1)
-        merged = (kept, data_table[kept], row_weights[:, kept].T @ v)
+    data_sum = data_table[:n_kept]
+    weight_sum = table_weights[:, :n_kept].T @ v  # in full float32
     totals = shell_sums_from_products(
         x,
         ctf,
@@ -243,9 +258,6 @@ def sum_pairs(
         shells,
         precision=precision,
     )
-    if merged is None:
-        raise ValueError("no fine pairs to sum")
-    kept, data_sum, weight_sum = merged
     index_all = lists.translations[:, :, None] * g + torch.arange(g, device=rows.device)
     per_translation = weights.new_zeros(b, tg)
     per_translation.scatter_add_(1, index_all.reshape(b, -1), weights.sum(dim=3).reshape(b, -1))

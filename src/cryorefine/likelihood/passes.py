@@ -38,7 +38,6 @@ __all__ = [
     "ProjectionTable",
     "RowProjector",
     "held_list_chunk",
-    "merge_rows",
     "row_chunks",
     "score_held_lists",
     "score_lists",
@@ -353,11 +352,3 @@ def score_held_lists(
             terms.data_power, ref_power, cross, cross_correlation=cross_correlation
         )
     return out.masked_fill_(~valid[:, None, :], torch.inf)
-
-
-def merge_rows(rows: Tensor, data: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Add the entries of equal rows: ascending unique rows and their summed data and weight."""
-    unique, inverse = torch.unique(rows, return_inverse=True)
-    merged_data = data.new_zeros(unique.shape[0], data.shape[1]).index_add_(0, inverse, data)
-    merged_weight = weight.new_zeros(unique.shape[0], weight.shape[1])
-    return unique, merged_data, merged_weight.index_add_(0, inverse, weight)
