@@ -108,7 +108,7 @@ def test_a_batch_adds_its_scale_terms_only_in_the_shells_it_is_given() -> None:
     scale_groups = torch.tensor([0, 1, 1, 0])
     _add_batch(
         sums, result, batch, masked, torch.zeros(b, dtype=torch.int64), scale_groups, None,
-        current_size=n, pixel_size_angst=1.0, shells_for_scales=taken,
+        current_size=n, shells_for_scales=taken,
     )  # fmt: skip
     for index, per_particle in enumerate((sums_of.signal_product, sums_of.reference_power)):
         want = zeros(2, shells).index_add_(0, scale_groups, per_particle)

@@ -42,6 +42,7 @@ from cryorefine.likelihood import (
     expectation,
     projection_cache,
 )
+from cryorefine.refine.batch_results import BatchOnItsWay, receive, send
 from cryorefine.refine.half_sums import HalfSetSums, empty_sums, scale_shells
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
@@ -118,40 +119,6 @@ def _timed(items: Iterator[T], times: PhaseTimes, name: str) -> Iterator[T]:
         yield item
 
 
-def _batch_poses(
-    result: ExpectationResult | None,
-    finite: np.ndarray,
-    angles_deg: np.ndarray,
-    origins_angst: np.ndarray,
-    *,
-    ndim: int,
-    pixel_size_angst: float,
-) -> dict[str, np.ndarray]:
-    """New poses and statistics of a batch; a bad particle (not ``finite``) keeps its pose.
-
-    ``result`` holds the finite particles only, in order (None when there are none);
-    ``angles_deg`` and ``origins_angst`` are the table's, ``(b, 3)`` each.
-    """
-    b = len(finite)
-    poses = {
-        "angles": angles_deg.copy(),
-        "origins": origins_angst.copy(),
-        "pmax": np.zeros(b),
-        "nsig": np.zeros(b, dtype=np.int64),
-        "ll": np.zeros(b),
-    }
-    if result is None:
-        return poses
-    origins = np.zeros((int(finite.sum()), 3))
-    origins[:, :ndim] = result.origins_px.cpu().double().numpy() * pixel_size_angst
-    poses["angles"][finite] = result.angles_deg.cpu().numpy()
-    poses["origins"][finite] = origins
-    poses["pmax"][finite] = result.pmax.cpu().numpy()
-    poses["nsig"][finite] = result.significant_samples.cpu().numpy()
-    poses["ll"][finite] = result.log_likelihood.cpu().numpy()
-    return poses
-
-
 def _add_batch(
     sums: HalfSetSums,
     result: ExpectationResult,
@@ -162,7 +129,6 @@ def _add_batch(
     scale: Tensor | None,
     *,
     current_size: int,
-    pixel_size_angst: float,
     shells_for_scales: Tensor,
 ) -> Tensor:
     """Add one batch's E-step result to the half set's sums, in place.
@@ -196,8 +162,6 @@ def _add_batch(
         if sums.multiplicity is None:
             sums.multiplicity = torch.zeros_like(sums.noise)
         sums.multiplicity.index_add_(0, groups, mult)
-    sums.offset_moments_angst2 += float(result.offset_moments_px2.sum()) * pixel_size_angst**2
-    sums.pmax_sum += float(result.pmax.sum())
     sums.direction_mass += result.direction_mass.to(torch.float64)
     sums.count += batch.rows.shape[0]
     return residual.sum(dim=1)
@@ -273,6 +237,17 @@ def run_half_set(
         key: [] for key in ("angles", "origins", "pmax", "nsig", "ll", "left_out", "norm")
     }
     done = 0
+    previous: BatchOnItsWay | None = None
+
+    def _receive(batch: BatchOnItsWay) -> None:
+        nonlocal done
+        rows_of = batch.all_rows
+        receive(batch, sums, outputs, angles_deg=angles_all[rows_of],
+                origins_angst=origins_all[rows_of], ndim=ndim, pixel_size_angst=pixel)  # fmt: skip
+        done += len(rows_of)
+        if progress is not None:
+            progress(done, len(rows))
+
     m = plan.current_size
     batches = particle_batches(
         particles,
@@ -349,30 +324,19 @@ def run_half_set(
                     scale_groups,
                     scale,
                     current_size=m,
-                    pixel_size_angst=pixel,
                     shells_for_scales=shells_for_scales,
                 )
-        norm = norms_all[all_rows].copy()  # bad particles keep theirs
+        new_norms = None
         if result is not None and options.norm:
-            new = new_norm_corrections(norms, model.norm_correction_average, residual_sums)
-            norm[finite] = new.cpu().numpy()  # one transfer: the sum is taken on the host
-            sums.norm_sum += float(norm[finite].sum())
-        outputs["norm"].append(norm)
+            new_norms = new_norm_corrections(norms, model.norm_correction_average, residual_sums)
         with times.phase("batch_poses"):
-            poses = _batch_poses(
-                result,
-                finite,
-                angles_all[all_rows],
-                origins_all[all_rows],
-                ndim=ndim,
-                pixel_size_angst=pixel,
-            )
-        for key, values in poses.items():
-            outputs[key].append(values)
-        outputs["left_out"].append(all_rows[~finite])
-        done += len(all_rows)
-        if progress is not None:
-            progress(done, len(rows))
+            # this batch's results go to the host while the next one is prepared
+            queued = send(result, new_norms, all_rows, finite, norms_all[all_rows])
+            if previous is not None:
+                _receive(previous)
+            previous = queued
+    if previous is not None:
+        _receive(previous)
     logger.info(
         "iter=%03d half_set=%d phase_seconds %s",
         state.iteration,

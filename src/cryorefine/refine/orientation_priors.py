@@ -101,8 +101,11 @@ def orientation_priors(
             angles_deg[:, 2], grid.psi_deg.to(angles_deg), sigma_deg=state.sigma_psi_deg
         )
     # Only the (direction, psi) pairs inside both cut-offs: (b, ld * lp), never (b, m * p).
-    dir_ids, dir_valid = compact(directions > 0)
-    psi_ids, psi_valid = compact(psis > 0)
+    inside_dir, inside_psi = directions > 0, psis > 0
+    # both lists' widths in one transfer (one host sync, not two)
+    widths = torch.stack([inside_dir.sum(dim=1).max(), inside_psi.sum(dim=1).max()]).tolist()
+    dir_ids, dir_valid = compact(inside_dir, max(1, widths[0]))
+    psi_ids, psi_valid = compact(inside_psi, max(1, widths[1]))
     log_dir = torch.where(dir_valid, torch.log(torch.gather(directions, 1, dir_ids)), -math.inf)
     log_psi = torch.where(psi_valid, torch.log(torch.gather(psis, 1, psi_ids)), -math.inf)
     ids = (dir_ids[:, :, None] * p + psi_ids[:, None, :]).reshape(b, -1)
