@@ -6,9 +6,12 @@ lists, blocks and scores): ``Q = sum_r w P_r`` per fine translation and
 and each carried fine row's back-projection data and weight. With at most
 ``pairs.MAX_TRANSLATIONS_PER_PRODUCT`` translations per particle the weights
 are spread over them (``pairs._spread``): one product per particle adds every
-pair into ``Q`` and gives each child's data. With the projections held and
-``held_cross``'s kernel on, ``Q`` is read through the rows' indices
-(``kernel_combination``) and the chunks gather no projections at all.
+pair into ``Q`` and gives the data of the children that carry weight (the
+second significance cut leaves a few of each pair's). With the projections held
+and ``held_cross``'s kernel on, ``Q`` is read through the rows' indices
+(``kernel_combination``) and the chunks gather no projections at all. The fine
+rows that carry weight are found from the weights before the chunks, and each
+chunk adds its data into a table of those rows: nothing is merged.
 """
 
 from dataclasses import dataclass

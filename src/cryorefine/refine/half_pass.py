@@ -134,9 +134,11 @@ def _add_batch(
     """Add one batch's E-step result to the half set's sums, in place.
 
     The back-projection sums are already in ``sums.data``/``sums.weight``
-    (``expectation(accumulators=...)``). Returns each particle's weighted squared
-    difference summed over all shells, those beyond the current size taken from
-    the image's power (RELION's ``exp_wsum_norm_correction``), float64 ``(b,)``.
+    (``expectation(accumulators=...)``); the offset moments and ``pmax`` are added on
+    the host when the batch's results reach it (``batch_results.receive``). Returns
+    each particle's weighted squared difference summed over all shells, those beyond
+    the current size taken from the image's power (RELION's
+    ``exp_wsum_norm_correction``), float64 ``(b,)``.
     """
     n = masked_full.shape[1]
     ndim = batch.origins_px.shape[1]
