@@ -217,6 +217,22 @@ def iteration_table(log: str) -> list[dict[str, float]]:
     return [rows[it] for it in sorted(rows)]
 
 
+def phase_totals(log: str) -> dict[str, float]:
+    """The E-step's phases summed over iterations and half sets.
+
+    A half set logged twice (a call cut by its time limit and the iteration run again
+    from the carried state) counts as its last run, as in ``iteration_table``.
+    """
+    last: dict[tuple[int, int], str] = {}
+    for it, half, line in re.findall(r"iter=(\d+) half_set=(\d) phase_seconds (.*)", log):
+        last[int(it), int(half)] = line
+    phases: dict[str, float] = {}
+    for line in last.values():
+        for name, seconds in re.findall(r"(\w+)=([\d.]+)", line):
+            phases[name] = phases.get(name, 0.0) + float(seconds)
+    return phases
+
+
 def floor(refine: Path, *, gpu: bool, precision: str = "float32") -> dict:
     """The E-step floor of the finished refine: rates measured now, on its device."""
     device = torch.device("cuda:0" if gpu else "cpu")
@@ -281,10 +297,7 @@ def main() -> None:
         data, final_map = Path(root + "_data.star"), Path(root + "_half1_class001.mrc")
     truth = compare_to_truth(data, final_map, sim, symmetry="C6")
     e_step = sum(r["e_step_seconds"] for r in iterations)
-    phases: dict[str, float] = {}  # E-step phases summed over iterations and half sets
-    for line in re.findall(r"half_set=\d phase_seconds (.*)", log):
-        for name, seconds in re.findall(r"(\w+)=([\d.]+)", line):
-            phases[name] = phases.get(name, 0.0) + float(seconds)
+    phases = phase_totals(log)
     total_iterations = sum(r["seconds"] for r in iterations)
     summary = {
         "device": torch.cuda.get_device_name() if args.gpu else "CPU",
