@@ -48,9 +48,9 @@ def _to_host(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], torch.cuda.
     host = {}
     for name, tensor in tensors.items():
         host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        host[name].copy_(tensor, non_blocking=True)
+        host[name].copy_(tensor, non_blocking=True)  # on the current stream of its GPU
     ready = torch.cuda.Event()
-    ready.record()
+    ready.record(torch.cuda.current_stream(on_device[0].device))  # that GPU's, not device 0's
     return host, ready
 
 
