@@ -165,6 +165,9 @@ def test_pair_sums_are_the_kernel_sums_of_the_scattered_weights(
         atol=2 * gamma(C * F, U32) * dense.sum().item(),
     )
     torch.testing.assert_close(got.pair_weights, weights.sum((2, 3)))
+    # the work counts: every child of the listed pairs, and those with weight
+    assert got.summed_children == int(lists.valid.sum()) * F
+    assert got.carried_children == int((weights.sum(dim=2) > 0).sum())
 
 
 def test_distinct_translations_list_each_particles_translations_and_reindex_its_pairs():

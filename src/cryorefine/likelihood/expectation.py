@@ -315,7 +315,7 @@ def expectation(
     orientation's sums are a volume. ``times``: where the phases ``coarse``,
     ``fine`` and ``insert`` add their seconds, and the work done is counted
     (``coarse_samples``, ``fine_samples``, ``projected_orientations``,
-    ``inserted_orientations``), or None.
+    ``summed_children``, ``carried_children``, ``inserted_orientations``), or None.
     """
     _check(particles, plan)
     times = PhaseTimes(particles.masked_ft.device) if times is None else times
@@ -363,6 +363,8 @@ def expectation(
             times.add_count("fine_groups", 1)
             times.add_count("fine_samples", outcome.scored_samples)
             times.add_count("projected_orientations", outcome.projected_orientations)
+            times.add_count("summed_children", outcome.summed_children)
+            times.add_count("carried_children", outcome.carried_children)
             times.add_count("inserted_orientations", outcome.bp_rotations.shape[0])
             if staged is not None:
                 with times.phase("insert"):

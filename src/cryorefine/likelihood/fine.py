@@ -242,4 +242,6 @@ def fine_pass(
         bp_weight=sums.weight,
         scored_samples=scores.numel(),
         projected_orientations=0 if projections is not None else projector.projector.rows,
+        summed_children=sums.summed_children,
+        carried_children=sums.carried_children,
     )

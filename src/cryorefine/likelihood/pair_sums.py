@@ -59,6 +59,8 @@ class PairSums:
         Weight of each fine translation ``(b, T g)``.
     pair_weights
         Weight of each pair ``(b, q)``.
+    summed_children, carried_children
+        The pairs' children, and those with weight (the work counts of the log).
     """
 
     shell_sums: ShellSums
@@ -67,6 +69,8 @@ class PairSums:
     weight: Float[Tensor, "n kb"]
     translation_weights: Float[Tensor, "b tg"]
     pair_weights: Float[Tensor, "b q"]
+    summed_children: int = 0  # children of the pairs (particle, pair, child), padding excluded
+    carried_children: int = 0  # those with weight: their data were made and added
 
 
 def _chunk_of_sums(
@@ -204,10 +208,15 @@ def sum_pairs(
         projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
         real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,
     )  # fmt: skip
-    # chunks of consecutive slots (held projections): each one's widest list of carried
-    # children, read in one transfer; otherwise counted per chunk
+    # the children's counts and, for chunks of consecutive slots (held projections), each
+    # chunk's widest list of carried children, read in one transfer; otherwise the widths
+    # are counted per chunk
     consecutive = projector.projector.values is not None
-    widths = _carried_widths(carried_all, chunk).tolist() if consecutive else None
+    counts = torch.stack([lists.valid.sum() * f, carried_all.sum()])
+    if consecutive:
+        counts = torch.cat([counts, _carried_widths(carried_all, chunk)])
+    summed_children, carried_children, *read = counts.tolist()
+    widths = read if consecutive else None
     chunks = 0
     for part in row_chunks(projector, rows, lists.valid, chunk, project=not combined):
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
@@ -271,4 +280,6 @@ def sum_pairs(
         weight=weight_sum,
         translation_weights=per_translation,
         pair_weights=weights.sum(dim=(2, 3)),
+        summed_children=summed_children,
+        carried_children=carried_children,
     )
