@@ -108,7 +108,7 @@ def measure(device: torch.device, fraction: float, repeats: int, args: argparse.
     }
 
 
-def floor_seconds(row: dict, rates: dict, k: int, kb: int) -> float:
+def floor_seconds(row: dict, rates: dict, kb: int) -> float:
     """The larger of the carried children's products at the tf32 rate and the bytes moved."""
     flops = 2.0 * row["carried_children"] * row["tg"] * 2 * kb
     nbytes = 4.0 * (B * row["tg"] * 2 * kb + row["kept_rows"] * 3 * kb)
@@ -166,7 +166,7 @@ def main() -> None:
         f"{'peak GiB':>8}",
     ]
     for row in cases:
-        row["floor_seconds"] = floor_seconds(row, rates, args.k, args.kb)
+        row["floor_seconds"] = floor_seconds(row, rates, args.kb)
         lines.append(
             f"{row['fraction']:8.3f} {row['carried_children']:8d} {row['kept_rows']:5d} "
             f"{row['seconds'] * 1e3:9.2f} {row['floor_seconds'] * 1e3:9.2f} "

@@ -2,7 +2,7 @@
 
 RELION-4 writes one file per pseudo-subtomogram and one per CTF volume: a batch
 of particles is a batch of files. Their headers are parsed once per file
-version (``mrc._cached_header``); the data are read at the header's offset and
+version (``mrc.cached_mrc_header``); the data are read at the header's offset and
 in its byte order, by a pool of threads (reads release the GIL), optionally
 straight into a caller's buffer (e.g. pinned memory for a device copy).
 """
@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Float32, Real
 
 from cryorefine.errors import InputError
-from cryorefine.io.mrc import _cached_header, _existing
+from cryorefine.io.mrc import _existing, cached_mrc_header
 
 __all__ = ["read_image", "read_images", "stored_image_layout"]
 
@@ -29,7 +29,7 @@ def stored_image_layout(path: str | PathLike[str], index: int) -> tuple[tuple[in
     From the header, parsed once per file version: what a buffer for
     ``read_images(..., out=)`` needs.
     """
-    header = _cached_header(Path(path))
+    header = cached_mrc_header(Path(path))
     nz, ny, nx = header.shape
     shape = (nz, ny, nx) if index == 0 and nz > 1 else (ny, nx)
     return shape, np.dtype(header.data_dtype)
@@ -66,7 +66,7 @@ def read_images(
     parallel = len(files) >= _PARALLEL_FILES  # one file per particle (RELION-4)
     if parallel:
         for file in files:  # headers first, here: mrcfile's warnings are caught process-wide
-            _cached_header(file)
+            cached_mrc_header(file)
     if out is not None:
         _check_out(out, files, wanted, by_file)
 
@@ -106,7 +106,7 @@ def _check_out(
     out: np.ndarray, files: list[Path], wanted: np.ndarray, by_file: dict[Path, list[int]]
 ) -> None:
     """``out`` must hold one image of the files' shape per requested image."""
-    header = _cached_header(files[0])
+    header = cached_mrc_header(files[0])
     first = wanted[by_file[files[0]][0]]
     nz, ny, nx = header.shape
     shape = (nz, ny, nx) if first == 0 and nz > 1 else (ny, nx)
@@ -142,7 +142,7 @@ def _read_whole_into(path: Path, indices: np.ndarray, row: np.ndarray) -> bool:
         return False
     if row.dtype != stored or not row.flags.c_contiguous:
         return False
-    header = _cached_header(path)
+    header = cached_mrc_header(path)
     target = memoryview(row).cast("B")
     try:
         with open(path, "rb") as stream:
@@ -165,7 +165,7 @@ def _read_from_file(
     float32 copies, or with ``keep_dtype`` views in the file's own dtype.
     """
     dtype = None if keep_dtype else np.float32
-    header = _cached_header(path)
+    header = cached_mrc_header(path)
     n_images = header.shape[0]
     beyond = indices[(indices < 0) | (indices > n_images)]
     if len(beyond):

@@ -36,6 +36,7 @@ from cryorefine.io.atomic import write_atomically
 
 __all__ = [
     "MrcHeader",
+    "cached_mrc_header",
     "parse_image_name",
     "read_mrc",
     "read_mrc_header",
@@ -142,7 +143,7 @@ def _header_of_version(path: Path, modified_ns: int, size: int) -> MrcHeader:
     return read_mrc_header(path)
 
 
-def _cached_header(path: Path) -> MrcHeader:
+def cached_mrc_header(path: Path) -> MrcHeader:
     """The header of ``path``, parsed once per version of the file.
 
     A refinement reads every particle file in every iteration; RELION-4 writes

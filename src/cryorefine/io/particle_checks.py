@@ -30,7 +30,7 @@ import pandas as pd
 from jaxtyping import Float64, Int64
 
 from cryorefine.errors import InputError
-from cryorefine.io.mrc import _cached_header, split_image_names
+from cryorefine.io.mrc import cached_mrc_header, split_image_names
 from cryorefine.io.paths import find_base_folder, not_found
 from cryorefine.io.star import StarBlock
 from cryorefine.io.tables import describe_rows, float_column, int_column, require_labels
@@ -310,7 +310,7 @@ def check_image_files(
             )
         row = rows[0]
         try:  # parsed once per process: the E-step's reader then finds it cached
-            header = _cached_header(file)
+            header = cached_mrc_header(file)
         except InputError as error:
             raise InputError(f"{star}: data_particles row {row + 1}: {error}") from error
         _check_shape(

@@ -222,7 +222,9 @@ def sum_pairs(
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
         w = w * part.inside[:, :, None, None]
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
-        per_child = w.sum(dim=2)  # (b, l, f)
+        # (b, l, f): the sums the widths were counted from, not summed again
+        per_child = per_child_all.gather(1, part.slots[:, :, None].expand(-1, -1, f))
+        per_child = per_child * part.inside[:, :, None]
         # projector rows of the children (b, l f); padding points at row 0 with weight 0
         child_rows = _child_rows(torch.where(part.inside, part.rows, 0), f)
         at_table = _table_rows(child_rows, kept)  # (b, l f)
