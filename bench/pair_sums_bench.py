@@ -1,7 +1,7 @@
 """``sum_pairs`` (the fine pass's M-step sums) at a fine group of the tutorial's final iteration.
 
     python3 bench/pair_sums_bench.py [--device cuda] [--fractions 0.125 0.25 0.5 1]
-        [--repeats 5] [--out FILE]
+        [--repeats 5] [--particle_phases] [--out FILE]
     python3 bench/pair_sums_bench.py --compare OLD.json NEW.json
 
 One fine group of the tutorial job's final iteration (box 96, 3D): ``b`` = 37
@@ -11,8 +11,10 @@ particles, 15 carried pairs each of ``g`` = 8 translations by ``f`` = 8 children
 451,584. The second significance cut leaves only some children of a carried pair
 with weight: ``--fractions`` sets the share of children that carry weight (each
 child with that probability, one per pair at least). The inputs come from a seeded
-generator on the device, so that two builds (run with ``PYTHONPATH`` at each) time
-the same sums; ``--compare`` prints their ratio and how far their sums differ.
+generator on the device (the phases one table for all particles, or each particle's
+own with ``--particle_phases``, as the fine pass has them), so that two builds (run
+with ``PYTHONPATH`` at each) time the same sums; ``--compare`` prints their ratio
+and how far their sums differ.
 
 Floor per case: the products of the children that carry weight (``2 x tg x 2kb``
 flops each, at the tf32 rate) or the bytes that must move (the shifted data read,
@@ -38,8 +40,12 @@ B, PAIRS, G, F, BLOCKS, COARSE_T = 37, 15, 8, 8, 92, 9
 K, KB, SHELLS = 238_869, 451_584, 49
 
 
-def inputs(device: torch.device, fraction: float, k: int, kb: int) -> dict:
-    """The sums' arguments, from a generator seeded by ``fraction`` (the same in any build)."""
+def inputs(
+    device: torch.device, fraction: float, k: int, kb: int, particle_phases: bool = False
+) -> dict:
+    """The sums' arguments, from a generator seeded by ``fraction`` (the same in any build);
+    the phases per particle ``(b, tg, k)`` where ``particle_phases`` (as the fine pass
+    passes them), else one table ``(tg, k)`` for all."""
     gen = torch.Generator(device=device).manual_seed(int(fraction * 1000))
     tg = COARSE_T * G
 
@@ -60,15 +66,16 @@ def inputs(device: torch.device, fraction: float, k: int, kb: int) -> dict:
     carried[..., 0] |= ~carried.any(dim=-1)  # one child per pair at least
     weights = rand(B, PAIRS, G, F) * (rand(B, PAIRS, G, F) < 0.3) * carried
     weights[..., 0, :] += 1e-3 * carried[..., 0, :]  # a carried child has weight
+    lead = (B,) if particle_phases else ()
     shells = torch.nn.functional.one_hot((rand(k) * SHELLS).long(), SHELLS).float()
     return {
-        "particles": (crand(B, k), rand(B, k), crand(tg, k)),
+        "particles": (crand(B, k), rand(B, k), crand(*lead, tg, k)),
         "projector": projector,
         "rows": rows,
         "lists": lists,
         "weights": weights,
         "shells": shells,
-        "backprojection": (crand(B, kb), rand(B, kb), crand(tg, kb)),
+        "backprojection": (crand(B, kb), rand(B, kb), crand(*lead, tg, kb)),
         "carried_children": int(carried.sum()),
         "tg": tg,
     }
@@ -76,7 +83,7 @@ def inputs(device: torch.device, fraction: float, k: int, kb: int) -> dict:
 
 def measure(device: torch.device, fraction: float, repeats: int, args: argparse.Namespace) -> dict:
     """Median seconds of ``sum_pairs`` at one share of carried children, and its sums' digest."""
-    case = inputs(device, fraction, args.k, args.kb)
+    case = inputs(device, fraction, args.k, args.kb, args.particle_phases)
     names = ("particles", "projector", "rows", "lists", "weights", "shells", "backprojection")
     call = {key: case[key] for key in names}
 
@@ -143,6 +150,8 @@ def main() -> None:
     parser.add_argument("--max_bytes", type=int, default=12 * 2**30)
     parser.add_argument("--k", type=int, default=K, help="fine window (smaller for a CPU run)")
     parser.add_argument("--kb", type=int, default=KB, help="back-projection window")
+    parser.add_argument("--particle_phases", action="store_true",
+                        help="phases per particle, as the fine pass has them")  # fmt: skip
     parser.add_argument("--label", default="")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("OLD", "NEW"))
     parser.add_argument("--out", type=Path, default=Path("bench_pair_sums.json"))

@@ -1,6 +1,5 @@
 """likelihood.held_cross: each particle's cross terms against its own rows of a held table."""
 
-import functools
 import math
 import os
 import subprocess
@@ -9,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from likelihood_cases import U32, gamma
+from likelihood_cases import U32, gamma, needs_triton_interpreter
 
 from cryorefine.likelihood import held_cross as module
 from cryorefine.likelihood.held_cross import held_combination, held_cross
@@ -61,48 +60,6 @@ def test_float64_stays_float64():
     assert got.dtype == torch.float64
 
 
-_PROBE = textwrap.dedent(
-    """
-    import torch, triton, triton.language as tl
-
-    @triton.jit
-    def count(out_ptr, n):
-        total = 0
-        for i in range(0, n, 1):
-            total += 1
-        tl.store(out_ptr, total)
-
-    out = torch.zeros(1, dtype=torch.int32)
-    count[(1,)](out, 3)
-    assert int(out) == 3
-    """
-)
-
-
-@functools.cache
-def _interpreter_problem() -> str | None:
-    """Why Triton's interpreter cannot run the kernels here, or None when it can.
-
-    Triton 3.5's interpreter hands a kernel's scalar arguments over as one-element
-    arrays, which NumPy 2.4 refuses to turn into a loop bound: no kernel with a loop
-    over a runtime size runs under it, ours or the probe's.
-    """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=300
-    )
-    if done.returncode == 0 or "only 0-dimensional arrays" not in done.stderr:
-        return None  # it runs, or fails otherwise: the tests run and show why
-    return "Triton's interpreter cannot loop to a runtime bound here: " + done.stderr[-300:]
-
-
-def _needs_interpreter() -> None:
-    pytest.importorskip("triton")
-    problem = _interpreter_problem()
-    if problem is not None:
-        pytest.skip(problem)
-
-
 _INTERPRETED = textwrap.dedent(
     """
     import sys, torch
@@ -116,7 +73,7 @@ _INTERPRETED = textwrap.dedent(
 @pytest.mark.parametrize("split", [1, 3, None], ids=["whole k", "three ranges", "chosen"])
 @pytest.mark.parametrize("shape", CASES)
 def test_the_kernel_in_tritons_interpreter_matches_the_product(tmp_path, shape, split):
-    _needs_interpreter()
+    needs_triton_interpreter()
     shifted, table, rows = _case(*shape, seed=1)
     # a strided view of Z, as the callers pass (a slice of a wider array)
     shifted = torch.cat([shifted, shifted], dim=0)[::2]
@@ -152,7 +109,7 @@ def test_the_combination_is_each_particles_weighted_sum_of_its_own_rows(tmp_path
     _, table, rows = _case(*shape, seed=3)
     weights = torch.randn(shape[:3], generator=torch.Generator().manual_seed(6))
     _check_combination(held_combination(weights, table, rows), weights, table, rows)
-    _needs_interpreter()
+    needs_triton_interpreter()
     torch.save((weights, table, rows), tmp_path / "in.pt")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     script = [sys.executable, "-c", _COMBINED, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
@@ -180,7 +137,7 @@ _WIRED = textwrap.dedent(
     class KernelsOn:  # imports the library once pytest's hooks are in place
         @staticmethod
         def pytest_sessionstart(session):
-            from cryorefine.likelihood import held_cross, pair_sums, pairs, passes
+            from cryorefine.likelihood import held_cross, pair_sums, pairs, passes, unshifted
             def counted(name):
                 def cross(*args, **kwargs):
                     calls[name] += 1
@@ -188,9 +145,9 @@ _WIRED = textwrap.dedent(
                 return cross
             def combination(*args, **kwargs):
                 calls["combination"] += 1
-                return held_cross.kernel_combination(*args, **kwargs)
+                return unshifted.kernel_unshifted_combination(*args, **kwargs)
             pairs.kernel_cross, passes.kernel_cross = counted("pairs"), counted("lists")
-            pair_sums.kernel_combination = combination
+            pair_sums.kernel_unshifted_combination = combination
             held_cross.KERNEL = True
 
     code = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[2:]], plugins=[KernelsOn()])
@@ -204,7 +161,7 @@ def test_the_callers_own_tests_pass_with_the_kernels_on(tmp_path):
     # the fine pairs' scores and sums and the held lists' scores, each test of theirs run
     # again with both kernels on (Triton's interpreter, on the CPU): the same bounds from
     # the same maths, and the kernels really called
-    _needs_interpreter()
+    needs_triton_interpreter()
     here = os.path.dirname(__file__)
     tests = [
         os.path.join(here, "test_likelihood_pairs.py"),

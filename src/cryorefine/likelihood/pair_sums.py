@@ -8,10 +8,13 @@ and each carried fine row's back-projection data and weight. With at most
 are spread over them (``pairs._spread``): one product per particle adds every
 pair into ``Q`` and gives the data of the children that carry weight (the
 second significance cut leaves a few of each pair's). With the projections held
-and ``held_cross``'s kernel on, ``Q`` is read through the rows' indices
-(``kernel_combination``) and the chunks gather no projections at all. The fine
-rows that carry weight are found from the weights before the chunks, and each
-chunk adds its data into a table of those rows: nothing is merged.
+and ``held_cross``'s kernels on, the noise sums' ``sum_t conj(S_t) Q_t`` is made by
+``unshifted``'s kernel, reading the rows through their indices: no ``Q`` of every
+translation, and the chunks gather no projections at all. The children's data are
+the weights' product with the phases times ``Y`` (``unshifted.weighted_shifts``), not
+products with shifted copies of ``Y``. The fine rows that carry weight are found
+from the weights before the chunks, and each chunk adds its data into a table of
+those rows: nothing is merged.
 """
 
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.likelihood import pairs
-from cryorefine.likelihood.held_cross import kernel_applies, kernel_combination
+from cryorefine.likelihood.held_cross import kernel_applies
 from cryorefine.likelihood.pairs import (
     BlockProjector,
     PairLists,
@@ -34,7 +37,12 @@ from cryorefine.likelihood.pairs import (
 from cryorefine.likelihood.passes import row_chunks
 from cryorefine.likelihood.scores import as_real_pairs, matmul_precision, working_dtypes
 from cryorefine.likelihood.search import compact
-from cryorefine.likelihood.sums import ShellSums, shell_sums_from_products
+from cryorefine.likelihood.sums import (
+    ShellSums,
+    shell_sums_from_products,
+    shell_sums_from_unshifted,
+)
+from cryorefine.likelihood.unshifted import kernel_unshifted_combination, weighted_shifts
 
 __all__ = ["MIN_CHUNK_SHARE", "PairSums", "sum_pairs"]
 
@@ -126,30 +134,29 @@ def _carried_widths(carried: Bool[Tensor, "b q f"], chunk: int) -> Int[Tensor, "
 
 
 def _combine(
-    q_sum: Tensor,
+    phases: Tensor,
     w_all: Tensor,
     lists: PairLists,
     projector: BlockProjector,
     rows: Tensor,
     precision: str,
-) -> bool:
-    """``Q`` of every pair at once by ``kernel_combination`` into ``q_sum (b, T g, 2k)``,
-    reading the held projections through the children's rows; False (nothing done)
-    where the kernel does not apply."""
+) -> Tensor | None:
+    """``sum_t conj(S_t) Q_t (b, k)`` of every pair at once by the kernel of
+    ``unshifted.unshifted_combination``, reading the held projections through the
+    children's rows (no ``Q`` of every translation); None where the kernel does not apply."""
     values = projector.projector.values
     if values is None or not values.is_contiguous():
-        return False
+        return None
     table = as_real_pairs(values)  # (rows, 2k), a view
-    if not kernel_applies(w_all, table, precision):
-        return False
+    if not kernel_applies(w_all, table, precision) or phases.dtype != torch.complex64:
+        return None
     b, q, g, f = w_all.shape
     slots = torch.arange(q, device=rows.device).expand(b, q)
     spread = _spread(
-        w_all * lists.valid[:, :, None, None], _translation_index(lists, slots, g), q_sum.shape[1]
+        w_all * lists.valid[:, :, None, None], _translation_index(lists, slots, g), phases.shape[-2]
     )
     children = _child_rows(torch.where(lists.valid, rows, 0), f)  # (b, q f)
-    q_sum.copy_(kernel_combination(spread, table, children, tf32=precision == "tf32"))
-    return True
+    return kernel_unshifted_combination(spread, table, children, phases, tf32=precision == "tf32")
 
 
 def sum_pairs(
@@ -180,10 +187,9 @@ def sum_pairs(
     b, _, g, f = weights.shape
     tg, k = phases.shape[-2:]
     w_all = weights.to(real)
-    shifted_bp = as_real_pairs(y.to(cplx)[:, None, :] * bp_phases.to(cplx))  # (b, u g, 2kb)
+    y = y.to(cplx)
     v = v.to(real)
     every_translation = tg // g <= pairs.MAX_TRANSLATIONS_PER_PRODUCT
-    q_sum = w_all.new_zeros(b, tg, 2 * k)
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
     # The fine rows that carry weight, known before the chunks: their data are added
@@ -199,11 +205,16 @@ def sum_pairs(
     row_weights = w_all.new_zeros(b, projector.projector.rows if row_power is not None else 0)
     table_weights = w_all.new_zeros(b, n_kept + 1)
     data_table = w_all.new_zeros(n_kept + 1, 2 * v.shape[1])
-    combined = (
-        every_translation
-        and row_power is not None
-        and _combine(q_sum, w_all, lists, projector, rows, precision)
+    unshifted = (
+        _combine(phases, w_all, lists, projector, rows, precision)
+        if every_translation and row_power is not None
+        else None
     )
+    combined = unshifted is not None
+    # Q per fine translation, (b, T g, 2k), where the kernel did not combine it; the
+    # shifted data (b, T g, 2kb) where the weights are not spread over every translation
+    q_sum = None if combined else w_all.new_zeros(b, tg, 2 * k)
+    shifted_bp = None if every_translation else as_real_pairs(y[:, None, :] * bp_phases.to(cplx))
     chunk = _chunk_of_sums(
         projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
         real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,
@@ -249,7 +260,7 @@ def sum_pairs(
                 width = None if widths is None else max(1, widths[chunks])
                 picks, picked = compact(carried, width)
                 columns = spread.gather(2, picks[:, None, :].expand(-1, tg, -1))
-                data = columns.transpose(1, 2) @ shifted_bp  # no copies of Z's rows
+                data = weighted_shifts(columns, y, bp_phases, precision=precision)
                 at_table = torch.where(picked, at_table.gather(1, picks), n_kept)
             else:
                 data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
@@ -262,16 +273,22 @@ def sum_pairs(
             power += row_weights @ row_power
     data_sum = data_table[:n_kept]
     weight_sum = table_weights[:, :n_kept].T @ v  # in full float32
-    totals = shell_sums_from_products(
-        x,
-        ctf,
-        phases.expand(b, -1, -1) if phases.dim() == 2 else phases,
-        q_sum,
-        power,
-        w_all.sum(dim=(1, 2, 3)),
-        shells,
-        precision=precision,
-    )
+    weight_totals = w_all.sum(dim=(1, 2, 3))
+    if unshifted is not None:
+        totals = shell_sums_from_unshifted(
+            x, ctf, unshifted, power, weight_totals, shells, precision=precision
+        )
+    else:
+        totals = shell_sums_from_products(
+            x,
+            ctf,
+            phases.expand(b, -1, -1) if phases.dim() == 2 else phases,
+            q_sum,
+            power,
+            weight_totals,
+            shells,
+            precision=precision,
+        )
     index_all = lists.translations[:, :, None] * g + torch.arange(g, device=rows.device)
     per_translation = weights.new_zeros(b, tg)
     per_translation.scatter_add_(1, index_all.reshape(b, -1), weights.sum(dim=3).reshape(b, -1))

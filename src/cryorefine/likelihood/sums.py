@@ -40,6 +40,7 @@ __all__ = [
     "offset_moments",
     "shell_sums",
     "shell_sums_from_products",
+    "shell_sums_from_unshifted",
 ]
 
 
@@ -195,10 +196,30 @@ def shell_sums_from_products(
     ``weighted_power`` is ``sum_r W_r |P_r|^2`` and ``weight_totals`` is ``W``.
     """
     _, cplx = working_dtypes(precision)
-    x = data.to(cplx)
-    k_ctf = ctf.to(weighted_power.dtype)
     q = _complex(weighted_projections)
-    g = (phases.to(cplx).conj() * q).sum(dim=1)  # sum_t conj(S_t) Q_t, (b, k)
+    unshifted = (phases.to(cplx).conj() * q).sum(dim=1)  # sum_t conj(S_t) Q_t, (b, k)
+    return shell_sums_from_unshifted(
+        data, ctf, unshifted, weighted_power, weight_totals, shells, precision=precision
+    )
+
+
+def shell_sums_from_unshifted(
+    data: Complex[Tensor, "b k"],
+    ctf: Float[Tensor, "b k"],
+    unshifted: Complex[Tensor, "b k"],
+    weighted_power: Float[Tensor, "b k"],
+    weight_totals: Float[Tensor, " b"],
+    shells: Float[Tensor, "k s"],
+    *,
+    precision: str = "float32",
+) -> ShellSums:
+    """``shell_sums_from_products`` with the weighted projections already brought back to
+    the unshifted particle: ``unshifted = sum_t conj(S_t) Q_t`` (``likelihood.unshifted``
+    forms it without the ``(b, t, k)`` arrays)."""
+    _, cplx = working_dtypes(precision)
+    x = data.to(cplx)
+    g = unshifted.to(cplx)
+    k_ctf = ctf.to(weighted_power.dtype)
     shells64 = shells.to(torch.float64)
     signal = (k_ctf * (x.real * g.real + x.imag * g.imag)).to(torch.float64) @ shells64
     reference = (k_ctf.square() * weighted_power).to(torch.float64) @ shells64
