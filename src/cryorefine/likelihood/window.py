@@ -24,6 +24,7 @@ from jaxtyping import Complex, Float, Int, Shaped
 from torch import Tensor
 
 from cryorefine.fourier import frequency_indices, friedel_redundant, rfft_shape
+from cryorefine.likelihood.phase_kernel import phase_products
 
 __all__ = [
     "FourierWindow",
@@ -160,8 +161,9 @@ def window_phases(
     full box the frequencies belong to (the particle box, not the window).
     The phase is separable, ``prod_d exp(-2 pi i k_d s_d / box_size)``: each
     axis's factors are computed in float64 on the window's frequency range,
-    cast to ``dtype`` and multiplied, so memory is the output's alone and the
-    error is a few units of ``dtype``'s rounding.
+    cast to ``dtype`` and multiplied (``phase_kernel.phase_products``: one pass on a
+    GPU), so memory is the output's alone and the error is a few units of
+    ``dtype``'s rounding.
     """
     ndim = window.frequencies.shape[1]
     if ndim == 0:
@@ -173,10 +175,9 @@ def window_phases(
     # per axis (the E-step asks for phases per chunk and fine group)
     angle = shifts_px[..., :ndim, None].to(torch.float64) * axis * (-2.0 * math.pi / box_size)
     factors = torch.polar(torch.ones_like(angle), angle).to(dtype)
-    out = factors[..., 0, at[:, 0]]
-    for d in range(1, ndim):
-        out.mul_(factors[..., d, at[:, d]])
-    return out
+    lead = factors.shape[:-2]
+    out = phase_products(factors.reshape(-1, ndim, factors.shape[-1]), at)
+    return out.reshape(*lead, at.shape[0])
 
 
 def shell_matrix(
