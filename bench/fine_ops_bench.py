@@ -21,7 +21,8 @@ against the other way of doing it:
   the fine group's shape (``t`` = 24 fine translations, ``r`` = 120 children of
   15 pairs, 732 rows) and at a coarse chunk's of local searches (32 particles,
   ``t`` = 7, ``r`` = 180 candidates of a 2,000-row union), on CUDA; and the
-  sums' ``Q = W (b, t, r) @ P[rows]`` both ways (``kernel_combination``).
+  noise sums' ``sum_t conj(S_t) Q_t`` with ``Q = W (b, t, r) @ P[rows]`` both ways:
+  gathered, multiplied and summed with torch, and by ``unshifted``'s kernel.
 
 Prints a table and writes it as JSON.
 """
@@ -37,12 +38,9 @@ import torch
 from floor_rates import copy_rates, matmul_rate, seconds_per_call  # bench/ is on sys.path
 from torch import Tensor
 
-from cryorefine.likelihood.held_cross import (
-    kernel_combination,
-    kernel_cross,
-    triton,
-)
+from cryorefine.likelihood.held_cross import kernel_cross, triton
 from cryorefine.likelihood.scores import CROSS_BLOCK
+from cryorefine.likelihood.unshifted import kernel_unshifted_combination
 
 K, ROWS, B, PAIRS, F = 238_869, 732, 37, 15, 8
 
@@ -95,19 +93,33 @@ def _cross_cases(
         cases.append((f"{name} cross: gather + bmm", torch_route, flops, gathered))
         cases.append((f"{name} cross: kernel float32", kernel, flops, once))
         cases.append((f"{name} cross: kernel tf32", partial(kernel, x=True), flops, once))
-        if name == "fine":  # the sums' Q: weights (b, t, r) against the same rows
+        if name == "fine":  # the noise sums: weights (b, t, r) against the same rows
             weights = torch.rand((b, t, r), generator=gen, device=device)
+            angle = torch.rand((b, t, K), generator=gen, device=device) * 6.283
+            phases = torch.polar(torch.ones_like(angle), angle)
 
-            def q_torch(w: Tensor = weights, p: Tensor = table, i: Tensor = rows) -> Tensor:
-                return w @ p[i]
+            def q_torch(
+                w: Tensor = weights, p: Tensor = table, i: Tensor = rows, s: Tensor = phases
+            ) -> Tensor:
+                q = torch.view_as_complex((w @ p[i]).unflatten(-1, (-1, 2)))
+                return (s.conj() * q).sum(dim=1)
 
-            def q_kernel(w: Tensor = weights, p: Tensor = table, i: Tensor = rows, x=False):
-                return kernel_combination(w, p, i, tf32=x)
+            def q_kernel(
+                w: Tensor = weights,
+                p: Tensor = table,
+                i: Tensor = rows,
+                s: Tensor = phases,
+                x: bool = False,
+            ) -> Tensor:
+                return kernel_unshifted_combination(w, p, i, s, tf32=x)
 
-            written = 4.0 * b * t * 2 * K  # Q written once
-            cases.append(("fine Q: gather + bmm", q_torch, flops, gathered + written))
-            cases.append(("fine Q: kernel float32", q_kernel, flops, once + written))
-            cases.append(("fine Q: kernel tf32", partial(q_kernel, x=True), flops, once + written))
+            # the phases in place of Z (the same bytes), the rows, and G written; the torch
+            # route also writes Q, then its product with the phases, and reads both back
+            once_q = once + 8.0 * b * K
+            gathered_q = gathered + 3 * 8.0 * b * t * K + 8.0 * b * K
+            cases.append(("fine G: gather + bmm + sum", q_torch, flops, gathered_q))
+            cases.append(("fine G: kernel float32", q_kernel, flops, once_q))
+            cases.append(("fine G: kernel tf32", partial(q_kernel, x=True), flops, once_q))
     return cases
 
 

@@ -183,3 +183,14 @@ def needs_triton_interpreter() -> None:
     problem = _interpreter_problem()
     if problem is not None:
         pytest.skip(problem)
+
+
+def run_in_triton_interpreter(tmp_path, script: str, inputs: tuple):
+    """What ``script`` saves to ``sys.argv[2]`` when run under Triton's interpreter
+    (``TRITON_INTERPRET=1``, CPU tensors) with ``inputs`` saved to ``sys.argv[1]``."""
+    torch.save(inputs, tmp_path / "in.pt")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-c", script, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.load(tmp_path / "out.pt")

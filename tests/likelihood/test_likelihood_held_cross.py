@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 import torch
-from likelihood_cases import U32, gamma, needs_triton_interpreter
+from likelihood_cases import U32, gamma, needs_triton_interpreter, run_in_triton_interpreter
 
 from cryorefine.likelihood import held_cross as module
-from cryorefine.likelihood.held_cross import held_combination, held_cross
+from cryorefine.likelihood.held_cross import held_cross
 
 # (particles, translations, rows per particle, table rows, 2k): t below, at and above 16,
 # rows beyond one block of 64, 2k not a multiple of the kernel's block of 32
@@ -77,45 +77,8 @@ def test_the_kernel_in_tritons_interpreter_matches_the_product(tmp_path, shape, 
     shifted, table, rows = _case(*shape, seed=1)
     # a strided view of Z, as the callers pass (a slice of a wider array)
     shifted = torch.cat([shifted, shifted], dim=0)[::2]
-    torch.save((shifted, table, rows, split), tmp_path / "in.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    script = [sys.executable, "-c", _INTERPRETED, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
-    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    _check(torch.load(tmp_path / "out.pt"), shifted, table, rows)
-
-
-_COMBINED = textwrap.dedent(
-    """
-    import sys, torch
-    from cryorefine.likelihood.held_cross import kernel_combination
-    weights, table, rows = torch.load(sys.argv[1])
-    torch.save(kernel_combination(weights, table, rows), sys.argv[2])
-    """
-)
-
-
-def _check_combination(got, weights, table, rows):
-    """Within float32's bound of an r-term sum in any order: gamma_r sum |w p|."""
-    want = torch.einsum("btr,brk->btk", weights.double(), table.double()[rows])
-    magnitude = torch.einsum("btr,brk->btk", weights.double().abs(), table.double().abs()[rows])
-    assert got.shape == want.shape
-    assert ((got.double() - want).abs() <= gamma(rows.shape[1], U32) * magnitude).all()
-
-
-@pytest.mark.parametrize("shape", CASES)
-def test_the_combination_is_each_particles_weighted_sum_of_its_own_rows(tmp_path, shape):
-    # the torch route here, the kernel in Triton's interpreter where Triton is installed
-    _, table, rows = _case(*shape, seed=3)
-    weights = torch.randn(shape[:3], generator=torch.Generator().manual_seed(6))
-    _check_combination(held_combination(weights, table, rows), weights, table, rows)
-    needs_triton_interpreter()
-    torch.save((weights, table, rows), tmp_path / "in.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    script = [sys.executable, "-c", _COMBINED, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
-    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    _check_combination(torch.load(tmp_path / "out.pt"), weights, table, rows)
+    got = run_in_triton_interpreter(tmp_path, _INTERPRETED, (shifted, table, rows, split))
+    _check(got, shifted, table, rows)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -180,18 +143,6 @@ def test_the_callers_own_tests_pass_with_the_kernels_on(tmp_path):
     assert pair_calls > 0  # each route served at least one of its tests
     assert list_calls > 0
     assert combination > 0
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("shape", [*CASES, (8, 24, 120, 700, 477_738)])
-def test_the_combination_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):
-    pytest.importorskip("triton")
-    monkeypatch.setattr(module, "KERNEL", True)
-    _, table, rows = (x.cuda() for x in _case(*shape, seed=4))
-    gen = torch.Generator().manual_seed(5)
-    weights = torch.rand(shape[0], shape[1], shape[2], generator=gen).cuda()
-    got = held_combination(weights, table, rows)
-    _check_combination(got.cpu(), weights.cpu(), table.cpu(), rows.cpu())
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,11 @@
 """likelihood.phase_kernel: the window's phases as products of per-axis factors, in one pass."""
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from likelihood_cases import U32, needs_triton_interpreter
+from likelihood_cases import U32, needs_triton_interpreter, run_in_triton_interpreter
 
 from cryorefine.likelihood.phase_kernel import phase_products
 from cryorefine.likelihood.window import fourier_window
@@ -61,12 +58,7 @@ _INTERPRETED = textwrap.dedent(
 def test_the_kernel_in_tritons_interpreter_matches_the_phases(tmp_path, shape):
     needs_triton_interpreter()
     factors, shifts, at, frequencies = _factors(*shape, box=20, seed=2)
-    torch.save((factors, at), tmp_path / "in.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    script = [sys.executable, "-c", _INTERPRETED, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
-    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = torch.load(tmp_path / "out.pt")
+    got = run_in_triton_interpreter(tmp_path, _INTERPRETED, (factors, at))
     _check(got, shifts, frequencies, 20)
     # the same products in the same order as the torch route: equal up to fused multiply-adds
     assert ((got - phase_products(factors, at)).abs() <= 4 * U32).all()

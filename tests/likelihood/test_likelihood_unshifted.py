@@ -1,13 +1,10 @@
 """likelihood.unshifted: sums over a particle's translations without arrays of every translation."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from likelihood_cases import U32, gamma, needs_triton_interpreter
+from likelihood_cases import U32, gamma, needs_triton_interpreter, run_in_triton_interpreter
 
 from cryorefine.likelihood import unshifted as module
 from cryorefine.likelihood.unshifted import (
@@ -80,12 +77,8 @@ def test_the_kernel_in_tritons_interpreter_matches_the_sum(tmp_path, shape, shar
     weights, table, rows, phases = _case(*shape, seed=2, shared=shared)
     # a strided view of the weights and of the table's rows, as callers may pass
     weights = torch.cat([weights, weights], dim=0)[::2]
-    torch.save((weights, table, rows, phases), tmp_path / "in.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    script = [sys.executable, "-c", _INTERPRETED, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")]
-    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    _check_unshifted(torch.load(tmp_path / "out.pt"), weights, table, rows, phases)
+    got = run_in_triton_interpreter(tmp_path, _INTERPRETED, (weights, table, rows, phases))
+    _check_unshifted(got, weights, table, rows, phases)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

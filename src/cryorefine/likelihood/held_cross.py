@@ -1,18 +1,17 @@
 """Products of each particle with its own rows of a held table, without gathering them.
 
-    cross[b, t, j] = sum_k Z[b, t, k] P[rows[b, j], k]          (held_cross)
-    combination[b, t, k] = sum_j W[b, t, j] P[rows[b, j], k]    (held_combination)
+    cross[b, t, j] = sum_k Z[b, t, k] P[rows[b, j], k]
 
 with ``Z`` and ``P`` as real pairs (``scores.as_real_pairs``: ``2k`` numbers per
 coefficient). The coarse pass's local searches (``passes.score_held_lists``) and
 the fine pass (``pairs.score_pairs``) need this for a few hundred rows per
-particle out of a table of many thousands, and the fine pass's sums the
-combination (``pair_sums.sum_pairs``'s ``Q``); the torch route gathers each
+particle out of a table of many thousands (the fine pass's sums read the same
+rows by ``unshifted``'s kernel); the torch route gathers each
 particle's rows into a copy first (written and read again: 3 times the rows'
 bytes, at the memory's speed, ``bench/fine_ops_bench.py``). The Triton kernel
 reads the rows through their indices straight from the table, once.
-``held_cross`` and ``held_combination`` choose between kernel and torch route
-for a caller with no route of its own; the passes above decide with
+``held_cross`` chooses between kernel and torch route for a caller with no route
+of its own; the passes above decide with
 ``kernel_applies``, as their torch routes differ.
 
 The kernel runs on CUDA tensors when Triton is importable, in tf32 by default
@@ -44,10 +43,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 __all__ = [
     "KERNEL",
     "MAX_TILE_ROWS",
-    "held_combination",
     "held_cross",
     "kernel_applies",
-    "kernel_combination",
     "kernel_cross",
 ]
 
@@ -57,9 +54,9 @@ in float32 as well, False (``=0``) never."""
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter: CPU tensors
 
 MAX_TILE_ROWS = 128
-"""The kernels hold all ``t`` rows of ``Z`` or ``W`` of a particle in one tile: beyond this
-many (a 3D global search's hundreds of translations) registers and shared memory run out,
-and the torch route is taken."""
+"""The kernels (this one and ``unshifted``'s) hold all ``t`` rows of ``Z`` or ``W`` of a
+particle in one tile: beyond this many (a 3D global search's hundreds of translations)
+registers and shared memory run out, and the torch route is taken."""
 
 _BLOCK_ROWS = 64
 _BLOCK_K = 32
@@ -105,33 +102,6 @@ if triton is not None:
         )
         tl.store(out, acc, mask=in_t[:, None] & in_r[None, :])
 
-    @triton.jit
-    @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
-    def _combine(w_ptr, table_ptr, rows_ptr, out_ptr, t, r, k2, w_sb, w_st, rows_sb, table_sr,
-                 out_sb, out_st, BT: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                 IEEE: tl.constexpr):  # fmt: skip
-        """One particle, all its ``t`` rows of W, one block of ``k``: the sum over its rows."""
-        b = tl.program_id(0)
-        ks = tl.program_id(1) * BK + tl.arange(0, BK)
-        ts = tl.arange(0, BT)
-        in_t = ts < t
-        in_k = ks < k2
-        w_base = w_ptr + b.to(tl.int64) * w_sb + ts[:, None].to(tl.int64) * w_st
-        acc = tl.zeros((BT, BK), dtype=tl.float32)
-        for j0 in range(0, r, BJ):
-            js = j0 + tl.arange(0, BJ)
-            in_j = js < r
-            rows = tl.load(rows_ptr + b * rows_sb + js, mask=in_j, other=0).to(tl.int64)
-            w = tl.load(w_base + js[None, :], mask=in_t[:, None] & in_j[None, :], other=0.0)
-            p_at = table_ptr + rows[:, None] * table_sr + ks[None, :]
-            p = tl.load(p_at, mask=in_j[:, None] & in_k[None, :], other=0.0)
-            if IEEE:
-                acc += tl.dot(w, p, input_precision="ieee")
-            else:
-                acc += tl.dot(w, p, input_precision="tf32")
-        out = out_ptr + b.to(tl.int64) * out_sb + ts[:, None].to(tl.int64) * out_st + ks[None, :]
-        tl.store(out, acc, mask=in_t[:, None] & in_k[None, :])
-
 
 def _splits(b: int, row_blocks: int, k2: int) -> int:
     """Ranges of ``k`` per (particle, row block): enough programs to fill the GPU."""
@@ -165,46 +135,6 @@ def kernel_cross(
             BT=block_t, BR=_BLOCK_ROWS, BK=_BLOCK_K, IEEE=not tf32,
         )  # fmt: skip
     return partial.sum(dim=0) if split > 1 else partial[0]
-
-
-def kernel_combination(
-    weights: Tensor, table: Tensor, rows: Tensor, *, tf32: bool = False
-) -> Tensor:
-    """``sum_j W[b, t, j] P[rows[b, j], :]`` by the Triton kernel, ``(b, t, 2k)`` float32.
-
-    The transpose of ``kernel_cross``: each row of the table is read once
-    through its index. Runs wherever Triton does, the interpreter included.
-    """
-    b, t, r = weights.shape
-    k2 = table.shape[1]
-    if weights.stride(2) != 1 or table.stride(1) != 1:
-        raise ValueError("held_combination needs unit stride along rows in W and 2k in P")
-    rows = rows.contiguous()
-    out = weights.new_zeros((b, t, k2), dtype=torch.float32)
-    if b and t and r:
-        _combine[(b, triton.cdiv(k2, 2 * _BLOCK_K))](
-            weights, table, rows, out, t, r, k2, weights.stride(0), weights.stride(1),
-            rows.stride(0), table.stride(0), out.stride(0), out.stride(1),
-            BT=max(16, triton.next_power_of_2(t)), BJ=_BLOCK_K, BK=2 * _BLOCK_K, IEEE=not tf32,
-        )  # fmt: skip
-    return out
-
-
-def held_combination(
-    weights: Float[Tensor, "b t r"],
-    table: Float[Tensor, "n k2"],
-    rows: Int[Tensor, "b r"],
-    *,
-    precision: str = "float32",
-) -> Float[Tensor, "b t k2"]:
-    """``sum_j W[b, t, j] P[rows[b, j], :]``: each particle's own rows weighted and added.
-
-    The kernel where ``kernel_applies``; else the rows gathered and one batched product.
-    """
-    if kernel_applies(weights, table, precision):
-        return kernel_combination(weights, table, rows, tf32=precision == "tf32")
-    with matmul_precision(precision):
-        return weights @ table[rows]
 
 
 def kernel_applies(shifted: Tensor, table: Tensor, precision: str) -> bool:
