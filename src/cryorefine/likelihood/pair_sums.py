@@ -124,13 +124,14 @@ def _table_rows(children: Int[Tensor, "b c"], kept: Int[Tensor, " n"]) -> Int[Te
     return torch.where(kept[at] == children, at, n)
 
 
-def _carried_widths(carried: Bool[Tensor, "b q f"], chunk: int) -> Int[Tensor, " c"]:
-    """The largest count of carried children of one particle in each chunk of ``chunk``
-    consecutive pairs."""
+def _carried_counts(carried: Bool[Tensor, "b q f"], chunk: int) -> Int[Tensor, "2 c"]:
+    """For each chunk of ``chunk`` consecutive pairs: the largest count of carried children
+    of one particle, and the count of all the chunk's carried children."""
     b, q, f = carried.shape
     chunks = -(-q // chunk)
     padded = torch.nn.functional.pad(carried.reshape(b, -1), (0, (chunks * chunk - q) * f))
-    return padded.reshape(b, chunks, chunk * f).sum(dim=2).amax(dim=0)
+    per_particle = padded.reshape(b, chunks, chunk * f).sum(dim=2)
+    return torch.stack([per_particle.amax(dim=0), per_particle.sum(dim=0)])
 
 
 def _combine(
@@ -220,14 +221,15 @@ def sum_pairs(
         real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,
     )  # fmt: skip
     # the children's counts and, for chunks of consecutive slots (held projections), each
-    # chunk's widest list of carried children, read in one transfer; otherwise the widths
-    # are counted per chunk
+    # chunk's widest list of carried children and its count of them, read in one transfer;
+    # otherwise the widths are counted per chunk
     consecutive = projector.projector.values is not None
     counts = torch.stack([lists.valid.sum() * f, carried_all.sum()])
     if consecutive:
-        counts = torch.cat([counts, _carried_widths(carried_all, chunk)])
+        counts = torch.cat([counts, _carried_counts(carried_all, chunk).reshape(-1)])
     summed_children, carried_children, *read = counts.tolist()
-    widths = read if consecutive else None
+    widths = read[: len(read) // 2] if consecutive else None
+    totals = read[len(read) // 2 :] if consecutive else None
     chunks = 0
     for part in row_chunks(projector, rows, lists.valid, chunk, project=not combined):
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
@@ -262,6 +264,11 @@ def sum_pairs(
                 columns = spread.gather(2, picks[:, None, :].expand(-1, tg, -1))
                 data = weighted_shifts(columns, y, bp_phases, precision=precision)
                 at_table = torch.where(picked, at_table.gather(1, picks), n_kept)
+                if totals is not None:  # the picked rows alone, in order: no padding added
+                    order = torch.argsort((~picked).reshape(-1).to(torch.uint8), stable=True)
+                    order = order[: totals[chunks]]
+                    data = data.reshape(-1, data.shape[-1]).index_select(0, order)
+                    at_table = at_table.reshape(-1)[order]
             else:
                 data = w.transpose(-1, -2) @ _blocks(shifted_bp, index)  # (b, l, f, 2kb)
         data_table.index_add_(0, at_table.reshape(-1), data.reshape(-1, data.shape[-1]))
