@@ -187,3 +187,25 @@ def test_more_rotations_than_one_cuda_launch_holds_are_all_sampled():
     )
     torch.testing.assert_close(values[-3:], last, rtol=0.0, atol=0.0)
     assert bool(values[-3:].abs().sum() > 0)
+
+
+def test_values_written_into_a_given_array_are_the_values_returned(device):
+    # a slice of a larger table, as passes.RowProjector.with_values fills its rows
+    reference, rotations, frequencies, _ = _case(11, 8, 2, device)
+    want = sample_rotated(reference, rotations, frequencies, padding_factor=2, max_radius=3.5)
+    table = torch.full((7, frequencies.shape[0]), 5 + 5j, dtype=torch.complex64, device=device)
+    got = sample_rotated(
+        reference, rotations, frequencies, padding_factor=2, max_radius=3.5, out=table[1:6]
+    )
+    assert got.data_ptr() == table[1:6].data_ptr()
+    torch.testing.assert_close(table[1:6], want, rtol=0.0, atol=0.0)
+    assert bool((table[0] == 5 + 5j).all())  # the rows around it untouched
+    assert bool((table[6] == 5 + 5j).all())
+
+
+def test_an_array_to_write_into_must_be_contiguous_complex64_of_the_output_shape():
+    good = torch.zeros((3, 4), dtype=torch.complex64)
+    assert trilinear_kernels.output_pairs(good, 3, 4, good.device).data_ptr() == good.data_ptr()
+    for bad in (good.T.contiguous(), good[:, ::2], good.to(torch.complex128)):
+        with pytest.raises(ValueError, match="contiguous complex64"):
+            trilinear_kernels.output_pairs(bad, 3, 4, good.device)

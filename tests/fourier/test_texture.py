@@ -154,3 +154,21 @@ def test_a_block_inside_another_for_the_same_tensor_gives_the_outer_texture_back
         assert registered_texture(gpu) is outer
         assert not inner._finalizer.alive
     assert registered_texture(gpu) is None
+
+
+@cuda_only
+def test_texture_samples_written_into_a_given_array_are_the_samples_returned():
+    reference, rotations, frequencies, _ = _case(12, 10, 2)
+    device = torch.device("cuda")
+    gpu, rotations, frequencies = (x.to(device) for x in (reference, rotations, frequencies))
+    table = torch.full((7, frequencies.shape[0]), 5 + 5j, dtype=torch.complex64, device=device)
+    with reference_texture(gpu) as texture:
+        assert texture is not None
+        want = sample_rotated(gpu, rotations, frequencies, padding_factor=2, max_radius=5.0)
+        got = sample_rotated(
+            gpu, rotations, frequencies, padding_factor=2, max_radius=5.0, out=table[1:6]
+        )
+    assert got.data_ptr() == table[1:6].data_ptr()
+    torch.testing.assert_close(table[1:6], want, rtol=0.0, atol=0.0)
+    assert bool((table[0] == 5 + 5j).all())
+    assert bool((table[6] == 5 + 5j).all())

@@ -43,6 +43,7 @@ def sample_rotated(
     padding_factor: int,
     max_radius: float,
     scale: float = 1.0,
+    out: Complex[Tensor, "r k"] | None = None,
 ) -> Complex[Tensor, "r k"]:
     """Trilinear values of ``reference_ft`` at ``A.T @ k * padding_factor``, times ``scale``.
 
@@ -60,11 +61,15 @@ def sample_rotated(
         Frequencies with ``|k| > max_radius`` get 0.
     scale
         Factor on every value (``extract_slices``: the unpadded size).
+    out
+        Where to write the values (contiguous, ``(r, k)``, ``reference_ft``'s dtype and
+        device), or None for a new array. The GPU kernels write into it directly: no
+        copy of the values (``passes.RowProjector.with_values`` fills its table so).
 
     Returns
     -------
     Tensor
-        ``(r, k)`` in ``reference_ft``'s dtype.
+        ``(r, k)`` in ``reference_ft``'s dtype: ``out`` where given.
     """
     p = padded_size(reference_ft.shape)
     device = reference_ft.device
@@ -78,6 +83,7 @@ def sample_rotated(
             padding_factor=padding_factor,
             max_radius=max_radius,
             scale=scale,
+            out=out,
         )
     if trilinear_kernels.available(reference_ft) and reference_ft.dtype == torch.complex64:
         return trilinear_kernels.sample_kernel(
@@ -87,6 +93,7 @@ def sample_rotated(
             padding_factor=padding_factor,
             max_radius=max_radius,
             scale=scale,
+            out=out,
         )
     real_dtype = _real_dtype(reference_ft.dtype)
     q = (frequencies.to(real_dtype) * padding_factor) @ rotations.to(device, real_dtype)
@@ -95,7 +102,8 @@ def sample_rotated(
     values = values * _within(frequencies, max_radius)[:, None].to(values.dtype)
     if scale != 1:
         values = values * scale
-    return torch.view_as_complex(values.contiguous())
+    values = torch.view_as_complex(values.contiguous())
+    return values if out is None else out.copy_(values)
 
 
 def splat_rotated(

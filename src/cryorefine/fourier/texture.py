@@ -198,15 +198,17 @@ def sample_texture(
     padding_factor: int,
     max_radius: float,
     scale: float,
+    out: Tensor | None = None,
 ) -> Tensor:
     """``(r, k)`` complex64 values at ``A.T k padding_factor`` (0 beyond ``max_radius``).
 
     As ``trilinear_kernels.sample_kernel``, through ``texture``; ``frequencies``
-    integer ``(k, 3)`` in ``(x, y, z)`` order on the texture's device.
+    integer ``(k, 3)`` in ``(x, y, z)`` order on the texture's device. Written into
+    ``out`` (``trilinear_kernels.output_pairs``) where given.
     """
     p, _, ph = texture.shape
     r, k = rotations.shape[0], frequencies.shape[0]
-    out = torch.empty((r, k, 2), dtype=torch.float32, device=texture.device)
+    out = trilinear_kernels.output_pairs(out, r, k, texture.device)
     freq = frequencies.to(torch.int32).contiguous()
     rows = trilinear_kernels._rotation_rows(rotations.to(texture.device))
     limit = trilinear_kernels._MAX_GRID_ROWS

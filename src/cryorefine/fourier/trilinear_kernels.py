@@ -179,6 +179,19 @@ def _rotation_rows(rotations: Tensor) -> Tensor:
     return rotations.to(torch.float32).reshape(-1, 9).contiguous()
 
 
+def output_pairs(out: Tensor | None, r: int, k: int, device: torch.device) -> Tensor:
+    """``(r, k, 2)`` float32 for a sampling kernel to write: ``out`` (complex64 ``(r, k)``,
+    contiguous, on ``device``) viewed as real pairs, or a new array where it is None."""
+    if out is None:
+        return torch.empty((r, k, 2), dtype=torch.float32, device=device)
+    if out.dtype != torch.complex64 or tuple(out.shape) != (r, k) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous complex64 ({r}, {k}) array, got "
+                         f"{out.dtype} {tuple(out.shape)}")  # fmt: skip
+    if out.device != device:
+        raise ValueError(f"out must be on {device}, got {out.device}")
+    return torch.view_as_real(out)
+
+
 def sample_kernel(
     reference_ft: Tensor,
     rotations: Tensor,
@@ -187,16 +200,18 @@ def sample_kernel(
     padding_factor: int,
     max_radius: float,
     scale: float,
+    out: Tensor | None = None,
 ) -> Tensor:
     """``(r, k)`` complex64 values at ``A.T k padding_factor`` (0 beyond ``max_radius``).
 
     ``reference_ft`` complex64 ``(p, p, ph)``; ``frequencies`` integer ``(k, 3)``
-    in ``(x, y, z)`` order (z = 0 for 2D slices).
+    in ``(x, y, z)`` order (z = 0 for 2D slices). Written into ``out`` (``output_pairs``)
+    where given.
     """
     p, ph = reference_ft.shape[0], reference_ft.shape[2]
     r, k = rotations.shape[0], frequencies.shape[0]
     table = torch.view_as_real(reference_ft.contiguous())
-    out = torch.empty((r, k, 2), dtype=torch.float32, device=reference_ft.device)
+    out = output_pairs(out, r, k, reference_ft.device)
     freq = frequencies.to(torch.int32).contiguous()
     rows = _rotation_rows(rotations)
     for lo in range(0, r if k else 0, _MAX_GRID_ROWS):  # CUDA's grid y-dimension limit

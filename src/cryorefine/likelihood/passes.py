@@ -90,10 +90,13 @@ class RowProjector:
             raise ValueError("a RowProjector needs rotations or values")
         return int(table.shape[0])
 
-    def project(self, lo: int, hi: int) -> Complex[Tensor, "c k"]:
-        """Window coefficients of rows ``lo .. hi - 1``."""
+    def project(
+        self, lo: int, hi: int, out: Complex[Tensor, "c k"] | None = None
+    ) -> Complex[Tensor, "c k"]:
+        """Window coefficients of rows ``lo .. hi - 1``, written into ``out`` where given
+        (``fourier.sample_rotated``'s)."""
         if self.values is not None:
-            return self.values[lo:hi]
+            return self.values[lo:hi] if out is None else out.copy_(self.values[lo:hi])
         if self.rotations is None:
             raise ValueError("a RowProjector needs rotations or values")
         size, ndim = self.window.size, self.window.ndim
@@ -105,6 +108,7 @@ class RowProjector:
             padding_factor=self.padding_factor,
             max_radius=float(size // 2),
             scale=float(scale),
+            out=out,
         )
 
     def bytes_per_row(self) -> int:
@@ -127,8 +131,8 @@ class RowProjector:
             dtype=self.reference_ft.dtype,
             device=self.reference_ft.device,
         )  # filled in place: no second copy of the table while it is joined
-        for lo in range(0, self.rows, chunk):
-            values[lo : lo + chunk] = self.project(lo, min(lo + chunk, self.rows))
+        for lo in range(0, self.rows, chunk):  # the projections written straight into it
+            self.project(lo, min(lo + chunk, self.rows), out=values[lo : lo + chunk])
         return replace(self, values=values)
 
 
