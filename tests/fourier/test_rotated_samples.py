@@ -203,9 +203,19 @@ def test_values_written_into_a_given_array_are_the_values_returned(device):
     assert bool((table[6] == 5 + 5j).all())
 
 
-def test_an_array_to_write_into_must_be_contiguous_complex64_of_the_output_shape():
+def test_an_array_to_write_into_must_be_contiguous_of_the_output_shape_and_dtype():
     good = torch.zeros((3, 4), dtype=torch.complex64)
     assert trilinear_kernels.output_pairs(good, 3, 4, good.device).data_ptr() == good.data_ptr()
-    for bad in (good.T.contiguous(), good[:, ::2], good.to(torch.complex128)):
+    strided = torch.zeros((3, 8), dtype=torch.complex64)[:, ::2]  # (3, 4), not contiguous
+    for bad in (good.T.contiguous(), strided, good.to(torch.complex128)):
         with pytest.raises(ValueError, match="contiguous complex64"):
             trilinear_kernels.output_pairs(bad, 3, 4, good.device)
+    # the same rules on every route of sample_rotated, the torch route's included
+    reference, rotations, frequencies, _ = _case(12, 6, 2, torch.device("cpu"))
+    shape = (rotations.shape[0], frequencies.shape[0])
+    strided = torch.zeros((shape[0], 2 * shape[1]), dtype=torch.complex64)[:, ::2]
+    for bad in (strided, torch.zeros(shape, dtype=torch.complex128)):
+        with pytest.raises(ValueError, match="contiguous"):
+            sample_rotated(
+                reference, rotations, frequencies, padding_factor=2, max_radius=2.5, out=bad
+            )

@@ -75,7 +75,7 @@ _INTERPRETED = textwrap.dedent(
 def test_the_kernel_in_tritons_interpreter_matches_the_sum(tmp_path, shape, shared):
     needs_triton_interpreter()
     weights, table, rows, phases = _case(*shape, seed=2, shared=shared)
-    # a strided view of the weights and of the table's rows, as callers may pass
+    # a strided view of the weights, as callers may pass
     weights = torch.cat([weights, weights], dim=0)[::2]
     got = run_in_triton_interpreter(tmp_path, _INTERPRETED, (weights, table, rows, phases))
     _check_unshifted(got, weights, table, rows, phases)
@@ -93,12 +93,39 @@ def test_the_kernel_on_the_gpu_matches_the_sum(shape, tf32):
     _check_unshifted(got.cpu(), weights.cpu(), table.cpu(), rows.cpu(), phases.cpu(), extra)
 
 
-def test_float64_takes_the_torch_route_and_stays_float64():
+def test_float64_takes_the_torch_route_and_stays_float64(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("float64 must not take the kernel")
+
+    monkeypatch.setattr(module, "kernel_unshifted_combination", refuse)
     weights, table, rows, phases = _case(2, 3, 4, 5, 20, seed=4)
-    got = unshifted_combination(
-        weights.double(), table.double(), rows, phases.to(torch.complex128), precision="float64"
-    )
+    weights, table, phases = weights.double(), table.double(), phases.to(torch.complex128)
+    got = unshifted_combination(weights, table, rows, phases, precision="float64")
     assert got.dtype == torch.complex128
+    s = phases.conj()
+    p = torch.view_as_complex(table.unflatten(-1, (-1, 2)))[rows]
+    want = torch.einsum("btk,btr,brk->bk", s, weights.to(torch.complex128), p)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_kernel_refuses_more_translations_than_one_tile_holds():
+    weights, table, rows, phases = _case(1, module.MAX_TILE_ROWS + 1, 2, 3, 4, seed=6)
+    with pytest.raises(ValueError, match="at most"):
+        module.kernel_unshifted_combination(weights, table, rows, phases)
+
+
+def test_conjugate_views_of_the_phases_are_taken_as_their_values():
+    weights, table, rows, phases = _case(2, 5, 3, 4, 9, seed=7)
+    conj_view = phases.conj()  # a view with the conjugate bit
+    got = unshifted_combination(weights, table, rows, conj_view)
+    _check_unshifted(got, weights, table, rows, conj_view.resolve_conj())
+    data = torch.randn(2, 9, generator=torch.Generator().manual_seed(8), dtype=torch.complex64)
+    torch.testing.assert_close(
+        weighted_shifts(weights, data, conj_view),
+        weighted_shifts(weights, data, conj_view.resolve_conj()),
+        rtol=0.0,
+        atol=0.0,
+    )
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own phases", "shared phases"])

@@ -73,6 +73,13 @@ def sample_rotated(
     """
     p = padded_size(reference_ft.shape)
     device = reference_ft.device
+    if out is not None:
+        shape = (rotations.shape[0], frequencies.shape[0])
+        if out.shape != shape or out.dtype != reference_ft.dtype or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous {reference_ft.dtype} {shape} array, got "
+                             f"{out.dtype} {tuple(out.shape)}")  # fmt: skip
+        if out.device != device:
+            raise ValueError(f"out must be on {device}, got {out.device}")
     frequencies = frequencies.to(device)
     texture = registered_texture(reference_ft)
     if texture is not None:  # inside fourier.texture.reference_texture: the texture units

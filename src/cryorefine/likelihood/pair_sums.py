@@ -149,13 +149,15 @@ def _combine(
     if values is None or not values.is_contiguous():
         return None
     table = as_real_pairs(values)  # (rows, 2k), a view
-    if not kernel_applies(w_all, table, precision) or phases.dtype != torch.complex64:
-        return None
     b, q, g, f = w_all.shape
+    tg = phases.shape[-2]
+    # the kernel's rows of W are the fine translations: at most MAX_TILE_ROWS of them
+    if not kernel_applies(w_all.new_empty((1, tg, 1)), table, precision):
+        return None
+    if phases.dtype != torch.complex64:
+        return None
     slots = torch.arange(q, device=rows.device).expand(b, q)
-    spread = _spread(
-        w_all * lists.valid[:, :, None, None], _translation_index(lists, slots, g), phases.shape[-2]
-    )
+    spread = _spread(w_all * lists.valid[:, :, None, None], _translation_index(lists, slots, g), tg)
     children = _child_rows(torch.where(lists.valid, rows, 0), f)  # (b, q f)
     return kernel_unshifted_combination(spread, table, children, phases, tf32=precision == "tf32")
 
@@ -189,6 +191,7 @@ def sum_pairs(
     tg, k = phases.shape[-2:]
     w_all = weights.to(real)
     y = y.to(cplx)
+    bp_phases = bp_phases.to(cplx)
     v = v.to(real)
     every_translation = tg // g <= pairs.MAX_TRANSLATIONS_PER_PRODUCT
     power = w_all.new_zeros(b, k)
@@ -229,7 +232,7 @@ def sum_pairs(
         counts = torch.cat([counts, _carried_counts(carried_all, chunk).reshape(-1)])
     summed_children, carried_children, *read = counts.tolist()
     widths = read[: len(read) // 2] if consecutive else None
-    totals = read[len(read) // 2 :] if consecutive else None
+    chunk_counts = read[len(read) // 2 :] if consecutive else None
     chunks = 0
     for part in row_chunks(projector, rows, lists.valid, chunk, project=not combined):
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
@@ -264,9 +267,9 @@ def sum_pairs(
                 columns = spread.gather(2, picks[:, None, :].expand(-1, tg, -1))
                 data = weighted_shifts(columns, y, bp_phases, precision=precision)
                 at_table = torch.where(picked, at_table.gather(1, picks), n_kept)
-                if totals is not None:  # the picked rows alone, in order: no padding added
+                if chunk_counts is not None:  # the picked rows alone, in order: no padding
                     order = torch.argsort((~picked).reshape(-1).to(torch.uint8), stable=True)
-                    order = order[: totals[chunks]]
+                    order = order[: chunk_counts[chunks]]
                     data = data.reshape(-1, data.shape[-1]).index_select(0, order)
                     at_table = at_table.reshape(-1)[order]
             else:

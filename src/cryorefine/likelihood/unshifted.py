@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
-from cryorefine.likelihood.held_cross import kernel_applies
+from cryorefine.likelihood.held_cross import MAX_TILE_ROWS, kernel_applies
 from cryorefine.likelihood.scores import as_real_pairs, matmul_precision
 
 try:  # Triton comes with CUDA builds of torch; CPU builds take the torch route
@@ -49,8 +49,8 @@ if triton is not None:
                    IEEE: tl.constexpr):  # fmt: skip
         """One particle, all its ``t`` translations, ``BC`` complex coefficients: ``Q``'s
         real and imaginary tiles summed over its rows, then ``sum_t conj(S) Q``."""
-        b = tl.program_id(0)
-        cs = tl.program_id(1) * BC + tl.arange(0, BC)
+        cs = tl.program_id(0) * BC + tl.arange(0, BC)  # axis 0: CUDA's longest
+        b = tl.program_id(1)
         ts = tl.arange(0, BT)
         in_t = ts < t
         in_c = cs < kc
@@ -97,16 +97,19 @@ def kernel_unshifted_combination(
     kc = table.shape[1] // 2
     if weights.stride(2) != 1 or table.stride(1) != 1:
         raise ValueError("unshifted_combination needs unit stride along rows in W and 2k in P")
+    if t > MAX_TILE_ROWS:
+        raise ValueError(f"the kernel holds at most {MAX_TILE_ROWS} translations, got {t}")
     if phases.dtype != torch.complex64 or phases.shape[-2:] != (t, kc):
         raise ValueError(f"need complex64 phases (..., {t}, {kc}), got {phases.dtype} "
                          f"{tuple(phases.shape)}")  # fmt: skip
+    phases = phases.resolve_conj()
     s = torch.view_as_real(phases.expand(b, t, kc))  # (b, t, k, 2), a view
     if s.stride(2) != 2 or s.stride(3) != 1:
         s = torch.view_as_real(phases.expand(b, t, kc).contiguous())
     rows = rows.contiguous()
     out = weights.new_zeros((b, kc, 2), dtype=torch.float32)
     if b and t and r and kc:
-        _unshifted[(b, triton.cdiv(kc, _BLOCK_COEFFICIENTS))](
+        _unshifted[(triton.cdiv(kc, _BLOCK_COEFFICIENTS), b)](
             weights, table, rows, s, out, t, r, kc, weights.stride(0), weights.stride(1),
             rows.stride(0), table.stride(0), s.stride(0), s.stride(1), out.stride(0),
             BT=max(16, triton.next_power_of_2(t)), BJ=_BLOCK_ROWS, BC=_BLOCK_COEFFICIENTS,
@@ -150,6 +153,6 @@ def weighted_shifts(
     rather than ``t`` shifted copies of ``Y``), then ``Y`` multiplied in place.
     """
     with matmul_precision(precision):
-        summed = weights.transpose(-1, -2) @ as_real_pairs(phases.to(data.dtype))
+        summed = weights.transpose(-1, -2) @ as_real_pairs(phases.to(data.dtype).resolve_conj())
     torch.view_as_complex(summed.unflatten(-1, (-1, 2))).mul_(data[:, None, :])
     return summed
