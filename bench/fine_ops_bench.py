@@ -22,7 +22,12 @@ against the other way of doing it:
   15 pairs, 732 rows) and at a coarse chunk's of local searches (32 particles,
   ``t`` = 7, ``r`` = 180 candidates of a 2,000-row union), on CUDA; and the
   noise sums' ``sum_t conj(S_t) Q_t`` with ``Q = W (b, t, r) @ P[rows]`` both ways:
-  gathered, multiplied and summed with torch, and by ``unshifted``'s kernel.
+  gathered, multiplied and summed with torch, and by ``unshifted``'s kernel;
+- at a coarse chunk of the final iteration's local searches (32 particles, ``t`` =
+  19 translations, ``r`` = 180 candidates of a 3,500-row union), the cross kernel with
+  64, 128 and 256 rows per program (each program reads its particle's ``Z`` once), and
+  ``sum w K^2 |P|^2`` of 133 particles at every union row: squares then a product
+  (torch), and ``power_kernel``'s one read of the rows (CUDA).
 
 Prints a table and writes it as JSON.
 """
@@ -39,7 +44,8 @@ from floor_rates import copy_rates, matmul_rate, seconds_per_call  # bench/ is o
 from torch import Tensor
 
 from cryorefine.likelihood.held_cross import kernel_cross, triton
-from cryorefine.likelihood.scores import CROSS_BLOCK
+from cryorefine.likelihood.power_kernel import kernel_power_products
+from cryorefine.likelihood.scores import CROSS_BLOCK, squared_magnitude
 from cryorefine.likelihood.unshifted import kernel_unshifted_combination
 
 K, ROWS, B, PAIRS, F = 238_869, 732, 37, 15, 8
@@ -123,6 +129,48 @@ def _cross_cases(
     return cases
 
 
+def _local_search_cases(
+    device: torch.device, gen: torch.Generator
+) -> list[tuple[str, Callable[[], object], float, float]]:
+    """A coarse chunk of the final iteration's local searches: the cross kernel by rows per
+    program, and the particles' weighted powers of the union's rows both ways (CUDA only)."""
+    if device.type != "cuda" or triton is None:
+        return []
+    b, t, r, n, particles = 32, 19, 180, 3500, 133
+    shifted = torch.randn((b, t, 2 * K), generator=gen, device=device)
+    union = torch.randn((n, K), generator=gen, device=device, dtype=torch.complex64)
+    table = torch.view_as_real(union).reshape(n, 2 * K)
+    rows = torch.randint(0, n, (b, r), generator=gen, device=device)
+    flops = 2.0 * b * t * r * 2 * K
+    once = 4.0 * (b * t + b * r) * 2 * K
+    cases = []
+    for block in (64, 128, 256):
+
+        def cross(s: Tensor = shifted, p: Tensor = table, i: Tensor = rows, rb: int = block):
+            return kernel_cross(s, p, i, tf32=True, block_rows=rb)
+
+        cases.append((f"local cross tf32, {block} rows per program", cross, flops, once))
+    weights = torch.rand((particles, K), generator=gen, device=device)
+    power_flops = 2.0 * particles * n * K
+
+    def squares_then_product(w: Tensor = weights, v: Tensor = union) -> Tensor:
+        allowed = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return w @ squared_magnitude(v).T
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = allowed
+
+    def one_read(w: Tensor = weights, v: Tensor = union) -> Tensor:
+        return kernel_power_products(w, v, tf32=True)
+
+    read_once = 8.0 * n * K + 4.0 * particles * K  # the rows and the weights, once each
+    cases.append(("w K^2 |P|^2: squares then product tf32", squares_then_product, power_flops,
+                  read_once))  # fmt: skip
+    cases.append(("w K^2 |P|^2: power kernel tf32", one_read, power_flops, read_once))
+    return cases
+
+
 def measure(device: torch.device, repeats: int) -> dict:
     """Every row of the table, with the rates its floors use."""
     gen = torch.Generator(device=device).manual_seed(0)
@@ -152,6 +200,7 @@ def measure(device: torch.device, repeats: int) -> dict:
          lambda: values.index_select(0, index.reshape(-1)), 0.0, gather_bytes),
     ]  # fmt: skip
     cases += _cross_cases(device, gen)
+    cases += _local_search_cases(device, gen)
     rows = [
         _row(name, seconds_per_call(fn, device, repeats), flops, nbytes, rates)
         for name, fn, flops, nbytes in cases

@@ -81,6 +81,32 @@ def test_the_kernel_in_tritons_interpreter_matches_the_product(tmp_path, shape, 
     _check(got, shifted, table, rows)
 
 
+_BLOCKS = textwrap.dedent(
+    """
+    import sys, torch
+    from cryorefine.likelihood.held_cross import kernel_cross
+    shifted, table, rows, block = torch.load(sys.argv[1])
+    torch.save(kernel_cross(shifted, table, rows, block_rows=block), sys.argv[2])
+    """
+)
+
+
+@pytest.mark.parametrize("block_rows", [16, 128])
+def test_the_kernel_with_other_blocks_of_rows_matches_the_product(tmp_path, block_rows):
+    needs_triton_interpreter()
+    shifted, table, rows = _case(2, 16, 70, 40, 64, seed=7)  # 70 rows: several blocks of 16
+    got = run_in_triton_interpreter(tmp_path, _BLOCKS, (shifted, table, rows, block_rows))
+    _check(got, shifted, table, rows)
+
+
+@pytest.mark.parametrize("block_rows", [8, 48])
+def test_blocks_of_rows_are_powers_of_two_from_16(block_rows):
+    pytest.importorskip("triton")
+    shifted, table, rows = _case(1, 2, 3, 4, 8)
+    with pytest.raises(ValueError, match="power of 2"):
+        module.kernel_cross(shifted, table, rows, block_rows=block_rows)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("shape", [*CASES, (8, 24, 120, 700, 477_738)])
 def test_the_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):

@@ -110,11 +110,20 @@ def _splits(b: int, row_blocks: int, k2: int) -> int:
 
 
 def kernel_cross(
-    shifted: Tensor, table: Tensor, rows: Tensor, *, tf32: bool = False, split: int | None = None
+    shifted: Tensor,
+    table: Tensor,
+    rows: Tensor,
+    *,
+    tf32: bool = False,
+    split: int | None = None,
+    block_rows: int = _BLOCK_ROWS,
 ) -> Tensor:
     """The Triton kernel's ``cross`` (``held_cross``'s arguments; ``split`` ranges of ``k``).
 
-    Runs wherever Triton does, the interpreter (``TRITON_INTERPRET=1``) included.
+    Each program takes ``block_rows`` (a power of 2 from 16) of a particle's rows and
+    reads its ``Z`` once: fewer, larger blocks read ``Z`` fewer times
+    (``bench/fine_ops_bench.py`` times them). Runs wherever Triton does, the
+    interpreter (``TRITON_INTERPRET=1``) included.
     """
     b, t, k2 = shifted.shape
     r = rows.shape[1]
@@ -122,7 +131,9 @@ def kernel_cross(
         raise ValueError("held_cross needs unit stride along 2k in Z and in the table")
     rows = rows.contiguous()
     block_t = max(16, triton.next_power_of_2(t))
-    row_blocks = triton.cdiv(max(r, 1), _BLOCK_ROWS)
+    if block_rows < 16 or block_rows & (block_rows - 1):
+        raise ValueError(f"block_rows must be a power of 2 from 16, got {block_rows}")
+    row_blocks = triton.cdiv(max(r, 1), block_rows)
     split = _splits(b, row_blocks, k2) if split is None else split
     span = triton.cdiv(triton.cdiv(k2, split), _BLOCK_K) * _BLOCK_K
     split = triton.cdiv(k2, span)
@@ -132,7 +143,8 @@ def kernel_cross(
             shifted, table, rows, partial, t, r, k2, span,
             shifted.stride(0), shifted.stride(1), rows.stride(0), table.stride(0),
             partial.stride(0), partial.stride(1), partial.stride(2),
-            BT=block_t, BR=_BLOCK_ROWS, BK=_BLOCK_K, IEEE=not tf32,
+            BT=block_t, BR=block_rows, BK=_BLOCK_K, IEEE=not tf32,
+            num_warps=4 if block_rows <= _BLOCK_ROWS else 8,  # 4: Triton's default
         )  # fmt: skip
     return partial.sum(dim=0) if split > 1 else partial[0]
 
