@@ -46,6 +46,7 @@ __all__ = [
     "held_cross",
     "kernel_applies",
     "kernel_cross",
+    "kernels_on",
 ]
 
 KERNEL: bool | None = {"1": True, "0": False}.get(os.environ.get("CRYOREFINE_HELD_CROSS", ""))
@@ -149,16 +150,24 @@ def kernel_cross(
     return partial.sum(dim=0) if split > 1 else partial[0]
 
 
-def kernel_applies(shifted: Tensor, table: Tensor, precision: str) -> bool:
-    """Whether ``held_cross`` takes the kernel: tf32 (or float32 with ``KERNEL`` on; neither
-    with it off), Triton there, float32 tensors on a GPU (or on the CPU under Triton's
-    interpreter), at most ``MAX_TILE_ROWS`` rows of ``Z`` (or ``W``) per particle, unit
-    strides along ``2k`` (``r`` for ``W``)."""
+def kernels_on(tensor: Tensor, precision: str) -> bool:
+    """Whether the held-row kernels (this module's, ``unshifted``'s, ``power_kernel``'s) run
+    for ``tensor`` at ``precision``: tf32 (or float32 with ``KERNEL`` on; neither with it
+    off), Triton there, ``tensor`` on a GPU (or on the CPU under Triton's interpreter)."""
     return (
         (KERNEL is True or (KERNEL is None and precision == "tf32"))
         and triton is not None
-        and (shifted.is_cuda or _INTERPRETED)
+        and (tensor.is_cuda or _INTERPRETED)
         and precision in ("float32", "tf32")
+    )
+
+
+def kernel_applies(shifted: Tensor, table: Tensor, precision: str) -> bool:
+    """Whether ``held_cross`` takes the kernel: ``kernels_on``, float32 tensors, at most
+    ``MAX_TILE_ROWS`` rows of ``Z`` (or ``W``) per particle, unit strides along ``2k``
+    (``r`` for ``W``)."""
+    return (
+        kernels_on(shifted, precision)
         and shifted.dtype == table.dtype == torch.float32
         and shifted.shape[-2] <= MAX_TILE_ROWS
         and shifted.stride(-1) == 1

@@ -218,7 +218,7 @@ def sum_pairs(
     # Q per fine translation, (b, T g, 2k), where the kernel did not combine it; the
     # shifted data (b, T g, 2kb) where the weights are not spread over every translation
     q_sum = None if combined else w_all.new_zeros(b, tg, 2 * k)
-    shifted_bp = None if every_translation else as_real_pairs(y[:, None, :] * bp_phases.to(cplx))
+    shifted_bp = None if every_translation else as_real_pairs(y[:, None, :] * bp_phases)
     chunk = _chunk_of_sums(
         projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
         real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,

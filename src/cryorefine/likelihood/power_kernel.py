@@ -73,14 +73,10 @@ if triton is not None:
 
 
 def kernel_applies(weights: Tensor, values: Tensor, precision: str) -> bool:
-    """Whether ``power_products`` takes the kernel: where ``held_cross``'s would (tf32 by
-    default, ``CRYOREFINE_HELD_CROSS``), float32 weights and complex64 rows on a GPU (or
-    on the CPU under Triton's interpreter)."""
+    """Whether ``power_products`` takes the kernel: ``held_cross.kernels_on`` (tf32 by
+    default, ``CRYOREFINE_HELD_CROSS``), float32 weights and complex64 rows."""
     return (
-        (held_cross.KERNEL is True or (held_cross.KERNEL is None and precision == "tf32"))
-        and triton is not None
-        and (weights.is_cuda or held_cross._INTERPRETED)
-        and precision in ("float32", "tf32")
+        held_cross.kernels_on(weights, precision)
         and weights.dtype == torch.float32
         and values.dtype == torch.complex64
     )
