@@ -26,8 +26,7 @@ against the other way of doing it:
 - at a coarse chunk of the final iteration's local searches (32 particles, ``t`` =
   19 translations, ``r`` = 180 candidates of a 3,500-row union), the cross kernel with
   64, 128 and 256 rows per program (each program reads its particle's ``Z`` once), and
-  ``sum w K^2 |P|^2`` of 133 particles at every union row: squares then a product
-  (torch), and ``power_kernel``'s one read of the rows (CUDA).
+  ``sum w K^2 |P|^2`` of 133 particles at every union row (squares, then a product).
 
 Prints a table and writes it as JSON.
 """
@@ -44,7 +43,6 @@ from floor_rates import copy_rates, matmul_rate, seconds_per_call  # bench/ is o
 from torch import Tensor
 
 from cryorefine.likelihood.held_cross import kernel_cross, triton
-from cryorefine.likelihood.power_kernel import kernel_power_products
 from cryorefine.likelihood.scores import CROSS_BLOCK, squared_magnitude
 from cryorefine.likelihood.unshifted import kernel_unshifted_combination
 
@@ -133,7 +131,7 @@ def _local_search_cases(
     device: torch.device, gen: torch.Generator
 ) -> list[tuple[str, Callable[[], object], float, float]]:
     """A coarse chunk of the final iteration's local searches: the cross kernel by rows per
-    program, and the particles' weighted powers of the union's rows both ways (CUDA only)."""
+    program, and the particles' weighted powers of the union's rows (CUDA only)."""
     if device.type != "cuda" or triton is None:
         return []
     b, t, r, n, particles = 32, 19, 180, 3500, 133
@@ -161,13 +159,9 @@ def _local_search_cases(
         finally:
             torch.backends.cuda.matmul.allow_tf32 = allowed
 
-    def one_read(w: Tensor = weights, v: Tensor = union) -> Tensor:
-        return kernel_power_products(w, v, tf32=True)
-
     read_once = 8.0 * n * K + 4.0 * particles * K  # the rows and the weights, once each
     cases.append(("w K^2 |P|^2: squares then product tf32", squares_then_product, power_flops,
                   read_once))  # fmt: skip
-    cases.append(("w K^2 |P|^2: power kernel tf32", one_read, power_flops, read_once))
     return cases
 
 

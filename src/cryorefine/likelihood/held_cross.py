@@ -151,7 +151,7 @@ def kernel_cross(
 
 
 def kernels_on(tensor: Tensor, precision: str) -> bool:
-    """Whether the held-row kernels (this module's, ``unshifted``'s, ``power_kernel``'s) run
+    """Whether the held-row kernels (this module's and ``unshifted``'s) run
     for ``tensor`` at ``precision``: tf32 (or float32 with ``KERNEL`` on; neither with it
     off), Triton there, ``tensor`` on a GPU (or on the CPU under Triton's interpreter)."""
     return (

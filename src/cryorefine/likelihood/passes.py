@@ -20,10 +20,10 @@ from torch import Tensor
 
 from cryorefine.fourier import sample_rotated
 from cryorefine.likelihood.held_cross import kernel_applies, kernel_cross
-from cryorefine.likelihood.power_kernel import power_products
 from cryorefine.likelihood.scores import (
     as_real_pairs,
     data_terms,
+    matmul_precision,
     per_particle_cross,
     scores_from_cross,
     scores_from_terms,
@@ -308,10 +308,15 @@ def score_held_lists(
     rows = rows.clamp(0, n - 1)
     table_power = None
     if n <= b * r:
-        # the torch route's block of rows: its working copy (2 numbers per coefficient) and
-        # its squared magnitude (1), counted as 5 numbers (room), within a quarter of the budget
+        table_power = ctf_power.new_empty((b, n))
+        # a block of rows: its working copy (2 numbers per coefficient) and its squared
+        # magnitude (1), counted as 5 numbers (room), within a quarter of the budget
         block = max(1, (max_bytes // 4) // (5 * k * size))
-        table_power = power_products(ctf_power, values, precision=precision, block_rows=block)
+        with matmul_precision(precision):
+            for lo in range(0, n, block):
+                held = values[lo : lo + block].to(cplx)
+                power = squared_magnitude(held)
+                table_power[:, lo : lo + block] = ctf_power @ power.T
         table_power = table_power.gather(1, rows)
     out = ctf_power.new_empty((b, t, r))
     phases = particles.phases[:1]
