@@ -1,6 +1,8 @@
 # The final iteration under several settings on one machine (bench/final_iteration_ab.py):
 # by default this build against the build in .carry/old_src.tar (git archive OLD src).
 # SETTINGS replaces the settings, TESTS the CUDA tests run first, TLIM the iterations' limit.
+# ITER=4 runs iteration 4 from the committed iteration-3 state instead (global searches at
+# HEALPix order 2, where the host sets the pace); STATE names another state.
 # The data are simulated once per machine (/tmp/work persists while it is warm).
 set -o pipefail
 . bench/device_calls/setup.sh
@@ -10,5 +12,10 @@ if [ -n "$TESTS" ]; then
   timeout ${TEST_LIM:-150} python3 -m pytest -q -p no:cacheprovider $TESTS -k "${TEST_K:-gpu}" > $OUT/pytest_gpu.txt 2>&1; tail -3 $OUT/pytest_gpu.txt
 fi
 SETTINGS=${SETTINGS:-new old=PYTHONPATH=/tmp/site:/tmp/old/src new}
-timeout ${TLIM:-480} python3 bench/final_iteration_ab.py --tutorial .carry/tutorial --state bench/results/tutorial_9437_reader_h100_it025-026_state.tgz --gpu --settings $SETTINGS --out $OUT/ab.json 2>&1 | grep -v "Warning\|particles=" | tail -14
+ITER=${ITER:-27}
+STATE_27=bench/results/tutorial_9437_reader_h100_it025-026_state.tgz
+STATE_4=bench/results/tutorial_9437_h100_it003_state.tgz
+STATE_NAME=STATE_$ITER
+STATE=${STATE:-${!STATE_NAME}}
+timeout ${TLIM:-480} python3 bench/final_iteration_ab.py --tutorial .carry/tutorial --state $STATE --iter $ITER --gpu --settings $SETTINGS --out $OUT/ab.json 2>&1 | grep -v "Warning\|particles=" | tail -14
 grep -h "phase_seconds\|work fine\|e_step_seconds" /tmp/work/Refine3D/run.log | tail -6 > $OUT/last_phases.txt
