@@ -146,3 +146,17 @@ def test_a_prior_on_one_angle_weighs_that_angle_of_the_nearest_symmetry_image(an
     want = want / want.sum(-1, keepdim=True)
     # the same float64 trigonometry in another order: ~1e-12 deg, weights follow
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("angle", ["rot", "tilt"])
+def test_operators_taken_a_block_at_a_time_give_the_same_prior(angle, monkeypatch):
+    from cryorefine.geometry import local_search
+
+    group = point_group("O", device="cpu")  # 24 operators
+    dirs = pixel_rot_tilt_deg(2, asymmetric_unit_pixels(2, group))
+    prior = torch.rand(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 170
+    at_once = local_angle_prior(prior, dirs, angle=angle, sigma_deg=12.0, operators=group.operators)
+    # room for 5 operators' differences per block: blocks of 5, 5, 5, 5 and 4
+    monkeypatch.setattr(local_search, "_OPERATOR_BLOCK_BYTES", 6 * dirs.shape[0] * 8 * 5)
+    blocks = local_angle_prior(prior, dirs, angle=angle, sigma_deg=12.0, operators=group.operators)
+    assert torch.equal(at_once, blocks)  # minima of the same numbers: exact

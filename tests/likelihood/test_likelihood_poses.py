@@ -61,3 +61,24 @@ def test_fine_rows_number_children_after_their_coarse_orientation():
     rows = torch.tensor([0, 7, 8, 71 * 8 + 5])
     want = fine_rotations(grid, rows // 8, oversampling=1)[torch.arange(4), rows % 8]
     torch.testing.assert_close(fine_row_rotations(plan, rows), want, rtol=0, atol=0)
+
+
+def test_a_small_grid_keeps_its_matrices_in_a_table_of_the_same_values(monkeypatch):
+    from cryorefine.likelihood import poses
+
+    ids = torch.randint(0, 576, (5, 7), generator=torch.Generator().manual_seed(3))
+    grid = whole_grid(1, perturbation=0.29)
+    kept_fine = fine_rotations(grid, ids, oversampling=1)
+    kept_coarse = coarse_rotations(grid, ids)
+    assert set(grid._tables) == {0, 1}  # computed once, on the first ask
+    assert grid._tables[1].shape == (576, 8, 3, 3)
+    monkeypatch.setattr(poses, "ROTATION_TABLE_BYTES", 0)  # every grid too large to keep
+    fresh = whole_grid(1, perturbation=0.29)
+    computed_fine = fine_rotations(fresh, ids, oversampling=1)
+    computed_coarse = coarse_rotations(fresh, ids)
+    assert fresh._tables == {}
+    # the same operators on the same float64 angles, element by element
+    torch.testing.assert_close(kept_fine, computed_fine, rtol=0, atol=4 * U64)
+    torch.testing.assert_close(kept_coarse, computed_coarse, rtol=0, atol=4 * U64)
+    assert kept_fine.shape == (5, 7, 8, 3, 3)
+    assert kept_coarse.shape == (5, 7, 3, 3)

@@ -36,6 +36,8 @@ __all__ = ["SIGMA_CUTOFF", "local_angle_prior", "local_direction_prior", "local_
 SIGMA_CUTOFF = 3.0
 """RELION's ``sigma_cutoff``: local searches reach 3 sigma from the prior."""
 
+_OPERATOR_BLOCK_BYTES = 2**26  # (b, m, g) angle differences at once in local_angle_prior
+
 
 def _normalised_gaussian(delta_deg: Tensor, sigma_deg: float, sigma_cutoff: float) -> Tensor:
     """Gaussian weights inside the cut, normalised per row; nearest one if the cut is empty."""
@@ -131,12 +133,17 @@ def local_angle_prior(
         values = torch.rad2deg(torch.acos(mates[..., 2].clamp(-1.0, 1.0)))
     else:
         values = torch.rad2deg(torch.atan2(mates[..., 1], mates[..., 0]))
+    if mates.shape[1] == 0:
+        raise ValueError("operators must hold at least the identity")
+    # all operators at once up to _OPERATOR_BLOCK_BYTES of (b, m, g) differences (a batch's
+    # few operators: a handful of launches, not five per operator), else a block at a time
+    b, (m, g) = prior_deg.shape[0], values.shape
+    block = max(1, _OPERATOR_BLOCK_BYTES // max(1, b * m * values.element_size()))
     delta = None
-    for g in range(mates.shape[1]):  # over operators: (b, m) memory, not (b, m, g)
-        d = (values[None, :, g] - prior_deg[:, None]).abs()
+    for lo in range(0, g, block):
+        d = (values[None, :, lo : lo + block] - prior_deg[:, None, None]).abs()
         if angle == "rot":
             d = torch.remainder(d + 180.0, 360.0).sub(180.0).abs()
+        d = d.amin(dim=2)
         delta = d if delta is None else torch.minimum(delta, d)
-    if delta is None:
-        raise ValueError("operators must hold at least the identity")
     return _normalised_gaussian(delta, sigma_deg, sigma_cutoff)

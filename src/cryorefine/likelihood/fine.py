@@ -19,7 +19,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from cryorefine.geometry import oversampled_translations
 from cryorefine.likelihood.fine_groups import FineGroup
 from cryorefine.likelihood.pair_sums import sum_pairs
 from cryorefine.likelihood.pairs import BlockProjector, PairLists, pair_lists, score_pairs
@@ -51,11 +50,9 @@ def fine_row_rotations(plan: ExpectationPlan, rows: Int[Tensor, " n"]) -> Float[
 
 
 def fine_translations(plan: ExpectationPlan) -> Float[Tensor, "tg ndim"]:
-    """The fine translation grid: coarse translation ``i``'s children are rows ``i g + j``."""
-    fine = oversampled_translations(
-        plan.translations_px, offset_step_px=plan.offset_step_px, oversampling=plan.oversampling
-    )
-    return fine.reshape(-1, plan.translations_px.shape[1])
+    """The fine translation grid: coarse translation ``i``'s children are rows ``i g + j``
+    (``ExpectationPlan.fine_translations_px``, computed once per plan)."""
+    return plan.fine_translations_px
 
 
 def _projector(

@@ -2,11 +2,13 @@
 
 import math
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 
 import torch
 from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
+from cryorefine.geometry import oversampled_translations
 from cryorefine.likelihood.poses import OrientationGrid
 from cryorefine.likelihood.sums import ShellSums
 from cryorefine.likelihood.window import FourierWindow
@@ -94,6 +96,16 @@ class ExpectationPlan:
     cross_correlation: bool = False
     precision: str = "float32"
     max_bytes: int = 2**30
+
+    @cached_property
+    def fine_translations_px(self) -> Float[Tensor, "tg ndim"]:
+        """The fine translation grid, coarse translation ``i``'s children at rows ``i g + j``
+        (``g = 2**(oversampling * ndim)``); computed once per plan (every fine group uses it),
+        not to be written to."""
+        fine = oversampled_translations(
+            self.translations_px, offset_step_px=self.offset_step_px, oversampling=self.oversampling
+        )
+        return fine.reshape(-1, self.translations_px.shape[1])
 
 
 @dataclass(frozen=True)
