@@ -610,6 +610,22 @@ def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_bu
         assert sizes.translation_width == int(significant[group].any(dim=2).sum(dim=1).max())
     # closed only when the next particle would not fit: few groups, not one per particle
     assert len(groups) <= 2 * int(orientations.sum()) // 30 + 1
+    # each group says why it ended: here the held projections (the windows are 1 value)
+    assert len(groups) > 1
+    assert [sizes.closed_by for sizes in groups] == ["projections"] * (len(groups) - 1) + ["end"]
+    # with no projections to hold: large windows close groups by the budget ...
+    windows = fine_groups(coarse, plan, window_values=1_000, projected_values=0)
+    assert [sizes.closed_by for sizes in windows] == ["budget"] * (len(windows) - 1) + ["end"]
+    assert len(windows) > 1
+    # ... and particles with five times the pairs of the others by the padding rule
+    dense = (
+        significant
+        | (torch.rand((b, t, c), generator=gen) < 0.08) * (torch.arange(b) >= 20)[:, None, None]
+    )
+    wide = replace(coarse, significant=dense, count=dense.sum(dim=(1, 2)))
+    padded = fine_groups(wide, replace(plan, max_bytes=2**32), window_values=1, projected_values=0)
+    assert [sizes.closed_by for sizes in padded] == ["padding", "end"]
+    assert sorted(padded[0].particles.tolist()) == list(range(20))
 
 
 @pytest.mark.parametrize("premultiplied", [False, True], ids=["ctf", "premultiplied"])

@@ -361,6 +361,7 @@ def expectation(
             with times.phase("fine"):
                 outcome = fine_pass(*sub, reference_ft, plan, cache.fine, times, sizes)
             times.add_count("fine_groups", 1)
+            times.add_count(f"fine_groups_closed_by_{sizes.closed_by}", 1)
             times.add_count("fine_samples", outcome.scored_samples)
             times.add_count("projected_orientations", outcome.projected_orientations)
             times.add_count("summed_children", outcome.summed_children)

@@ -39,12 +39,17 @@ class FineGroup:
     orientations
         The union of the particles' significant coarse orientation ids, ascending,
         on the device; None where the fine projections are cached (not listed).
+    closed_by
+        Why the group ended before the next particle: ``"budget"`` (its padded arrays),
+        ``"padding"`` (more than twice its particles' own sizes), ``"projections"``
+        (its children's projections beyond their quarter), or ``"end"`` (the last group).
     """
 
     particles: Int[Tensor, " n"]
     pair_width: int
     translation_width: int
     orientations: Int[Tensor, " u"] | None
+    closed_by: str = "end"
 
 
 def fine_groups(
@@ -85,15 +90,21 @@ def fine_groups(
         parts = np.split(ids, np.cumsum(mask.sum(dim=1).cpu().numpy())[:-1])
         significant_ids = [part.tolist() for part in parts]
     groups: list[list[int]] = [[]]
+    closed_by: list[str] = []
     held: set[int] = set()  # the group's significant coarse orientations: projected once each
     total = widest_distinct = 0
     for i in order:  # ascending: particle i sets the padded width of pairs
         wider = max(widest_distinct, distinct[i])
         padded = cost(len(groups[-1]) + 1, pairs[i], wider)
         too_many = per_orientation > 0 and len(held.union(significant_ids[i])) > held_orientations
-        if groups[-1] and (
-            padded > budget or padded > 2 * (total + cost(1, pairs[i], wider)) or too_many
-        ):
+        reasons = (
+            (padded > budget, "budget"),
+            (padded > 2 * (total + cost(1, pairs[i], wider)), "padding"),
+            (too_many, "projections"),
+        )
+        reason = next((name for closes, name in reasons if closes), None)
+        if groups[-1] and reason is not None:
+            closed_by.append(reason)
             groups.append([])
             total = 0
             held = set()
@@ -115,6 +126,7 @@ def fine_groups(
             orientations=on_device(sorted(set().union(*(significant_ids[i] for i in group))))
             if per_orientation > 0
             else None,
+            closed_by=reason,
         )
-        for group in groups
+        for group, reason in zip(groups, [*closed_by, "end"], strict=True)
     ]
