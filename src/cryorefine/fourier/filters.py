@@ -21,6 +21,8 @@ Windowing (RELION ``windowFourierTransform``)
     pixels (same mean and amplitudes), and a pad interpolates.
 """
 
+import functools
+
 import torch
 from jaxtyping import Complex, Float, Shaped
 from torch import Tensor
@@ -226,11 +228,15 @@ def randomise_phases_beyond(
     return torch.where(outside, randomised, ft)
 
 
+@functools.lru_cache(maxsize=32)
 def _axis_indices(n_small: int, n_large: int, device: torch.device) -> Tensor:
-    """Index in the large full axis of each frequency of the small one (FFTW order)."""
-    i = torch.arange(n_small, device=device)
-    k = torch.where(i <= n_small // 2, i, i - n_small)
-    return k % n_large
+    """Index in the large full axis of each frequency of the small one (FFTW order).
+
+    Kept per sizes and device (each batch crops several arrays); callers only read it."""
+    with torch.inference_mode(False):  # a normal tensor, whatever the caller's mode
+        i = torch.arange(n_small, device=device)
+        k = torch.where(i <= n_small // 2, i, i - n_small)
+        return k % n_large
 
 
 def fourier_crop(ft: Shaped[Tensor, "..."], new_size: int, *, ndim: int) -> Shaped[Tensor, "..."]:

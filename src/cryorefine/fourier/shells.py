@@ -14,6 +14,8 @@ Which coefficients a sum covers (RELION):
   denominators, so it changes the ratio only through the weight of that half line.
 """
 
+import functools
+
 import torch
 from jaxtyping import Float, Int, Shaped
 from torch import Tensor
@@ -43,13 +45,18 @@ def _side(values: Tensor, ndim: int) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=16)
 def _shell_map(n: int, ndim: int, device: torch.device, exclude_redundant: bool) -> Tensor:
-    """Flat shell index per coefficient; ``n // 2 + 1`` (a discard bin) where not summed."""
-    shells = shell_index(n, ndim, device=device)
-    drop = shells > n // 2
-    if exclude_redundant:
-        drop = drop | friedel_redundant(n, ndim, device=device)
-    return torch.where(drop, n // 2 + 1, shells).reshape(-1)
+    """Flat shell index per coefficient; ``n // 2 + 1`` (a discard bin) where not summed.
+
+    Kept per (size, device): every batch sums shells, and the map is about 25 operators
+    to make. Callers only read it."""
+    with torch.inference_mode(False):  # a normal tensor, whatever the caller's mode
+        shells = shell_index(n, ndim, device=device)
+        drop = shells > n // 2
+        if exclude_redundant:
+            drop = drop | friedel_redundant(n, ndim, device=device)
+        return torch.where(drop, n // 2 + 1, shells).reshape(-1)
 
 
 def shell_sums(
