@@ -36,8 +36,7 @@ from cryorefine.likelihood import (
     search,
     window_phases,
 )
-from cryorefine.likelihood.fine_groups import fine_groups
-from cryorefine.likelihood.search import UNION_PRODUCT_RATIO, CoarseOutcome, union_is_cheaper
+from cryorefine.likelihood.search import UNION_PRODUCT_RATIO, union_is_cheaper
 from cryorefine.timing import PhaseTimes
 
 # the module, which the package's ``expectation`` (the function) hides
@@ -580,52 +579,6 @@ def test_the_work_counted_is_the_searched_grid_and_the_children_scored():
     for sub, whole in (("coarse_prepare", "coarse"), ("coarse_score", "coarse"),
                        ("coarse_select", "coarse"), ("fine_score", "fine")):  # fmt: skip
         assert 0 < seconds[sub] <= seconds[whole]
-
-
-def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_budget():
-    gen = torch.Generator().manual_seed(8)
-    plan = make_plan(whole_grid(1), ndim=3, ori_size=32, current_size=32, coarse_size=16)
-    b, t, c = 40, plan.translations_px.shape[0], plan.orientations.count
-    significant = torch.rand((b, t, c), generator=gen) < 0.02
-    significant[:, 0, 0] = True
-    coarse = CoarseOutcome(
-        significant, significant.sum(dim=(1, 2)), torch.arange(c).expand(b, c),
-        torch.zeros(b, c), torch.zeros(b),
-    )  # fmt: skip
-    k = 7_000  # complex64 coefficients of one child projection on the fine window
-    per_orientation = 8 * 8 * k  # 8 children of 8 bytes per coefficient
-    plan = replace(plan, max_bytes=4 * 30 * per_orientation)  # a quarter holds 30 orientations
-    groups = fine_groups(coarse, plan, window_values=1, projected_values=k)
-    orientations = significant.any(dim=1).sum(dim=1)
-    members = [sizes.particles for sizes in groups]
-    assert sorted(torch.cat(members).tolist()) == list(range(b))  # each particle once
-    for sizes in groups:
-        group = sizes.particles
-        # orientations shared by particles of the group are projected once
-        union = significant[group].any(dim=1).any(dim=0).nonzero().squeeze(1)
-        assert union.shape[0] * per_orientation <= plan.max_bytes // 4 or group.numel() == 1
-        # the sizes the fine pass pads to, found on the host: exactly the device's own
-        assert sizes.orientations.tolist() == union.tolist()
-        assert sizes.pair_width == int(significant[group].sum(dim=(1, 2)).max())
-        assert sizes.translation_width == int(significant[group].any(dim=2).sum(dim=1).max())
-    # closed only when the next particle would not fit: few groups, not one per particle
-    assert len(groups) <= 2 * int(orientations.sum()) // 30 + 1
-    # each group says why it ended: here the held projections (the windows are 1 value)
-    assert len(groups) > 1
-    assert [sizes.closed_by for sizes in groups] == ["projections"] * (len(groups) - 1) + ["end"]
-    # with no projections to hold: large windows close groups by the budget ...
-    windows = fine_groups(coarse, plan, window_values=1_000, projected_values=0)
-    assert [sizes.closed_by for sizes in windows] == ["budget"] * (len(windows) - 1) + ["end"]
-    assert len(windows) > 1
-    # ... and particles with five times the pairs of the others by the padding rule
-    dense = (
-        significant
-        | (torch.rand((b, t, c), generator=gen) < 0.08) * (torch.arange(b) >= 20)[:, None, None]
-    )
-    wide = replace(coarse, significant=dense, count=dense.sum(dim=(1, 2)))
-    padded = fine_groups(wide, replace(plan, max_bytes=2**32), window_values=1, projected_values=0)
-    assert [sizes.closed_by for sizes in padded] == ["padding", "end"]
-    assert sorted(padded[0].particles.tolist()) == list(range(20))
 
 
 @pytest.mark.parametrize("premultiplied", [False, True], ids=["ctf", "premultiplied"])

@@ -6,6 +6,7 @@ projected: groups of particles with similar numbers of significant pairs,
 closed before either would exceed its share of ``plan.max_bytes``.
 """
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,28 @@ from cryorefine.likelihood.search import CoarseOutcome
 __all__ = ["BYTES_PER_SAMPLE", "FineGroup", "fine_groups"]
 
 BYTES_PER_SAMPLE = 72  # scores, log priors, weights, sort keys and indices, cumulative sums
+
+
+def _setting(name: str, default: float, low: float, high: float) -> float:
+    """A tuning constant from the environment (for measurements), checked."""
+    text = os.environ.get(name, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected a number in [{low}, {high}]") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={text!r}: expected a number in [{low}, {high}]")
+    return value
+
+
+PADDING_LIMIT = _setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0)
+"""A group closes when its padded arrays would exceed this many times its particles' own
+sizes. Fewer, wider groups spend device work on padding and save the host the fine pass's
+~700 operators per group (``CRYOREFINE_FINE_PADDING`` sets it for measurements)."""
+
+BUDGET_SHARE = _setting("CRYOREFINE_FINE_BUDGET", 0.5, 0.05, 1.0)
+"""The share of ``plan.max_bytes`` a group's padded arrays may take
+(``CRYOREFINE_FINE_BUDGET`` sets it for measurements)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +64,7 @@ class FineGroup:
         on the device; None where the fine projections are cached (not listed).
     closed_by
         Why the group ended before the next particle: ``"budget"`` (its padded arrays),
-        ``"padding"`` (more than twice its particles' own sizes), ``"projections"``
+        ``"padding"`` (beyond ``PADDING_LIMIT`` times its particles' own sizes), ``"projections"``
         (its children's projections beyond their quarter), or ``"end"`` (the last group).
     """
 
@@ -61,10 +84,11 @@ def fine_groups(
     samples of ``BYTES_PER_SAMPLE`` and, per distinct fine translation, the
     phases and ``Z`` on the fine and back-projection windows (16 bytes per
     coefficient of ``window_values``). Particles are taken in order of ``q``; a
-    group is closed when its padded size would exceed the budget or twice its
-    particles' own sizes, or when the children of its particles' significant
-    coarse orientations (``projected_values`` complex64 values each; 0 when a
-    cache holds them) would not fit the quarter of the budget that
+    group is closed when its padded size would exceed the budget (``BUDGET_SHARE``
+    of ``plan.max_bytes``) or ``PADDING_LIMIT`` times its particles' own sizes, or
+    when the children of its particles' significant coarse orientations
+    (``projected_values`` complex64 values each; 0 when a cache holds them) would
+    not fit the quarter of ``plan.max_bytes`` that
     ``fine._projector`` keeps them in: beyond it every child would be projected
     twice, once to score and once to sum (for 3D data, a rotated volume each).
     Orientations that several particles of a group share are counted once, as
@@ -75,7 +99,7 @@ def fine_groups(
     pairs = coarse.significant.sum(dim=(1, 2)).tolist()
     distinct = coarse.significant.any(dim=2).sum(dim=1).tolist()
     order = sorted(range(len(pairs)), key=pairs.__getitem__)
-    budget = plan.max_bytes // 2
+    budget = int(plan.max_bytes * BUDGET_SHARE)
 
     def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
         per_particle = widest_pairs * children * BYTES_PER_SAMPLE
@@ -99,7 +123,7 @@ def fine_groups(
         too_many = per_orientation > 0 and len(held.union(significant_ids[i])) > held_orientations
         reasons = (
             (padded > budget, "budget"),
-            (padded > 2 * (total + cost(1, pairs[i], wider)), "padding"),
+            (padded > PADDING_LIMIT * (total + cost(1, pairs[i], wider)), "padding"),
             (too_many, "projections"),
         )
         reason = next((name for closes, name in reasons if closes), None)
