@@ -18,6 +18,7 @@ and writes the same as JSON. Repeat a setting to see the spread between runs.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,7 @@ def run_setting(
         return {"setting": name, "environment": env, "failed": done.stderr[-3000:]}
     summary = json.loads(out.read_text())
     phases = summary["e_step_phase_seconds"]
+    work = work_counts((refine / "run.log").read_text(), args.iter)
     return {
         "setting": name, "environment": env, "options": options,
         "process_seconds": time.perf_counter() - start,
@@ -86,7 +88,22 @@ def run_setting(
         "resolution_vs_truth_angst": summary["resolution_vs_truth_angst"],
         "median_angular_error_deg": summary["median_angular_error_deg"],
         "peak_gpu_memory_gib": summary["peak_gpu_memory_gib"],
+        "work": work,
+        "fine_groups": work.get("fine_groups", 0),
     }  # fmt: skip
+
+
+def work_counts(log: str, iteration: int) -> dict[str, int]:
+    """The iteration's ``work`` counts of the run.log, summed over its half sets (the last
+    line of each): fine groups and why they closed, samples, projected orientations."""
+    last: dict[str, str] = {}
+    for half, fields in re.findall(rf"iter={iteration:03d} half_set=(\d) work (.*)", log):
+        last[half] = fields
+    totals: dict[str, int] = {}
+    for fields in last.values():
+        for key, value in re.findall(r"(\w+)=(\d+)", fields):
+            totals[key] = totals.get(key, 0) + int(value)
+    return totals
 
 
 def main() -> None:
@@ -119,7 +136,7 @@ def main() -> None:
         partial = {"simulate_seconds": simulated, "rows": rows}
         args.out.write_text(json.dumps(partial, indent=1))  # what is done survives a cut
     done = [row for row in rows if "failed" not in row]
-    columns = ["setting", "iteration_seconds", "e_step_seconds", *PHASES,
+    columns = ["setting", "iteration_seconds", "e_step_seconds", *PHASES, "fine_groups",
                "resolution_vs_truth_angst", "median_angular_error_deg"]  # fmt: skip
     lines = [f"simulated in {simulated:.1f} s", " | ".join(columns)]
     lines += [
