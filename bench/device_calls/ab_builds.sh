@@ -17,5 +17,6 @@ STATE_27=bench/results/tutorial_9437_reader_h100_it025-026_state.tgz
 STATE_4=bench/results/tutorial_9437_h100_it003_state.tgz
 STATE_NAME=STATE_$ITER
 STATE=${STATE:-${!STATE_NAME}}
+: "${STATE:?no committed state for ITER=$ITER: set STATE}"
 timeout ${TLIM:-480} python3 bench/final_iteration_ab.py --tutorial .carry/tutorial --state $STATE --iter $ITER --gpu --settings $SETTINGS --out $OUT/ab.json 2>&1 | grep -v "Warning\|particles=" | tail -14
 grep -h "phase_seconds\|work fine\|e_step_seconds" /tmp/work/Refine3D/run.log | tail -6 > $OUT/last_phases.txt

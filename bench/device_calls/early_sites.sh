@@ -4,7 +4,7 @@
 # site (bench/sync_sites.py --ops), then the same iteration under torch.profiler.
 set -o pipefail
 . bench/device_calls/setup.sh
-W=/tmp/work; mkdir -p $W; N=${ITER:-3}; NNN=$(printf %03d $N)
+W=/tmp/work; rm -rf $W/Refine3D; mkdir -p $W; N=${ITER:-3}; NNN=$(printf %03d $N)  # the job from the start
 timeout -s TERM ${JLIM:-300} python3 bench/tutorial_bench.py --tutorial .carry/tutorial --gpu --work $W --continue_run --iter $N --no_floor --precision tf32 --out $OUT/job.json > $OUT/job.log 2>&1
 echo job rc=$?; grep "simulated\|^iter=" $OUT/job.log | tail -5
 (cd $W/Refine3D && tar czf $OUT/state.tgz run_it${NNN}_*) && ls -la $OUT/state.tgz

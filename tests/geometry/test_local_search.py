@@ -156,7 +156,12 @@ def test_operators_taken_a_block_at_a_time_give_the_same_prior(angle, monkeypatc
     dirs = pixel_rot_tilt_deg(2, asymmetric_unit_pixels(2, group))
     prior = torch.rand(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 170
     at_once = local_angle_prior(prior, dirs, angle=angle, sigma_deg=12.0, operators=group.operators)
-    # room for 5 operators' differences per block: blocks of 5, 5, 5, 5 and 4
-    monkeypatch.setattr(local_search, "_OPERATOR_BLOCK_BYTES", 6 * dirs.shape[0] * 8 * 5)
-    blocks = local_angle_prior(prior, dirs, angle=angle, sigma_deg=12.0, operators=group.operators)
-    assert torch.equal(at_once, blocks)  # minima of the same numbers: exact
+    # room for 5 operators' differences per block (blocks of 5, 5, 5, 5 and 4), and for one
+    # (one operator at a time, as the loop before blocks)
+    for operators_per_block in (5, 1):
+        room = 6 * dirs.shape[0] * 8 * operators_per_block
+        monkeypatch.setattr(local_search, "_OPERATOR_BLOCK_BYTES", room)
+        blocks = local_angle_prior(
+            prior, dirs, angle=angle, sigma_deg=12.0, operators=group.operators
+        )
+        assert torch.equal(at_once, blocks)  # minima of the same numbers: exact

@@ -369,7 +369,12 @@ def test_inserting_as_it_goes_equals_inserting_the_returned_sums(ndim):
     got = zero_accumulators(n, padding_factor=plan.padding_factor, device=device)
     times = PhaseTimes(device)
     direct = expectation(particles, reference, plan, accumulators=got, times=times)
-    assert times.counts()["fine_groups"] > 1  # inserted group by group
+    counts = times.counts()
+    assert counts["fine_groups"] > 1  # inserted group by group
+    # each group counted once under the rule that closed it
+    closed = {k: v for k, v in counts.items() if k.startswith("fine_groups_closed_by_")}
+    assert sum(closed.values()) == counts["fine_groups"]
+    assert closed.get("fine_groups_closed_by_end", 0) >= 1
     assert direct.backprojection.data.shape[0] == 0
     torch.testing.assert_close(direct.pmax, whole.pmax, rtol=0, atol=0)
     # The same float64 terms added in another order: rounding of sums of ~|terms|.

@@ -6,8 +6,16 @@ import pytest
 import torch
 from likelihood_cases import make_plan, whole_grid
 
+from cryorefine.likelihood import fine_groups as grouping
 from cryorefine.likelihood.fine_groups import fine_groups
 from cryorefine.likelihood.search import CoarseOutcome
+
+
+@pytest.fixture(autouse=True)
+def _default_rules(monkeypatch):
+    """The rules' defaults, whatever CRYOREFINE_FINE_PADDING/_BUDGET say in this process."""
+    monkeypatch.setattr(grouping, "PADDING_LIMIT", 2.0)
+    monkeypatch.setattr(grouping, "BUDGET_SHARE", 0.5)
 
 
 def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_budget():
@@ -57,8 +65,6 @@ def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_bu
 
 
 def test_a_looser_padding_limit_makes_fewer_wider_groups(monkeypatch):
-    from cryorefine.likelihood import fine_groups as grouping
-
     gen = torch.Generator().manual_seed(8)
     plan = make_plan(whole_grid(1), ndim=3, ori_size=32, current_size=32, coarse_size=16)
     b, t, c = 40, plan.translations_px.shape[0], plan.orientations.count

@@ -77,8 +77,25 @@ def test_a_small_grid_keeps_its_matrices_in_a_table_of_the_same_values(monkeypat
     computed_fine = fine_rotations(fresh, ids, oversampling=1)
     computed_coarse = coarse_rotations(fresh, ids)
     assert fresh._tables == {}
-    # the same operators on the same float64 angles, element by element
-    torch.testing.assert_close(kept_fine, computed_fine, rtol=0, atol=4 * U64)
-    torch.testing.assert_close(kept_coarse, computed_coarse, rtol=0, atol=4 * U64)
+    # the same operators on the same float64 angles, element by element: the same bits
+    assert torch.equal(kept_fine, computed_fine)
+    assert torch.equal(kept_coarse, computed_coarse)
     assert kept_fine.shape == (5, 7, 8, 3, 3)
     assert kept_coarse.shape == (5, 7, 3, 3)
+
+
+def test_rows_taken_from_the_table_are_copies_in_the_ids_shape():
+    grid = whole_grid(1, perturbation=0.1)
+    with torch.inference_mode():  # the first ask inside inference mode: a normal table
+        first = fine_rotations(grid, torch.tensor([3]), oversampling=1)
+    assert not grid._tables[1].is_inference()
+    coarse_before = coarse_rotations(grid, torch.tensor([3]))
+    one = fine_rotations(grid, torch.tensor(3), oversampling=1)  # a 0-d id
+    assert one.shape == (8, 3, 3)
+    coarse = coarse_rotations(grid, torch.tensor(3))
+    assert coarse.shape == (3, 3)
+    one.zero_()
+    coarse.zero_()  # writing into results leaves the grid's table as it was
+    assert torch.equal(fine_rotations(grid, torch.tensor([3]), oversampling=1), first)
+    assert torch.equal(coarse_rotations(grid, torch.tensor([3])), coarse_before)
+    assert first.abs().sum() > 0

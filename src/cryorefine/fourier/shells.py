@@ -15,6 +15,7 @@ Which coefficients a sum covers (RELION):
 """
 
 import functools
+import math
 
 import torch
 from jaxtyping import Float, Int, Shaped
@@ -45,18 +46,32 @@ def _side(values: Tensor, ndim: int) -> int:
     return n
 
 
-@functools.lru_cache(maxsize=16)
+_KEPT_MAP_BYTES = 2**25
+"""Shell maps up to this size (3D boxes up to 200) are kept per size and device: every batch
+sums shells, and a map is about 25 operators to make. Larger ones are made each time."""
+
+
 def _shell_map(n: int, ndim: int, device: torch.device, exclude_redundant: bool) -> Tensor:
     """Flat shell index per coefficient; ``n // 2 + 1`` (a discard bin) where not summed.
 
-    Kept per (size, device): every batch sums shells, and the map is about 25 operators
-    to make. Callers only read it."""
+    Callers only read it (it may be a kept map, ``_KEPT_MAP_BYTES``)."""
+    if 8 * math.prod(rfft_shape(n, ndim)) <= _KEPT_MAP_BYTES:
+        return _kept_shell_map(n, ndim, device, exclude_redundant)
+    return _made_shell_map(n, ndim, device, exclude_redundant)
+
+
+@functools.lru_cache(maxsize=16)
+def _kept_shell_map(n: int, ndim: int, device: torch.device, exclude_redundant: bool) -> Tensor:
     with torch.inference_mode(False):  # a normal tensor, whatever the caller's mode
-        shells = shell_index(n, ndim, device=device)
-        drop = shells > n // 2
-        if exclude_redundant:
-            drop = drop | friedel_redundant(n, ndim, device=device)
-        return torch.where(drop, n // 2 + 1, shells).reshape(-1)
+        return _made_shell_map(n, ndim, device, exclude_redundant)
+
+
+def _made_shell_map(n: int, ndim: int, device: torch.device, exclude_redundant: bool) -> Tensor:
+    shells = shell_index(n, ndim, device=device)
+    drop = shells > n // 2
+    if exclude_redundant:
+        drop = drop | friedel_redundant(n, ndim, device=device)
+    return torch.where(drop, n // 2 + 1, shells).reshape(-1)
 
 
 def shell_sums(

@@ -51,7 +51,7 @@ def fine_row_rotations(plan: ExpectationPlan, rows: Int[Tensor, " n"]) -> Float[
 
 def fine_translations(plan: ExpectationPlan) -> Float[Tensor, "tg ndim"]:
     """The fine translation grid: coarse translation ``i``'s children are rows ``i g + j``
-    (``ExpectationPlan.fine_translations_px``, computed once per plan)."""
+    (``ExpectationPlan.fine_translations_px``, computed once per plan: shared, read-only)."""
     return plan.fine_translations_px
 
 

@@ -39,9 +39,9 @@ PADDING_LIMIT = _setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0)
 sizes. Fewer, wider groups spend device work on padding and save the host the fine pass's
 ~700 operators per group (``CRYOREFINE_FINE_PADDING`` sets it for measurements)."""
 
-BUDGET_SHARE = _setting("CRYOREFINE_FINE_BUDGET", 0.5, 0.05, 1.0)
-"""The share of ``plan.max_bytes`` a group's padded arrays may take
-(``CRYOREFINE_FINE_BUDGET`` sets it for measurements)."""
+BUDGET_SHARE = _setting("CRYOREFINE_FINE_BUDGET", 0.5, 0.05, 0.75)
+"""The share of ``plan.max_bytes`` a group's padded arrays may take (``CRYOREFINE_FINE_BUDGET``
+sets it for measurements; at most 0.75, as the children's projections take a quarter)."""
 
 
 @dataclass(frozen=True)

@@ -100,12 +100,15 @@ class ExpectationPlan:
     @cached_property
     def fine_translations_px(self) -> Float[Tensor, "tg ndim"]:
         """The fine translation grid, coarse translation ``i``'s children at rows ``i g + j``
-        (``g = 2**(oversampling * ndim)``); computed once per plan (every fine group uses it),
-        not to be written to."""
-        fine = oversampled_translations(
-            self.translations_px, offset_step_px=self.offset_step_px, oversampling=self.oversampling
-        )
-        return fine.reshape(-1, self.translations_px.shape[1])
+        (``g = 2**(oversampling * ndim)``); computed once per plan (every fine group uses it).
+        Shared: read it, do not write into it."""
+        with torch.inference_mode(False):  # a normal tensor, whatever the caller's mode
+            fine = oversampled_translations(
+                self.translations_px,
+                offset_step_px=self.offset_step_px,
+                oversampling=self.oversampling,
+            )
+            return fine.reshape(-1, self.translations_px.shape[1])
 
 
 @dataclass(frozen=True)

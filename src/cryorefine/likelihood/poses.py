@@ -91,8 +91,8 @@ def coarse_rotations(
     if ids is None:
         ids = torch.arange(grid.count, device=grid.pixels.device)
     table = _table(grid, 0)
-    if table is not None:
-        return table[ids, 0]
+    if table is not None:  # a gather (a copy, never a view of the table), in ids' shape
+        return table[ids.reshape(-1), 0].reshape(*ids.shape, 3, 3)
     p = grid.psi_deg.shape[0]
     pixels = grid.pixels[grid.direction_of(ids)]
     rot_tilt = pixel_rot_tilt_deg(grid.healpix_order, pixels)
@@ -105,8 +105,8 @@ def fine_rotations(
 ) -> Float[Tensor, "... f 3 3"]:
     """Matrices of the ``f = 8**oversampling`` children of coarse orientations ``ids``, float64."""
     table = _table(grid, oversampling)
-    if table is not None:
-        return table[ids]
+    if table is not None:  # a gather (a copy, never a view of the table), in ids' shape
+        return table[ids.reshape(-1)].reshape(*ids.shape, *table.shape[1:])
     return _children(grid, ids, oversampling)
 
 
