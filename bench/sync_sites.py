@@ -7,7 +7,8 @@ Runs ``cryorefine refine --continue ... --iter N --o ROOT`` (on the CPU unless t
 command line asks otherwise) with ``Tensor.item/tolist/nonzero/cpu/numpy``, ``bool``,
 ``int``, ``float`` and ``index`` of tensors, ``torch.nonzero``, ``torch.unique``,
 ``repeat_interleave`` and ``masked_select`` wrapped to count their calls by the
-innermost two ``cryorefine`` frames. On a GPU each of these waits for the device's
+innermost two ``cryorefine`` frames, and blocking copies of host data to a GPU
+(``counting_host_copies``). On a GPU each of these waits for the device's
 queue to drain; on the CPU they cost nothing, so the count, not the time, is the
 measurement. Prints the total and the ``--top`` sites. With ``--ops``, every
 operator dispatched (each a kernel launch on a GPU) is counted by site too, as
@@ -51,6 +52,38 @@ def counting(counts: collections.Counter) -> None:
         setattr(owner, name, counted)
 
 
+def counting_host_copies(counts: collections.Counter) -> None:
+    """Count blocking copies of host data to a GPU by site: ``Tensor.to``/``cuda`` without
+    ``non_blocking``, ``torch.as_tensor``/``torch.tensor`` with a CUDA ``device``. Each
+    synchronises the stream before it copies, as ``item`` does (none on the CPU)."""
+
+    def wrap(owner, name, blocking):
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def counted(*args, _original=original, _name=name, **kwargs):
+            out = _original(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and out.is_cuda and blocking(args, kwargs):
+                counts[f"{'h2d ' + _name:<17} {_site()}"] += 1
+            return out
+
+        setattr(owner, name, counted)
+
+    def from_host(args, kwargs) -> bool:
+        source = args[0] if args else None
+        non_blocking = kwargs.get("non_blocking", False) or any(a is True for a in args[1:])
+        return not non_blocking and not (isinstance(source, torch.Tensor) and source.is_cuda)
+
+    def data_from_host(args, kwargs) -> bool:
+        source = args[0] if args else kwargs.get("data")
+        return not (isinstance(source, torch.Tensor) and source.is_cuda)
+
+    wrap(torch.Tensor, "to", from_host)
+    wrap(torch.Tensor, "cuda", from_host)
+    wrap(torch, "as_tensor", data_from_host)
+    wrap(torch, "tensor", data_from_host)
+
+
 class OperatorSites(TorchDispatchMode):
     """Counts every dispatched operator by its innermost two ``cryorefine`` frames."""
 
@@ -74,6 +107,7 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     counts: collections.Counter = collections.Counter()
     counting(counts)
+    counting_host_copies(counts)
     command = ["refine", "--continue", args.continue_from, "--o", args.o, *extra]
     if args.iter is not None:
         command += ["--iter", str(args.iter)]

@@ -106,6 +106,13 @@ def _masked(
     return shift_fourier(masked, -batch.origins_px)
 
 
+def _on_device(values: np.ndarray, device: torch.device) -> Tensor:
+    """A host array's copy on ``device``, queued without waiting for the device's queue to
+    drain (a blocking copy to a GPU synchronises its stream first). The array is pageable
+    memory: the copy is staged before the call returns, so the array may go at once."""
+    return torch.as_tensor(values).to(device, non_blocking=True)
+
+
 def _timed(items: Iterator[T], times: PhaseTimes, name: str) -> Iterator[T]:
     """The items, with the host time spent waiting for each added to ``times[name]``."""
     iterator = iter(items)
@@ -218,6 +225,7 @@ def run_half_set(
     directions = plan.orientations.pixels.shape[0]
     sums = empty_sums(model, directions, padding_factor=options.pad, device=device)
     sigma2_all = model.sigma2_noise.to(device)
+    scale_all = model.scale_correction.to(device)  # once per half set, not per batch
     shells_for_scales = scale_shells(model.ssnr.to(device))
     angles_all = particles.angles_deg()  # once: the table is not re-read per batch
     centres_all = prior_centres_deg(
@@ -270,17 +278,14 @@ def run_half_set(
         if finite.any():
             batch = loaded if finite.all() else loaded.select(loaded.finite)
             host_rows = all_rows[finite]
-            groups = torch.as_tensor(optics_group[host_rows]).to(device)
-            scale_groups = torch.as_tensor(scale_group[host_rows]).to(device)
+            # each batch's host columns go to the device without a wait for its queue
+            groups = _on_device(optics_group[host_rows], device)
+            scale_groups = _on_device(scale_group[host_rows], device)
             # RELION floors a group's scale at 0.001 (a group too small to estimate)
-            scale = (
-                model.scale_correction.to(device)[scale_groups].clamp_min(0.001)
-                if options.scale
-                else None
-            )
+            scale = scale_all[scale_groups].clamp_min(0.001) if options.scale else None
             sigma2 = sigma2_all[groups]
             if options.norm:  # RELION: the image times avg_norm_correction / its own
-                norms = torch.as_tensor(norms_all[host_rows], device=device)
+                norms = _on_device(norms_all[host_rows], device)
                 factor = (model.norm_correction_average / norms).to(batch.data_ft.real.dtype)
                 data_ft = batch.data_ft * factor.reshape(-1, *[1] * (batch.data_ft.dim() - 1))
                 batch = replace(batch, data_ft=data_ft)
@@ -288,7 +293,7 @@ def run_half_set(
                 masked_full = _masked(
                     batch, mask, sigma2, zero_mask=options.zero_mask, noise_seed=noise_seed
                 )
-            angles = torch.as_tensor(centres_all[host_rows], device=device)
+            angles = _on_device(centres_all[host_rows], device)
             with times.phase("priors"):
                 log_prior, ids = orientation_priors(
                     plan, state, model.orientation_pdf, operators, angles
