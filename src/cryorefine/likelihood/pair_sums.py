@@ -24,7 +24,7 @@ from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.likelihood import pairs
-from cryorefine.likelihood.held_cross import kernel_applies
+from cryorefine.likelihood.held_cross import MAX_TILE_ROWS, kernels_on
 from cryorefine.likelihood.pairs import (
     BlockProjector,
     PairLists,
@@ -152,9 +152,12 @@ def _combine(
     b, q, g, f = w_all.shape
     tg = phases.shape[-2]
     # the kernel's rows of W are the fine translations: at most MAX_TILE_ROWS of them
-    if not kernel_applies(w_all.new_empty((1, tg, 1)), table, precision):
-        return None
-    if phases.dtype != torch.complex64:
+    if not (
+        kernels_on(w_all, precision)
+        and w_all.dtype == table.dtype == torch.float32
+        and tg <= MAX_TILE_ROWS
+        and phases.dtype == torch.complex64
+    ):
         return None
     slots = torch.arange(q, device=rows.device).expand(b, q)
     spread = _spread(w_all * lists.valid[:, :, None, None], _translation_index(lists, slots, g), tg)
