@@ -88,6 +88,7 @@ def run_setting(
         "resolution_vs_truth_angst": summary["resolution_vs_truth_angst"],
         "median_angular_error_deg": summary["median_angular_error_deg"],
         "peak_gpu_memory_gib": summary["peak_gpu_memory_gib"],
+        "peak_device_memory_used_gib": summary.get("peak_device_memory_used_gib"),
         "work": work,
         "fine_groups": work.get("fine_groups", 0),
     }  # fmt: skip

@@ -38,6 +38,7 @@ import gpu_idle
 import torch
 from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
 from floor_table import floor_rows, format_totals, iteration_totals
+from rank_runs import DeviceMemoryPoller, run_ranks
 from torch._C._profiler import _ExperimentalConfig
 
 from cryorefine.cli.main import main as cryorefine
@@ -156,6 +157,12 @@ def parse_arguments() -> argparse.Namespace:
         "--batch_size", type=int, default=0, help="refine --batch_size (0: refine's default)"
     )
     parser.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        help="run refine as this many ranks on GPU 0 (torchrun, --gpu 0:0...); with --gpu",
+    )
+    parser.add_argument(
         "--precision", default="auto", help="refine --precision (auto, float32, tf32, float64)"
     )
     parser.add_argument(
@@ -166,7 +173,10 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--work", type=Path, default=Path("bench_tutorial_work"))
     parser.add_argument("--out", type=Path, default=Path("bench_tutorial.json"))
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.ranks > 1 and not (args.gpu and not args.profile and not args.torch_profile):
+        parser.error("--ranks above 1 needs --gpu and neither --profile nor --torch_profile")
+    return args
 
 
 def _concrete(precision: str, *, gpu: bool) -> str:
@@ -267,16 +277,22 @@ def main() -> None:
     # iteration, so that a run cut by a time limit still reports
     signal.signal(signal.SIGTERM, _stop)
     start, stopped = time.perf_counter(), False
+    poller = DeviceMemoryPoller() if args.gpu else None
     try:
-        refine_seconds = run(
-            command + (["--gpu", "0"] if args.gpu else []),
-            profile,
-            args.torch_profile,
-            args.torch_profile_stacks,
-        )
+        if args.ranks > 1:
+            refine_seconds = run_ranks(command, args.ranks)
+        else:
+            refine_seconds = run(
+                command + (["--gpu", "0"] if args.gpu else []),
+                profile,
+                args.torch_profile,
+                args.torch_profile_stacks,
+            )
     except KeyboardInterrupt:
         refine_seconds, stopped = time.perf_counter() - start, True
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else 0.0
+    device_peak = poller.stop() if poller is not None else 0.0
+    # this process's allocator: the refine's own peak with one rank, nothing with several
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.gpu and args.ranks == 1 else None
     allocator = torch.cuda.memory_stats() if args.gpu else {}
     precision = _concrete(args.precision, gpu=args.gpu)
     floors = (
@@ -314,7 +330,9 @@ def main() -> None:
         "other_seconds_total": total_iterations - e_step,
         "e_step_phase_seconds": phases,
         "particles_per_second_e_step": particles * len(iterations) / max(e_step, 1e-9),
+        "ranks": args.ranks,
         "peak_gpu_memory_gib": peak,
+        "peak_device_memory_used_gib": device_peak,
         "peak_gpu_reserved_gib": allocator.get("reserved_bytes.all.peak", 0) / 2**30,
         # cudaMalloc retries after freeing the cache: allocator pressure near the card's limit
         "allocator_retries": allocator.get("num_alloc_retries", 0),

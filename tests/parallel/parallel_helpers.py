@@ -1,10 +1,15 @@
-"""Helpers of the parallel tests: free ports, quiet environments, command lines."""
+"""Helpers of the parallel tests: free ports, quiet environments, command lines, a tiny data set."""
 
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from cryorefine.cli.main import main
+
+PIXEL = 7.2
+BOX = 24
 
 
 def free_port() -> int:
@@ -59,3 +64,22 @@ def run_cryorefine(
         timeout=timeout_s,
         check=False,
     )
+
+
+def simulate_tiny_spa(folder: Path) -> Path:
+    """A tiny simulated SPA data set (box 24, 48 particles, C6) in ``folder``."""
+    arguments = ["simulate", "--o", str(folder), "--format", "spa", "--box", str(BOX),
+                 "--n_particles", "48", "--angpix", str(PIXEL), "--snr", "10", "--sym", "C6",
+                 "--seed", "3"]  # fmt: skip
+    assert main(arguments) == 0
+    return folder
+
+
+def refine_arguments(sim: Path, output_root: Path) -> list[str]:
+    """``refine`` of ``simulate_tiny_spa``'s data to convergence, in batches of 8 particles."""
+    return ["refine", "--i", str(sim / "particles.star"), "--ref", str(sim / "reference.mrc"),
+            "--o", str(output_root), "--ini_high", "40", "--ctf", "--particle_diameter", "150",
+            "--healpix_order", "1", "--auto_local_healpix_order", "3", "--offset_range", "3",
+            "--offset_step", "1", "--sym", "C6", "--flatten_solvent",
+            "--low_resol_join_halves", "40", "--auto_ignore_angles", "--auto_resol_angles",
+            "--batch_size", "8", "--random_seed", "11"]  # fmt: skip

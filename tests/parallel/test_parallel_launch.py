@@ -15,6 +15,8 @@ from cryorefine.parallel import (
     launch_environment,
     rank_device,
     ranks_of_half,
+    ranks_on_device,
+    slurm_tasks_on_node,
 )
 
 TORCHRUN = {
@@ -39,6 +41,8 @@ SRUN = {
 def test_torchrun_variables_give_rank_world_and_agent_store():
     env = launch_environment(TORCHRUN)
     assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
+    assert env.local_world_size == 1  # LOCAL_WORLD_SIZE not set: not known
+    assert launch_environment(TORCHRUN | {"LOCAL_WORLD_SIZE": "2"}).local_world_size == 2
     assert (env.master_addr, env.master_port) == ("node1", 29400)
     assert env.launcher == "torchrun"
     assert env.agent_store
@@ -51,6 +55,26 @@ def test_srun_variables_give_rank_world_and_the_steps_first_node():
     assert env.master_port == 20000 + 123456 % 20000
     assert env.launcher == "slurm"
     assert not env.agent_store
+
+
+def test_srun_tasks_per_node_give_this_nodes_rank_count():
+    assert launch_environment(SRUN).local_world_size == 1  # not given
+    per_node = {"SLURM_STEP_TASKS_PER_NODE": "4(x2),2", "SLURM_NODEID": "2"}
+    assert launch_environment(SRUN | per_node).local_world_size == 2
+
+
+@pytest.mark.parametrize(
+    ("listed", "node", "tasks"),
+    [("4", 0, 4), ("2(x3),1", 0, 2), ("2(x3),1", 2, 2), ("2(x3),1", 3, 1), ("1,3", 1, 3)],
+)
+def test_slurm_tasks_per_node_list_is_expanded(listed, node, tasks):
+    assert slurm_tasks_on_node(listed, node) == tasks
+
+
+@pytest.mark.parametrize(("listed", "node"), [("2(x3)", 3), ("two", 0), ("2(3)", 0)])
+def test_a_bad_slurm_tasks_per_node_list_is_named(listed, node):
+    with pytest.raises(InputError, match="SLURM tasks per node"):
+        slurm_tasks_on_node(listed, node)
 
 
 def test_srun_uses_master_addr_and_port_when_given():
@@ -113,14 +137,25 @@ def test_every_rank_scores_exactly_one_half_set_and_no_rank_idles(world):
         assert half_sets_of_rank(rank, world) == ((1,) if rank in one else (2,))
 
 
-def _environment(local_rank: int) -> LaunchEnvironment:
-    return LaunchEnvironment(local_rank, 4, local_rank, "node1", 29400, "torchrun", host="node1")
+def _environment(local_rank: int, local_world_size: int = 1) -> LaunchEnvironment:
+    return LaunchEnvironment(
+        local_rank,
+        4,
+        local_rank,
+        "node1",
+        29400,
+        "torchrun",
+        host="node1",
+        local_world_size=local_world_size,
+    )
 
 
 def test_without_gpu_option_every_rank_takes_the_cpu():
     assert rank_device(_environment(2), None) == torch.device("cpu")
     assert backend_for(torch.device("cpu")) == "gloo"
     assert backend_for(torch.device("cuda", 1)) == "nccl"
+    assert backend_for(torch.device("cuda", 1), ranks_per_device=2) == "gloo"  # NCCL cannot
+    assert ranks_on_device(_environment(2, 4), None) == 1
 
 
 def test_gpu_option_without_cuda_names_the_rank(monkeypatch):
@@ -151,3 +186,22 @@ def test_a_gpu_id_that_does_not_exist_is_named(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(InputError, match="device 5 does not exist"):
         rank_device(_environment(0), "5:1")
+
+
+@pytest.mark.parametrize(
+    ("gpu", "local_rank", "local_world_size", "sharing"),
+    [
+        ("0:1", 0, 2, 1),  # one rank per GPU
+        ("0:0:1:1", 1, 4, 2),  # RELION's two ranks per GPU
+        ("0:0:0:1", 3, 4, 1),
+        ("0:0:0:1", 2, 4, 3),
+        ("", 1, 4, 2),  # more ranks than the 2 GPUs: round robin
+        ("", 1, 1, 1),  # the launcher did not say how many ranks the node runs
+    ],
+)
+def test_ranks_that_share_a_gpu_are_counted(
+    monkeypatch, gpu, local_rank, local_world_size, sharing
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert ranks_on_device(_environment(local_rank, local_world_size), gpu) == sharing

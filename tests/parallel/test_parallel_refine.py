@@ -35,51 +35,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parallel_helpers import run_cryorefine
+from parallel_helpers import BOX, PIXEL, refine_arguments, run_cryorefine, simulate_tiny_spa
 
-from cryorefine.cli.main import main
 from cryorefine.fourier import fsc, to_fourier
 from cryorefine.io import read_mrc, read_star
 
-PIXEL = 7.2
-BOX = 24
 FINAL_MAPS = ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc")
-
-
-def _refine_arguments(sim: Path, output_root: Path) -> list[str]:
-    return [
-        "refine",
-        "--i",
-        str(sim / "particles.star"),
-        "--ref",
-        str(sim / "reference.mrc"),
-        "--o",
-        str(output_root),
-        "--ini_high",
-        "40",
-        "--ctf",
-        "--particle_diameter",
-        "150",
-        "--healpix_order",
-        "1",
-        "--auto_local_healpix_order",
-        "3",
-        "--offset_range",
-        "3",
-        "--offset_step",
-        "1",
-        "--sym",
-        "C6",
-        "--flatten_solvent",
-        "--low_resol_join_halves",
-        "40",
-        "--auto_ignore_angles",
-        "--auto_resol_angles",
-        "--batch_size",
-        "8",
-        "--random_seed",
-        "11",
-    ]
 
 
 def _check(result, what: str) -> None:
@@ -89,33 +50,11 @@ def _check(result, what: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     folder = tmp_path_factory.mktemp("parallel_refine")
-    sim = folder / "sim"
-    status = main(
-        [
-            "simulate",
-            "--o",
-            str(sim),
-            "--format",
-            "spa",
-            "--box",
-            str(BOX),
-            "--n_particles",
-            "48",
-            "--angpix",
-            str(PIXEL),
-            "--snr",
-            "10",
-            "--sym",
-            "C6",
-            "--seed",
-            "3",
-        ]
-    )
-    assert status == 0
+    sim = simulate_tiny_spa(folder / "sim")
     outputs: dict[str, object] = {"folder": folder}
     for ranks in (1, 2, 3):
         result = run_cryorefine(
-            ranks, _refine_arguments(sim, folder / f"ranks{ranks}" / "run"), cwd=folder
+            ranks, refine_arguments(sim, folder / f"ranks{ranks}" / "run"), cwd=folder
         )
         _check(result, f"refine with {ranks} ranks")
         outputs[f"ranks{ranks}"] = folder / f"ranks{ranks}"

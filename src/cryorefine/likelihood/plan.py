@@ -30,16 +30,22 @@ def memory_budget(device: torch.device) -> int:
     Free memory includes what torch's caching allocator holds but does not use:
     after one half set the cache can hold most of the card, and counting only
     the driver's free memory gave the next half set a budget several times
-    smaller (smaller groups, slower). The E-step's intermediates peak near twice
+    smaller (smaller groups, slower). Where ranks share the GPU
+    (``torch.cuda.set_per_process_memory_fraction``), a quarter of what this
+    process's part leaves. The E-step's intermediates peak near twice
     the budget (the score arrays of a chunk plus one orientation chunk's
     gathers); the rest stays free for the reference, the back-projector and the
     particle batch.
     """
     if device.type != "cuda":
         return 2**29
-    free, _ = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return int(min(max((free + cached) // 4, 2**30), 2**34))
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    available = free + torch.cuda.memory_reserved(device) - allocated
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(device)
+    if fraction < 1.0:  # ranks that share the GPU: this process's part of it
+        available = min(available, int(fraction * total) - allocated)
+    return int(min(max(available // 4, 2**30), 2**34))
 
 
 @dataclass(frozen=True)

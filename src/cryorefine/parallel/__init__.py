@@ -22,6 +22,8 @@ from cryorefine.parallel.launch import (
     is_distributed_launch,
     launch_environment,
     rank_device,
+    ranks_on_device,
+    slurm_tasks_on_node,
 )
 from cryorefine.parallel.session import DEFAULT_TIMEOUT_S, parallel_session
 
@@ -41,6 +43,8 @@ __all__ = [
     "parallel_session",
     "rank_device",
     "ranks_of_half",
+    "ranks_on_device",
+    "slurm_tasks_on_node",
     "start_process_groups",
     "stop_process_groups",
 ]

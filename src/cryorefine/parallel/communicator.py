@@ -7,7 +7,8 @@ with the noise and multiplicity sums per optics group and shell, the weights
 per optics group, the direction masses, the offset moments, the pmax sum, the
 particle count and whether multiplicities were summed; then both halves' sums
 are broadcast from each half set's first rank to every rank (the half maps
-cross between the groups here, for the FSC), and the pose updates of every
+cross between the groups here, for the FSC; through host memory where ranks share
+a GPU and gloo carries the sums), and the pose updates of every
 rank are gathered on every rank (pickled, over gloo).
 
 Reduction order: each half set's sums are the sums of its ranks' partial sums,
@@ -145,6 +146,13 @@ class DistributedCommunicator:
             logger.error("%s", message)
             raise RankFailure(message) from error
 
+    def _staged(self, tensors: list[Tensor]) -> list[Tensor]:
+        """``tensors``, or their copies in host memory where gloo carries GPU tensors (ranks
+        that share a GPU): gloo's collectives are for host memory."""
+        if self.groups.backend != "gloo" or tensors[0].device.type != "cuda":
+            return tensors
+        return [tensor.cpu() for tensor in tensors]
+
     def _all_here(self) -> None:
         """Wait for every rank (gloo's monitored barrier names those that do not come)."""
         dist.monitored_barrier(
@@ -170,13 +178,20 @@ class DistributedCommunicator:
         with self._collective(f"the reduction of iteration {iteration}"):
             self._all_here()
             packed = _pack(mine)
-            for tensor in packed:
+            staged = self._staged(packed)
+            for tensor in staged:
                 dist.all_reduce(tensor, group=self.groups.half_groups[half])
             totals = {}
             for other in (1, 2):
-                buffers = packed if other == half else [torch.zeros_like(t) for t in packed]
+                buffers = staged if other == half else [torch.zeros_like(t) for t in staged]
                 for tensor in buffers:  # from the half set's first rank: the same bits everywhere
                     dist.broadcast(tensor, src=ranks_of_half(other, self.world_size)[0])
+                if other == half and staged is not packed:
+                    buffers = [home.copy_(part) for home, part in zip(packed, staged, strict=True)]
+                elif staged is not packed:
+                    buffers = [
+                        part.to(home.device) for home, part in zip(packed, buffers, strict=True)
+                    ]
                 totals[other] = _unpack(buffers, mine)
             gathered: list[PoseUpdate | None] = [None] * self.world_size
             dist.all_gather_object(gathered, updates_by_half[half], group=self.groups.control)

@@ -5,9 +5,9 @@ an odd count the spare rank joins half set 1; there is no idle leader. Rank 0
 (the first of half set 1) writes the files. Consecutive ranks share a half set,
 so with torchrun on several nodes a half set's reductions stay on as few nodes
 as possible. The back-projector sums travel over the main backend (NCCL on
-GPUs, gloo on CPUs); pose updates, the writer's state and the barriers travel
-over a gloo "control" group on the CPU, where ``monitored_barrier`` names the
-ranks that do not arrive.
+GPUs, gloo on CPUs and where ranks share a GPU); pose updates, the writer's
+state and the barriers travel over a gloo "control" group on the CPU, where
+``monitored_barrier`` names the ranks that do not arrive.
 """
 
 import logging
@@ -80,9 +80,15 @@ class ProcessGroups:
 
 
 def start_process_groups(
-    environment: LaunchEnvironment, *, device: torch.device, timeout_s: float
+    environment: LaunchEnvironment,
+    *,
+    device: torch.device,
+    timeout_s: float,
+    ranks_per_device: int = 1,
 ) -> ProcessGroups:
     """Join the world (``init_process_group``), then make the half-set and control groups.
+
+    ``ranks_per_device`` above 1 (ranks sharing a GPU) takes gloo for every group.
 
     Every rank calls it; it returns once all ranks have joined (or raises after
     ``timeout_s``). torchrun's agent store is used through ``env://``; under
@@ -90,7 +96,7 @@ def start_process_groups(
     """
     if environment.world_size < 2:
         raise ValueError("a parallel run needs at least 2 ranks")
-    backend = backend_for(device)
+    backend = backend_for(device, ranks_per_device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=timeout_s)

@@ -15,6 +15,7 @@ Two launchers are understood:
 Anything else is one process.
 """
 
+import dataclasses
 import os
 import re
 import socket
@@ -32,6 +33,8 @@ __all__ = [
     "is_distributed_launch",
     "launch_environment",
     "rank_device",
+    "ranks_on_device",
+    "slurm_tasks_on_node",
 ]
 
 
@@ -47,6 +50,9 @@ class LaunchEnvironment:
         Where the rendezvous store listens (None for one process).
     launcher
         ``"torchrun"``, ``"slurm"`` or ``"single"``.
+    local_world_size
+        Ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``, srun's tasks per node;
+        1 where the launcher does not say).
     agent_store
         Whether torchrun's agent holds the store (else rank 0 does).
     host
@@ -61,6 +67,7 @@ class LaunchEnvironment:
     launcher: str
     agent_store: bool = False
     host: str = ""
+    local_world_size: int = 1
 
 
 def _integer(environ: Mapping[str, str], name: str, default: int | None = None) -> int:
@@ -84,6 +91,19 @@ def first_slurm_host(nodelist: str) -> str:
     if ranges is None:
         return prefix
     return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def slurm_tasks_on_node(tasks_per_node: str, node: int) -> int:
+    """Tasks on node ``node`` from SLURM's compressed list: ``"2(x3),1"``, node 3 -> 1."""
+    counts: list[int] = []
+    for entry in tasks_per_node.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", entry)
+        if match is None:
+            raise InputError(f"SLURM tasks per node {tasks_per_node!r}: expected e.g. 2(x3),1")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    if not 0 <= node < len(counts):
+        raise InputError(f"SLURM tasks per node {tasks_per_node!r}: no entry for node {node}")
+    return counts[node]
 
 
 def _check(environment: LaunchEnvironment, source: str) -> LaunchEnvironment:
@@ -125,6 +145,7 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> LaunchEnviro
                 launcher="torchrun",
                 agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
                 host=host,
+                local_world_size=_integer(env, "LOCAL_WORLD_SIZE", 1),
             ),
             "RANK/WORLD_SIZE",
         )
@@ -134,6 +155,12 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> LaunchEnviro
         if world > 1:
             nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or host
             port = 20000 + _integer(env, "SLURM_JOB_ID", 0) % 20000
+            per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+            local = (
+                1
+                if not per_node
+                else slurm_tasks_on_node(per_node, _integer(env, "SLURM_NODEID", 0))
+            )
             return _check(
                 LaunchEnvironment(
                     rank=_integer(env, "SLURM_PROCID"),
@@ -143,6 +170,7 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> LaunchEnviro
                     master_port=_integer(env, "MASTER_PORT", port),
                     launcher="slurm",
                     host=host,
+                    local_world_size=local,
                 ),
                 f"SLURM_PROCID/{tasks_name}",
             )
@@ -185,6 +213,22 @@ def rank_device(environment: LaunchEnvironment, gpu: str | None) -> torch.device
     return torch.device("cuda", int(first))
 
 
-def backend_for(device: torch.device) -> str:
-    """torch.distributed backend for tensors on ``device``: NCCL on GPUs, gloo on CPUs."""
-    return "nccl" if device.type == "cuda" else "gloo"
+def ranks_on_device(environment: LaunchEnvironment, gpu: str | None) -> int:
+    """How many of this node's ranks take this rank's device (1 on the CPU).
+
+    RELION's ``--gpu 0:0:1:1`` (or more ranks than GPUs) puts several ranks on one
+    GPU: each rank's host work (Python, launches) then overlaps the others' device work.
+    """
+    mine = rank_device(environment, gpu)
+    if mine.type != "cuda":
+        return 1
+    locals_ = range(max(environment.local_world_size, environment.local_rank + 1))
+    return sum(
+        rank_device(dataclasses.replace(environment, local_rank=r), gpu) == mine for r in locals_
+    )
+
+
+def backend_for(device: torch.device, ranks_per_device: int = 1) -> str:
+    """torch.distributed backend for tensors on ``device``: NCCL on GPUs, gloo on CPUs and
+    where several ranks share a GPU (NCCL does not allow two ranks on one device)."""
+    return "nccl" if device.type == "cuda" and ranks_per_device == 1 else "gloo"

@@ -1,0 +1,68 @@
+"""Two ranks on one GPU (RELION's ``--gpu 0:0``) give the single-process GPU result.
+
+Ranks that share a GPU cannot use NCCL: they take gloo, carry their sums through host
+memory, and each keeps to half of the card's memory (``parallel.session``). The tiny
+data set of ``parallel_helpers`` is refined to convergence on the GPU by one process
+and by two ranks on GPU 0. Why the results are the same bits:
+
+- with one rank per half set, each half set's batches are scored and summed in the same
+  order as by one process (``test_parallel_refine``'s docstring);
+- the sums go to host memory and back by exact copies;
+- every memory budget is at least 1 GiB (``likelihood.memory_budget``), far beyond what a
+  batch of 8 particles of box 24 needs, so halving the card changes no chunk.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from parallel_helpers import refine_arguments, run_cryorefine, simulate_tiny_spa
+
+from cryorefine.io import read_mrc, read_star
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="two ranks on one GPU need a GPU"),
+]
+
+FINAL_MAPS = ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("shared_gpu")
+    sim = simulate_tiny_spa(folder / "sim")
+    outputs = {}
+    for name, ranks, gpu in (("one", 1, "0"), ("shared", 2, "0:0")):
+        root = folder / name / "run"
+        result = run_cryorefine(
+            ranks, [*refine_arguments(sim, root), "--gpu", gpu], cwd=folder, timeout_s=600.0
+        )
+        assert result.returncode == 0, f"{name} failed:\n{result.stderr[-4000:]}"
+        outputs[name] = root.parent
+    return outputs
+
+
+def _map(path: Path) -> np.ndarray:
+    return np.asarray(read_mrc(path)[0], dtype=np.float32)
+
+
+def test_the_ranks_say_they_share_the_gpu_and_split_its_memory(runs) -> None:
+    log = (runs["shared"] / "run.log").read_text()
+    assert re.search(r"2 ranks share cuda:0: each holds at most 45 % of its memory", log)
+    assert "ranks=2 launcher=torchrun" in log
+
+
+def test_two_ranks_on_one_gpu_give_the_single_process_result_bit_for_bit(runs) -> None:
+    for name in FINAL_MAPS:
+        np.testing.assert_array_equal(
+            _map(runs["shared"] / name), _map(runs["one"] / name), err_msg=name
+        )
+    columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
+    poses = [
+        read_star(runs[name] / "run_data.star")["particles"][columns].to_numpy(dtype=np.float64)
+        for name in ("shared", "one")
+    ]
+    np.testing.assert_array_equal(*poses)
