@@ -3,13 +3,17 @@
 Ranks that share a GPU cannot use NCCL: they take gloo, carry their sums through host
 memory, and each keeps to half of the card's memory (``parallel.session``). The tiny
 data set of ``parallel_helpers`` is refined to convergence on the GPU by one process
-and by two ranks on GPU 0. Why the results are the same bits:
+and by two ranks on GPU 0.
 
-- with one rank per half set, each half set's batches are scored and summed in the same
-  order as by one process (``test_parallel_refine``'s docstring);
-- the sums go to host memory and back by exact copies;
-- every memory budget is at least 1 GiB (``likelihood.memory_budget``), far beyond what a
-  batch of 8 particles of box 24 needs, so halving the card changes no chunk.
+Why the results agree, and how closely: with one rank per half set each half set's
+batches are scored in the same order as by one process (``test_parallel_refine``'s
+docstring), and the sums go to host memory and back by exact copies. But a GPU run is
+not bit for bit repeatable: the back-projector's ``index_add_`` adds float32 values by
+atomics in whatever order the threads arrive, so two single-process GPU runs already
+differ by float32 roundings in the maps, and a pose whose best score ties its neighbour's
+within such a rounding may turn. The bar is the parallel tests' bar (docs/parallel.md):
+an FSC above 0.99 between the two runs' maps in every shell up to the final resolution,
+and the same final resolution.
 """
 
 import re
@@ -18,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parallel_helpers import refine_arguments, run_cryorefine, simulate_tiny_spa
+from parallel_helpers import BOX, PIXEL, refine_arguments, run_cryorefine, simulate_tiny_spa
 
+from cryorefine.fourier import fsc, to_fourier
 from cryorefine.io import read_mrc, read_star
 
 pytestmark = [
@@ -55,14 +60,18 @@ def test_the_ranks_say_they_share_the_gpu_and_split_its_memory(runs) -> None:
     assert "ranks=2 launcher=torchrun" in log
 
 
-def test_two_ranks_on_one_gpu_give_the_single_process_result_bit_for_bit(runs) -> None:
+def _resolution(folder: Path) -> float:
+    return float(read_star(folder / "run_model.star")["model_general"]["rlnCurrentResolution"])
+
+
+def test_two_ranks_on_one_gpu_give_the_single_process_maps(runs) -> None:
+    one, shared = runs["one"], runs["shared"]
+    assert _resolution(shared) == _resolution(one)
+    shell = int(BOX * PIXEL / _resolution(one))
+    assert shell >= 2, "the run reached no resolution worth comparing"
     for name in FINAL_MAPS:
-        np.testing.assert_array_equal(
-            _map(runs["shared"] / name), _map(runs["one"] / name), err_msg=name
+        curve = fsc(
+            to_fourier(torch.as_tensor(_map(one / name), dtype=torch.float64), 3),
+            to_fourier(torch.as_tensor(_map(shared / name), dtype=torch.float64), 3),
         )
-    columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
-    poses = [
-        read_star(runs[name] / "run_data.star")["particles"][columns].to_numpy(dtype=np.float64)
-        for name in ("shared", "one")
-    ]
-    np.testing.assert_array_equal(*poses)
+        assert float(curve[1 : shell + 1].min()) > 0.99, name
