@@ -13,7 +13,8 @@ atomics in whatever order the threads arrive, so two single-process GPU runs alr
 differ by float32 roundings in the maps, and a pose whose best score ties its neighbour's
 within such a rounding may turn. The bar is the parallel tests' bar (docs/parallel.md):
 an FSC above 0.99 between the two runs' maps in every shell up to the final resolution,
-and the same final resolution.
+and final resolutions within one Fourier shell of each other (the half maps' FSC may cross
+0.143 one shell sooner or later).
 """
 
 import re
@@ -66,8 +67,8 @@ def _resolution(folder: Path) -> float:
 
 def test_two_ranks_on_one_gpu_give_the_single_process_maps(runs) -> None:
     one, shared = runs["one"], runs["shared"]
-    assert _resolution(shared) == _resolution(one)
     shell = int(BOX * PIXEL / _resolution(one))
+    assert abs(int(BOX * PIXEL / _resolution(shared)) - shell) <= 1
     assert shell >= 2, "the run reached no resolution worth comparing"
     for name in FINAL_MAPS:
         curve = fsc(
