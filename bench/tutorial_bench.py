@@ -42,6 +42,7 @@ from rank_runs import DeviceMemoryPoller, run_ranks
 from torch._C._profiler import _ExperimentalConfig
 
 from cryorefine.cli.main import main as cryorefine
+from cryorefine.io import read_star
 from cryorefine.refine.run_files import last_finished_iteration
 from cryorefine.simulate.evaluate import compare_to_truth
 
@@ -301,8 +302,6 @@ def main() -> None:
         else floor(refine, gpu=args.gpu, precision=precision)
     )
     log = (refine / "run.log").read_text()
-    counts = re.findall(r"iter=001 half_set=\d particles=(\d+)", log)
-    particles = sum(int(c) for c in counts)
     iterations = iteration_table(log)
     data, final_map = refine / "run_data.star", refine / "run_class001.mrc"
     if not data.exists():  # stopped before convergence: the last whole iteration's files
@@ -312,6 +311,9 @@ def main() -> None:
         root = str(last).removesuffix("_optimiser.star")
         data, final_map = Path(root + "_data.star"), Path(root + "_half1_class001.mrc")
     truth = compare_to_truth(data, final_map, sim, symmetry="C6")
+    particles = len(read_star(data)["particles"])
+    # with several ranks the run.log has half set 1's E-step only: both run at once, so
+    # its seconds are the E-step's wall time (phase totals are half set 1's as well)
     e_step = sum(r["e_step_seconds"] for r in iterations)
     phases = phase_totals(log)
     total_iterations = sum(r["seconds"] for r in iterations)
