@@ -135,6 +135,18 @@ def test_only_the_writer_writes_files_and_logs_iterations(runs) -> None:
     assert "rank 2: INFO" not in stderr
 
 
+@pytest.mark.parametrize(("ranks", "per_half"), [(1, (1, 1)), (2, (1, 1)), (3, (2, 1))])
+def test_run_log_holds_every_ranks_half_set_lines(runs, ranks, per_half) -> None:
+    # Only the writer writes run.log; the other ranks' lines come with their pose updates.
+    log = (runs[f"ranks{ranks}"] / "run.log").read_text()
+    iterations = sorted(set(re.findall(r"iter=(\d+) resolution_angst", log)))
+    for iteration in iterations:
+        for half, count in zip((1, 2), per_half, strict=True):
+            for kind in ("phase_seconds", "work", "particles=\\d+ e_step_seconds"):
+                lines = re.findall(rf"iter={iteration} half_set={half} {kind}", log)
+                assert len(lines) == count, (iteration, half, kind)
+
+
 def test_continue_resumes_a_two_rank_run_with_three_ranks_or_one(runs, tmp_path: Path) -> None:
     source = runs["ranks2"]
     continued = {}

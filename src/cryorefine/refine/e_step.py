@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -209,15 +210,18 @@ def e_step(
                     named_rows=inputs.non_finite_rows,
                 )
         seconds = time.perf_counter() - tic
-        logger.info(
-            "iter=%03d half_set=%d particles=%d e_step_seconds=%.1f particles_per_second=%.1f",
-            state.iteration,
-            half,
-            len(rows),
-            seconds,
-            len(rows) / max(seconds, 1e-9),
+        rate = len(rows) / max(seconds, 1e-9)
+        line = (
+            f"iter={state.iteration:03d} half_set={half} particles={len(rows)} "
+            f"e_step_seconds={seconds:.1f} particles_per_second={rate:.1f}"
         )
+        update = updates_by_half[half]
+        updates_by_half[half] = replace(update, log_lines=(*update.log_lines, line))
     totals, updates = communicator.combine(sums_by_half, updates_by_half, iteration=state.iteration)
+    if communicator.is_writer:  # every rank's lines, in rank order, in the writer's run.log
+        for update in updates:
+            for line in update.log_lines:
+                logger.info("%s", line)
     operators = inputs.group.operators
     for sums in totals.values():
         sums.data, sums.weight = symmetrise(sums.data, sums.weight, operators.to(sums.weight.dtype))

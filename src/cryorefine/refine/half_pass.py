@@ -14,7 +14,6 @@ back-projector, the noise, the weights and counts, the orientation and offset
 statistics) and keeps the pose it had, with ``pmax`` 0.
 """
 
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -57,7 +56,6 @@ from cryorefine.tomo import ParticleBatch, particle_batches, prefetched
 
 __all__ = ["PoseUpdate", "run_half_set"]
 
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -68,7 +66,9 @@ class PoseUpdate:
 
     ``left_out``: the rows (a subset of ``rows``) of particles with NaN or infinity,
     whose poses are the ones they had (module docstring). ``norm_correction``: the
-    particles' new ``rlnNormCorrection`` with ``--norm``, else None.
+    particles' new ``rlnNormCorrection`` with ``--norm``, else None. ``log_lines``: the
+    rank's lines about this half set (phase seconds, work counts, E-step seconds), which
+    the writer puts in run.log once every rank's update has reached it.
     """
 
     rows: np.ndarray
@@ -79,6 +79,7 @@ class PoseUpdate:
     log_likelihood: np.ndarray
     left_out: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     norm_correction: np.ndarray | None = None
+    log_lines: tuple[str, ...] = ()
 
 
 def _masked(
@@ -344,18 +345,9 @@ def run_half_set(
             previous = queued
     if previous is not None:
         _receive(previous)
-    logger.info(
-        "iter=%03d half_set=%d phase_seconds %s",
-        state.iteration,
-        model.half_set,
-        " ".join(f"{name}={seconds:.2f}" for name, seconds in times.seconds().items()),
-    )
-    logger.info(
-        "iter=%03d half_set=%d work %s",
-        state.iteration,
-        model.half_set,
-        " ".join(f"{name}={count}" for name, count in times.counts().items()),
-    )
+    prefix = f"iter={state.iteration:03d} half_set={model.half_set}"
+    phases = " ".join(f"{name}={seconds:.2f}" for name, seconds in times.seconds().items())
+    work = " ".join(f"{name}={count}" for name, count in times.counts().items())
     update = PoseUpdate(
         rows=rows,
         angles_deg=np.concatenate(outputs["angles"]),
@@ -365,5 +357,6 @@ def run_half_set(
         log_likelihood=np.concatenate(outputs["ll"]),
         left_out=np.concatenate(outputs["left_out"]).astype(np.int64),
         norm_correction=np.concatenate(outputs["norm"]) if options.norm else None,
+        log_lines=(f"{prefix} phase_seconds {phases}", f"{prefix} work {work}"),
     )
     return sums, update
