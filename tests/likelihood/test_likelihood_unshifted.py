@@ -11,6 +11,7 @@ from cryorefine.likelihood.unshifted import (
     unshifted_combination,
     weighted_shifts,
 )
+from cryorefine.likelihood.window import ShiftFactors
 
 # (particles, translations, rows per particle, table rows, complex coefficients): t below, at
 # and above 16, rows beyond one block of 32, coefficients not a multiple of the block of 32
@@ -150,3 +151,93 @@ def test_weighted_shifts_are_the_data_moved_to_each_translation_and_weighted(b, 
     error = torch.view_as_complex(got.double().unflatten(-1, (-1, 2))) - want
     assert (error.real.abs() <= bound).all()
     assert (error.imag.abs() <= bound).all()
+
+
+# (particles, translations, rows per particle, complex coefficients, axes): translations below,
+# at and above 16, rows beyond one block of 32, coefficients not a multiple of 32, 2D and 3D
+FACTOR_CASES = [(3, 7, 5, 50, 3), (2, 16, 40, 33, 3), (2, 24, 1, 70, 2), (1, 1, 1, 1, 3)]
+
+
+def _factor_case(b, t, m, kc, ndim, seed, shared=False):
+    """Weights, data and per-axis phase factors (unit complex64, ``n = 9`` per axis)."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(b, t, m, generator=gen)
+    data = torch.randn(b, kc, generator=gen, dtype=torch.complex64)
+    factors = _phases((t, ndim, 9) if shared else (b, t, ndim, 9), gen)
+    at = torch.randint(0, 9, (kc, ndim), generator=gen)
+    return weights, data, factors, at
+
+
+def _check_factor_shifts(got, weights, data, factors, at, extra=0.0):
+    """``D`` against float64 with the phases formed exactly from the factors. Forming each
+    phase in float32 costs ``2 (ndim - 1)`` roundings of ``prod_d (|Re F_d| + |Im F_d|)``,
+    the sum over ``t`` and the product with ``Y`` ``2 t + 3`` more (as above)."""
+    b, t, m = weights.shape
+    ndim = at.shape[1]
+    f = factors.to(torch.complex128).expand(b, t, ndim, -1)
+    s = f[:, :, 0, at[:, 0]]
+    s_abs = f.real.abs()[:, :, 0, at[:, 0]] + f.imag.abs()[:, :, 0, at[:, 0]]
+    for d in range(1, ndim):
+        s = s * f[:, :, d, at[:, d]]
+        s_abs = s_abs * (f.real.abs()[:, :, d, at[:, d]] + f.imag.abs()[:, :, d, at[:, d]])
+    y = data.to(torch.complex128)
+    want = torch.einsum("btm,btk->bmk", weights.double().to(torch.complex128), s) * y[:, None]
+    magnitude = torch.einsum("btm,btk->bmk", weights.double(), s_abs)
+    magnitude = magnitude * (y.real.abs() + y.imag.abs())[:, None]
+    bound = (gamma(2 * t + 3 + 2 * (ndim - 1), U32) + extra) * magnitude
+    assert got.shape == (b, m, 2 * at.shape[0])
+    assert got.dtype == torch.float32
+    error = torch.view_as_complex(got.double().unflatten(-1, (-1, 2))) - want
+    assert (error.real.abs() <= bound).all()
+    assert (error.imag.abs() <= bound).all()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own factors", "shared factors"])
+@pytest.mark.parametrize("shape", FACTOR_CASES)
+def test_weighted_shifts_from_factors_off_the_kernel_are_those_of_the_dense_phases(shape, shared):
+    weights, data, factors, at = _factor_case(*shape, seed=9, shared=shared)
+    shifts = ShiftFactors(factors, at)
+    got = weighted_shifts(weights, data, shifts)
+    torch.testing.assert_close(got, weighted_shifts(weights, data, shifts.dense()), rtol=0, atol=0)
+    _check_factor_shifts(got, weights, data, factors, at)
+
+
+_INTERPRETED_SHIFTS = textwrap.dedent(
+    """
+    import sys, torch
+    from cryorefine.likelihood.unshifted import kernel_weighted_shifts
+    from cryorefine.likelihood.window import ShiftFactors
+    weights, data, factors, at = torch.load(sys.argv[1])
+    torch.save(kernel_weighted_shifts(weights, data, ShiftFactors(factors, at)), sys.argv[2])
+    """
+)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own factors", "shared factors"])
+@pytest.mark.parametrize("shape", FACTOR_CASES)
+def test_the_weighted_shifts_kernel_in_tritons_interpreter_matches_the_sum(tmp_path, shape, shared):
+    needs_triton_interpreter()
+    weights, data, factors, at = _factor_case(*shape, seed=10, shared=shared)
+    weights = torch.cat([weights, weights], dim=0)[::2]  # a strided view, as callers may pass
+    got = run_in_triton_interpreter(tmp_path, _INTERPRETED_SHIFTS, (weights, data, factors, at))
+    _check_factor_shifts(got, weights, data, factors, at)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("tf32", [False, True], ids=["float32", "tf32"])
+@pytest.mark.parametrize("shape", [*FACTOR_CASES, (6, 72, 40, 451_584, 3)])
+def test_the_weighted_shifts_kernel_on_the_gpu_matches_the_sum(shape, tf32):
+    pytest.importorskip("triton")
+    weights, data, factors, at = (x.cuda() for x in _factor_case(*shape, seed=11))
+    got = module.kernel_weighted_shifts(weights, data, ShiftFactors(factors, at), tf32=tf32)
+    extra = 2.0**-10 + 2.0**-20 if tf32 else 0.0  # tf32 rounds W and S to 10 bits
+    _check_factor_shifts(got.cpu(), weights.cpu(), data.cpu(), factors.cpu(), at.cpu(), extra)
+
+
+def test_the_weighted_shifts_kernel_refuses_factors_of_another_shape():
+    weights, data, factors, at = _factor_case(2, 3, 4, 5, 3, seed=12)
+    with pytest.raises(ValueError, match="complex64 factors"):
+        module.kernel_weighted_shifts(weights, data, ShiftFactors(factors[:, :2], at))
+    wide = _factor_case(1, module.MAX_TILE_ROWS + 1, 1, 2, 3, seed=13)
+    with pytest.raises(ValueError, match="at most"):
+        module.kernel_weighted_shifts(wide[0], wide[1], ShiftFactors(wide[2], wide[3]))

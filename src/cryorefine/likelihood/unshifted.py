@@ -15,7 +15,9 @@ Here ``G`` comes from a Triton kernel that keeps each ``(t, k)`` tile of ``Q`` i
 registers, multiplies it by the phases and sums over ``t`` before writing
 (``unshifted_combination``; the torch route otherwise), and ``D`` from the
 weights' product with the phases, multiplied by ``Y`` after (``weighted_shifts``):
-the phases are read once and nothing of size ``(b, t, k)`` is written.
+the phases are read once and nothing of size ``(b, t, k)`` is written. Given the
+phases as their per-axis factors (``window.ShiftFactors``), a second kernel forms
+each tile of phases in registers and needs no phases of every translation at all.
 """
 
 from typing import no_type_check
@@ -24,8 +26,9 @@ import torch
 from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
-from cryorefine.likelihood.held_cross import MAX_TILE_ROWS, kernel_applies
+from cryorefine.likelihood.held_cross import MAX_TILE_ROWS, kernel_applies, kernels_on
 from cryorefine.likelihood.scores import as_real_pairs, matmul_precision
+from cryorefine.likelihood.window import ShiftFactors
 
 try:  # Triton comes with CUDA builds of torch; CPU builds take the torch route
     import triton
@@ -34,7 +37,12 @@ except ImportError:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
-__all__ = ["kernel_unshifted_combination", "unshifted_combination", "weighted_shifts"]
+__all__ = [
+    "kernel_unshifted_combination",
+    "kernel_weighted_shifts",
+    "unshifted_combination",
+    "weighted_shifts",
+]
 
 _BLOCK_ROWS = 32  # rows j of the table per step of the kernel's loop
 _BLOCK_COEFFICIENTS = 32  # complex coefficients per program
@@ -84,6 +92,50 @@ if triton is not None:
         out = out_ptr + b.to(tl.int64) * out_sb + 2 * cs
         tl.store(out, g_re, mask=in_c)
         tl.store(out + 1, g_im, mask=in_c)
+
+    @triton.jit
+    @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
+    def _weighted(w_ptr, f_ptr, at_ptr, y_ptr, out_ptr, t, m, kc, w_sb, w_st, f_sb, f_st,
+                  f_sd, at_sk, y_sb, out_sb, out_sj,
+                  NDIM: tl.constexpr, BT: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
+                  IEEE: tl.constexpr):  # fmt: skip
+        """One particle, ``BC`` complex coefficients: its phases formed from the per-axis
+        factors (as ``phase_kernel``), then each block of rows' ``Y sum_t W S``."""
+        cs = tl.program_id(0) * BC + tl.arange(0, BC)  # axis 0: CUDA's longest
+        b = tl.program_id(1)
+        ts = tl.arange(0, BT)
+        in_t = ts < t
+        in_c = cs < kc
+        in_s = in_t[:, None] & in_c[None, :]
+        f_base = f_ptr + b.to(tl.int64) * f_sb + ts[:, None].to(tl.int64) * f_st
+        at = tl.load(at_ptr + cs * at_sk, mask=in_c, other=0)
+        s_re = tl.load(f_base + 2 * at[None, :], mask=in_s, other=0.0)
+        s_im = tl.load(f_base + 2 * at[None, :] + 1, mask=in_s, other=0.0)
+        for d in tl.static_range(1, NDIM):
+            at = tl.load(at_ptr + cs * at_sk + d, mask=in_c, other=0)
+            g_re = tl.load(f_base + d * f_sd + 2 * at[None, :], mask=in_s, other=0.0)
+            g_im = tl.load(f_base + d * f_sd + 2 * at[None, :] + 1, mask=in_s, other=0.0)
+            s_re, s_im = s_re * g_re - s_im * g_im, s_re * g_im + s_im * g_re
+        y_at = y_ptr + b.to(tl.int64) * y_sb + 2 * cs
+        y_re = tl.load(y_at, mask=in_c, other=0.0)[None, :]
+        y_im = tl.load(y_at + 1, mask=in_c, other=0.0)[None, :]
+        w_base = w_ptr + b.to(tl.int64) * w_sb + ts[:, None].to(tl.int64) * w_st
+        for j0 in range(0, m, BJ):
+            js = j0 + tl.arange(0, BJ)
+            in_j = js < m
+            w = tl.trans(tl.load(w_base + js[None, :], mask=in_t[:, None] & in_j[None, :],
+                                 other=0.0))  # (BJ, BT)  # fmt: skip
+            if IEEE:
+                a_re = tl.dot(w, s_re, input_precision="ieee")
+                a_im = tl.dot(w, s_im, input_precision="ieee")
+            else:
+                a_re = tl.dot(w, s_re, input_precision="tf32")
+                a_im = tl.dot(w, s_im, input_precision="tf32")
+            out = (out_ptr + b.to(tl.int64) * out_sb + js[:, None].to(tl.int64) * out_sj
+                   + 2 * cs[None, :])  # fmt: skip
+            in_out = in_j[:, None] & in_c[None, :]
+            tl.store(out, a_re * y_re - a_im * y_im, mask=in_out)
+            tl.store(out + 1, a_re * y_im + a_im * y_re, mask=in_out)
 
 
 def kernel_unshifted_combination(
@@ -140,18 +192,66 @@ def unshifted_combination(
     return (phases.to(q.dtype).conj() * q).sum(dim=1)
 
 
+def kernel_weighted_shifts(
+    weights: Tensor, data: Tensor, shifts: ShiftFactors, *, tf32: bool = False
+) -> Tensor:
+    """``D`` by the Triton kernel (``weighted_shifts``' arguments, the phases as their
+    per-axis factors, complex64, one set per particle or shared): ``(b, m, 2k)`` float32.
+
+    Runs wherever Triton does, the interpreter (``TRITON_INTERPRET=1``) included.
+    """
+    b, t, m = weights.shape
+    kc = data.shape[1]
+    factors = shifts.factors
+    ndim, n = factors.shape[-2:]
+    if factors.dtype != torch.complex64 or factors.shape[-3] != t or shifts.at.shape != (kc, ndim):
+        raise ValueError(f"need complex64 factors (..., {t}, ndim, n) and at ({kc}, ndim), "
+                         f"got {factors.dtype} {tuple(factors.shape)}, "
+                         f"{tuple(shifts.at.shape)}")  # fmt: skip
+    if t > MAX_TILE_ROWS:
+        raise ValueError(f"the kernel holds at most {MAX_TILE_ROWS} translations, got {t}")
+    table = torch.view_as_real(factors.resolve_conj().expand(b, t, ndim, n).contiguous())
+    at = shifts.at.contiguous()
+    y = torch.view_as_real(data.to(torch.complex64).resolve_conj().contiguous())
+    out = weights.new_empty((b, m, kc, 2), dtype=torch.float32)
+    if b and t and m and kc:
+        _weighted[(triton.cdiv(kc, _BLOCK_COEFFICIENTS), b)](
+            weights, table, at, y, out, t, m, kc, weights.stride(0), weights.stride(1),
+            table.stride(0), table.stride(1), table.stride(2), at.stride(0), y.stride(0),
+            out.stride(0), out.stride(1),
+            NDIM=ndim, BT=max(16, triton.next_power_of_2(t)), BJ=_BLOCK_ROWS,
+            BC=_BLOCK_COEFFICIENTS, IEEE=not tf32,
+        )  # fmt: skip
+    return out.reshape(b, m, 2 * kc)
+
+
 def weighted_shifts(
     weights: Float[Tensor, "b t m"],
     data: Complex[Tensor, "b k"],
-    phases: Complex[Tensor, "b t k"] | Complex[Tensor, "t k"],
+    phases: Complex[Tensor, "b t k"] | Complex[Tensor, "t k"] | ShiftFactors,
     *,
     precision: str = "float32",
 ) -> Float[Tensor, "b m k2"]:
     """``D[b, j] = Y[b] sum_t W[b, t, j] S[b, t]`` as real pairs (module docstring).
 
-    One batched product of the weights with the phases (``m`` rows per particle
-    rather than ``t`` shifted copies of ``Y``), then ``Y`` multiplied in place.
+    Given the phases as their per-axis factors (``window.ShiftFactors``), the Triton
+    kernel forms each tile of phases in registers where the held-row kernels are on
+    (``held_cross.kernels_on``) for float32 data and at most ``MAX_TILE_ROWS``
+    translations: nothing of size ``(b, t, k)`` is made. Otherwise one batched product
+    of the weights with the phases (``m`` rows per particle rather than ``t`` shifted
+    copies of ``Y``), then ``Y`` multiplied in place.
     """
+    if isinstance(phases, ShiftFactors):
+        if (
+            kernels_on(weights, precision)
+            and weights.dtype == torch.float32
+            and data.dtype == torch.complex64
+            and phases.factors.dtype == torch.complex64
+            and weights.shape[1] <= MAX_TILE_ROWS
+            and weights.stride(2) == 1
+        ):
+            return kernel_weighted_shifts(weights, data, phases, tf32=precision == "tf32")
+        phases = phases.dense()
     with matmul_precision(precision):
         summed = weights.transpose(-1, -2) @ as_real_pairs(phases.to(data.dtype).resolve_conj())
     torch.view_as_complex(summed.unflatten(-1, (-1, 2))).mul_(data[:, None, :])
