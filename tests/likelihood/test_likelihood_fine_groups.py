@@ -95,3 +95,49 @@ def test_a_tuning_setting_outside_its_range_is_refused_by_name(text, monkeypatch
         _setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0)
     monkeypatch.setenv("CRYOREFINE_FINE_PADDING", "4")
     assert _setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0) == 4.0
+
+
+def _spread_coarse(b: int, distinct: int, plan, seed: int) -> CoarseOutcome:
+    """Particles with ``distinct`` coarse translations each (significant at one orientation)."""
+    gen = torch.Generator().manual_seed(seed)
+    t, c = plan.translations_px.shape[0], plan.orientations.count
+    significant = torch.zeros((b, t, c), dtype=torch.bool)
+    for i in range(b):
+        significant[i, torch.randperm(t, generator=gen)[:distinct], i % c] = True
+    return CoarseOutcome(
+        significant, significant.sum(dim=(1, 2)), torch.arange(c).expand(b, c),
+        torch.zeros(b, c), torch.zeros(b),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("in_kernel", [False, True], ids=["phases made", "phases in the kernel"])
+def test_back_projection_phases_formed_in_the_kernel_take_no_budget(in_kernel):
+    plan = make_plan(whole_grid(1), ndim=3, ori_size=32, current_size=32, coarse_size=16)
+    g = 2 ** (plan.oversampling * 3)
+    coarse = _spread_coarse(12, 3, plan, seed=9)  # 3 translations: weighted_shifts' kernel route
+    fine_values, bp_values = 100, 10_000
+    per_particle_bp = 3 * g * 16 * bp_values  # what the dense route makes per particle
+    plan = replace(plan, max_bytes=2 * 4 * per_particle_bp)  # half of it: 4 particles' worth
+    groups = fine_groups(coarse, plan, fine_values, 0, bp_values=bp_values, bp_in_kernel=in_kernel)
+    if in_kernel:  # only the samples and the fine window count: one group
+        assert [sizes.closed_by for sizes in groups] == ["end"]
+    else:  # the back-projection window's arrays close a group every 4 particles or fewer
+        assert len(groups) >= 3
+        assert all(sizes.particles.numel() <= 4 for sizes in groups)
+
+
+def test_back_projection_phases_count_where_the_kernel_route_is_not_taken():
+    # beyond MAX_TRANSLATIONS_PER_PRODUCT distinct translations the shifted data of every
+    # translation are made, kernel or not
+    plan = make_plan(
+        whole_grid(1), ndim=3, ori_size=32, current_size=32, coarse_size=16, offset_range_px=2
+    )
+    distinct = grouping.MAX_TRANSLATIONS_PER_PRODUCT + 1
+    assert plan.translations_px.shape[0] >= distinct
+    g = 2 ** (plan.oversampling * 3)
+    coarse = _spread_coarse(12, distinct, plan, seed=10)
+    bp_values = 10_000
+    plan = replace(plan, max_bytes=2 * 4 * distinct * g * 16 * bp_values)
+    groups = fine_groups(coarse, plan, 1, 0, bp_values=bp_values, bp_in_kernel=True)
+    assert len(groups) >= 3
+    assert all(sizes.particles.numel() <= 4 for sizes in groups)

@@ -36,7 +36,7 @@ from cryorefine.likelihood.search import (
     weights_of,
 )
 from cryorefine.likelihood.sums import offset_moments
-from cryorefine.likelihood.window import shell_matrix, window_phases
+from cryorefine.likelihood.window import shell_matrix, shift_factors, window_phases
 from cryorefine.timing import PhaseTimes, phase_of
 
 __all__ = ["distinct_translations", "fine_pass", "fine_row_rotations", "fine_translations"]
@@ -200,7 +200,9 @@ def fine_pass(
     carried_weights = summed.gather(1, carried[:, :, None, None].expand(-1, -1, g, f))
     carried_weights = carried_weights * carried_lists.valid[:, :, None, None]
     with phase_of(times, "fine_sum"):
-        bp_phases = window_phases(prep.bp_window, needed_px, box_size=plan.ori_size)
+        # per-axis factors: the back-projection's phases are formed tile by tile where
+        # weighted_shifts' kernel runs, never as an array of every translation
+        bp_phases = shift_factors(prep.bp_window, needed_px, box_size=plan.ori_size)
         sums = sum_pairs(
             (prep.fine_data, prep.fine_ctf, phases),
             projector,

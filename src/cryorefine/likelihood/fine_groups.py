@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from cryorefine.likelihood.pairs import MAX_TRANSLATIONS_PER_PRODUCT
 from cryorefine.likelihood.plan import ExpectationPlan
 from cryorefine.likelihood.search import CoarseOutcome
 
@@ -76,14 +77,24 @@ class FineGroup:
 
 
 def fine_groups(
-    coarse: CoarseOutcome, plan: ExpectationPlan, window_values: int, projected_values: int
+    coarse: CoarseOutcome,
+    plan: ExpectationPlan,
+    window_values: int,
+    projected_values: int,
+    *,
+    bp_values: int = 0,
+    bp_in_kernel: bool = False,
 ) -> list[FineGroup]:
     """Particles grouped by their number of significant coarse pairs, arrays within budget.
 
     A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
     samples of ``BYTES_PER_SAMPLE`` and, per distinct fine translation, the
-    phases and ``Z`` on the fine and back-projection windows (16 bytes per
-    coefficient of ``window_values``). Particles are taken in order of ``q``; a
+    phases and ``Z`` on the fine window (16 bytes per coefficient of
+    ``window_values``) and the phases and shifted data on the back-projection window
+    (16 bytes per coefficient of ``bp_values``), except where ``bp_in_kernel`` (the
+    kernel of ``unshifted.weighted_shifts`` forms those phases tile by tile) and the
+    group's particles have at most ``pairs.MAX_TRANSLATIONS_PER_PRODUCT`` distinct
+    coarse translations (the route that takes it). Particles are taken in order of ``q``; a
     group is closed when its padded size would exceed the budget (``BUDGET_SHARE``
     of ``plan.max_bytes``) or ``PADDING_LIMIT`` times its particles' own sizes, or
     when the children of its particles' significant coarse orientations
@@ -103,7 +114,9 @@ def fine_groups(
 
     def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
         per_particle = widest_pairs * children * BYTES_PER_SAMPLE
-        return count * (per_particle + widest_distinct * g * 16 * window_values)
+        formed = bp_in_kernel and widest_distinct <= MAX_TRANSLATIONS_PER_PRODUCT
+        values = window_values + (0 if formed else bp_values)
+        return count * (per_particle + widest_distinct * g * 16 * values)
 
     per_orientation = 8**plan.oversampling * 8 * projected_values  # its children, complex64
     held_orientations = plan.max_bytes // 4 // max(1, per_orientation)

@@ -43,6 +43,7 @@ from cryorefine.likelihood.sums import (
     shell_sums_from_unshifted,
 )
 from cryorefine.likelihood.unshifted import kernel_unshifted_combination, weighted_shifts
+from cryorefine.likelihood.window import ShiftFactors
 
 __all__ = ["MIN_CHUNK_SHARE", "PairSums", "sum_pairs"]
 
@@ -172,7 +173,7 @@ def sum_pairs(
     lists: PairLists,
     weights: Float[Tensor, "b q g f"],
     shells: Float[Tensor, "k s"],
-    backprojection: tuple[Tensor, Tensor, Tensor],
+    backprojection: tuple[Tensor, Tensor, Tensor | ShiftFactors],
     *,
     precision: str,
     max_bytes: int,
@@ -182,7 +183,9 @@ def sum_pairs(
     ``particles`` is ``(X (b, k), K (b, k), S (b, u, k))`` on the fine window;
     ``backprojection`` is ``(Y (b, kb), V (b, kb), S (b, u, kb))`` on the
     back-projection window; ``S`` are the phases of each particle's fine
-    translations, which ``lists.translations`` (times ``g`` plus child) index.
+    translations, which ``lists.translations`` (times ``g`` plus child) index;
+    the back-projection's may come as their per-axis factors (``window.ShiftFactors``),
+    which ``unshifted.weighted_shifts``' kernel forms tile by tile.
     ``Q = sum_r w P_r`` is accumulated per fine translation, ``sum_r W_r |P_r|^2``
     per particle, and the back-projection terms per fine row; all are linear in
     the weights.
@@ -194,9 +197,12 @@ def sum_pairs(
     tg, k = phases.shape[-2:]
     w_all = weights.to(real)
     y = y.to(cplx)
-    bp_phases = bp_phases.to(cplx)
     v = v.to(real)
     every_translation = tg // g <= pairs.MAX_TRANSLATIONS_PER_PRODUCT
+    if isinstance(bp_phases, ShiftFactors) and not every_translation:
+        bp_phases = bp_phases.dense()  # the shifted data of every translation are made
+    if not isinstance(bp_phases, ShiftFactors):
+        bp_phases = bp_phases.to(cplx)
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
     # The fine rows that carry weight, known before the chunks: their data are added
