@@ -241,3 +241,87 @@ def test_the_weighted_shifts_kernel_refuses_factors_of_another_shape():
     wide = _factor_case(1, module.MAX_TILE_ROWS + 1, 1, 2, 3, seed=13)
     with pytest.raises(ValueError, match="at most"):
         module.kernel_weighted_shifts(wide[0], wide[1], ShiftFactors(wide[2], wide[3]))
+
+
+def _exact_phases(factors, at, b):
+    """Phases from per-axis factors in complex128, and ``prod_d (|Re F_d| + |Im F_d|)``."""
+    t, ndim = factors.shape[-3:-1]
+    f = factors.to(torch.complex128).expand(b, t, ndim, -1)
+    s = f[:, :, 0, at[:, 0]]
+    s_abs = f.real.abs()[:, :, 0, at[:, 0]] + f.imag.abs()[:, :, 0, at[:, 0]]
+    for d in range(1, ndim):
+        s = s * f[:, :, d, at[:, d]]
+        s_abs = s_abs * (f.real.abs()[:, :, d, at[:, d]] + f.imag.abs()[:, :, d, at[:, d]])
+    return s, s_abs
+
+
+def _check_unshifted_factors(got, weights, table, rows, factors, at):
+    """As ``_check_unshifted``, with each phase formed in float32 from its factors:
+    ``2 (ndim - 1)`` more roundings of ``prod_d (|Re F_d| + |Im F_d|)``."""
+    b, t, r = weights.shape
+    ndim = at.shape[1]
+    s, s_abs = _exact_phases(factors, at, b)
+    p = torch.view_as_complex(table.double().unflatten(-1, (-1, 2)))[rows]
+    want = torch.einsum("btk,btr,brk->bk", s.conj(), weights.double().to(torch.complex128), p)
+    p_abs = p.real.abs() + p.imag.abs()
+    magnitude = torch.einsum("btk,btr,brk->bk", s_abs, weights.double().abs(), p_abs)
+    bound = gamma(r + 2 * t + 1 + 2 * (ndim - 1), U32) * magnitude
+    error = got.to(torch.complex128) - want
+    assert got.dtype == torch.complex64
+    assert (error.real.abs() <= bound).all()
+    assert (error.imag.abs() <= bound).all()
+
+
+def _unshifted_factor_case(b, t, r, n, kc, ndim, seed, shared=False):
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.rand(b, t, r, generator=gen)
+    table = torch.randn(n, 2 * kc, generator=gen)
+    rows = torch.randint(0, n, (b, r), generator=gen)
+    factors = _phases((t, ndim, 9) if shared else (b, t, ndim, 9), gen)
+    at = torch.randint(0, 9, (kc, ndim), generator=gen)
+    return weights, table, rows, factors, at
+
+
+UNSHIFTED_FACTOR_CASES = [(3, 7, 5, 11, 50, 3), (2, 24, 40, 30, 33, 2), (1, 1, 1, 1, 1, 3)]
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own factors", "shared factors"])
+@pytest.mark.parametrize("shape", UNSHIFTED_FACTOR_CASES)
+def test_unshifted_sums_from_factors_off_the_kernel_are_those_of_the_dense_phases(shape, shared):
+    weights, table, rows, factors, at = _unshifted_factor_case(*shape, seed=14, shared=shared)
+    shifts = ShiftFactors(factors, at)
+    got = unshifted_combination(weights, table, rows, shifts)
+    want = unshifted_combination(weights, table, rows, shifts.dense())
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+_INTERPRETED_FACTORS = textwrap.dedent(
+    """
+    import sys, torch
+    from cryorefine.likelihood.unshifted import kernel_unshifted_combination
+    from cryorefine.likelihood.window import ShiftFactors
+    weights, table, rows, factors, at = torch.load(sys.argv[1])
+    shifts = ShiftFactors(factors, at)
+    torch.save(kernel_unshifted_combination(weights, table, rows, shifts), sys.argv[2])
+    """
+)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own factors", "shared factors"])
+@pytest.mark.parametrize("shape", UNSHIFTED_FACTOR_CASES)
+def test_the_unshifted_kernel_from_factors_in_tritons_interpreter_matches_the_sum(
+    tmp_path, shape, shared
+):
+    needs_triton_interpreter()
+    inputs = _unshifted_factor_case(*shape, seed=15, shared=shared)
+    got = run_in_triton_interpreter(tmp_path, _INTERPRETED_FACTORS, inputs)
+    _check_unshifted_factors(got, *inputs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_unshifted_kernel_from_factors_on_the_gpu_matches_the_sum():
+    pytest.importorskip("triton")
+    inputs = _unshifted_factor_case(8, 72, 23, 700, 238_869, 3, seed=16)
+    weights, table, rows, factors, at = (x.cuda() for x in inputs)
+    got = module.kernel_unshifted_combination(weights, table, rows, ShiftFactors(factors, at))
+    _check_unshifted_factors(got.cpu(), *inputs)

@@ -27,6 +27,7 @@ from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.likelihood.held_cross import MAX_TILE_ROWS, kernel_applies, kernels_on
+from cryorefine.likelihood.phase_kernel import factor_table, phase_tile
 from cryorefine.likelihood.scores import as_real_pairs, matmul_precision
 from cryorefine.likelihood.window import ShiftFactors
 
@@ -52,11 +53,13 @@ if triton is not None:
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _unshifted(w_ptr, table_ptr, rows_ptr, phase_ptr, out_ptr, t, r, kc, w_sb, w_st,
-                   rows_sb, table_sr, phase_sb, phase_st, out_sb,
+                   rows_sb, table_sr, phase_sb, phase_st, out_sb, f_sd, at_ptr, at_sk,
                    BT: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
-                   IEEE: tl.constexpr):  # fmt: skip
+                   IEEE: tl.constexpr, FACTORS: tl.constexpr, NDIM: tl.constexpr):  # fmt: skip
         """One particle, all its ``t`` translations, ``BC`` complex coefficients: ``Q``'s
-        real and imaginary tiles summed over its rows, then ``sum_t conj(S) Q``."""
+        real and imaginary tiles summed over its rows, then ``sum_t conj(S) Q``; ``S``
+        read from ``phase_ptr``, or formed from the per-axis factors there (``FACTORS``,
+        ``phase_kernel.phase_tile``)."""
         cs = tl.program_id(0) * BC + tl.arange(0, BC)  # axis 0: CUDA's longest
         b = tl.program_id(1)
         ts = tl.arange(0, BT)
@@ -80,13 +83,13 @@ if triton is not None:
             else:
                 q_re += tl.dot(w, p_re, input_precision="tf32")
                 q_im += tl.dot(w, p_im, input_precision="tf32")
-        s_at = (
-            phase_ptr + b.to(tl.int64) * phase_sb + ts[:, None].to(tl.int64) * phase_st
-            + 2 * cs[None, :]
-        )  # fmt: skip
+        s_base = phase_ptr + b.to(tl.int64) * phase_sb + ts[:, None].to(tl.int64) * phase_st
         in_s = in_t[:, None] & in_c[None, :]
-        s_re = tl.load(s_at, mask=in_s, other=0.0)
-        s_im = tl.load(s_at + 1, mask=in_s, other=0.0)
+        if FACTORS:
+            s_re, s_im = phase_tile(s_base, f_sd, at_ptr, at_sk, cs, in_s, in_c, NDIM)
+        else:
+            s_re = tl.load(s_base + 2 * cs[None, :], mask=in_s, other=0.0)
+            s_im = tl.load(s_base + 2 * cs[None, :] + 1, mask=in_s, other=0.0)
         g_re = tl.sum(s_re * q_re + s_im * q_im, axis=0)
         g_im = tl.sum(s_re * q_im - s_im * q_re, axis=0)
         out = out_ptr + b.to(tl.int64) * out_sb + 2 * cs
@@ -108,14 +111,7 @@ if triton is not None:
         in_c = cs < kc
         in_s = in_t[:, None] & in_c[None, :]
         f_base = f_ptr + b.to(tl.int64) * f_sb + ts[:, None].to(tl.int64) * f_st
-        at = tl.load(at_ptr + cs * at_sk, mask=in_c, other=0)
-        s_re = tl.load(f_base + 2 * at[None, :], mask=in_s, other=0.0)
-        s_im = tl.load(f_base + 2 * at[None, :] + 1, mask=in_s, other=0.0)
-        for d in tl.static_range(1, NDIM):
-            at = tl.load(at_ptr + cs * at_sk + d, mask=in_c, other=0)
-            g_re = tl.load(f_base + d * f_sd + 2 * at[None, :], mask=in_s, other=0.0)
-            g_im = tl.load(f_base + d * f_sd + 2 * at[None, :] + 1, mask=in_s, other=0.0)
-            s_re, s_im = s_re * g_re - s_im * g_im, s_re * g_im + s_im * g_re
+        s_re, s_im = phase_tile(f_base, f_sd, at_ptr, at_sk, cs, in_s, in_c, NDIM)
         y_at = y_ptr + b.to(tl.int64) * y_sb + 2 * cs
         y_re = tl.load(y_at, mask=in_c, other=0.0)[None, :]
         y_im = tl.load(y_at + 1, mask=in_c, other=0.0)[None, :]
@@ -139,11 +135,18 @@ if triton is not None:
 
 
 def kernel_unshifted_combination(
-    weights: Tensor, table: Tensor, rows: Tensor, phases: Tensor, *, tf32: bool = False
+    weights: Tensor,
+    table: Tensor,
+    rows: Tensor,
+    phases: Tensor | ShiftFactors,
+    *,
+    tf32: bool = False,
 ) -> Tensor:
     """``G`` by the Triton kernel (``unshifted_combination``'s arguments), ``(b, k)`` complex64.
 
-    Runs wherever Triton does, the interpreter (``TRITON_INTERPRET=1``) included.
+    ``phases`` as an array, or as their per-axis factors (``window.ShiftFactors``), which
+    the kernel multiplies into each tile of phases. Runs wherever Triton does, the
+    interpreter (``TRITON_INTERPRET=1``) included.
     """
     b, t, r = weights.shape
     kc = table.shape[1] // 2
@@ -151,21 +154,35 @@ def kernel_unshifted_combination(
         raise ValueError("unshifted_combination needs unit stride along rows in W and 2k in P")
     if t > MAX_TILE_ROWS:
         raise ValueError(f"the kernel holds at most {MAX_TILE_ROWS} translations, got {t}")
-    if phases.dtype != torch.complex64 or phases.shape[-2:] != (t, kc):
-        raise ValueError(f"need complex64 phases (..., {t}, {kc}), got {phases.dtype} "
-                         f"{tuple(phases.shape)}")  # fmt: skip
-    phases = phases.resolve_conj()
-    s = torch.view_as_real(phases.expand(b, t, kc))  # (b, t, k, 2), a view
-    if s.stride(2) != 2 or s.stride(3) != 1:
-        s = torch.view_as_real(phases.expand(b, t, kc).contiguous())
+    factors = isinstance(phases, ShiftFactors)
+    if factors:
+        shape = tuple(phases.factors.shape[-3:-1])
+        dtype, ndim = phases.factors.dtype, phases.at.shape[1]
+        good = shape == (t, ndim) and phases.at.shape[0] == kc
+    else:
+        shape, dtype, ndim = tuple(phases.shape[-2:]), phases.dtype, 1
+        good = shape == (t, kc)
+    if dtype != torch.complex64 or not good:
+        raise ValueError(f"need complex64 phases (..., {t}, {kc}) or factors (..., {t}, ndim, n) "
+                         f"of {kc} coefficients, got {dtype} {shape}")  # fmt: skip
+    if factors:
+        s, at = factor_table(phases.factors, phases.at, b)
+        axis_stride = s.stride(2)
+    else:
+        phases = phases.resolve_conj()
+        s = torch.view_as_real(phases.expand(b, t, kc))  # (b, t, k, 2), a view
+        if s.stride(2) != 2 or s.stride(3) != 1:
+            s = torch.view_as_real(phases.expand(b, t, kc).contiguous())
+        at, axis_stride = rows, 0  # not read
     rows = rows.contiguous()
     out = weights.new_zeros((b, kc, 2), dtype=torch.float32)
     if b and t and r and kc:
         _unshifted[(triton.cdiv(kc, _BLOCK_COEFFICIENTS), b)](
             weights, table, rows, s, out, t, r, kc, weights.stride(0), weights.stride(1),
             rows.stride(0), table.stride(0), s.stride(0), s.stride(1), out.stride(0),
+            axis_stride, at, at.stride(0),
             BT=max(16, triton.next_power_of_2(t)), BJ=_BLOCK_ROWS, BC=_BLOCK_COEFFICIENTS,
-            IEEE=not tf32,
+            IEEE=not tf32, FACTORS=factors, NDIM=ndim,
         )  # fmt: skip
     return torch.view_as_complex(out)
 
@@ -174,7 +191,7 @@ def unshifted_combination(
     weights: Float[Tensor, "b t r"],
     table: Float[Tensor, "n k2"],
     rows: Int[Tensor, "b r"],
-    phases: Complex[Tensor, "b t k"] | Complex[Tensor, "t k"],
+    phases: Complex[Tensor, "b t k"] | Complex[Tensor, "t k"] | ShiftFactors,
     *,
     precision: str = "float32",
 ) -> Complex[Tensor, "b k"]:
@@ -184,8 +201,11 @@ def unshifted_combination(
     index it. The kernel where ``held_cross.kernel_applies`` (no ``(b, t, k)`` array);
     else ``Q`` formed by one batched product of the gathered rows, then summed.
     """
-    if kernel_applies(weights, table, precision) and phases.dtype == torch.complex64:
+    dtype = phases.factors.dtype if isinstance(phases, ShiftFactors) else phases.dtype
+    if kernel_applies(weights, table, precision) and dtype == torch.complex64:
         return kernel_unshifted_combination(weights, table, rows, phases, tf32=precision == "tf32")
+    if isinstance(phases, ShiftFactors):
+        phases = phases.dense()
     with matmul_precision(precision):
         q = weights @ table[rows]  # (b, t, 2k)
     q = torch.view_as_complex(q.unflatten(-1, (-1, 2)))
@@ -203,15 +223,14 @@ def kernel_weighted_shifts(
     b, t, m = weights.shape
     kc = data.shape[1]
     factors = shifts.factors
-    ndim, n = factors.shape[-2:]
+    ndim = factors.shape[-2]
     if factors.dtype != torch.complex64 or factors.shape[-3] != t or shifts.at.shape != (kc, ndim):
         raise ValueError(f"need complex64 factors (..., {t}, ndim, n) and at ({kc}, ndim), "
                          f"got {factors.dtype} {tuple(factors.shape)}, "
                          f"{tuple(shifts.at.shape)}")  # fmt: skip
     if t > MAX_TILE_ROWS:
         raise ValueError(f"the kernel holds at most {MAX_TILE_ROWS} translations, got {t}")
-    table = torch.view_as_real(factors.resolve_conj().expand(b, t, ndim, n).contiguous())
-    at = shifts.at.contiguous()
+    table, at = factor_table(factors, shifts.at, b)
     y = torch.view_as_real(data.to(torch.complex64).resolve_conj().contiguous())
     out = weights.new_empty((b, m, kc, 2), dtype=torch.float32)
     if b and t and m and kc:
