@@ -118,7 +118,7 @@ def test_back_projection_phases_formed_in_the_kernel_take_no_budget(in_kernel):
     fine_values, bp_values = 100, 10_000
     per_particle_bp = 3 * g * 16 * bp_values  # what the dense route makes per particle
     plan = replace(plan, max_bytes=2 * 4 * per_particle_bp)  # half of it: 4 particles' worth
-    groups = fine_groups(coarse, plan, fine_values, 0, bp_values=bp_values, bp_in_kernel=in_kernel)
+    groups = fine_groups(coarse, plan, fine_values, 0, bp_values=bp_values, in_kernel=in_kernel)
     if in_kernel:  # only the samples and the fine window count: one group
         assert [sizes.closed_by for sizes in groups] == ["end"]
     else:  # the back-projection window's arrays close a group every 4 particles or fewer
@@ -138,6 +138,21 @@ def test_back_projection_phases_count_where_the_kernel_route_is_not_taken():
     coarse = _spread_coarse(12, distinct, plan, seed=10)
     bp_values = 10_000
     plan = replace(plan, max_bytes=2 * 4 * distinct * g * 16 * bp_values)
-    groups = fine_groups(coarse, plan, 1, 0, bp_values=bp_values, bp_in_kernel=True)
+    groups = fine_groups(coarse, plan, 1, 0, bp_values=bp_values, in_kernel=True)
     assert len(groups) >= 3
     assert all(sizes.particles.numel() <= 4 for sizes in groups)
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["projections cached", "projections held"])
+def test_fine_window_phases_take_no_budget_where_the_kernels_read_held_rows(held):
+    plan = make_plan(whole_grid(1), ndim=3, ori_size=32, current_size=32, coarse_size=16)
+    g = 2 ** (plan.oversampling * 3)
+    coarse = _spread_coarse(12, 3, plan, seed=11)
+    fine_values = 10_000
+    plan = replace(plan, max_bytes=2 * 4 * 3 * g * 16 * fine_values)  # 4 particles' phases
+    groups = fine_groups(coarse, plan, fine_values, 1 if held else 0, bp_values=0, in_kernel=True)
+    if held:  # phased_cross and unshifted form Z and the phases: one group
+        assert [sizes.closed_by for sizes in groups] == ["end"]
+    else:  # a cache of the whole grid: the torch routes make the fine window's arrays
+        assert len(groups) >= 3
+        assert all(sizes.particles.numel() <= 4 for sizes in groups)

@@ -353,15 +353,15 @@ def expectation(
             coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse, times)
         # the children's projections live on the fine window (not the whole grid)
         projected_values = 0 if cache.fine is not None else prep.fine_window.count
-        # per fine translation: phases and Z on the fine window; the back-projection
-        # window's phases and shifted data unless weighted_shifts' kernel forms them
+        # per fine translation: phases and Z on the fine window, phases and shifted data
+        # on the back-projection window, unless the held-row kernels form them
         groups = fine_groups(
             coarse,
             plan,
             prep.fine_window.count,
             projected_values,
             bp_values=prep.bp_window.count,
-            bp_in_kernel=kernels_on(prep.bp_data, plan.precision),
+            in_kernel=kernels_on(prep.bp_data, plan.precision),
         )
         for sizes in groups:
             group = sizes.particles

@@ -20,9 +20,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cryorefine.likelihood.fine_groups import FineGroup
+from cryorefine.likelihood.held_cross import kernels_on
 from cryorefine.likelihood.pair_sums import sum_pairs
 from cryorefine.likelihood.pairs import BlockProjector, PairLists, pair_lists, score_pairs
 from cryorefine.likelihood.passes import RowProjector
+from cryorefine.likelihood.phased_cross import phased_terms
 from cryorefine.likelihood.plan import ExpectationPlan, ParticleTerms
 from cryorefine.likelihood.poses import fine_rotations
 from cryorefine.likelihood.posterior import log_likelihood_contribution, significant_samples
@@ -36,7 +38,7 @@ from cryorefine.likelihood.search import (
     weights_of,
 )
 from cryorefine.likelihood.sums import offset_moments
-from cryorefine.likelihood.window import shell_matrix, shift_factors, window_phases
+from cryorefine.likelihood.window import shell_matrix, shift_factors
 from cryorefine.timing import PhaseTimes, phase_of
 
 __all__ = ["distinct_translations", "fine_pass", "fine_row_rotations", "fine_translations"]
@@ -166,9 +168,19 @@ def fine_pass(
     needed = (distinct[:, :, None] * g + torch.arange(g, device=ids.device)).reshape(b, -1)
     needed_px = translations[needed]  # (b, u g, ndim)
     with phase_of(times, "fine_score"):
-        phases = window_phases(prep.fine_window, needed_px, box_size=plan.ori_size)
+        # with the held-row kernels the phases stay per-axis factors, formed tile by tile
+        # in the kernels (phased_cross, unshifted): no arrays of every translation
+        phases = shift_factors(prep.fine_window, needed_px, box_size=plan.ori_size)
         weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
-        terms = data_terms(prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision)
+        if kernels_on(prep.fine_data, plan.precision):
+            terms = phased_terms(
+                prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision
+            )
+        else:
+            phases = phases.dense()
+            terms = data_terms(
+                prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision
+            )
         scores = score_pairs(
             terms,
             projector,

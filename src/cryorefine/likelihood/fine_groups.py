@@ -83,18 +83,21 @@ def fine_groups(
     projected_values: int,
     *,
     bp_values: int = 0,
-    bp_in_kernel: bool = False,
+    in_kernel: bool = False,
 ) -> list[FineGroup]:
     """Particles grouped by their number of significant coarse pairs, arrays within budget.
 
     A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
-    samples of ``BYTES_PER_SAMPLE`` and, per distinct fine translation, the
-    phases and ``Z`` on the fine window (16 bytes per coefficient of
-    ``window_values``) and the phases and shifted data on the back-projection window
-    (16 bytes per coefficient of ``bp_values``), except where ``bp_in_kernel`` (the
-    kernel of ``unshifted.weighted_shifts`` forms those phases tile by tile) and the
-    group's particles have at most ``pairs.MAX_TRANSLATIONS_PER_PRODUCT`` distinct
-    coarse translations (the route that takes it). Particles are taken in order of ``q``; a
+    samples of ``BYTES_PER_SAMPLE``, the weights and cross terms of every pair's
+    children at every fine translation (``(b, T g, q f)``, 8 bytes each) and, per
+    distinct fine translation, the phases and ``Z`` on the fine window (16 bytes per
+    coefficient of ``window_values``) and the phases and shifted data on the
+    back-projection window (16 bytes per coefficient of ``bp_values``). Where the
+    held-row kernels run (``in_kernel``) and the group's particles have at most
+    ``pairs.MAX_TRANSLATIONS_PER_PRODUCT`` distinct coarse translations, the kernels
+    form the back-projection's phases tile by tile, and, with the children's projections
+    held (``projected_values`` above 0), the fine window's too: those take no budget.
+    Particles are taken in order of ``q``; a
     group is closed when its padded size would exceed the budget (``BUDGET_SHARE``
     of ``plan.max_bytes``) or ``PADDING_LIMIT`` times its particles' own sizes, or
     when the children of its particles' significant coarse orientations
@@ -112,10 +115,15 @@ def fine_groups(
     order = sorted(range(len(pairs)), key=pairs.__getitem__)
     budget = int(plan.max_bytes * BUDGET_SHARE)
 
+    f = 8**plan.oversampling
+
     def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
         per_particle = widest_pairs * children * BYTES_PER_SAMPLE
-        formed = bp_in_kernel and widest_distinct <= MAX_TRANSLATIONS_PER_PRODUCT
-        values = window_values + (0 if formed else bp_values)
+        per_particle += 8 * widest_pairs * f * widest_distinct * g  # spread weights, cross
+        formed = in_kernel and widest_distinct <= MAX_TRANSLATIONS_PER_PRODUCT
+        values = (0 if formed and projected_values > 0 else window_values) + (
+            0 if formed else bp_values
+        )
         return count * (per_particle + widest_distinct * g * 16 * values)
 
     per_orientation = 8**plan.oversampling * 8 * projected_values  # its children, complex64

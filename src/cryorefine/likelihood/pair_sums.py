@@ -135,8 +135,15 @@ def _carried_counts(carried: Bool[Tensor, "b q f"], chunk: int) -> Int[Tensor, "
     return torch.stack([per_particle.amax(dim=0), per_particle.sum(dim=0)])
 
 
+def _phase_shape(phases: Tensor | ShiftFactors) -> tuple[int, int]:
+    """``(T g, k)``: translations and coefficients of phases given whole or as factors."""
+    if isinstance(phases, ShiftFactors):
+        return int(phases.factors.shape[-3]), int(phases.at.shape[0])
+    return int(phases.shape[-2]), int(phases.shape[-1])
+
+
 def _combine(
-    phases: Tensor,
+    phases: Tensor | ShiftFactors,
     w_all: Tensor,
     lists: PairLists,
     projector: BlockProjector,
@@ -151,13 +158,14 @@ def _combine(
         return None
     table = as_real_pairs(values)  # (rows, 2k), a view
     b, q, g, f = w_all.shape
-    tg = phases.shape[-2]
+    tg, _ = _phase_shape(phases)
+    dtype = phases.factors.dtype if isinstance(phases, ShiftFactors) else phases.dtype
     # the kernel's rows of W are the fine translations: at most MAX_TILE_ROWS of them
     if not (
         kernels_on(w_all, precision)
         and w_all.dtype == table.dtype == torch.float32
         and tg <= MAX_TILE_ROWS
-        and phases.dtype == torch.complex64
+        and dtype == torch.complex64
     ):
         return None
     slots = torch.arange(q, device=rows.device).expand(b, q)
@@ -167,7 +175,7 @@ def _combine(
 
 
 def sum_pairs(
-    particles: tuple[Tensor, Tensor, Tensor],
+    particles: tuple[Tensor, Tensor, Tensor | ShiftFactors],
     projector: BlockProjector,
     rows: Int[Tensor, "b q"],
     lists: PairLists,
@@ -183,9 +191,9 @@ def sum_pairs(
     ``particles`` is ``(X (b, k), K (b, k), S (b, u, k))`` on the fine window;
     ``backprojection`` is ``(Y (b, kb), V (b, kb), S (b, u, kb))`` on the
     back-projection window; ``S`` are the phases of each particle's fine
-    translations, which ``lists.translations`` (times ``g`` plus child) index;
-    the back-projection's may come as their per-axis factors (``window.ShiftFactors``),
-    which ``unshifted.weighted_shifts``' kernel forms tile by tile.
+    translations, which ``lists.translations`` (times ``g`` plus child) index. Either
+    may come as their per-axis factors (``window.ShiftFactors``), which ``unshifted``'s
+    kernels form tile by tile (made whole only off the kernel routes).
     ``Q = sum_r w P_r`` is accumulated per fine translation, ``sum_r W_r |P_r|^2``
     per particle, and the back-projection terms per fine row; all are linear in
     the weights.
@@ -194,7 +202,7 @@ def sum_pairs(
     x, ctf, phases = particles
     y, v, bp_phases = backprojection
     b, _, g, f = weights.shape
-    tg, k = phases.shape[-2:]
+    tg, k = _phase_shape(phases)
     w_all = weights.to(real)
     y = y.to(cplx)
     v = v.to(real)
@@ -298,6 +306,8 @@ def sum_pairs(
             x, ctf, unshifted, power, weight_totals, shells, precision=precision
         )
     else:
+        if isinstance(phases, ShiftFactors):
+            phases = phases.dense()
         totals = shell_sums_from_products(
             x,
             ctf,
