@@ -4,7 +4,13 @@ import textwrap
 
 import pytest
 import torch
-from likelihood_cases import U32, gamma, needs_triton_interpreter, run_in_triton_interpreter
+from likelihood_cases import (
+    U32,
+    exact_phases,
+    gamma,
+    needs_triton_interpreter,
+    run_in_triton_interpreter,
+)
 
 from cryorefine.likelihood import phased_cross as module
 from cryorefine.likelihood.phased_cross import PhasedTerms, phased_cross, phased_terms
@@ -46,12 +52,7 @@ def _check(got, weighted, factors, at, table, rows, extra=0.0):
     ``sum_k (|Re wKX| + |Im wKX|) prod_d (|Re F_d| + |Im F_d|) (|Re P| + |Im P|)``."""
     b, kc = weighted.shape
     t, ndim = factors.shape[-3:-1]
-    f = factors.to(torch.complex128).expand(b, t, ndim, -1)
-    s = f[:, :, 0, at[:, 0]]
-    s_abs = f.real.abs()[:, :, 0, at[:, 0]] + f.imag.abs()[:, :, 0, at[:, 0]]
-    for d in range(1, ndim):
-        s = s * f[:, :, d, at[:, d]]
-        s_abs = s_abs * (f.real.abs()[:, :, d, at[:, d]] + f.imag.abs()[:, :, d, at[:, d]])
+    s, s_abs = exact_phases(factors, at, b)
     z = weighted.to(torch.complex128)[:, None, :] * s  # (b, t, k)
     p = torch.view_as_complex(table.double().unflatten(-1, (-1, 2)))[rows]  # (b, r, k)
     want = torch.einsum("btk,brk->btr", z.real, p.real) + torch.einsum(

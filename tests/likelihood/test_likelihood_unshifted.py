@@ -4,7 +4,13 @@ import textwrap
 
 import pytest
 import torch
-from likelihood_cases import U32, gamma, needs_triton_interpreter, run_in_triton_interpreter
+from likelihood_cases import (
+    U32,
+    exact_phases,
+    gamma,
+    needs_triton_interpreter,
+    run_in_triton_interpreter,
+)
 
 from cryorefine.likelihood import unshifted as module
 from cryorefine.likelihood.unshifted import (
@@ -174,12 +180,7 @@ def _check_factor_shifts(got, weights, data, factors, at, extra=0.0):
     the sum over ``t`` and the product with ``Y`` ``2 t + 3`` more (as above)."""
     b, t, m = weights.shape
     ndim = at.shape[1]
-    f = factors.to(torch.complex128).expand(b, t, ndim, -1)
-    s = f[:, :, 0, at[:, 0]]
-    s_abs = f.real.abs()[:, :, 0, at[:, 0]] + f.imag.abs()[:, :, 0, at[:, 0]]
-    for d in range(1, ndim):
-        s = s * f[:, :, d, at[:, d]]
-        s_abs = s_abs * (f.real.abs()[:, :, d, at[:, d]] + f.imag.abs()[:, :, d, at[:, d]])
+    s, s_abs = exact_phases(factors, at, b)
     y = data.to(torch.complex128)
     want = torch.einsum("btm,btk->bmk", weights.double().to(torch.complex128), s) * y[:, None]
     magnitude = torch.einsum("btm,btk->bmk", weights.double(), s_abs)
@@ -243,24 +244,12 @@ def test_the_weighted_shifts_kernel_refuses_factors_of_another_shape():
         module.kernel_weighted_shifts(wide[0], wide[1], ShiftFactors(wide[2], wide[3]))
 
 
-def _exact_phases(factors, at, b):
-    """Phases from per-axis factors in complex128, and ``prod_d (|Re F_d| + |Im F_d|)``."""
-    t, ndim = factors.shape[-3:-1]
-    f = factors.to(torch.complex128).expand(b, t, ndim, -1)
-    s = f[:, :, 0, at[:, 0]]
-    s_abs = f.real.abs()[:, :, 0, at[:, 0]] + f.imag.abs()[:, :, 0, at[:, 0]]
-    for d in range(1, ndim):
-        s = s * f[:, :, d, at[:, d]]
-        s_abs = s_abs * (f.real.abs()[:, :, d, at[:, d]] + f.imag.abs()[:, :, d, at[:, d]])
-    return s, s_abs
-
-
 def _check_unshifted_factors(got, weights, table, rows, factors, at):
     """As ``_check_unshifted``, with each phase formed in float32 from its factors:
     ``2 (ndim - 1)`` more roundings of ``prod_d (|Re F_d| + |Im F_d|)``."""
     b, t, r = weights.shape
     ndim = at.shape[1]
-    s, s_abs = _exact_phases(factors, at, b)
+    s, s_abs = exact_phases(factors, at, b)
     p = torch.view_as_complex(table.double().unflatten(-1, (-1, 2)))[rows]
     want = torch.einsum("btk,btr,brk->bk", s.conj(), weights.double().to(torch.complex128), p)
     p_abs = p.real.abs() + p.imag.abs()

@@ -29,7 +29,7 @@ from cryorefine.likelihood.phase_kernel import factor_table, phase_tile
 from cryorefine.likelihood.scores import (
     DataTerms,
     as_real_pairs,
-    squared_magnitude,
+    particle_side,
     working_dtypes,
 )
 from cryorefine.likelihood.window import ShiftFactors
@@ -87,12 +87,7 @@ def phased_terms(
     precision: str = "float32",
 ) -> PhasedTerms:
     """``scores.data_terms`` with the phases as their factors (the same operations)."""
-    real, cplx = working_dtypes(precision)
-    x = data.to(cplx)
-    w = weight.to(real)
-    k_ctf = ctf.to(real)
-    data_power = (w * squared_magnitude(x)).sum(-1)
-    return PhasedTerms(data_power, w * k_ctf.square(), w * k_ctf * x, shifts, precision)
+    return PhasedTerms(*particle_side(data, ctf, weight, precision=precision), shifts, precision)
 
 
 if triton is not None:
