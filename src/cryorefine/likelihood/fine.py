@@ -22,7 +22,13 @@ from torch import Tensor
 from cryorefine.likelihood.fine_groups import FineGroup
 from cryorefine.likelihood.held_cross import kernels_on
 from cryorefine.likelihood.pair_sums import sum_pairs
-from cryorefine.likelihood.pairs import BlockProjector, PairLists, pair_lists, score_pairs
+from cryorefine.likelihood.pairs import (
+    MAX_TRANSLATIONS_PER_PRODUCT,
+    BlockProjector,
+    PairLists,
+    pair_lists,
+    score_pairs,
+)
 from cryorefine.likelihood.passes import RowProjector
 from cryorefine.likelihood.phased_cross import phased_terms
 from cryorefine.likelihood.plan import ExpectationPlan, ParticleTerms
@@ -168,11 +174,14 @@ def fine_pass(
     needed = (distinct[:, :, None] * g + torch.arange(g, device=ids.device)).reshape(b, -1)
     needed_px = translations[needed]  # (b, u g, ndim)
     with phase_of(times, "fine_score"):
-        # with the held-row kernels the phases stay per-axis factors, formed tile by tile
-        # in the kernels (phased_cross, unshifted): no arrays of every translation
+        # where the held-row kernels take both the scores and the sums, the phases stay
+        # per-axis factors, formed tile by tile in them (phased_cross, unshifted): no
+        # arrays of every translation (else made whole once, for both)
         phases = shift_factors(prep.fine_window, needed_px, box_size=plan.ori_size)
         weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
-        if kernels_on(prep.fine_data, plan.precision):
+        held = projections is None  # the group's children projected and held: kernel routes
+        few = distinct.shape[1] <= MAX_TRANSLATIONS_PER_PRODUCT  # all translations at once
+        if held and few and kernels_on(prep.fine_data, plan.precision):
             terms = phased_terms(
                 prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision
             )

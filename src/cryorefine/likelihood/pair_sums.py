@@ -207,8 +207,17 @@ def sum_pairs(
     y = y.to(cplx)
     v = v.to(real)
     every_translation = tg // g <= pairs.MAX_TRANSLATIONS_PER_PRODUCT
-    if isinstance(bp_phases, ShiftFactors) and not every_translation:
-        bp_phases = bp_phases.dense()  # the shifted data of every translation are made
+    # weighted_shifts' kernel forms the back-projection's phases where it runs; elsewhere
+    # they are made whole once here, not once per chunk
+    formed = (
+        every_translation
+        and kernels_on(w_all, precision)
+        and w_all.dtype == torch.float32
+        and y.dtype == torch.complex64
+        and tg <= MAX_TILE_ROWS
+    )
+    if isinstance(bp_phases, ShiftFactors) and not formed:
+        bp_phases = bp_phases.dense()
     if not isinstance(bp_phases, ShiftFactors):
         bp_phases = bp_phases.to(cplx)
     power = w_all.new_zeros(b, k)

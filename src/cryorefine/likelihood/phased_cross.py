@@ -184,6 +184,7 @@ def phased_cross(
             partial.stride(2),
             NDIM=at.shape[1], BT=max(16, triton.next_power_of_2(t)), BR=_BLOCK_ROWS,
             BC=_BLOCK_COEFFICIENTS, IEEE=terms.precision != "tf32",
+            num_warps=8,  # the tiles of phases and Z besides the (t, rows) accumulator
         )  # fmt: skip
     else:
         partial.zero_()
