@@ -114,19 +114,17 @@ def fine_groups(
     distinct = coarse.significant.any(dim=2).sum(dim=1).tolist()
     order = sorted(range(len(pairs)), key=pairs.__getitem__)
     budget = int(plan.max_bytes * BUDGET_SHARE)
-
     f = 8**plan.oversampling
 
     def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
         per_particle = widest_pairs * children * BYTES_PER_SAMPLE
         per_particle += 8 * widest_pairs * f * widest_distinct * g  # spread weights, cross
         formed = in_kernel and widest_distinct <= MAX_TRANSLATIONS_PER_PRODUCT
-        values = (0 if formed and projected_values > 0 else window_values) + (
-            0 if formed else bp_values
-        )
+        fine = 0 if formed and projected_values > 0 else window_values  # held rows: kernels
+        values = fine + (0 if formed else bp_values)
         return count * (per_particle + widest_distinct * g * 16 * values)
 
-    per_orientation = 8**plan.oversampling * 8 * projected_values  # its children, complex64
+    per_orientation = f * 8 * projected_values  # its children, complex64
     held_orientations = plan.max_bytes // 4 // max(1, per_orientation)
     significant_ids: list[list[int]] = [[] for _ in pairs]
     if per_orientation > 0:  # each particle's significant coarse ids (masks index row by row)

@@ -42,7 +42,11 @@ from cryorefine.likelihood.sums import (
     shell_sums_from_products,
     shell_sums_from_unshifted,
 )
-from cryorefine.likelihood.unshifted import kernel_unshifted_combination, weighted_shifts
+from cryorefine.likelihood.unshifted import (
+    kernel_unshifted_combination,
+    shifts_kernel_applies,
+    weighted_shifts,
+)
 from cryorefine.likelihood.window import ShiftFactors
 
 __all__ = ["MIN_CHUNK_SHARE", "PairSums", "sum_pairs"]
@@ -209,13 +213,7 @@ def sum_pairs(
     every_translation = tg // g <= pairs.MAX_TRANSLATIONS_PER_PRODUCT
     # weighted_shifts' kernel forms the back-projection's phases where it runs; elsewhere
     # they are made whole once here, not once per chunk
-    formed = (
-        every_translation
-        and kernels_on(w_all, precision)
-        and w_all.dtype == torch.float32
-        and y.dtype == torch.complex64
-        and tg <= MAX_TILE_ROWS
-    )
+    formed = every_translation and shifts_kernel_applies(w_all, y, tg, precision)
     if isinstance(bp_phases, ShiftFactors) and not formed:
         bp_phases = bp_phases.dense()
     if not isinstance(bp_phases, ShiftFactors):

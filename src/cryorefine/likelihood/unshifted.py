@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 __all__ = [
     "kernel_unshifted_combination",
     "kernel_weighted_shifts",
+    "shifts_kernel_applies",
     "unshifted_combination",
     "weighted_shifts",
 ]
@@ -244,6 +245,18 @@ def kernel_weighted_shifts(
     return out.reshape(b, m, 2 * kc)
 
 
+def shifts_kernel_applies(weights: Tensor, data: Tensor, translations: int, precision: str) -> bool:
+    """Whether ``weighted_shifts`` forms the phases in its kernel for weights and data of
+    these dtypes and ``translations`` per particle (given complex64 factors): the held-row
+    kernels on, float32 weights, complex64 data, at most ``MAX_TILE_ROWS`` translations."""
+    return (
+        kernels_on(weights, precision)
+        and weights.dtype == torch.float32
+        and data.dtype == torch.complex64
+        and translations <= MAX_TILE_ROWS
+    )
+
+
 def weighted_shifts(
     weights: Float[Tensor, "b t m"],
     data: Complex[Tensor, "b k"],
@@ -262,11 +275,8 @@ def weighted_shifts(
     """
     if isinstance(phases, ShiftFactors):
         if (
-            kernels_on(weights, precision)
-            and weights.dtype == torch.float32
-            and data.dtype == torch.complex64
+            shifts_kernel_applies(weights, data, weights.shape[1], precision)
             and phases.factors.dtype == torch.complex64
-            and weights.shape[1] <= MAX_TILE_ROWS
             and weights.stride(2) == 1
         ):
             return kernel_weighted_shifts(weights, data, phases, tf32=precision == "tf32")
