@@ -194,17 +194,3 @@ def run_in_triton_interpreter(tmp_path, script: str, inputs: tuple):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return torch.load(tmp_path / "out.pt")
-
-
-def exact_phases(factors, at, b: int):
-    """Phases ``(b, t, k)`` formed in complex128 from per-axis factors ``(.., t, ndim, n)``
-    (``window.ShiftFactors``), and ``prod_d (|Re F_d| + |Im F_d|)``: what bounds each phase's
-    parts and the rounding of forming it in float32 (``2 (ndim - 1)`` steps of it)."""
-    t, ndim = factors.shape[-3:-1]
-    f = factors.to(torch.complex128).expand(b, t, ndim, -1)
-    s = f[:, :, 0, at[:, 0]]
-    s_abs = f.real.abs()[:, :, 0, at[:, 0]] + f.imag.abs()[:, :, 0, at[:, 0]]
-    for d in range(1, ndim):
-        s = s * f[:, :, d, at[:, d]]
-        s_abs = s_abs * (f.real.abs()[:, :, d, at[:, d]] + f.imag.abs()[:, :, d, at[:, d]])
-    return s, s_abs

@@ -121,7 +121,7 @@ def test_the_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):
 _WIRED = textwrap.dedent(
     """
     import sys, pytest
-    calls = {"pairs": 0, "lists": 0, "combination": 0, "shifts": 0, "phased": 0}
+    calls = {"pairs": 0, "lists": 0, "combination": 0}
 
     class KernelsOn:  # imports the library once pytest's hooks are in place
         @staticmethod
@@ -136,32 +136,19 @@ _WIRED = textwrap.dedent(
                 calls["combination"] += 1
                 return unshifted.kernel_unshifted_combination(*args, **kwargs)
             pairs.kernel_cross, passes.kernel_cross = counted("pairs"), counted("lists")
-            def shifts(*args, **kwargs):
-                calls["shifts"] += 1
-                return kernel_weighted_shifts(*args, **kwargs)
-            def phased(*args, **kwargs):
-                calls["phased"] += 1
-                return phased_cross(*args, **kwargs)
-            kernel_weighted_shifts = unshifted.kernel_weighted_shifts
-            phased_cross = pairs.phased_cross
             pair_sums.kernel_unshifted_combination = combination
-            unshifted.kernel_weighted_shifts = shifts
-            pairs.phased_cross = phased
             held_cross.KERNEL = True
 
     code = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[2:]], plugins=[KernelsOn()])
     with open(sys.argv[1], "w") as out:
-        out.write(f"{int(code)} {calls['pairs']} {calls['lists']} {calls['combination']} "
-                  f"{calls['shifts']} {calls['phased']}")
+        out.write(f"{int(code)} {calls['pairs']} {calls['lists']} {calls['combination']}")
     """
 )
 
 
 def test_the_callers_own_tests_pass_with_the_kernels_on(tmp_path):
     # the fine pairs' scores and sums and the held lists' scores, each test of theirs run
-    # again with the kernels on (held rows' products, with Z formed in the kernel too,
-    # unshifted sums, weighted shifts;
-    # Triton's interpreter, on the CPU): the same bounds from
+    # again with both kernels on (Triton's interpreter, on the CPU): the same bounds from
     # the same maths, and the kernels really called
     needs_triton_interpreter()
     here = os.path.dirname(__file__)
@@ -175,15 +162,13 @@ def test_the_callers_own_tests_pass_with_the_kernels_on(tmp_path):
     script = [sys.executable, "-c", _WIRED, str(tmp_path / "calls.txt"), *tests]
     done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    code, pair_calls, list_calls, combination, shifts, phased = map(
+    code, pair_calls, list_calls, combination = map(
         int, (tmp_path / "calls.txt").read_text().split()
     )
     assert code == 0
     assert pair_calls > 0  # each route served at least one of its tests
     assert list_calls > 0
     assert combination > 0
-    assert shifts > 0
-    assert phased > 0  # the fine pass's own route: Z formed in the kernel
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,6 @@ from cryorefine.fourier import add_packed, fourier_crop, packed_accumulator, tri
 from cryorefine.geometry import matrix_to_euler
 from cryorefine.likelihood.fine import fine_pass
 from cryorefine.likelihood.fine_groups import BYTES_PER_SAMPLE, fine_groups
-from cryorefine.likelihood.held_cross import kernels_on
 from cryorefine.likelihood.passes import ParticleWindowData, RowProjector
 from cryorefine.likelihood.plan import (
     BackprojectionSums,
@@ -353,17 +352,10 @@ def expectation(
             coarse = coarse_pass(prep, part, reference_ft, plan, cache.coarse, times)
         # the children's projections live on the fine window (not the whole grid)
         projected_values = 0 if cache.fine is not None else prep.fine_window.count
-        # per fine translation: phases and Z on the fine window, phases and shifted data
-        # on the back-projection window, unless the held-row kernels form them
-        groups = fine_groups(
-            coarse,
-            plan,
-            prep.fine_window.count,
-            projected_values,
-            bp_values=prep.bp_window.count,
-            in_kernel=kernels_on(prep.bp_data, plan.precision),
-        )
-        for sizes in groups:
+        # per fine translation: phases and Z on the fine window, phases and shifted
+        # data on the back-projection window (16 bytes per coefficient of each)
+        window_values = prep.fine_window.count + prep.bp_window.count
+        for sizes in fine_groups(coarse, plan, window_values, projected_values):
             group = sizes.particles
             sub = (select(prep, group), part.select(group), select(coarse, group))
             with times.phase("fine"):

@@ -20,17 +20,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cryorefine.likelihood.fine_groups import FineGroup
-from cryorefine.likelihood.held_cross import kernels_on
 from cryorefine.likelihood.pair_sums import sum_pairs
-from cryorefine.likelihood.pairs import (
-    MAX_TRANSLATIONS_PER_PRODUCT,
-    BlockProjector,
-    PairLists,
-    pair_lists,
-    score_pairs,
-)
+from cryorefine.likelihood.pairs import BlockProjector, PairLists, pair_lists, score_pairs
 from cryorefine.likelihood.passes import RowProjector
-from cryorefine.likelihood.phased_cross import phased_terms
 from cryorefine.likelihood.plan import ExpectationPlan, ParticleTerms
 from cryorefine.likelihood.poses import fine_rotations
 from cryorefine.likelihood.posterior import log_likelihood_contribution, significant_samples
@@ -44,7 +36,7 @@ from cryorefine.likelihood.search import (
     weights_of,
 )
 from cryorefine.likelihood.sums import offset_moments
-from cryorefine.likelihood.window import shell_matrix, shift_factors
+from cryorefine.likelihood.window import shell_matrix, window_phases
 from cryorefine.timing import PhaseTimes, phase_of
 
 __all__ = ["distinct_translations", "fine_pass", "fine_row_rotations", "fine_translations"]
@@ -174,22 +166,9 @@ def fine_pass(
     needed = (distinct[:, :, None] * g + torch.arange(g, device=ids.device)).reshape(b, -1)
     needed_px = translations[needed]  # (b, u g, ndim)
     with phase_of(times, "fine_score"):
-        # where the held-row kernels take both the scores and the sums, the phases stay
-        # per-axis factors, formed tile by tile in them (phased_cross, unshifted): no
-        # arrays of every translation (else made whole once, for both)
-        phases = shift_factors(prep.fine_window, needed_px, box_size=plan.ori_size)
+        phases = window_phases(prep.fine_window, needed_px, box_size=plan.ori_size)
         weight = torch.ones_like(prep.fine_ctf) if plan.cross_correlation else prep.fine_weight
-        held = projections is None  # the group's children projected and held: kernel routes
-        few = distinct.shape[1] <= MAX_TRANSLATIONS_PER_PRODUCT  # all translations at once
-        if held and few and kernels_on(prep.fine_data, plan.precision):
-            terms = phased_terms(
-                prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision
-            )
-        else:
-            phases = phases.dense()
-            terms = data_terms(
-                prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision
-            )
+        terms = data_terms(prep.fine_data, prep.fine_ctf, weight, phases, precision=plan.precision)
         scores = score_pairs(
             terms,
             projector,
@@ -221,9 +200,7 @@ def fine_pass(
     carried_weights = summed.gather(1, carried[:, :, None, None].expand(-1, -1, g, f))
     carried_weights = carried_weights * carried_lists.valid[:, :, None, None]
     with phase_of(times, "fine_sum"):
-        # per-axis factors: the back-projection's phases are formed tile by tile where
-        # weighted_shifts' kernel runs, never as an array of every translation
-        bp_phases = shift_factors(prep.bp_window, needed_px, box_size=plan.ori_size)
+        bp_phases = window_phases(prep.bp_window, needed_px, box_size=plan.ori_size)
         sums = sum_pairs(
             (prep.fine_data, prep.fine_ctf, phases),
             projector,

@@ -14,7 +14,6 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from cryorefine.likelihood.pairs import MAX_TRANSLATIONS_PER_PRODUCT
 from cryorefine.likelihood.plan import ExpectationPlan
 from cryorefine.likelihood.search import CoarseOutcome
 
@@ -77,27 +76,14 @@ class FineGroup:
 
 
 def fine_groups(
-    coarse: CoarseOutcome,
-    plan: ExpectationPlan,
-    window_values: int,
-    projected_values: int,
-    *,
-    bp_values: int = 0,
-    in_kernel: bool = False,
+    coarse: CoarseOutcome, plan: ExpectationPlan, window_values: int, projected_values: int
 ) -> list[FineGroup]:
     """Particles grouped by their number of significant coarse pairs, arrays within budget.
 
     A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
-    samples of ``BYTES_PER_SAMPLE``, the weights and cross terms of every pair's
-    children at every fine translation (``(b, T g, q f)``, 8 bytes each) and, per
-    distinct fine translation, the phases and ``Z`` on the fine window (16 bytes per
-    coefficient of ``window_values``) and the phases and shifted data on the
-    back-projection window (16 bytes per coefficient of ``bp_values``). Where the
-    held-row kernels run (``in_kernel``) and the group's particles have at most
-    ``pairs.MAX_TRANSLATIONS_PER_PRODUCT`` distinct coarse translations, the kernels
-    form the back-projection's phases tile by tile, and, with the children's projections
-    held (``projected_values`` above 0), the fine window's too: those take no budget.
-    Particles are taken in order of ``q``; a
+    samples of ``BYTES_PER_SAMPLE`` and, per distinct fine translation, the
+    phases and ``Z`` on the fine and back-projection windows (16 bytes per
+    coefficient of ``window_values``). Particles are taken in order of ``q``; a
     group is closed when its padded size would exceed the budget (``BUDGET_SHARE``
     of ``plan.max_bytes``) or ``PADDING_LIMIT`` times its particles' own sizes, or
     when the children of its particles' significant coarse orientations
@@ -114,17 +100,12 @@ def fine_groups(
     distinct = coarse.significant.any(dim=2).sum(dim=1).tolist()
     order = sorted(range(len(pairs)), key=pairs.__getitem__)
     budget = int(plan.max_bytes * BUDGET_SHARE)
-    f = 8**plan.oversampling
 
     def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
         per_particle = widest_pairs * children * BYTES_PER_SAMPLE
-        per_particle += 8 * widest_pairs * f * widest_distinct * g  # spread weights, cross
-        formed = in_kernel and widest_distinct <= MAX_TRANSLATIONS_PER_PRODUCT
-        fine = 0 if formed and projected_values > 0 else window_values  # held rows: kernels
-        values = fine + (0 if formed else bp_values)
-        return count * (per_particle + widest_distinct * g * 16 * values)
+        return count * (per_particle + widest_distinct * g * 16 * window_values)
 
-    per_orientation = f * 8 * projected_values  # its children, complex64
+    per_orientation = 8**plan.oversampling * 8 * projected_values  # its children, complex64
     held_orientations = plan.max_bytes // 4 // max(1, per_orientation)
     significant_ids: list[list[int]] = [[] for _ in pairs]
     if per_orientation > 0:  # each particle's significant coarse ids (masks index row by row)

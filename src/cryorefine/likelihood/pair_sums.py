@@ -42,12 +42,7 @@ from cryorefine.likelihood.sums import (
     shell_sums_from_products,
     shell_sums_from_unshifted,
 )
-from cryorefine.likelihood.unshifted import (
-    kernel_unshifted_combination,
-    shifts_kernel_applies,
-    weighted_shifts,
-)
-from cryorefine.likelihood.window import ShiftFactors
+from cryorefine.likelihood.unshifted import kernel_unshifted_combination, weighted_shifts
 
 __all__ = ["MIN_CHUNK_SHARE", "PairSums", "sum_pairs"]
 
@@ -139,15 +134,8 @@ def _carried_counts(carried: Bool[Tensor, "b q f"], chunk: int) -> Int[Tensor, "
     return torch.stack([per_particle.amax(dim=0), per_particle.sum(dim=0)])
 
 
-def _phase_shape(phases: Tensor | ShiftFactors) -> tuple[int, int]:
-    """``(T g, k)``: translations and coefficients of phases given whole or as factors."""
-    if isinstance(phases, ShiftFactors):
-        return int(phases.factors.shape[-3]), int(phases.at.shape[0])
-    return int(phases.shape[-2]), int(phases.shape[-1])
-
-
 def _combine(
-    phases: Tensor | ShiftFactors,
+    phases: Tensor,
     w_all: Tensor,
     lists: PairLists,
     projector: BlockProjector,
@@ -162,14 +150,13 @@ def _combine(
         return None
     table = as_real_pairs(values)  # (rows, 2k), a view
     b, q, g, f = w_all.shape
-    tg, _ = _phase_shape(phases)
-    dtype = phases.factors.dtype if isinstance(phases, ShiftFactors) else phases.dtype
+    tg = phases.shape[-2]
     # the kernel's rows of W are the fine translations: at most MAX_TILE_ROWS of them
     if not (
         kernels_on(w_all, precision)
         and w_all.dtype == table.dtype == torch.float32
         and tg <= MAX_TILE_ROWS
-        and dtype == torch.complex64
+        and phases.dtype == torch.complex64
     ):
         return None
     slots = torch.arange(q, device=rows.device).expand(b, q)
@@ -179,13 +166,13 @@ def _combine(
 
 
 def sum_pairs(
-    particles: tuple[Tensor, Tensor, Tensor | ShiftFactors],
+    particles: tuple[Tensor, Tensor, Tensor],
     projector: BlockProjector,
     rows: Int[Tensor, "b q"],
     lists: PairLists,
     weights: Float[Tensor, "b q g f"],
     shells: Float[Tensor, "k s"],
-    backprojection: tuple[Tensor, Tensor, Tensor | ShiftFactors],
+    backprojection: tuple[Tensor, Tensor, Tensor],
     *,
     precision: str,
     max_bytes: int,
@@ -195,9 +182,7 @@ def sum_pairs(
     ``particles`` is ``(X (b, k), K (b, k), S (b, u, k))`` on the fine window;
     ``backprojection`` is ``(Y (b, kb), V (b, kb), S (b, u, kb))`` on the
     back-projection window; ``S`` are the phases of each particle's fine
-    translations, which ``lists.translations`` (times ``g`` plus child) index. Either
-    may come as their per-axis factors (``window.ShiftFactors``), which ``unshifted``'s
-    kernels form tile by tile (made whole only off the kernel routes).
+    translations, which ``lists.translations`` (times ``g`` plus child) index.
     ``Q = sum_r w P_r`` is accumulated per fine translation, ``sum_r W_r |P_r|^2``
     per particle, and the back-projection terms per fine row; all are linear in
     the weights.
@@ -206,18 +191,12 @@ def sum_pairs(
     x, ctf, phases = particles
     y, v, bp_phases = backprojection
     b, _, g, f = weights.shape
-    tg, k = _phase_shape(phases)
+    tg, k = phases.shape[-2:]
     w_all = weights.to(real)
     y = y.to(cplx)
+    bp_phases = bp_phases.to(cplx)
     v = v.to(real)
     every_translation = tg // g <= pairs.MAX_TRANSLATIONS_PER_PRODUCT
-    # weighted_shifts' kernel forms the back-projection's phases where it runs; elsewhere
-    # they are made whole once here, not once per chunk
-    formed = every_translation and shifts_kernel_applies(w_all, y, tg, precision)
-    if isinstance(bp_phases, ShiftFactors) and not formed:
-        bp_phases = bp_phases.dense()
-    if not isinstance(bp_phases, ShiftFactors):
-        bp_phases = bp_phases.to(cplx)
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
     # The fine rows that carry weight, known before the chunks: their data are added
@@ -313,8 +292,6 @@ def sum_pairs(
             x, ctf, unshifted, power, weight_totals, shells, precision=precision
         )
     else:
-        if isinstance(phases, ShiftFactors):
-            phases = phases.dense()
         totals = shell_sums_from_products(
             x,
             ctf,

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from cryorefine.likelihood.held_cross import kernel_applies, kernel_cross
 from cryorefine.likelihood.passes import RowProjector, row_chunks
-from cryorefine.likelihood.phased_cross import PhasedTerms, phased_applies, phased_cross
 from cryorefine.likelihood.scores import (
     DataTerms,
     as_real_pairs,
@@ -174,7 +173,7 @@ def _blocks(shifted: Tensor, index: Tensor) -> Tensor:
 
 
 def score_pairs(
-    terms: DataTerms | PhasedTerms,
+    terms: DataTerms,
     projector: BlockProjector,
     rows: Int[Tensor, "b q"],
     lists: PairLists,
@@ -186,36 +185,27 @@ def score_pairs(
     """Scores of every pair's ``g x f`` children; padded pairs get +inf.
 
     ``terms`` hold ``Z`` for the whole fine translation grid ``(b, T g, 2k)``
-    (``children`` = ``g``; weight 1 for the cross-correlation), or its factors
-    (``phased_cross.PhasedTerms``: made whole only off the kernel routes); ``rows``
-    are the pairs' blocks in ``projector``, ascending per particle.
+    (``children`` = ``g``; weight 1 for the cross-correlation); ``rows`` are the
+    pairs' blocks in ``projector``, ascending per particle.
     """
     _, cplx = working_dtypes(terms.precision)
-    b, g, f, q = rows.shape[0], children, projector.block, rows.shape[1]
-    phased = isinstance(terms, PhasedTerms)
-    tg = terms.translations if phased else terms.shifted.shape[1]
+    b, tg, k2 = terms.shifted.shape
+    g, f, q = children, projector.block, rows.shape[1]
+    out = terms.data_power.new_full((b, q + 1, g, f), torch.inf)
+    chunk = _chunk(projector, b, g, k2 // 2, 0, max_bytes)
     every_translation = tg // g <= MAX_TRANSLATIONS_PER_PRODUCT
     row_power = _held_row_power(projector, b * q * f, cplx, max_bytes)
     if row_power is not None:  # sum_k w K^2 |P_row|^2 of every particle and held row
         with matmul_precision(terms.precision):
             held_power = terms.ctf_power @ row_power.T  # (b, rows)
         values = projector.projector.values
-        table = as_real_pairs(values) if values.is_contiguous() else None
-        if every_translation and table is not None:
-            if phased and phased_applies(terms, table):
-                return _kernel_scores(
-                    terms, projector, rows, lists, held_power, g, cross_correlation
-                )
-            if not phased and kernel_applies(terms.shifted, table, terms.precision):
-                return _kernel_scores(
-                    terms, projector, rows, lists, held_power, g, cross_correlation
-                )
-    if phased:
-        terms = terms.dense()
-    b, tg, k2 = terms.shifted.shape
-    out = terms.data_power.new_full((b, q + 1, g, f), torch.inf)
-    chunk = _chunk(projector, b, g, k2 // 2, 0, max_bytes)
-    if row_power is None:  # w K^2 on the real pairs, for each chunk's |P|^2 product
+        if (
+            every_translation
+            and values.is_contiguous()
+            and kernel_applies(terms.shifted, as_real_pairs(values), terms.precision)
+        ):
+            return _kernel_scores(terms, projector, rows, lists, held_power, g, cross_correlation)
+    else:  # w K^2 on the real pairs, for each chunk's |P|^2 product
         ctf_pairs = terms.ctf_power.repeat_interleave(2, dim=-1)[:, :, None]  # (b, 2k, 1)
     for part in row_chunks(projector, rows, lists.valid, chunk):
         p = as_real_pairs(part.projections.to(cplx))  # (b, l, f, 2k), the chunk's own copy
@@ -252,7 +242,7 @@ def _pair_scores(
 
 
 def _kernel_scores(
-    terms: DataTerms | PhasedTerms,
+    terms: DataTerms,
     projector: BlockProjector,
     rows: Tensor,
     lists: PairLists,
@@ -260,18 +250,14 @@ def _kernel_scores(
     g: int,
     cross_correlation: bool,
 ) -> Tensor:
-    """``score_pairs`` for held projections by ``held_cross``'s kernel (or, for
-    ``PhasedTerms``, ``phased_cross``'s): every pair's children read through their row
-    indices (no gathered copies), all translations at once."""
+    """``score_pairs`` for held projections by ``held_cross``'s kernel: every pair's children
+    read through their row indices (no gathered copies), all translations at once."""
+    b, tg, _ = terms.shifted.shape
     f, q = projector.block, rows.shape[1]
     values = projector.projector.values
     children = _child_rows(rows.clamp(0, projector.rows - 1), f)  # (b, q f)
     table = as_real_pairs(values)  # (rows, 2k), a view of the held projections
-    if isinstance(terms, PhasedTerms):
-        cross = phased_cross(terms, table, children)
-    else:
-        cross = kernel_cross(terms.shifted, table, children, tf32=terms.precision == "tf32")
-    b, tg, _ = cross.shape
+    cross = kernel_cross(terms.shifted, table, children, tf32=terms.precision == "tf32")
     cross = cross.reshape(b, tg, q, f).transpose(1, 2)  # (b, q, T g, f)
     slots = torch.arange(q, device=rows.device).expand(b, q)
     index = _translation_index(lists, slots, g)  # (b, q, g)

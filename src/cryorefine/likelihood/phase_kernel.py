@@ -7,9 +7,7 @@ an array the size of the output and then multiplied in: for ``ndim = 3`` five
 writes and four reads of the output's size, the fine pass's largest arrays (a
 fine group of the tutorial's final iteration: about 5 GB each). The kernel here
 reads the tables and writes each phase once, multiplying in the same order as
-the torch route (axis 0 times axis 1, times axis 2), in complex64. ``phase_tile`` forms
-a tile of phases the same way inside other kernels (``unshifted``, ``phased_cross``),
-which then need no array of phases at all; ``factor_table`` lays out their tables.
+the torch route (axis 0 times axis 1, times axis 2), in complex64.
 """
 
 import os
@@ -25,9 +23,8 @@ try:  # Triton comes with CUDA builds of torch; CPU builds take the torch route
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
-    phase_tile = None
 
-__all__ = ["factor_table", "kernel_applies", "phase_products", "phase_tile"]
+__all__ = ["kernel_applies", "phase_products"]
 
 _BLOCK = 512  # coefficients per program
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter: CPU tensors
@@ -54,22 +51,6 @@ if triton is not None:
         out = out_ptr + row.to(tl.int64) * out_sr + 2 * ks
         tl.store(out, re, mask=in_k)
         tl.store(out + 1, im, mask=in_k)
-
-    @triton.jit
-    @no_type_check
-    def phase_tile(f_base, f_sd, at_ptr, at_sk, cs, in_s, in_c, NDIM: tl.constexpr):
-        """Phases of a tile, in registers: ``f_base`` points at each row's factors
-        ``(rows, 1)`` (axis stride ``f_sd``, interleaved real pairs), ``cs`` are the tile's
-        coefficients; the product of the axes' factors in ``_products``' order."""
-        at = tl.load(at_ptr + cs * at_sk, mask=in_c, other=0)
-        re = tl.load(f_base + 2 * at[None, :], mask=in_s, other=0.0)
-        im = tl.load(f_base + 2 * at[None, :] + 1, mask=in_s, other=0.0)
-        for d in tl.static_range(1, NDIM):
-            at = tl.load(at_ptr + cs * at_sk + d, mask=in_c, other=0)
-            f_re = tl.load(f_base + d * f_sd + 2 * at[None, :], mask=in_s, other=0.0)
-            f_im = tl.load(f_base + d * f_sd + 2 * at[None, :] + 1, mask=in_s, other=0.0)
-            re, im = re * f_re - im * f_im, re * f_im + im * f_re
-        return re, im
 
 
 def kernel_applies(factors: Tensor) -> bool:
@@ -106,13 +87,3 @@ def phase_products(
             NDIM=ndim, BK=_BLOCK,
         )  # fmt: skip
     return torch.view_as_complex(out)
-
-
-def factor_table(
-    factors: Complex[Tensor, "... t ndim n"], at: Int[Tensor, "k ndim"], b: int
-) -> tuple[Tensor, Tensor]:
-    """``phase_tile``'s inputs: the factors of each of ``b`` particles (shared ones
-    repeated) as real pairs ``(b, t, ndim, n, 2)``, contiguous; ``at`` contiguous."""
-    t, ndim, n = factors.shape[-3:]
-    table = torch.view_as_real(factors.resolve_conj().expand(b, t, ndim, n).contiguous())
-    return table, at.contiguous()

@@ -49,7 +49,6 @@ __all__ = [
     "data_terms",
     "matmul_precision",
     "orientation_terms",
-    "particle_side",
     "per_particle_cross",
     "resolve_precision",
     "scores_from_cross",
@@ -148,26 +147,13 @@ def data_terms(
     precision: str = "float32",
 ) -> DataTerms:
     """The particle side of ``squared_differences``, to pair with many orientation chunks."""
-    _, cplx = working_dtypes(precision)
-    data_power, ctf_power, weighted = particle_side(data, ctf, weight, precision=precision)
-    z = weighted[:, None, :] * phases.to(cplx)  # (b, t, k)
-    return DataTerms(data_power, ctf_power, as_real_pairs(z), precision)
-
-
-def particle_side(
-    data: Complex[Tensor, "b k"],
-    ctf: Float[Tensor, "b k"],
-    weight: Float[Tensor, "b k"],
-    *,
-    precision: str = "float32",
-) -> tuple[Float[Tensor, " b"], Float[Tensor, "b k"], Complex[Tensor, "b k"]]:
-    """``(sum_k w |X|^2, w K^2, w K X)`` in the working precision: ``data_terms`` before
-    the phases (``phased_cross.phased_terms`` keeps them apart)."""
     real, cplx = working_dtypes(precision)
     x = data.to(cplx)
     w = weight.to(real)
     k_ctf = ctf.to(real)
-    return (w * squared_magnitude(x)).sum(-1), w * k_ctf.square(), w * k_ctf * x
+    data_power = (w * squared_magnitude(x)).sum(-1)
+    z = (w * k_ctf * x)[:, None, :] * phases.to(cplx)  # (b, t, k)
+    return DataTerms(data_power, w * k_ctf.square(), as_real_pairs(z), precision)
 
 
 def orientation_terms(

@@ -28,12 +28,10 @@ from cryorefine.likelihood.phase_kernel import phase_products
 
 __all__ = [
     "FourierWindow",
-    "ShiftFactors",
     "fourier_window",
     "gather_window",
     "scatter_window",
     "shell_matrix",
-    "shift_factors",
     "window_frequencies_xyz",
     "window_phases",
 ]
@@ -148,55 +146,6 @@ def scatter_window(values: Shaped[Tensor, "... k"], window: FourierWindow) -> Sh
     return out.reshape(*lead, *shape)
 
 
-@dataclass(frozen=True)
-class ShiftFactors:
-    """``window_phases`` before the product: one factor per shift, axis and frequency.
-
-    The phase of shift ``i`` at coefficient ``j`` is ``prod_d factors[i, d, at[j, d]]``
-    (axis 0 first, complex64 products), so kernels can form the phases of a tile in
-    registers (``shifted_sums``) instead of reading an array of every shift's
-    coefficients; ``dense`` makes that array for the torch routes.
-
-    Attributes
-    ----------
-    factors
-        ``(..., ndim, 2 h + 1)`` complex: ``exp(-2 pi i k_d s_d / box_size)`` for
-        ``k_d = -h .. h`` (``h = size // 2`` of the window).
-    at
-        ``(k, ndim)`` index of each coefficient's frequency into ``factors``' last axis.
-    """
-
-    factors: Complex[Tensor, "... ndim n"]
-    at: Int[Tensor, "k ndim"]
-
-    def dense(self) -> Complex[Tensor, "... k"]:
-        """The phases ``(..., k)`` (``window_phases``)."""
-        ndim, n = self.factors.shape[-2:]
-        lead = self.factors.shape[:-2]
-        out = phase_products(self.factors.reshape(-1, ndim, n), self.at)
-        return out.reshape(*lead, self.at.shape[0])
-
-
-def shift_factors(
-    window: FourierWindow,
-    shifts_px: Float[Tensor, "... ndim"],
-    *,
-    box_size: int,
-    dtype: torch.dtype = torch.complex64,
-) -> ShiftFactors:
-    """``window_phases``' per-axis factors (``ShiftFactors``), computed in float64 and cast."""
-    ndim = window.frequencies.shape[1]
-    if ndim == 0:
-        raise ValueError("window_phases needs at least one dimension")
-    half = window.size // 2
-    at = (window.frequencies + half).to(device=shifts_px.device)  # (k, ndim) into the axis
-    axis = torch.arange(-half, half + 1, device=shifts_px.device, dtype=torch.float64)
-    # every axis's factors at once, (..., ndim, 2 half + 1): a few operators per call, not
-    # per axis (the E-step asks for phases per chunk and fine group)
-    angle = shifts_px[..., :ndim, None].to(torch.float64) * axis * (-2.0 * math.pi / box_size)
-    return ShiftFactors(torch.polar(torch.ones_like(angle), angle).to(dtype), at)
-
-
 def window_phases(
     window: FourierWindow,
     shifts_px: Float[Tensor, "... ndim"],
@@ -216,7 +165,19 @@ def window_phases(
     GPU), so memory is the output's alone and the error is a few units of
     ``dtype``'s rounding.
     """
-    return shift_factors(window, shifts_px, box_size=box_size, dtype=dtype).dense()
+    ndim = window.frequencies.shape[1]
+    if ndim == 0:
+        raise ValueError("window_phases needs at least one dimension")
+    half = window.size // 2
+    at = (window.frequencies + half).to(device=shifts_px.device)  # (k, ndim) into the axis
+    axis = torch.arange(-half, half + 1, device=shifts_px.device, dtype=torch.float64)
+    # every axis's factors at once, (..., ndim, 2 half + 1): a few operators per call, not
+    # per axis (the E-step asks for phases per chunk and fine group)
+    angle = shifts_px[..., :ndim, None].to(torch.float64) * axis * (-2.0 * math.pi / box_size)
+    factors = torch.polar(torch.ones_like(angle), angle).to(dtype)
+    lead = factors.shape[:-2]
+    out = phase_products(factors.reshape(-1, ndim, factors.shape[-1]), at)
+    return out.reshape(*lead, at.shape[0])
 
 
 def shell_matrix(
