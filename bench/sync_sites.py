@@ -10,7 +10,8 @@ command line asks otherwise) with ``Tensor.item/tolist/nonzero/cpu/numpy``, ``bo
 innermost two ``cryorefine`` frames, and blocking copies of host data to a GPU
 (``counting_host_copies``). On a GPU each of these waits for the device's
 queue to drain; on the CPU they cost nothing, so the count, not the time, is the
-measurement. Prints the total and the ``--top`` sites. With ``--ops``, every
+measurement there; on a GPU the seconds each call took (mostly the wait) are summed
+by site as well. Prints the totals and the ``--top`` sites. With ``--ops``, every
 operator dispatched (each a kernel launch on a GPU) is counted by site too, as
 the host's time between two waits is mostly the launching of operators.
 """
@@ -18,6 +19,7 @@ the host's time between two waits is mostly the launching of operators.
 import argparse
 import collections
 import functools
+import time
 import traceback
 
 import torch
@@ -39,20 +41,26 @@ def _site() -> str:
     return " < ".join(f"{f.filename.split('cryorefine/')[-1]}:{f.lineno}" for f in frames[:-3:-1])
 
 
-def counting(counts: collections.Counter) -> None:
-    """Wrap every entry of ``WRAPPED`` to add its calls to ``counts`` by site."""
+def counting(counts: collections.Counter, seconds: collections.Counter) -> None:
+    """Wrap every entry of ``WRAPPED`` to add its calls to ``counts`` by site, and the
+    seconds each call took to ``seconds`` (on a GPU, mostly the wait for the queue)."""
     for owner, name in WRAPPED:
         original = getattr(owner, name)
 
         @functools.wraps(original)
         def counted(*args, _original=original, _name=name, **kwargs):
-            counts[f"{_name.strip('_'):<17} {_site()}"] += 1
-            return _original(*args, **kwargs)
+            start = time.perf_counter()
+            out = _original(*args, **kwargs)
+            elapsed = time.perf_counter() - start  # timed before the site is looked up
+            key = f"{_name.strip('_'):<17} {_site()}"
+            counts[key] += 1
+            seconds[key] += elapsed
+            return out
 
         setattr(owner, name, counted)
 
 
-def counting_host_copies(counts: collections.Counter) -> None:
+def counting_host_copies(counts: collections.Counter, seconds: collections.Counter) -> None:
     """Count blocking copies of host data to a GPU by site: ``Tensor.to``/``cuda`` without
     ``non_blocking``, ``torch.as_tensor``/``torch.tensor`` with a CUDA ``device``. Each
     synchronises the stream before it copies, as ``item`` does (none on the CPU)."""
@@ -62,9 +70,13 @@ def counting_host_copies(counts: collections.Counter) -> None:
 
         @functools.wraps(original)
         def counted(*args, _original=original, _name=name, **kwargs):
+            start = time.perf_counter()
             out = _original(*args, **kwargs)
+            elapsed = time.perf_counter() - start
             if isinstance(out, torch.Tensor) and out.is_cuda and blocking(args, kwargs):
-                counts[f"{'h2d ' + _name:<17} {_site()}"] += 1
+                key = f"{'h2d ' + _name:<17} {_site()}"
+                counts[key] += 1
+                seconds[key] += elapsed
             return out
 
         setattr(owner, name, counted)
@@ -106,8 +118,9 @@ def main() -> None:
     parser.add_argument("--ops", action="store_true", help="count operators by site too")
     args, extra = parser.parse_known_args()
     counts: collections.Counter = collections.Counter()
-    counting(counts)
-    counting_host_copies(counts)
+    seconds: collections.Counter = collections.Counter()
+    counting(counts, seconds)
+    counting_host_copies(counts, seconds)
     command = ["refine", "--continue", args.continue_from, "--o", args.o, *extra]
     if args.iter is not None:
         command += ["--iter", str(args.iter)]
@@ -120,6 +133,9 @@ def main() -> None:
     print(f"calls that would sync a GPU: {sum(counts.values())}")  # noqa: T201
     for key, n in counts.most_common(args.top):
         print(f"{n:7d}  {key}")  # noqa: T201
+    print(f"seconds in those calls: {sum(seconds.values()):.2f} (by site, most first)")  # noqa: T201
+    for key, spent in seconds.most_common(args.top):
+        print(f"{spent:9.3f}  {counts[key]:6d}  {key}")  # noqa: T201
     if args.ops:
         by_site = collections.Counter()
         for key, n in operators.items():
