@@ -1,4 +1,5 @@
-"""Helpers of the parallel tests: free ports, quiet environments, command lines, a tiny data set."""
+"""Helpers of the parallel tests: free ports, quiet environments, command lines, a tiny data
+set, and the final maps of its runs compared."""
 
 import os
 import socket
@@ -6,10 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from cryorefine.cli.main import main
+from cryorefine.fourier import fsc, to_fourier
+from cryorefine.io import read_mrc, read_star
 
 PIXEL = 7.2
 BOX = 24
+FINAL_MAPS = ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc")
 
 
 def free_port() -> int:
@@ -83,3 +90,23 @@ def refine_arguments(sim: Path, output_root: Path) -> list[str]:
             "--offset_step", "1", "--sym", "C6", "--flatten_solvent",
             "--low_resol_join_halves", "40", "--auto_ignore_angles", "--auto_resol_angles",
             "--batch_size", "8", "--random_seed", "11"]  # fmt: skip
+
+
+def final_map(path: Path) -> np.ndarray:
+    """A written map, float32."""
+    volume, _ = read_mrc(path)
+    return np.asarray(volume, dtype=np.float32)
+
+
+def final_shell(folder: Path) -> int:
+    """The Fourier shell of a finished run's final resolution (``run_model.star``)."""
+    general = read_star(folder / "run_model.star")["model_general"]
+    return int(BOX * PIXEL / float(general["rlnCurrentResolution"]))
+
+
+def maps_fsc(a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+    """FSC between two maps, per shell, in float64."""
+    return fsc(
+        to_fourier(torch.as_tensor(a, dtype=torch.float64), 3),
+        to_fourier(torch.as_tensor(b, dtype=torch.float64), 3),
+    )

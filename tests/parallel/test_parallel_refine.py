@@ -34,13 +34,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from parallel_helpers import BOX, PIXEL, refine_arguments, run_cryorefine, simulate_tiny_spa
+from parallel_helpers import (
+    FINAL_MAPS,
+    final_map,
+    final_shell,
+    maps_fsc,
+    refine_arguments,
+    run_cryorefine,
+    simulate_tiny_spa,
+)
 
-from cryorefine.fourier import fsc, to_fourier
-from cryorefine.io import read_mrc, read_star
-
-FINAL_MAPS = ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc")
+from cryorefine.io import read_star
 
 
 def _check(result, what: str) -> None:
@@ -62,34 +66,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return outputs
 
 
-def _map(path: Path) -> np.ndarray:
-    volume, _ = read_mrc(path)
-    return np.asarray(volume, dtype=np.float32)
-
-
 def _poses(folder: Path) -> np.ndarray:
     table = read_star(folder / "run_data.star")["particles"]
     columns = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"]
     return table[columns].to_numpy(dtype=np.float64)
 
 
-def _final_shell(folder: Path) -> int:
-    general = read_star(folder / "run_model.star")["model_general"]
-    return int(BOX * PIXEL / float(general["rlnCurrentResolution"]))
-
-
 def _assert_maps_agree(reference: Path, other: Path) -> None:
-    shell = _final_shell(reference)
+    shell = final_shell(reference)
     assert shell >= 2, "the run reached no resolution worth comparing"
     for name in FINAL_MAPS:
-        a, b = _map(reference / name), _map(other / name)
+        a, b = final_map(reference / name), final_map(other / name)
         # Reassociated float64 sums, rounded to float32 (module docstring).
         bound = 4 * 2.0**-24 * float(np.abs(a).max())
         assert float(np.abs(a - b).max()) <= bound, name
-        curve = fsc(
-            to_fourier(torch.as_tensor(a, dtype=torch.float64), 3),
-            to_fourier(torch.as_tensor(b, dtype=torch.float64), 3),
-        )
+        curve = maps_fsc(a, b)
         # The bar: above 0.99 in every shell up to the final resolution.
         assert float(curve[1 : shell + 1].min()) > 0.99, name
 
@@ -97,7 +88,7 @@ def _assert_maps_agree(reference: Path, other: Path) -> None:
 def test_one_rank_per_half_set_gives_the_single_process_result_bit_for_bit(runs) -> None:
     one, two = runs["ranks1"], runs["ranks2"]
     for name in FINAL_MAPS:
-        np.testing.assert_array_equal(_map(two / name), _map(one / name), err_msg=name)
+        np.testing.assert_array_equal(final_map(two / name), final_map(one / name), err_msg=name)
     np.testing.assert_array_equal(_poses(two), _poses(one))
 
 

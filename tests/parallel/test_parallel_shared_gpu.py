@@ -20,20 +20,22 @@ and final resolutions within one Fourier shell of each other (the half maps' FSC
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from parallel_helpers import BOX, PIXEL, refine_arguments, run_cryorefine, simulate_tiny_spa
-
-from cryorefine.fourier import fsc, to_fourier
-from cryorefine.io import read_mrc, read_star
+from parallel_helpers import (
+    FINAL_MAPS,
+    final_map,
+    final_shell,
+    maps_fsc,
+    refine_arguments,
+    run_cryorefine,
+    simulate_tiny_spa,
+)
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="two ranks on one GPU need a GPU"),
 ]
-
-FINAL_MAPS = ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc")
 
 
 @pytest.fixture(scope="module")
@@ -51,28 +53,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return outputs
 
 
-def _map(path: Path) -> np.ndarray:
-    return np.asarray(read_mrc(path)[0], dtype=np.float32)
-
-
 def test_the_ranks_say_they_share_the_gpu_and_split_its_memory(runs) -> None:
     log = (runs["shared"] / "run.log").read_text()
     assert re.search(r"2 ranks share cuda:0: each holds at most 45 % of its memory", log)
     assert "ranks=2 launcher=torchrun" in log
 
 
-def _resolution(folder: Path) -> float:
-    return float(read_star(folder / "run_model.star")["model_general"]["rlnCurrentResolution"])
-
-
 def test_two_ranks_on_one_gpu_give_the_single_process_maps(runs) -> None:
     one, shared = runs["one"], runs["shared"]
-    shell = int(BOX * PIXEL / _resolution(one))
-    assert abs(int(BOX * PIXEL / _resolution(shared)) - shell) <= 1
+    shell = final_shell(one)
+    assert abs(final_shell(shared) - shell) <= 1
     assert shell >= 2, "the run reached no resolution worth comparing"
     for name in FINAL_MAPS:
-        curve = fsc(
-            to_fourier(torch.as_tensor(_map(one / name), dtype=torch.float64), 3),
-            to_fourier(torch.as_tensor(_map(shared / name), dtype=torch.float64), 3),
-        )
+        curve = maps_fsc(final_map(one / name), final_map(shared / name))
         assert float(curve[1 : shell + 1].min()) > 0.99, name
