@@ -127,6 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch_size", type=int, default=0, help="particles per batch (0: chosen from memory)"
     )
     parser.add_argument(
+        "--concurrent_half_sets",
+        action="store_true",
+        help="on a GPU, score the two half sets at once, each in a thread on a CUDA stream "
+        "of its own (default: one after the other)",
+    )
+    parser.add_argument(
         "--rank_timeout_min",
         type=float,
         default=DEFAULT_TIMEOUT_S / 60,
@@ -249,6 +255,7 @@ def run(args: argparse.Namespace) -> None:
         "precision": args.precision,
         "interpolation": args.interpolation,
         "batch_size": args.batch_size,
+        "concurrent_half_sets": args.concurrent_half_sets,
     }
     with ExitStack() as stack:
         if environment.world_size == 1:

@@ -90,6 +90,7 @@ def _iteration(
     precision: str,
     interpolation: str,
     batch_size: int,
+    concurrent_half_sets: bool,
     generator: torch.Generator,
     communicator: Communicator,
 ):
@@ -150,6 +151,7 @@ def _iteration(
         interpolation=interpolation,
         batch_size=batch_size,
         device=device,
+        concurrent_half_sets=concurrent_half_sets,
     )
     first, second = all_sums
     unfiltered = None
@@ -297,6 +299,7 @@ def refine_run(
     precision: str = "auto",
     interpolation: str = "texture",
     batch_size: int = 0,
+    concurrent_half_sets: bool = False,
     communicator: Communicator | None = None,
     given_options: frozenset[str] | None = None,
 ) -> tuple[HalfSetModel, RefineState]:
@@ -310,7 +313,9 @@ def refine_run(
     ``precision`` is the E-step's arithmetic (``likelihood.scores``); ``"auto"`` is
     tf32 on a GPU and float32 on the CPU (``likelihood.resolve_precision``); on a GPU
     ``interpolation`` ``"texture"`` samples the references by the texture units
-    (``fourier.texture``), ``"exact"`` by the float32 kernel.
+    (``fourier.texture``), ``"exact"`` by the float32 kernel. ``concurrent_half_sets``:
+    on a GPU, the two half sets of a rank that holds both are scored at once
+    (``e_step.e_step``).
 
     Raises
     ------
@@ -380,6 +385,7 @@ def refine_run(
             precision=precision,
             interpolation=interpolation,
             batch_size=batch_size,
+            concurrent_half_sets=concurrent_half_sets,
             generator=generator,
             communicator=communicator,
         )
