@@ -12,6 +12,7 @@ from cryorefine.likelihood.expectation import (
     projection_cache,
 )
 from cryorefine.likelihood.plan import (
+    MAX_BUDGET_BYTES,
     BackprojectionSums,
     ExpectationPlan,
     ExpectationResult,
@@ -62,6 +63,7 @@ from cryorefine.likelihood.window import (
 )
 
 __all__ = [
+    "MAX_BUDGET_BYTES",
     "PRECISIONS",
     "BackprojectionSums",
     "DataTerms",

@@ -90,7 +90,7 @@ def _iteration(
     precision: str,
     interpolation: str,
     batch_size: int,
-    concurrent_half_sets: bool,
+    concurrent_half_sets: bool | None,
     generator: torch.Generator,
     communicator: Communicator,
 ):
@@ -299,7 +299,7 @@ def refine_run(
     precision: str = "auto",
     interpolation: str = "texture",
     batch_size: int = 0,
-    concurrent_half_sets: bool = False,
+    concurrent_half_sets: bool | None = None,
     communicator: Communicator | None = None,
     given_options: frozenset[str] | None = None,
 ) -> tuple[HalfSetModel, RefineState]:
@@ -315,7 +315,7 @@ def refine_run(
     ``interpolation`` ``"texture"`` samples the references by the texture units
     (``fourier.texture``), ``"exact"`` by the float32 kernel. ``concurrent_half_sets``:
     on a GPU, the two half sets of a rank that holds both are scored at once
-    (``e_step.e_step``).
+    (``e_step.e_step``; None: where the card has room for both).
 
     Raises
     ------
