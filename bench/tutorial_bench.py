@@ -170,7 +170,10 @@ def parse_arguments() -> argparse.Namespace:
         "--interpolation", default="texture", help="refine --interpolation (texture, exact)"
     )
     parser.add_argument(
-        "--concurrent_half_sets", action="store_true", help="refine --concurrent_half_sets"
+        "--half_sets",
+        choices=("auto", "concurrent", "serial"),
+        default="auto",
+        help="refine --concurrent_half_sets or --serial_half_sets (auto: neither)",
     )
     parser.add_argument(
         "--no_floor", action="store_true", help="skip measuring the rates and the floor table"
@@ -276,8 +279,8 @@ def main() -> None:
     command += ["--batch_size", str(args.batch_size),
                 "--precision", _concrete(args.precision, gpu=args.gpu),
                 "--interpolation", args.interpolation]  # fmt: skip
-    if args.concurrent_half_sets:
-        command.append("--concurrent_half_sets")
+    if args.half_sets != "auto":
+        command.append(f"--{args.half_sets}_half_sets")
     profile = cProfile.Profile() if args.profile else None
     # SIGTERM (``timeout``) stops the refine; the table is then made from its last whole
     # iteration, so that a run cut by a time limit still reports
