@@ -170,12 +170,6 @@ def parse_arguments() -> argparse.Namespace:
         "--interpolation", default="texture", help="refine --interpolation (texture, exact)"
     )
     parser.add_argument(
-        "--half_sets",
-        choices=("auto", "concurrent", "serial"),
-        default="auto",
-        help="refine --concurrent_half_sets or --serial_half_sets (auto: neither)",
-    )
-    parser.add_argument(
         "--no_floor", action="store_true", help="skip measuring the rates and the floor table"
     )
     parser.add_argument("--work", type=Path, default=Path("bench_tutorial_work"))
@@ -279,8 +273,6 @@ def main() -> None:
     command += ["--batch_size", str(args.batch_size),
                 "--precision", _concrete(args.precision, gpu=args.gpu),
                 "--interpolation", args.interpolation]  # fmt: skip
-    if args.half_sets != "auto":
-        command.append(f"--{args.half_sets}_half_sets")
     profile = cProfile.Profile() if args.profile else None
     # SIGTERM (``timeout``) stops the refine; the table is then made from its last whole
     # iteration, so that a run cut by a time limit still reports

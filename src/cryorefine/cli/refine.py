@@ -126,22 +126,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch_size", type=int, default=0, help="particles per batch (0: chosen from memory)"
     )
-    half_sets = parser.add_mutually_exclusive_group()
-    half_sets.add_argument(
-        "--concurrent_half_sets",
-        action="store_const",
-        const=True,
-        default=None,
-        help="on a GPU, score the two half sets at once, each in a thread on a CUDA stream "
-        "of its own (default: where 64 GiB of the card are free)",
-    )
-    half_sets.add_argument(
-        "--serial_half_sets",
-        dest="concurrent_half_sets",
-        action="store_const",
-        const=False,
-        help="on a GPU, score the two half sets one after the other",
-    )
     parser.add_argument(
         "--rank_timeout_min",
         type=float,
@@ -265,7 +249,6 @@ def run(args: argparse.Namespace) -> None:
         "precision": args.precision,
         "interpolation": args.interpolation,
         "batch_size": args.batch_size,
-        "concurrent_half_sets": args.concurrent_half_sets,
     }
     with ExitStack() as stack:
         if environment.world_size == 1:

@@ -12,7 +12,6 @@ from cryorefine.likelihood.expectation import (
     projection_cache,
 )
 from cryorefine.likelihood.plan import (
-    MAX_BUDGET_BYTES,
     BackprojectionSums,
     ExpectationPlan,
     ExpectationResult,
@@ -63,7 +62,6 @@ from cryorefine.likelihood.window import (
 )
 
 __all__ = [
-    "MAX_BUDGET_BYTES",
     "PRECISIONS",
     "BackprojectionSums",
     "DataTerms",

@@ -23,10 +23,6 @@ __all__ = [
 ]
 
 
-MAX_BUDGET_BYTES = 2**34
-"""The largest ``memory_budget``: 16 GiB, reached where 64 GiB or more are free."""
-
-
 def memory_budget(device: torch.device) -> int:
     """``ExpectationPlan.max_bytes`` for ``device``: a quarter of the free GPU memory
     (between 1 and 16 GiB), 512 MiB on the CPU.
@@ -49,7 +45,7 @@ def memory_budget(device: torch.device) -> int:
     fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(device)
     if fraction < 1.0:  # ranks that share the GPU: this process's part of it
         available = min(available, int(fraction * total) - allocated)
-    return int(min(max(available // 4, 2**30), MAX_BUDGET_BYTES))
+    return int(min(max(available // 4, 2**30), 2**34))
 
 
 @dataclass(frozen=True)

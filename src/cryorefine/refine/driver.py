@@ -90,7 +90,6 @@ def _iteration(
     precision: str,
     interpolation: str,
     batch_size: int,
-    concurrent_half_sets: bool | None,
     generator: torch.Generator,
     communicator: Communicator,
 ):
@@ -151,7 +150,6 @@ def _iteration(
         interpolation=interpolation,
         batch_size=batch_size,
         device=device,
-        concurrent_half_sets=concurrent_half_sets,
     )
     first, second = all_sums
     unfiltered = None
@@ -299,7 +297,6 @@ def refine_run(
     precision: str = "auto",
     interpolation: str = "texture",
     batch_size: int = 0,
-    concurrent_half_sets: bool | None = None,
     communicator: Communicator | None = None,
     given_options: frozenset[str] | None = None,
 ) -> tuple[HalfSetModel, RefineState]:
@@ -313,9 +310,7 @@ def refine_run(
     ``precision`` is the E-step's arithmetic (``likelihood.scores``); ``"auto"`` is
     tf32 on a GPU and float32 on the CPU (``likelihood.resolve_precision``); on a GPU
     ``interpolation`` ``"texture"`` samples the references by the texture units
-    (``fourier.texture``), ``"exact"`` by the float32 kernel. ``concurrent_half_sets``:
-    on a GPU, the two half sets of a rank that holds both are scored at once
-    (``e_step.e_step``; None: where the card has room for both).
+    (``fourier.texture``), ``"exact"`` by the float32 kernel.
 
     Raises
     ------
@@ -385,7 +380,6 @@ def refine_run(
             precision=precision,
             interpolation=interpolation,
             batch_size=batch_size,
-            concurrent_half_sets=concurrent_half_sets,
             generator=generator,
             communicator=communicator,
         )

@@ -11,7 +11,6 @@ Particles with NaN or infinity in their image or CTF volume are left out and
 named once per run (``inputs.non_finite_rows``; ``half_pass``).
 """
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -24,12 +23,7 @@ import torch
 from cryorefine.fourier import symmetrise
 from cryorefine.fourier.texture import reference_texture
 from cryorefine.geometry import perturb_translations, translation_grid
-from cryorefine.likelihood import (
-    MAX_BUDGET_BYTES,
-    ExpectationPlan,
-    OrientationGrid,
-    memory_budget,
-)
+from cryorefine.likelihood import ExpectationPlan, OrientationGrid, memory_budget
 from cryorefine.refine.communicator import Communicator
 from cryorefine.refine.half_pass import PoseUpdate, run_half_set
 from cryorefine.refine.half_sums import HalfSetSums, empty_sums
@@ -37,7 +31,6 @@ from cryorefine.refine.initialise import RefineInputs
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.particle_noise import iteration_noise_seed
-from cryorefine.refine.streams import on_own_streams
 
 __all__ = ["default_batch_size", "e_step", "empty_pose_update", "expectation_plan"]
 
@@ -122,12 +115,8 @@ def expectation_plan(
     cc: bool,
     precision: str,
     device: torch.device,
-    max_bytes: int | None = None,
 ) -> ExpectationPlan:
-    """The sampling and sizes of one half set's E-step in this iteration.
-
-    ``max_bytes``: the memory budget; None takes ``likelihood.memory_budget(device)`` now.
-    """
+    """The sampling and sizes of one half set's E-step in this iteration."""
     range_px, step_px = state.offset_px(inputs.pixel_size_angst)
     translations = translation_grid(range_px, step_px, ndim=inputs.ndim, device=device)
     translations = perturb_translations(
@@ -146,7 +135,7 @@ def expectation_plan(
         padding_factor=options.pad,
         cross_correlation=cc,
         precision=precision,
-        max_bytes=memory_budget(device) if max_bytes is None else max_bytes,
+        max_bytes=memory_budget(device),
     )
 
 
@@ -176,49 +165,34 @@ def e_step(
     interpolation: str = "texture",
     batch_size: int,
     device: torch.device,
-    concurrent_half_sets: bool | None = None,
 ) -> tuple[tuple[HalfSetSums, HalfSetSums], list[PoseUpdate]]:
     """Both half sets' symmetrised sums and all particles' pose updates, on every rank.
 
     ``interpolation`` ``"texture"`` samples the references through the GPU's
     texture units where they can (``fourier.texture``), ``"exact"`` never.
-    ``concurrent_half_sets``: on a GPU, where this rank holds both half sets, both are
-    scored at once (``streams.on_own_streams``), each with the budget one would have;
-    None: where the budget is the largest (``MAX_BUDGET_BYTES``, 64 GiB free), so that
-    both fit. On an H100 at the tutorial's shape that took 14.4 s against 15.5 s in
-    iteration 4 and 28.1-28.8 s against 30.0 s in the final iteration, with a peak of
-    48 GiB allocated against 25.5.
     """
     noise_seed = iteration_noise_seed(options.random_seed, state.iteration)
-    halves = list(communicator.halves_here())
-    # taken once for both: a budget taken while the other half set allocates would be smaller
-    max_bytes = memory_budget(device)
-    if concurrent_half_sets is None:
-        concurrent_half_sets = max_bytes >= MAX_BUDGET_BYTES
-    together = concurrent_half_sets and device.type == "cuda" and len(halves) == 2
-    if not together:
-        max_bytes = None
-    rotations = inputs.group.rotations  # outside the threads (made lazily)
-
-    def one_half_set(half: int) -> tuple[HalfSetSums, PoseUpdate]:
+    sums_by_half: dict[int, HalfSetSums] = {}
+    updates_by_half: dict[int, PoseUpdate] = {}
+    for half in communicator.halves_here():
         model = models[half - 1]
         rows = communicator.local_rows(
             half, np.flatnonzero(inputs.half_sets == half), block_size=batch_size
         )
         tic = time.perf_counter()
         if len(rows) == 0:
-            directions = grid.pixels.shape[0]
-            sums = empty_sums(model, directions, padding_factor=options.pad, device=device)
-            update = empty_pose_update()
+            sums_by_half[half] = empty_sums(
+                model, grid.pixels.shape[0], padding_factor=options.pad, device=device
+            )
+            updates_by_half[half] = empty_pose_update()
         else:
             plan = expectation_plan(
-                state, options, inputs, grid, model, cc=cc, precision=precision, device=device,
-                max_bytes=max_bytes,
-            )  # fmt: skip
+                state, options, inputs, grid, model, cc=cc, precision=precision, device=device
+            )
             reference = references[half - 1]
             sampling = reference_texture(reference) if interpolation == "texture" else nullcontext()
             with sampling:  # the texture is freed when the half set is done
-                sums, update = run_half_set(
+                sums_by_half[half], updates_by_half[half] = run_half_set(
                     inputs.particles,
                     rows,
                     model,
@@ -227,7 +201,7 @@ def e_step(
                     plan,
                     optics_group=inputs.optics_group,
                     scale_group=inputs.scale_group,
-                    operators=rotations,
+                    operators=inputs.group.rotations,
                     reference_ft=reference,
                     batch_size=batch_size,
                     device=device,
@@ -241,15 +215,8 @@ def e_step(
             f"iter={state.iteration:03d} half_set={half} particles={len(rows)} "
             f"e_step_seconds={seconds:.1f} particles_per_second={rate:.1f}"
         )
-        return sums, replace(update, log_lines=(*update.log_lines, line))
-
-    tasks = [functools.partial(one_half_set, half) for half in halves]
-    if together:
-        results = on_own_streams(tasks, device, precision=precision)
-    else:
-        results = [task() for task in tasks]
-    sums_by_half = {half: result[0] for half, result in zip(halves, results, strict=True)}
-    updates_by_half = {half: result[1] for half, result in zip(halves, results, strict=True)}
+        update = updates_by_half[half]
+        updates_by_half[half] = replace(update, log_lines=(*update.log_lines, line))
     totals, updates = communicator.combine(sums_by_half, updates_by_half, iteration=state.iteration)
     if communicator.is_writer:  # every rank's lines, in rank order, in the writer's run.log
         for update in updates:
