@@ -24,6 +24,7 @@ random subset of the picks (a CPU-sized run).
 """
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -38,6 +39,7 @@ import gpu_idle
 import torch
 from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
 from floor_table import floor_rows, format_totals, iteration_totals
+from host_samples import HostSampler
 from rank_runs import DeviceMemoryPoller, run_ranks
 from torch._C._profiler import _ExperimentalConfig
 
@@ -147,6 +149,12 @@ def parse_arguments() -> argparse.Namespace:
         default=0,
         help="with --torch_profile: also a table of device time by operator and its N "
         "innermost Python frames (records each operator's stack: slower)",
+    )
+    parser.add_argument(
+        "--host_samples",
+        action="store_true",
+        help="sample the main thread's Python stack every millisecond (host_samples.py) and "
+        "print where the host's time goes by line",
     )
     parser.add_argument(
         "--continue_run",
@@ -279,16 +287,18 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     start, stopped = time.perf_counter(), False
     poller = DeviceMemoryPoller() if args.gpu else None
+    sampler: HostSampler | None = None
     try:
         if args.ranks > 1:
             refine_seconds = run_ranks(command, args.ranks)
         else:
-            refine_seconds = run(
-                command + (["--gpu", "0"] if args.gpu else []),
-                profile,
-                args.torch_profile,
-                args.torch_profile_stacks,
-            )
+            with HostSampler() if args.host_samples else contextlib.nullcontext() as sampler:
+                refine_seconds = run(
+                    command + (["--gpu", "0"] if args.gpu else []),
+                    profile,
+                    args.torch_profile,
+                    args.torch_profile_stacks,
+                )
     except KeyboardInterrupt:
         refine_seconds, stopped = time.perf_counter() - start, True
     device_peak = poller.stop() if poller is not None else 0.0
@@ -356,6 +366,9 @@ def main() -> None:
     if floors["rates"]:
         lines += [*rate_lines(floors["rates"], floors["precision"]),
                   format_totals(floors["per_iteration"])]  # fmt: skip
+    if sampler is not None:
+        summary["host_samples"] = sampler.as_dict()
+        lines.append(sampler.table())
     if profile is not None:
         stream = io.StringIO()
         stats = pstats.Stats(profile, stream=stream)
