@@ -9,7 +9,11 @@ thread's frame from ``sys._current_frames()`` and counts:
   operator runs, so the sampler sees the calling line, not torch's internals);
 - the innermost frame of any file: whether the time was in our lines, in torch's Python
   wrappers, numpy or the standard library;
-- each package function anywhere on the stack once (inclusive time).
+- each package function anywhere on the stack once (inclusive time);
+- the innermost package line with its two package callers.
+
+With ``scope``, only samples with a function of that name on the stack count (e.g.
+``run_half_set``: the E-step without the process's start and the files).
 
     with HostSampler() as sampler:
         work()
@@ -39,10 +43,15 @@ def _short(filename: str) -> str:
 class HostSampler:
     """Samples the main thread's stack while active (a context manager)."""
 
-    def __init__(self, interval: float = 0.001, package: str = "cryorefine") -> None:
+    def __init__(
+        self, interval: float = 0.001, package: str = "cryorefine", scope: str | None = None
+    ) -> None:
         self.interval = interval
         self.package = f"{package}/"
+        self.scope = scope  # count only samples with a function of this name on the stack
         self.samples = 0
+        self.all_samples = 0
+        self.callers: Counter[str] = Counter()
         self.lines: Counter[str] = Counter()
         self.innermost: Counter[str] = Counter()
         self.inclusive: Counter[str] = Counter()
@@ -71,29 +80,31 @@ class HostSampler:
                 self._count(frame)
 
     def _count(self, frame: FrameType) -> None:
-        self.samples += 1
-        code = frame.f_code
-        self.innermost[f"{_short(code.co_filename)} {code.co_name}"] += 1
-        seen: set[str] = set()
-        own_line = None
+        self.all_samples += 1
+        stack = []
         while frame is not None:
-            code = frame.f_code
-            if self.package in code.co_filename.replace("\\", "/"):
-                name = f"{_short(code.co_filename)} {code.co_name}"
-                if own_line is None:
-                    own_line = f"{_short(code.co_filename)}:{frame.f_lineno} {code.co_name}"
-                if name not in seen:
-                    seen.add(name)
-                    self.inclusive[name] += 1
+            stack.append(frame)
             frame = frame.f_back
-        self.lines[own_line or "(outside the package)"] += 1
+        if self.scope is not None and not any(f.f_code.co_name == self.scope for f in stack):
+            return
+        self.samples += 1
+        code = stack[0].f_code
+        self.innermost[f"{_short(code.co_filename)}:{stack[0].f_lineno} {code.co_name}"] += 1
+        own = [f for f in stack if self.package in f.f_code.co_filename.replace("\\", "/")]
+        where = [f"{_short(f.f_code.co_filename)}:{f.f_lineno} {f.f_code.co_name}" for f in own]
+        self.lines[where[0] if where else "(outside the package)"] += 1
+        self.callers[" < ".join(where[:3]) or "(outside the package)"] += 1
+        for name in {f"{_short(f.f_code.co_filename)} {f.f_code.co_name}" for f in own}:
+            self.inclusive[name] += 1
 
     def table(self, rows: int = 40) -> str:
         """The three counts as text tables, most samples first."""
-        out = [f"host samples: {self.samples} in {self.seconds:.1f} s "
-               f"(every {self.interval * 1e3:.1f} ms asked)"]  # fmt: skip
+        scope = f" with {self.scope} on the stack" if self.scope else ""
+        out = [f"host samples: {self.samples}{scope} of {self.all_samples} in "
+               f"{self.seconds:.1f} s (every {self.interval * 1e3:.1f} ms asked)"]  # fmt: skip
         for title, counter in (
             ("innermost package line (its own time and the operators it called)", self.lines),
+            ("the same with its two innermost package callers", self.callers),
             ("innermost frame of any file", self.innermost),
             ("package functions on the stack (inclusive)", self.inclusive),
         ):
@@ -106,8 +117,21 @@ class HostSampler:
         """The counts for a JSON file."""
         return {
             "samples": self.samples,
+            "all_samples": self.all_samples,
+            "scope": self.scope,
             "seconds": self.seconds,
+            "callers": dict(self.callers.most_common(rows)),
             "lines": dict(self.lines.most_common(rows)),
             "innermost": dict(self.innermost.most_common(rows)),
             "inclusive": dict(self.inclusive.most_common(rows)),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HostSampler":
+        """A sampler's counts back from ``as_dict``, to print its tables."""
+        sampler = cls(scope=data.get("scope"))
+        sampler.samples, sampler.seconds = data["samples"], data["seconds"]
+        sampler.all_samples = data.get("all_samples", data["samples"])
+        for key in ("lines", "innermost", "inclusive", "callers"):
+            getattr(sampler, key).update(data.get(key, {}))
+        return sampler

@@ -152,9 +152,12 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--host_samples",
-        action="store_true",
+        nargs="?",
+        const="run_half_set",
+        default=None,
         help="sample the main thread's Python stack every millisecond (host_samples.py) and "
-        "print where the host's time goes by line",
+        "print where the host's time goes by line, within the function named (default: "
+        "run_half_set, the E-step of a half set; 'all': the whole process)",
     )
     parser.add_argument(
         "--continue_run",
@@ -292,7 +295,11 @@ def main() -> None:
         if args.ranks > 1:
             refine_seconds = run_ranks(command, args.ranks)
         else:
-            with HostSampler() if args.host_samples else contextlib.nullcontext() as sampler:
+            with (
+                HostSampler(scope=None if args.host_samples == "all" else args.host_samples)
+                if args.host_samples
+                else contextlib.nullcontext() as sampler
+            ):
                 refine_seconds = run(
                     command + (["--gpu", "0"] if args.gpu else []),
                     profile,
