@@ -160,6 +160,13 @@ def parse_arguments() -> argparse.Namespace:
         "run_half_set, the E-step of a half set; 'all': the whole process)",
     )
     parser.add_argument(
+        "--switch_interval",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval for the run (seconds; Python's default 0.005): how long "
+        "a thread that wants the GIL waits before the holder is made to drop it",
+    )
+    parser.add_argument(
         "--continue_run",
         action="store_true",
         help="reuse the simulated data in --work (simulated again, with the same seed, if "
@@ -291,6 +298,8 @@ def main() -> None:
     start, stopped = time.perf_counter(), False
     poller = DeviceMemoryPoller() if args.gpu else None
     sampler: HostSampler | None = None
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     try:
         if args.ranks > 1:
             refine_seconds = run_ranks(command, args.ranks)
