@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import gpu_idle
+import host_knobs
 import torch
 from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
 from floor_table import floor_rows, format_totals, iteration_totals
@@ -159,13 +160,7 @@ def parse_arguments() -> argparse.Namespace:
         "print where the host's time goes by line, within the function named (default: "
         "run_half_set, the E-step of a half set; 'all': the whole process)",
     )
-    parser.add_argument(
-        "--switch_interval",
-        type=float,
-        default=None,
-        help="sys.setswitchinterval for the run (seconds; Python's default 0.005): how long "
-        "a thread that wants the GIL waits before the holder is made to drop it",
-    )
+    host_knobs.add_arguments(parser)
     parser.add_argument(
         "--continue_run",
         action="store_true",
@@ -298,8 +293,7 @@ def main() -> None:
     start, stopped = time.perf_counter(), False
     poller = DeviceMemoryPoller() if args.gpu else None
     sampler: HostSampler | None = None
-    if args.switch_interval is not None:
-        sys.setswitchinterval(args.switch_interval)
+    host_knobs.apply(args)
     try:
         if args.ranks > 1:
             refine_seconds = run_ranks(command, args.ranks)
