@@ -44,7 +44,10 @@ logger = logging.getLogger(__name__)
 #: RELION options for its own machinery, accepted, and what each became here.
 IGNORED_OPTIONS: dict[str, tuple[bool, str]] = {
     "--dont_combine_weights_via_disc": (False, "sums are combined in memory"),
-    "--preread_images": (False, "images are memory-mapped and streamed in batches"),
+    "--preread_images": (
+        False,
+        "particle files are kept in host memory after their first read where they fit",
+    ),
     "--scratch_dir": (True, "images are read in place (memory-mapped)"),
     "--pipeline_control": (True, "no pipeline control files are written"),
     "--skip_gridding": (False, "gridding is skipped by default (--dont_skip_gridding turns it on)"),

@@ -208,6 +208,7 @@ def e_step(
                     noise_seed=noise_seed,
                     progress=_progress_lines(state.iteration, half, tic),
                     named_rows=inputs.non_finite_rows,
+                    cache=inputs.particle_cache,
                 )
         seconds = time.perf_counter() - tic
         rate = len(rows) / max(seconds, 1e-9)

@@ -150,6 +150,7 @@ def accuracies(state, inputs, options, models, reference_ft, *, device, generato
             use_ctf=options.ctf,
             rows=rows,
             named_rows=inputs.non_finite_rows,
+            cache=inputs.particle_cache,
         )
     )
     finite = loaded.finite.cpu().numpy()

@@ -10,6 +10,8 @@ holds a NaN or an infinity is named once per run (``RefineInputs.non_finite_rows
 and left out of every sum, the initial noise's included.
 """
 
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +33,19 @@ from cryorefine.refine.maximisation import initial_half_model, initial_low_pass,
 from cryorefine.refine.model import HalfSetModel
 from cryorefine.refine.noise import initial_noise_sums, initial_sigma2_noise
 from cryorefine.refine.options import RefineOptions
-from cryorefine.tomo import PSEUDO_SUBTOMOGRAM_FLAVOURS, particle_batches, with_tomograms
+from cryorefine.tomo import (
+    HOST_MEMORY_SHARE,
+    PSEUDO_SUBTOMOGRAM_FLAVOURS,
+    ParticleCache,
+    StackParticleSet,
+    available_host_bytes,
+    particle_batches,
+    with_tomograms,
+)
 
-__all__ = ["RefineInputs", "initial_models", "load_inputs"]
+__all__ = ["RefineInputs", "initial_models", "load_inputs", "particle_cache"]
+
+logger = logging.getLogger(__name__)
 
 _PIXEL_TOLERANCE = 1e-3
 
@@ -45,6 +57,8 @@ class RefineInputs:
     ``non_finite_rows``: rows (0-based) of the particles found with a NaN or an
     infinity in their image or CTF volume, each named in a warning when found
     (``tomo.particle_batches``); one set for the run, kept by ``dataclasses.replace``.
+    ``particle_cache``: the particles' file values kept in host memory after their
+    first read (``tomo.ParticleCache``), one for the run; None: read every time.
     """
 
     particles: ParticleSet
@@ -61,6 +75,25 @@ class RefineInputs:
     ori_size: int
     ndim: int
     non_finite_rows: set[int] = field(default_factory=set)
+    particle_cache: ParticleCache | None = None
+
+
+def particle_cache(particles: ParticleSet) -> ParticleCache | None:
+    """A cache of the particles' files for the run (``tomo.particle_cache``), within
+    ``HOST_MEMORY_SHARE`` of the host's available memory shared by the ranks on the host
+    (``LOCAL_WORLD_SIZE``); None for 2D stacks, whose volumes are made, not read."""
+    if isinstance(particles, StackParticleSet):
+        return None
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    budget = int(HOST_MEMORY_SHARE * available_host_bytes() / ranks)
+    logger.info(
+        "particle files are kept in host memory after their first read, up to %.1f GB "
+        "(%d%% of the available memory%s); the rest are read every iteration",
+        budget / 1e9,
+        round(100 * HOST_MEMORY_SHARE),
+        f", shared by {ranks} ranks" if ranks > 1 else "",
+    )
+    return ParticleCache(len(particles), budget)
 
 
 SCALE_GROUP_LABELS = ("rlnGroupName", "rlnMicrographName", "rlnTomoName")
@@ -186,6 +219,7 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
         pixel_size_angst=pixel,
         ori_size=ori_size,
         ndim=ndim,
+        particle_cache=particle_cache(particles),
     )
 
 

@@ -16,6 +16,7 @@ from cryorefine.tomo.particle_batches import (
     finite_particles,
     particle_batches,
 )
+from cryorefine.tomo.particle_cache import HOST_MEMORY_SHARE, ParticleCache, available_host_bytes
 from cryorefine.tomo.prefetch import prefetched
 from cryorefine.tomo.stack_batches import (
     PSEUDO_SUBTOMOGRAM_FLAVOURS,
@@ -44,6 +45,7 @@ from cryorefine.tomo.tilt_images import (
 
 __all__ = [
     "CIRCLE_EDGE_PX",
+    "HOST_MEMORY_SHARE",
     "MULTIPLICITY_THRESHOLD",
     "PSEUDO_SUBTOMOGRAM_FLAVOURS",
     "STACK2D_FLAVOUR",
@@ -52,10 +54,12 @@ __all__ = [
     "ExtractedSet",
     "HostBuffers",
     "ParticleBatch",
+    "ParticleCache",
     "ParticleTilts",
     "SlabInsertion",
     "StackParticleSet",
     "TiltSeriesGeometry",
+    "available_host_bytes",
     "backprojection_terms",
     "boxes_to_fourier",
     "crop_boxes",

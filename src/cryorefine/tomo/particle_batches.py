@@ -48,6 +48,7 @@ from cryorefine.fourier.conventions import to_fourier
 from cryorefine.fourier.ctf import ctf_2d, ctf_volume_to_half_complex
 from cryorefine.geometry import euler_to_matrix
 from cryorefine.io import ParticleSet, read_images, stored_image_layout
+from cryorefine.tomo.particle_cache import ParticleCache
 from cryorefine.tomo.stack_batches import STACK2D_FLAVOUR, StackParticleSet, stack_volumes
 
 __all__ = [
@@ -207,25 +208,42 @@ def _spa_ctf(
     )
 
 
-def _read_to_device(paths: list, indices: np.ndarray, device: torch.device) -> Tensor:
+def _read_to_device(
+    paths: list,
+    indices: np.ndarray,
+    device: torch.device,
+    held: tuple[ParticleCache, str, np.ndarray] | None = None,
+) -> Tensor:
     """A batch's images on ``device``, float32.
 
     The reading threads write them into one buffer in the files' own dtype
     (float16 stays float16 until it is on the device), pinned on a GPU so that
-    the copy does not wait on the host.
+    the copy does not wait on the host. ``held``: a cache, the kind of values and
+    the batch's rows; rows it holds are not read again, and a batch read is offered
+    to it.
     """
+    if held is not None:
+        cached = held[0].to_device(held[1], held[2], device)
+        if cached is not None:
+            return cached.to(torch.float32)
     shape, stored = stored_image_layout(paths[0], int(indices[0]))
     dtype = torch.float16 if stored == np.float16 else torch.float32
     pinned = device.type == "cuda"
     buffer = torch.empty((len(paths), *shape), dtype=dtype, pin_memory=pinned)
     read_images(paths, indices, out=buffer.numpy())
+    if held is not None:
+        held[0].hold(held[1], held[2], buffer)
     return buffer.to(device, non_blocking=pinned).to(torch.float32)
 
 
 def _volume_ctfs(
-    particles: ParticleSet, paths: list, box: int, device: torch.device
+    particles: ParticleSet,
+    paths: list,
+    box: int,
+    device: torch.device,
+    held: tuple[ParticleCache, str, np.ndarray] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    volumes = _read_to_device(paths, np.zeros(len(paths), dtype=np.int64), device)
+    volumes = _read_to_device(paths, np.zeros(len(paths), dtype=np.int64), device, held)
     convert = partial(
         ctf_volume_to_half_complex, box_size=box, ctf_premultiplied=particles.ctf_premultiplied
     )
@@ -247,6 +265,7 @@ def particle_batches(
     rows: Int[np.ndarray, " c"] | None = None,
     intact_first_peak: bool = False,
     named_rows: set[int] | None = None,
+    cache: ParticleCache | None = None,
 ) -> Iterator[ParticleBatch]:
     """Batches of ``particles`` (all, or ``rows`` in that order) as tensors on ``device``.
 
@@ -261,6 +280,9 @@ def particle_batches(
         it is named in one warning (file, 1-based row, ``rlnImageName``) and
         added, so that a run that passes its one set names each particle once.
         None: no warning (the caller reads ``finite``).
+    cache
+        Where the files' values are kept after their first read (``ParticleCache``);
+        rows it holds are not read from their files again. One file per particle only.
 
     Raises
     ------
@@ -286,7 +308,12 @@ def particle_batches(
         if stacks is not None:  # 2D stacks: the volumes a RELION-4 particle's files hold
             data_ft, ctf, multiplicity = next(stacks)
         else:
-            images = _read_to_device([image_paths[i] for i in chunk], image_indices[chunk], device)
+            images = _read_to_device(
+                [image_paths[i] for i in chunk],
+                image_indices[chunk],
+                device,
+                None if cache is None else (cache, "image", chunk),
+            )
             data_ft = to_fourier(images, ndim)
         if not use_ctf:
             ctf = torch.ones(data_ft.shape, dtype=torch.float32, device=device)
@@ -294,7 +321,13 @@ def particle_batches(
         elif particles.flavour == "spa":
             ctf = _spa_ctf(particles, chunk, box, device, intact_first_peak)
         elif stacks is None:
-            ctf, multiplicity = _volume_ctfs(particles, [ctf_paths[i] for i in chunk], box, device)
+            ctf, multiplicity = _volume_ctfs(
+                particles,
+                [ctf_paths[i] for i in chunk],
+                box,
+                device,
+                None if cache is None else (cache, "ctf", chunk),
+            )
         image_ok = finite_particles(data_ft)
         ctf_ok = finite_particles(ctf)
         if multiplicity is not None:

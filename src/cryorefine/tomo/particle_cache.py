@@ -1,0 +1,109 @@
+"""Particle files kept in host memory after their first read.
+
+Every iteration reads every particle: for RELION-4 pseudo-subtomograms that is two
+files per particle (the image and the CTF volume), 18,874 files per iteration for the
+tutorial. Reading them took about 90 ms of host time per batch of 134 on an H100's host
+(``bench/read_batches_bench.py``), and the reading threads took the interpreter from the
+E-step running beside them: in iteration 4 of the tutorial job the phases after each
+batch's arrival ran 2-4 times slower than with no reading thread.
+
+``ParticleCache`` keeps each batch's buffer of stored values (the files' own dtype, e.g.
+float16, pinned on a GPU) after its first read, within a byte budget. A later batch of
+held rows is copied to the device from those buffers, one copy per run of rows held
+side by side, with no file opened and no thread woken. The values are the files' own,
+so a batch is the same whether it came from the files or from the cache. RELION's
+``--preread_images`` reads all particles into memory at the start; this keeps them as
+they are first read, where they fit.
+"""
+
+import os
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+__all__ = ["HOST_MEMORY_SHARE", "ParticleCache", "available_host_bytes"]
+
+HOST_MEMORY_SHARE = 0.5
+"""The share of the host's available memory (at the run's start, divided among the ranks
+on the host) that the cache may take."""
+
+
+def available_host_bytes() -> int:
+    """The host's available memory in bytes (Linux's ``MemAvailable``; else free pages)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+class ParticleCache:
+    """Stored particle values by kind (``"image"``, ``"ctf"``) and particle row.
+
+    ``budget_bytes``: the most the held buffers may take; a batch that would pass it is
+    not held (it is read from its files every time). ``n_particles``: rows are
+    ``0 .. n_particles - 1``.
+    """
+
+    def __init__(self, n_particles: int, budget_bytes: int) -> None:
+        self.n_particles = n_particles
+        self.budget_bytes = max(0, int(budget_bytes))
+        self.held_bytes = 0
+        self._buffers: list[Tensor] = []  # a let-go buffer is replaced by an empty tensor
+        self._buffer: dict[str, np.ndarray] = {}  # kind -> each row's buffer (-1: not held)
+        self._index: dict[str, np.ndarray] = {}  # kind -> each row's index in its buffer
+
+    def hold(self, kind: str, rows: Int[np.ndarray, " b"], buffer: Tensor) -> bool:
+        """Keep ``buffer`` (``(b, ...)`` host tensor, row ``i`` the values of ``rows[i]``)
+        if it fits the budget; whether it was kept. The caller must not write to it again."""
+        size = buffer.numel() * buffer.element_size()
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) != buffer.shape[0] or self.held_bytes + size > self.budget_bytes:
+            return False
+        if kind not in self._buffer:
+            self._buffer[kind] = np.full(self.n_particles, -1, dtype=np.int64)
+            self._index[kind] = np.zeros(self.n_particles, dtype=np.int64)
+        replaced = set(self._buffer[kind][rows].tolist()) - {-1}
+        self._buffer[kind][rows] = len(self._buffers)
+        self._index[kind][rows] = np.arange(len(rows))
+        self._buffers.append(buffer)
+        self.held_bytes += size
+        for owner in replaced:  # a buffer none of whose rows it still holds is let go
+            if not (self._buffer[kind] == owner).any():
+                gone = self._buffers[owner]
+                self._buffers[owner] = torch.empty(0)
+                self.held_bytes -= gone.numel() * gone.element_size()
+        return True
+
+    def holds(self, kind: str, rows: Int[np.ndarray, " b"]) -> bool:
+        """Whether every one of ``rows`` is held for ``kind``."""
+        owner = self._buffer.get(kind)
+        return owner is not None and len(rows) > 0 and bool((owner[rows] >= 0).all())
+
+    def to_device(
+        self, kind: str, rows: Int[np.ndarray, " b"], device: torch.device
+    ) -> Tensor | None:
+        """The held values of ``rows`` stacked on ``device`` in their stored dtype, or None
+        where any row is not held. Copies from pinned buffers do not wait for the host."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self.holds(kind, rows):
+            return None
+        owner, index = self._buffer[kind][rows], self._index[kind][rows]
+        first = self._buffers[owner[0]]
+        out = torch.empty((len(rows), *first.shape[1:]), dtype=first.dtype, device=device)
+        # runs of rows held side by side in one buffer: one copy each
+        breaks = np.flatnonzero((owner[1:] != owner[:-1]) | (index[1:] != index[:-1] + 1)) + 1
+        starts = np.concatenate([[0], breaks])
+        ends = np.concatenate([breaks, [len(rows)]])
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            source = self._buffers[owner[start]][index[start] : index[start] + end - start]
+            out[start:end].copy_(source, non_blocking=source.is_pinned())
+        return out

@@ -1,0 +1,142 @@
+"""Particle files kept in memory after their first read (``tomo.ParticleCache``).
+
+The cache returns exactly the values it was given, for rows in any order, in runs or
+one by one; it keeps nothing past its budget and lets go of a buffer none of whose
+rows it still holds. ``particle_batches`` with a cache gives batches equal to those
+read from the files (the same stored values, so bit for bit), and once every row has
+been read it opens no file: the files are taken away and the batches still come.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryorefine.io import load_particles
+from cryorefine.simulate import SimulationOptions, simulate_dataset
+from cryorefine.tomo import ParticleCache, particle_batches
+
+
+def _stored(rows: int, seed: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((rows, 3, 4, 5), generator=generator).to(dtype)
+
+
+def test_held_rows_come_back_exactly_in_any_order(device: torch.device) -> None:
+    cache = ParticleCache(n_particles=10, budget_bytes=10**6)
+    first, second = _stored(4, 1), _stored(3, 2)
+    assert cache.hold("image", np.array([7, 2, 3, 4]), first)
+    assert cache.hold("image", np.array([0, 9, 5]), second)
+    by_row = {7: first[0], 2: first[1], 3: first[2], 4: first[3], 0: second[0], 9: second[1]}
+    by_row[5] = second[2]
+    for rows in ([2, 3, 4], [4, 3, 2], [9, 2, 3, 0, 7, 5], [5]):
+        got = cache.to_device("image", np.array(rows), device)
+        assert got is not None
+        assert got.device.type == device.type
+        assert got.dtype == torch.float16
+        assert torch.equal(got.cpu(), torch.stack([by_row[r] for r in rows]))
+
+
+def test_rows_not_held_give_none() -> None:
+    cache = ParticleCache(n_particles=6, budget_bytes=10**6)
+    cpu = torch.device("cpu")
+    assert cache.to_device("image", np.array([0]), cpu) is None  # nothing held yet
+    cache.hold("image", np.array([0, 1]), _stored(2, 3))
+    assert cache.holds("image", np.array([1, 0]))
+    assert not cache.holds("image", np.array([0, 2]))
+    assert cache.to_device("image", np.array([0, 2]), cpu) is None
+    assert cache.to_device("ctf", np.array([0]), cpu) is None  # another kind
+
+
+def test_nothing_is_held_past_the_budget() -> None:
+    one = _stored(2, 4)
+    size = one.numel() * one.element_size()
+    cache = ParticleCache(n_particles=6, budget_bytes=2 * size)
+    assert cache.hold("image", np.array([0, 1]), one)
+    assert cache.hold("image", np.array([2, 3]), _stored(2, 5))
+    assert not cache.hold("image", np.array([4, 5]), _stored(2, 6))
+    assert cache.held_bytes == 2 * size
+    assert not cache.holds("image", np.array([4]))
+    assert not ParticleCache(n_particles=2, budget_bytes=0).hold("image", np.array([0, 1]), one)
+
+
+def test_a_buffer_whose_rows_are_all_held_again_is_let_go() -> None:
+    cache = ParticleCache(n_particles=8, budget_bytes=10**6)
+    early, late = _stored(2, 7), _stored(4, 8)
+    size = early.numel() * early.element_size()
+    cache.hold("image", np.array([1, 2]), early)
+    cache.hold("image", np.array([0, 1, 2, 3]), late)  # rows 1 and 2 held again
+    assert cache.held_bytes == late.numel() * late.element_size()  # early let go
+    got = cache.to_device("image", np.array([2, 1]), torch.device("cpu"))
+    assert got is not None
+    assert torch.equal(got, late[[2, 1]])
+    cache.hold("image", np.array([5, 3]), _stored(2, 9))  # late still holds 0, 1, 2
+    assert cache.held_bytes == late.numel() * late.element_size() + size
+
+
+# --- particle_batches with a cache --------------------------------------------------------
+
+
+def _simulate(folder: Path, data_format: str) -> Path:
+    simulate_dataset(
+        SimulationOptions(
+            output_dir=folder,
+            n_particles=7,
+            box_size=8,
+            pixel_size_angst=20.0,
+            max_offset_px=1.0,
+            data_format=data_format,
+            seed=6,
+        )
+    )
+    return folder / "particles.star"
+
+
+def _equal_batches(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a.rows, b.rows)
+        assert torch.equal(a.data_ft, b.data_ft)
+        assert torch.equal(a.ctf, b.ctf)
+        assert (a.multiplicity is None) == (b.multiplicity is None)
+        if a.multiplicity is not None:
+            assert torch.equal(a.multiplicity, b.multiplicity)
+        assert torch.equal(a.finite, b.finite)
+
+
+@pytest.mark.parametrize("data_format", ["relion4", "subtomo3d", "spa"])
+def test_batches_from_the_cache_equal_those_from_the_files_which_are_not_opened_again(
+    tmp_path: Path, device: torch.device, data_format: str
+) -> None:
+    star = _simulate(tmp_path / "sim", data_format)
+    particles = load_particles(star)
+    first_order = np.array([6, 0, 3, 1, 5, 2, 4])
+    later_order = np.array([2, 3, 4, 0, 6, 1, 5])  # other batches, rows in another order
+
+    def batches(order: np.ndarray, size: int, cache: ParticleCache | None) -> list:
+        return list(
+            particle_batches(particles, batch_size=size, device=device, rows=order, cache=cache)
+        )
+
+    cache = ParticleCache(len(particles), budget_bytes=10**8)
+    _equal_batches(batches(first_order, 3, cache), batches(first_order, 3, None))
+    want = batches(later_order, 4, None)
+    for name in list((tmp_path / "sim").iterdir()):  # every particle file gone
+        if name.suffix in (".mrc", ".mrcs") or name.is_dir():
+            shutil.rmtree(name) if name.is_dir() else name.unlink()
+    _equal_batches(batches(later_order, 4, cache), want)
+    assert cache.held_bytes > 0
+
+
+def test_a_cache_without_budget_leaves_the_files_read_every_time(
+    tmp_path: Path, device: torch.device
+) -> None:
+    star = _simulate(tmp_path / "sim", "relion4")
+    particles = load_particles(star)
+    cache = ParticleCache(len(particles), budget_bytes=0)
+    got = list(particle_batches(particles, batch_size=4, device=device, cache=cache))
+    _equal_batches(got, list(particle_batches(particles, batch_size=4, device=device)))
+    assert cache.held_bytes == 0
+    assert not cache.holds("image", np.arange(len(particles)))
