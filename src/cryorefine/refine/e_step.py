@@ -208,7 +208,7 @@ def e_step(
                     noise_seed=noise_seed,
                     progress=_progress_lines(state.iteration, half, tic),
                     named_rows=inputs.non_finite_rows,
-                    cache=inputs.particle_cache,
+                    particle_cache=inputs.particle_cache,
                 )
         seconds = time.perf_counter() - tic
         rate = len(rows) / max(seconds, 1e-9)
@@ -216,6 +216,8 @@ def e_step(
             f"iter={state.iteration:03d} half_set={half} particles={len(rows)} "
             f"e_step_seconds={seconds:.1f} particles_per_second={rate:.1f}"
         )
+        if inputs.particle_cache is not None:  # what is held after this half set
+            line += f" particle_files_held_gb={inputs.particle_cache.held_bytes / 1e9:.2f}"
         update = updates_by_half[half]
         updates_by_half[half] = replace(update, log_lines=(*update.log_lines, line))
     totals, updates = communicator.combine(sums_by_half, updates_by_half, iteration=state.iteration)

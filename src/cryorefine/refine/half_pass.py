@@ -204,14 +204,14 @@ def run_half_set(
     noise_seed: int,
     progress: Callable[[int, int], None] | None = None,
     named_rows: set[int] | None = None,
-    cache: ParticleCache | None = None,
+    particle_cache: ParticleCache | None = None,
 ) -> tuple[HalfSetSums, PoseUpdate]:
     """E-step of one half set; returns its sums and the particles' new poses.
 
     ``noise_seed`` seeds the background noise (``particle_noise``): a particle's
     noise does not depend on the batch, the rank or the order of ``rows``.
     Particles with NaN or infinity are left out (module docstring); ``named_rows``
-    is the run's set of those already named (``tomo.particle_batches``); ``cache``
+    is the run's set of those already named (``tomo.particle_batches``); ``particle_cache``
     keeps the particles' files in memory after their first read (``tomo.ParticleCache``).
     """
     n = model.ori_size
@@ -270,7 +270,7 @@ def run_half_set(
         rows=rows,
         intact_first_peak=options.ctf_intact_first_peak,
         named_rows=named_rows,
-        cache=cache,
+        cache=particle_cache,
     )
     times = PhaseTimes(device)
     # the next batch is read while this one is scored; the wait for it is timed
