@@ -24,30 +24,38 @@ def _stored(rows: int, seed: int, dtype: torch.dtype = torch.float16) -> torch.T
     return torch.randn((rows, 3, 4, 5), generator=generator).to(dtype)
 
 
-def test_held_rows_come_back_exactly_in_any_order(device: torch.device) -> None:
+def _gathered(cache: ParticleCache, rows: list[int]) -> torch.Tensor | None:
+    layout = cache.layout("image")
+    assert layout is not None
+    out = torch.full((len(rows), *layout[0]), -7.0, dtype=layout[1])
+    return out if cache.gather("image", np.array(rows), out) else None
+
+
+def test_held_rows_come_back_exactly_in_any_order() -> None:
     cache = ParticleCache(n_particles=10, budget_bytes=10**6)
     first, second = _stored(4, 1), _stored(3, 2)
     assert cache.hold("image", np.array([7, 2, 3, 4]), first)
     assert cache.hold("image", np.array([0, 9, 5]), second)
+    assert cache.layout("image") == ((3, 4, 5), torch.float16)
     by_row = {7: first[0], 2: first[1], 3: first[2], 4: first[3], 0: second[0], 9: second[1]}
     by_row[5] = second[2]
     for rows in ([2, 3, 4], [4, 3, 2], [9, 2, 3, 0, 7, 5], [5]):
-        got = cache.to_device("image", np.array(rows), device)
+        got = _gathered(cache, rows)
         assert got is not None
-        assert got.device.type == device.type
-        assert got.dtype == torch.float16
-        assert torch.equal(got.cpu(), torch.stack([by_row[r] for r in rows]))
+        assert torch.equal(got, torch.stack([by_row[r] for r in rows]))
 
 
-def test_rows_not_held_give_none() -> None:
+def test_rows_not_held_are_not_gathered() -> None:
     cache = ParticleCache(n_particles=6, budget_bytes=10**6)
-    cpu = torch.device("cpu")
-    assert cache.to_device("image", np.array([0]), cpu) is None  # nothing held yet
+    assert cache.layout("image") is None  # nothing held yet
     cache.hold("image", np.array([0, 1]), _stored(2, 3))
     assert cache.holds("image", np.array([1, 0]))
     assert not cache.holds("image", np.array([0, 2]))
-    assert cache.to_device("image", np.array([0, 2]), cpu) is None
-    assert cache.to_device("ctf", np.array([0]), cpu) is None  # another kind
+    out = torch.zeros((2, 3, 4, 5), dtype=torch.float16)
+    assert not cache.gather("image", np.array([0, 2]), out)
+    assert torch.count_nonzero(out) == 0  # untouched
+    assert not cache.gather("ctf", np.array([0]), out[:1])  # another kind
+    assert cache.layout("ctf") is None
 
 
 def test_nothing_is_held_past_the_budget() -> None:
@@ -69,7 +77,7 @@ def test_a_buffer_whose_rows_are_all_held_again_is_let_go() -> None:
     cache.hold("image", np.array([1, 2]), early)
     cache.hold("image", np.array([0, 1, 2, 3]), late)  # rows 1 and 2 held again
     assert cache.held_bytes == late.numel() * late.element_size()  # early let go
-    got = cache.to_device("image", np.array([2, 1]), torch.device("cpu"))
+    got = _gathered(cache, [2, 1])
     assert got is not None
     assert torch.equal(got, late[[2, 1]])
     cache.hold("image", np.array([5, 3]), _stored(2, 9))  # late still holds 0, 1, 2

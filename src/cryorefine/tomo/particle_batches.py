@@ -34,7 +34,6 @@ Consumers that count particles leave it out (``ParticleBatch.select``); with
 """
 
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -220,22 +219,22 @@ def _read_to_device(
     The reading threads write them into one buffer in the files' own dtype
     (float16 stays float16 until it is on the device), pinned on a GPU so that
     the copy does not wait on the host. ``held``: a cache, the kind of values and
-    the batch's rows; rows it holds are not read again, and a batch read is kept in
-    it (in pageable memory) where it fits.
+    the batch's rows; rows it holds are not read again but copied from it into the
+    pinned buffer, and a batch read is kept in it (a pageable copy) where it fits.
     """
-    if held is not None:
-        cached = held[0].to_device(held[1], held[2], device)
-        if cached is not None:
-            return cached.to(torch.float32)
+    pinned = device.type == "cuda"
+    layout = None if held is None else held[0].layout(held[1])
+    if held is not None and layout is not None and held[0].holds(held[1], held[2]):
+        staging = torch.empty((len(paths), *layout[0]), dtype=layout[1], pin_memory=pinned)
+        held[0].gather(held[1], held[2], staging)
+        return staging.to(device, non_blocking=pinned).to(torch.float32)
     shape, stored = stored_image_layout(paths[0], int(indices[0]))
     dtype = torch.float16 if stored == np.float16 else torch.float32
-    size = (len(paths), *shape)
-    kept = held is not None and held[0].accepts(math.prod(size) * dtype.itemsize)
-    pinned = device.type == "cuda" and not kept  # a held buffer is pageable (particle_cache)
-    buffer = torch.empty(size, dtype=dtype, pin_memory=pinned)
+    buffer = torch.empty((len(paths), *shape), dtype=dtype, pin_memory=pinned)
     read_images(paths, indices, out=buffer.numpy())
-    if kept and held is not None:
-        held[0].hold(held[1], held[2], buffer)
+    if held is not None and held[0].accepts(buffer.numel() * buffer.element_size()):
+        kept = torch.empty(buffer.shape, dtype=buffer.dtype)  # pageable (particle_cache)
+        held[0].hold(held[1], held[2], kept.copy_(buffer))
     return buffer.to(device, non_blocking=pinned).to(torch.float32)
 
 

@@ -9,11 +9,12 @@ batch's arrival ran 2-4 times slower than with no reading thread.
 
 ``ParticleCache`` keeps each batch's buffer of stored values (the files' own dtype, e.g.
 float16) after its first read, within a byte budget. A later batch of held rows is
-copied to the device from those buffers, one copy per run of rows held side by side,
-with no file opened and no thread woken. The buffers are pageable memory: pinning the
-tutorial's 34 GB, 256 MB at a time while the E-step ran, made its first iteration
-two to three times slower (the driver's page-locking holds up the other thread's
-launches), while a copy from pageable memory costs only the reading thread's time.
+taken from those buffers, one copy per run of rows held side by side,
+with no file opened. The held buffers are pageable memory; a batch is gathered from
+them into the reused pinned buffer that file reads use, and copied to the device from
+there. Holding the tutorial's 34 GB in pinned buffers, pinned 256 MB at a time while
+the E-step ran, made its first iteration two to three times slower; copying from
+pageable memory to the device, without the pinned buffer, made every iteration slower.
 The values are the files' own, so a batch is the same whether it came from the files
 or from the cache. RELION's ``--preread_images`` reads all particles into memory at the
 start; this keeps them as they are first read, where they fit.
@@ -95,22 +96,28 @@ class ParticleCache:
         owner = self._buffer.get(kind)
         return owner is not None and len(rows) > 0 and bool((owner[rows] >= 0).all())
 
-    def to_device(
-        self, kind: str, rows: Int[np.ndarray, " b"], device: torch.device
-    ) -> Tensor | None:
-        """The held values of ``rows`` stacked on ``device`` in their stored dtype, or None
-        where any row is not held. Copies from pinned buffers do not wait for the host."""
+    def layout(self, kind: str) -> tuple[tuple[int, ...], torch.dtype] | None:
+        """The shape of one particle's values and their stored dtype (None: none held)."""
+        owner = self._buffer.get(kind)
+        held = None if owner is None else owner[owner >= 0]
+        if held is None or len(held) == 0:
+            return None
+        first = self._buffers[held[0]]
+        return tuple(first.shape[1:]), first.dtype
+
+    def gather(self, kind: str, rows: Int[np.ndarray, " b"], out: Tensor) -> bool:
+        """Copy the held values of ``rows`` into ``out`` (``(b, ...)`` host tensor of the
+        stored dtype, e.g. a pinned buffer for the device); False, with ``out`` untouched,
+        where any row is not held. One copy per run of rows held side by side."""
         rows = np.asarray(rows, dtype=np.int64)
         if not self.holds(kind, rows):
-            return None
+            return False
         owner, index = self._buffer[kind][rows], self._index[kind][rows]
-        first = self._buffers[owner[0]]
-        out = torch.empty((len(rows), *first.shape[1:]), dtype=first.dtype, device=device)
-        # runs of rows held side by side in one buffer: one copy each
         breaks = np.flatnonzero((owner[1:] != owner[:-1]) | (index[1:] != index[:-1] + 1)) + 1
         starts = np.concatenate([[0], breaks])
         ends = np.concatenate([breaks, [len(rows)]])
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            source = self._buffers[owner[start]][index[start] : index[start] + end - start]
-            out[start:end].copy_(source, non_blocking=source.is_pinned())
-        return out
+            out[start:end].copy_(
+                self._buffers[owner[start]][index[start] : index[start] + end - start]
+            )
+        return True
