@@ -2,10 +2,11 @@
 
 Every iteration reads every particle: for RELION-4 pseudo-subtomograms that is two
 files per particle (the image and the CTF volume), 18,874 files per iteration for the
-tutorial. Reading them took about 90 ms of host time per batch of 134 on an H100's host
-(``bench/read_batches_bench.py``), and the reading threads took the interpreter from the
-E-step running beside them: in iteration 4 of the tutorial job the phases after each
-batch's arrival ran 2-4 times slower than with no reading thread.
+tutorial. On an H100's host a batch of 134 took 59 ms to read with four threads, and
+93 ms to make whole (``bench/read_batches_bench.py``); the reading also slowed the
+E-step running beside it (how is not pinned down: the GIL's switch interval changed
+nothing). In iteration 4 of the tutorial job the phases after each batch's arrival ran
+1.5-7 times faster with no reading thread, which then cost 6 s of waiting for data.
 
 ``ParticleCache`` keeps each batch's buffer of stored values (the files' own dtype, e.g.
 float16) after its first read, within a byte budget. A later batch of held rows is
