@@ -4,7 +4,10 @@ The cache returns exactly the values it was given, for rows in any order, in run
 one by one; it keeps nothing past its budget and lets go of a buffer none of whose
 rows it still holds. ``particle_batches`` with a cache gives batches equal to those
 read from the files (the same stored values, so bit for bit), and once every row has
-been read it opens no file: the files are taken away and the batches still come.
+been read it opens no file: the files are taken away and the batches still come. The
+memory it may count on is the host's available memory, bounded by what a memory cgroup
+(a container's or a batch job's limit, v1 or v2) leaves: checked on fake ``/proc`` and
+``/sys`` trees.
 """
 
 import shutil
@@ -16,7 +19,7 @@ import torch
 
 from cryorefine.io import load_particles
 from cryorefine.simulate import SimulationOptions, simulate_dataset
-from cryorefine.tomo import ParticleCache, particle_batches
+from cryorefine.tomo import ParticleCache, available_host_bytes, particle_batches
 
 
 def _stored(rows: int, seed: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:
@@ -148,3 +151,69 @@ def test_a_cache_without_budget_leaves_the_files_read_every_time(
     _equal_batches(got, list(particle_batches(particles, batch_size=4, device=device)))
     assert cache.held_bytes == 0
     assert not cache.holds("image", np.arange(len(particles)))
+
+
+# --- the memory the cache may count on ----------------------------------------------------
+
+GB = 10**9
+
+
+def _host(tmp_path: Path, cgroup: str, files: dict[str, str]) -> Path:
+    """A fake root with ``/proc/meminfo`` (64 GB available), ``/proc/self/cgroup`` and
+    cgroup files (paths relative to the root)."""
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/meminfo").write_text(
+        f"MemTotal: {128 * GB // 1024} kB\nMemAvailable: {64 * GB // 1024} kB\n"
+    )
+    (tmp_path / "proc/self/cgroup").write_text(cgroup)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_available_memory_is_the_hosts_without_a_cgroup_limit(tmp_path: Path) -> None:
+    v2 = _host(
+        tmp_path / "v2",
+        "0::/\n",
+        {"sys/fs/cgroup/memory.max": "max\n", "sys/fs/cgroup/memory.current": f"{GB}\n"},
+    )
+    assert available_host_bytes(v2) == 64 * GB
+    v1 = _host(
+        tmp_path / "v1",
+        "4:memory:/job\n",
+        {
+            "sys/fs/cgroup/memory/job/memory.limit_in_bytes": "9223372036854771712\n",  # none
+            "sys/fs/cgroup/memory/job/memory.usage_in_bytes": f"{GB}\n",
+        },
+    )
+    assert available_host_bytes(v1) == 64 * GB
+    bare = _host(tmp_path / "bare", "0::/\n", {})  # no cgroup files readable
+    assert available_host_bytes(bare) == 64 * GB
+
+
+def test_a_cgroup_limit_below_the_hosts_memory_bounds_it(tmp_path: Path) -> None:
+    v2 = _host(
+        tmp_path / "v2",
+        "0::/slurm/job7\n",
+        {
+            "sys/fs/cgroup/slurm/job7/memory.max": f"{16 * GB}\n",
+            "sys/fs/cgroup/slurm/job7/memory.current": f"{3 * GB}\n",
+        },
+    )
+    assert available_host_bytes(v2) == 13 * GB
+    v1 = _host(
+        tmp_path / "v1",
+        "9:cpu:/\n4:memory:/docker/c1\n",
+        {  # the namespace's root holds the limit
+            "sys/fs/cgroup/memory/memory.limit_in_bytes": f"{10 * GB}\n",
+            "sys/fs/cgroup/memory/memory.usage_in_bytes": f"{4 * GB}\n",
+        },
+    )
+    assert available_host_bytes(v1) == 6 * GB
+    full = _host(
+        tmp_path / "full",
+        "0::/\n",
+        {"sys/fs/cgroup/memory.max": f"{GB}\n", "sys/fs/cgroup/memory.current": f"{2 * GB}\n"},
+    )
+    assert available_host_bytes(full) == 0

@@ -22,6 +22,7 @@ start; this keeps them as they are first read, where they fit.
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,19 +36,52 @@ HOST_MEMORY_SHARE = 0.5
 on the host) that the cache may take."""
 
 
-def available_host_bytes() -> int:
-    """The host's available memory in bytes (Linux's ``MemAvailable``; else free pages)."""
+def available_host_bytes(root: Path = Path("/")) -> int:
+    """The memory this process may still take, in bytes: the host's ``MemAvailable``, or
+    less where the process's memory cgroup (a container's or a batch job's limit, v1 or
+    v2) leaves less below its limit. ``root``: where ``/proc`` and ``/sys`` are found."""
+    available = 0
     try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 0
+    headroom = _cgroup_headroom(root)
+    return available if headroom is None else min(available, headroom)
+
+
+def _cgroup_headroom(root: Path) -> int | None:
+    """Limit minus usage of the process's memory cgroup (the smallest found, both its own
+    folder and the namespace's root tried), or None where no limit is set or readable."""
+    try:
+        entries = (root / "proc/self/cgroup").read_text().splitlines()
     except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+        return None
+    places = []
+    for entry in entries:
+        _, controllers, path = entry.split(":", 2)
+        if controllers == "":  # cgroup v2
+            base, files = root / "sys/fs/cgroup", ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):  # cgroup v1
+            base, files = root / "sys/fs/cgroup/memory", (
+                "memory.limit_in_bytes", "memory.usage_in_bytes")  # fmt: skip
+        else:
+            continue
+        places += [(base / path.lstrip("/"), files), (base, files)]
+    headrooms = []
+    for folder, (limit_file, usage_file) in places:
+        try:
+            limit = (folder / limit_file).read_text().strip()
+            usage = int((folder / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit != "max" and limit.isdigit() and int(limit) < 2**60:  # v1: ~2**63, none
+            headrooms.append(max(0, int(limit) - usage))
+    return min(headrooms) if headrooms else None
 
 
 class ParticleCache:
