@@ -12,6 +12,7 @@ reached); the printed gold-standard resolution is within 10% of the resolution
 measured against the truth.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 
 from cryorefine.cli.main import main
 from cryorefine.geometry import angular_step_deg
-from cryorefine.io import read_mrc, read_star
+from cryorefine.io import read_mrc, read_star, stored_image_layout
 from cryorefine.simulate import SimulationOptions, simulate_dataset
 from cryorefine.simulate.evaluate import compare_map_to_truth, compare_to_truth
 
@@ -111,6 +112,24 @@ def test_the_run_writes_relions_final_files(refined: Path) -> None:
     page = (refined / "Refine" / "run_report.html").read_text()
     assert page.rstrip().endswith("</html>")
     assert "data:image/png;base64," in page
+
+
+def test_every_particle_file_is_held_in_memory_after_the_first_iteration(
+    refined: Path,
+) -> None:
+    """The E-step reads through the run's particle cache (``tomo.ParticleCache``): from
+    the second iteration on, each half set's log line holds the whole stack's values."""
+    star = read_star(refined / "sim" / "particles.star")["particles"]
+    stack = refined / "sim" / star["rlnImageName"].iloc[0].split("@")[1]
+    shape, dtype = stored_image_layout(stack, 1)
+    whole_mb = len(star) * int(np.prod(shape)) * np.dtype(dtype).itemsize / 1e6
+    log = (refined / "Refine" / "run.log").read_text()
+    held = re.findall(
+        r"iter=(\d+) half_set=\d particles=\d+ .*particle_files_held_mb=([\d.]+)", log
+    )
+    later = [mb for iteration, mb in held if int(iteration) >= 2]
+    assert later, "no half-set line after the first iteration names the held files"
+    assert set(later) == {f"{whole_mb:.1f}"}
 
 
 def test_final_map_is_as_good_as_the_true_poses_give(refined: Path) -> None:

@@ -217,7 +217,7 @@ def e_step(
             f"e_step_seconds={seconds:.1f} particles_per_second={rate:.1f}"
         )
         if inputs.particle_cache is not None:  # what is held after this half set
-            line += f" particle_files_held_gb={inputs.particle_cache.held_bytes / 1e9:.2f}"
+            line += f" particle_files_held_mb={inputs.particle_cache.held_bytes / 1e6:.1f}"
         update = updates_by_half[half]
         updates_by_half[half] = replace(update, log_lines=(*update.log_lines, line))
     totals, updates = communicator.combine(sums_by_half, updates_by_half, iteration=state.iteration)
