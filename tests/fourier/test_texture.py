@@ -1,9 +1,14 @@
-"""Sampling through the GPU's texture units stays within its 8-bit fractions of trilinear.
+"""Sampling through the GPU's texture units stays within its 8-bit fractions of trilinear,
+and float16 texels, of the values.
 
 The texture unit keeps each axis's interpolation fraction in 8 fractional bits
 (CUDA C++ Programming Guide, "Linear filtering"). Moving the fraction of axis
 ``a`` by at most ``2**-8`` moves a multilinear value by at most ``2**-8`` times
 the largest difference between two corners along ``a``; the three axes add.
+The texels hold the values over a power of two in float16: each part rounded
+to within ``2**-11`` of itself, or ``2**-25`` of the scale below float16's
+normal range, so a blend of corners moves by at most ``2**-11`` of the largest
+corner's modulus plus ``2**-24`` of the scale.
 """
 
 import pytest
@@ -18,9 +23,11 @@ from cryorefine.fourier.texture import (
     available,
     reference_texture,
     registered_texture,
+    storage_scale,
 )
 
 FRACTION = 2.0**-8  # the texture unit's fraction step
+HALF_RELATIVE, HALF_ABSOLUTE = 2.0**-11, 2.0**-24  # float16 texels: of a corner, of the scale
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="textures need a CUDA GPU")
 
 
@@ -52,17 +59,19 @@ def _trilinear(corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...zyx,...z,...y,...x->...", corners, wz, wy, wx)
 
 
-def _fraction_bound(corners: torch.Tensor, p: int) -> torch.Tensor:
+def _fraction_bound(corners: torch.Tensor, p: int, scale: float) -> torch.Tensor:
     """Per point: the fraction step plus the coordinate's rounding, times the summed largest
-    edge differences, plus the blend's own float32 rounding.
+    edge differences, plus the blend's own float32 rounding, plus the float16 texels'.
 
     The normalised coordinate ``(q + c) / side`` is rounded twice in float32 (the sum, the
     quotient: each ``u`` relative) and scaled back by ``side <= p``: at most ``2 p u``
     texels, which moves the fraction by as much. The blend of 8 corners by 3 products and
-    7 additions rounds at most ``16 u`` of the largest corner.
+    7 additions rounds at most ``16 u`` of the largest corner. ``scale`` is the texture's.
     """
     edges = sum(corners.diff(dim=axis).abs().amax(dim=(-1, -2, -3)) for axis in (-1, -2, -3))
-    return (FRACTION + 2 * p * U32) * edges + 16 * U32 * corners.abs().amax(dim=(-1, -2, -3))
+    largest = corners.abs().amax(dim=(-1, -2, -3))
+    stored = HALF_RELATIVE * largest + HALF_ABSOLUTE * scale
+    return (FRACTION + 2 * p * U32) * edges + 16 * U32 * largest + stored
 
 
 def test_on_the_cpu_no_texture_is_made_and_sampling_is_unchanged():
@@ -87,18 +96,32 @@ def test_the_corner_reference_is_the_exact_sampler():
     torch.testing.assert_close(exact.to(torch.complex128), expected, rtol=0, atol=bound)
 
 
+def test_the_storage_scale_is_the_power_of_two_at_or_above_the_largest_part():
+    def scale(*values: complex) -> float:
+        return storage_scale(torch.tensor(values, dtype=torch.complex64))
+
+    assert scale(3.0 + 0.5j, -1.0j) == 4.0
+    assert scale(4.0, 1.0) == 4.0  # a power of two stays: dividing by it is exact
+    assert scale(0.1 - 0.3j) == 0.5
+    assert scale(2.0e6) == 2.0**21  # far beyond float16's largest, 65,504
+    assert scale(0j, 0j) == 1.0
+
+
 def test_a_texture_needs_a_single_precision_gpu_tensor():
     with pytest.raises(ValueError, match="complex64 CUDA tensor"):
         ReferenceTexture(torch.zeros((8, 8, 5), dtype=torch.complex64))
 
 
 @cuda_only
-@pytest.mark.parametrize(("n", "pad"), [(12, 2), (10, 1), (16, 2)])
-def test_texture_samples_are_trilinear_within_the_fraction_bound(n, pad):
+@pytest.mark.parametrize(("n", "pad", "magnitude"), [(12, 2, 1.0), (10, 1, 1.0), (16, 2, 3.0e6)])
+def test_texture_samples_are_trilinear_within_the_fraction_bound(n, pad, magnitude):
+    """Also for values far beyond float16's range (``magnitude``): the scale keeps them."""
     reference, rotations, frequencies, p = _case(n + pad, n, pad)
+    reference = reference * magnitude
     radius = n / 2  # the outer shell reaches x = p / 2 (the border) and wraps in y and z
     device = torch.device("cuda")
     gpu = reference.to(device)
+    scale = storage_scale(gpu)
     with reference_texture(gpu) as texture:
         assert texture is not None
         values = sample_rotated(
@@ -115,11 +138,29 @@ def test_texture_samples_are_trilinear_within_the_fraction_bound(n, pad):
     inside = frequencies.to(torch.float64).square().sum(dim=-1) <= radius**2
     expected = torch.where(inside, 3.0 * _trilinear(corners, frac), 0)
     error = (values.to(torch.complex128) - expected).abs()
-    assert bool((error <= 3.0 * _fraction_bound(corners, p)).all())
+    assert bool((error <= 3.0 * _fraction_bound(corners, p, scale)).all())
     assert bool((values[:, ~inside] == 0).all())
     # the bound is not vacuous: it is far below the values themselves
     typical = float(expected[:, inside].abs().mean())
-    assert float(_fraction_bound(corners, p).mean()) < 0.05 * typical
+    assert float(_fraction_bound(corners, p, scale).mean()) < 0.05 * typical
+
+
+@cuda_only
+def test_rows_sampled_together_are_the_rows_sampled_one_at_a_time():
+    """A program samples several rows; a count that is not a multiple of them loses none."""
+    reference, rotations, frequencies, _ = _case(5, 12, 2)
+    rotations = torch.cat([rotations, rotations[:3].flip(-1)])  # 13 rows (a tail of 5)
+    device = torch.device("cuda")
+    gpu, rotations, frequencies = (x.to(device) for x in (reference, rotations, frequencies))
+    with reference_texture(gpu):
+        together = sample_rotated(gpu, rotations, frequencies, padding_factor=2, max_radius=6.0)
+        alone = [
+            sample_rotated(gpu, rotations[i : i + 1], frequencies, padding_factor=2, max_radius=6.0)
+            for i in range(len(rotations))
+        ]
+    assert together.shape == (13, frequencies.shape[0])
+    torch.testing.assert_close(together, torch.cat(alone), rtol=0.0, atol=0.0)
+    assert bool((together.abs().amax(dim=1) > 0).all())  # every row written
 
 
 @cuda_only

@@ -43,11 +43,8 @@ if triton is not None:
 
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
-    def _rotated(freq_ptr, rot_ptr, row, offs, mask, pad):
-        """Integer frequency (as float), ``q = A.T k pad`` folded to ``q_x >= 0``, and the flip."""
-        fx = tl.load(freq_ptr + offs * 3, mask=mask, other=0).to(tl.float32)
-        fy = tl.load(freq_ptr + offs * 3 + 1, mask=mask, other=0).to(tl.float32)
-        fz = tl.load(freq_ptr + offs * 3 + 2, mask=mask, other=0).to(tl.float32)
+    def _turned(fx, fy, fz, rot_ptr, row, pad):
+        """``q = A.T k pad`` of row ``row``'s matrix, folded to ``q_x >= 0``, and the flip."""
         base = rot_ptr + row * 9
         qx = (fx * tl.load(base) + fy * tl.load(base + 3) + fz * tl.load(base + 6)) * pad
         qy = (fx * tl.load(base + 1) + fy * tl.load(base + 4) + fz * tl.load(base + 7)) * pad
@@ -56,6 +53,23 @@ if triton is not None:
         qx = tl.where(flip, -qx, qx)
         qy = tl.where(flip, -qy, qy)
         qz = tl.where(flip, -qz, qz)
+        return qx, qy, qz, flip
+
+    @triton.jit
+    @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
+    def _frequencies(freq_ptr, offs, mask):
+        """The integer frequencies ``(x, y, z)`` at ``offs``, as float32."""
+        fx = tl.load(freq_ptr + offs * 3, mask=mask, other=0).to(tl.float32)
+        fy = tl.load(freq_ptr + offs * 3 + 1, mask=mask, other=0).to(tl.float32)
+        fz = tl.load(freq_ptr + offs * 3 + 2, mask=mask, other=0).to(tl.float32)
+        return fx, fy, fz
+
+    @triton.jit
+    @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
+    def _rotated(freq_ptr, rot_ptr, row, offs, mask, pad):
+        """Integer frequency (as float), ``q = A.T k pad`` folded to ``q_x >= 0``, and the flip."""
+        fx, fy, fz = _frequencies(freq_ptr, offs, mask)
+        qx, qy, qz, flip = _turned(fx, fy, fz, rot_ptr, row, pad)
         return fx, fy, fz, qx, qy, qz, flip
 
     @triton.jit
