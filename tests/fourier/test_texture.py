@@ -149,7 +149,9 @@ def test_texture_samples_are_trilinear_within_the_fraction_bound(n, pad, magnitu
 def test_rows_sampled_together_are_the_rows_sampled_one_at_a_time():
     """A program samples several rows; a count that is not a multiple of them loses none."""
     reference, rotations, frequencies, _ = _case(5, 12, 2)
-    rotations = torch.cat([rotations, rotations[:3].flip(-1)])  # 13 rows (a tail of 5)
+    inverses, products = rotations.transpose(-1, -2), rotations[:3] @ rotations[1:4]
+    rotations = torch.cat([rotations, inverses, products])
+    assert len(rotations) == 13  # one program of 8 rows and a tail of 5
     device = torch.device("cuda")
     gpu, rotations, frequencies = (x.to(device) for x in (reference, rotations, frequencies))
     with reference_texture(gpu):
