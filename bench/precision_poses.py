@@ -11,7 +11,9 @@ in ``--precisions``. Each particle's new best pose (rotation and origin) is
 compared with float64's: a pose changes when the rotation moves by more than
 1e-3 degrees or the origin by more than 1e-6 Angstrom (a different sample;
 equal samples agree to rounding). Prints per precision the share of particles
-whose pose changes, the median and largest rotation change among them, the
+whose pose changes, the median and largest rotation change among them (modulo
+the point group: a symmetry mate of the same pose counts as a change of 0, and
+their number is printed), the
 largest relative change of pmax and the E-step seconds; writes the same as
 JSON. On the CPU ``tf32`` is ``float32`` (tf32 is a CUDA mode). ``texture`` is
 float32 with the projections sampled by the GPU's texture units
@@ -38,6 +40,7 @@ from cryorefine.geometry import (
     asymmetric_unit_pixels,
     euler_to_matrix,
     psi_angles_deg,
+    symmetric_angular_distance_deg,
 )
 from cryorefine.likelihood import OrientationGrid, working_dtypes
 from cryorefine.refine.e_step import default_batch_size, expectation_plan
@@ -89,15 +92,21 @@ def _poses(continued, inputs, rows, variant, device):
     return update, time.perf_counter() - start
 
 
-def _compare(update, reference) -> dict:
-    """How ``update``'s best poses differ from ``reference``'s (same rows, same order)."""
+def _compare(update, reference, operators: torch.Tensor) -> dict:
+    """How ``update``'s best poses differ from ``reference``'s (same rows, same order).
+
+    A pose changes when it is another sample, a symmetry mate included; the sizes of
+    the changes are taken modulo the point group (``operators``).
+    """
     assert (update.rows == reference.rows).all()
-    turn = angular_distance_deg(
-        euler_to_matrix(torch.as_tensor(update.angles_deg, dtype=torch.float64)),
-        euler_to_matrix(torch.as_tensor(reference.angles_deg, dtype=torch.float64)),
+    moved_to = euler_to_matrix(torch.as_tensor(update.angles_deg, dtype=torch.float64))
+    moved_from = euler_to_matrix(torch.as_tensor(reference.angles_deg, dtype=torch.float64))
+    other_sample = angular_distance_deg(moved_to, moved_from).numpy() > 1e-3
+    turn = symmetric_angular_distance_deg(
+        moved_to, moved_from, operators.to(torch.float64).cpu()
     ).numpy()
     moved = np.abs(update.origins_angst - reference.origins_angst).max(axis=1)
-    changed = (turn > 1e-3) | (moved > 1e-6)
+    changed = other_sample | (moved > 1e-6)
     pmax = np.abs(update.pmax - reference.pmax) / np.maximum(reference.pmax, 1e-300)
     return {
         "particles": len(changed),
@@ -106,6 +115,7 @@ def _compare(update, reference) -> dict:
         if changed.any()
         else 0.0,
         "rotation_change_deg_max": float(turn.max()),
+        "symmetry_mates_taken": int((other_sample & (turn <= 1e-3)).sum()),
         "origin_change_angst_max": float(moved.max()),
         "pmax_relative_change_max": float(pmax.max()),
     }
@@ -136,18 +146,22 @@ def main() -> None:
         f"{state.current_size}, coarse size {state.coarse_size}, {len(rows)} particles of "
         f"half set 1; float64 E-step {seconds64:.1f} s",
         "precision | pose changed | median change of changed (deg) | max change (deg) | "
-        "max pmax change | seconds",
+        "max pmax change | symmetry mates | seconds",
     ]
     rows_out = []
     for precision in args.precisions:
         update, seconds = _poses(continued, inputs, rows, precision, device)
-        row = {"precision": precision, "seconds": seconds, **_compare(update, reference)}
+        row = {
+            "precision": precision,
+            "seconds": seconds,
+            **_compare(update, reference, inputs.group.rotations),
+        }
         rows_out.append(row)
         lines.append(
             f"{precision} | {row['pose_changed_share']:.1%} | "
             f"{row['rotation_change_deg_median_of_changed']:.3g} | "
             f"{row['rotation_change_deg_max']:.3g} | {row['pmax_relative_change_max']:.2e} | "
-            f"{seconds:.1f}"
+            f"{row['symmetry_mates_taken']} | {seconds:.1f}"
         )
     sys.stdout.write("\n".join(lines) + "\n")
     summary = {

@@ -123,8 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("texture", "exact"),
         default="texture",
         help="E-step projections on a GPU: the texture units' trilinear interpolation "
-        "(8-bit fractions, as RELION's GPU code) or exact float32 (default texture; "
-        "the CPU is always exact)",
+        "(8-bit fractions, as RELION's GPU code, of float16 texels) or exact float32 "
+        "(default texture; the CPU is always exact)",
     )
     parser.add_argument(
         "--batch_size", type=int, default=0, help="particles per batch (0: chosen from memory)"

@@ -9,7 +9,8 @@ padding_factor`` of a padded centred half-grid (layout and Friedel fold:
 coordinates and values; the accumulators keep their own dtype); elsewhere, and
 for double-precision inputs, the torch path of ``fourier.interpolation``.
 Inside ``fourier.texture.reference_texture`` a reference is sampled by the
-GPU's texture units instead (8-bit interpolation fractions, as RELION's GPU code).
+GPU's texture units instead (8-bit interpolation fractions, as RELION's GPU code,
+of float16 texels).
 """
 
 import torch
