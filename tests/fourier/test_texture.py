@@ -105,6 +105,8 @@ def test_the_storage_scale_is_the_power_of_two_at_or_above_the_largest_part():
     assert scale(0.1 - 0.3j) == 0.5
     assert scale(2.0e6) == 2.0**21  # far beyond float16's largest, 65,504
     assert scale(0j, 0j) == 1.0
+    assert scale(2.0, complex(float("inf"), 0.0)) == 1.0  # not finite: no scale to take
+    assert scale(2.0, complex(float("nan"), 1.0)) == 1.0
 
 
 def test_a_texture_needs_a_single_precision_gpu_tensor():

@@ -120,9 +120,10 @@ def _release(texture: int | None, array: int, device: torch.device) -> None:
 
 
 def storage_scale(reference_ft: Tensor) -> float:
-    """The power of two at or above the largest real or imaginary part (1 for zeros)."""
+    """The power of two at or above the largest real or imaginary part (1 for zeros, and
+    where a value is not finite: those stay as they are)."""
     largest = float(torch.view_as_real(reference_ft).abs().amax()) if reference_ft.numel() else 0.0
-    return 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
+    return 2.0 ** math.ceil(math.log2(largest)) if 0 < largest < math.inf else 1.0
 
 
 class ReferenceTexture:
