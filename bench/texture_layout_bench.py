@@ -56,37 +56,19 @@ _BLOCK = 128
 def _sample_variant(texture, rot_ptr, freq_ptr, perm_ptr, out_ptr, n_rows, k, p, ph, pad,
                     radius2, scale, ROWS: tl.constexpr, PERM: tl.constexpr,
                     BLOCK: tl.constexpr):  # fmt: skip
+    """The module's kernel, with the lanes' coefficients taken through ``perm`` if ``PERM``."""
     lanes = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = lanes < k
     offs = tl.load(perm_ptr + lanes, mask=mask, other=0) if PERM else lanes
-    fx = tl.load(freq_ptr + offs * 3, mask=mask, other=0).to(tl.float32)
-    fy = tl.load(freq_ptr + offs * 3 + 1, mask=mask, other=0).to(tl.float32)
-    fz = tl.load(freq_ptr + offs * 3 + 2, mask=mask, other=0).to(tl.float32)
+    fx, fy, fz = trilinear_kernels._frequencies(freq_ptr, offs, mask)
     keep = (fx * fx + fy * fy + fz * fz) <= radius2
-    centre = (p // 2).to(tl.float32) + 0.5
-    side = p.to(tl.float32)
+    centre, side, width = (p // 2).to(tl.float32) + 0.5, p.to(tl.float32), ph.to(tl.float32)
     handle = tl.full([BLOCK], 0, tl.int64) + texture
     for step in tl.static_range(ROWS):
         row = tl.program_id(1) * ROWS + step
         if row < n_rows:
-            base = rot_ptr + row * 9
-            qx = (fx * tl.load(base) + fy * tl.load(base + 3) + fz * tl.load(base + 6)) * pad
-            qy = (fx * tl.load(base + 1) + fy * tl.load(base + 4) + fz * tl.load(base + 7)) * pad
-            qz = (fx * tl.load(base + 2) + fy * tl.load(base + 5) + fz * tl.load(base + 8)) * pad
-            flip = qx < 0
-            qx = tl.where(flip, -qx, qx)
-            qy = tl.where(flip, -qy, qy)
-            qz = tl.where(flip, -qz, qz)
-            re, im, _, _ = tl.inline_asm_elementwise(
-                "tex.3d.v4.f32.f32 {$0, $1, $2, $3}, [$4, {$5, $6, $7, $7}];",
-                "=f,=f,=f,=f,l,f,f,f",
-                [handle, (qx + 0.5) / ph.to(tl.float32), (qy + centre) / side,
-                 (qz + centre) / side],
-                dtype=(tl.float32, tl.float32, tl.float32, tl.float32),
-                is_pure=True,
-                pack=1,
-            )  # fmt: skip
-            im = tl.where(flip, -im, im)
+            qx, qy, qz, flip = trilinear_kernels._turned(fx, fy, fz, rot_ptr, row, pad)
+            re, im = texture_module._fetch(handle, qx, qy, qz, flip, centre, side, width)
             out = (row.to(tl.int64) * k + offs) * 2
             tl.store(out_ptr + out, tl.where(keep, re * scale, 0.0), mask=mask)
             tl.store(out_ptr + out + 1, tl.where(keep, im * scale, 0.0), mask=mask)

@@ -185,6 +185,22 @@ if trilinear_kernels.triton is not None:
 
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
+    def _fetch(handle, qx, qy, qz, flip, centre, side, width):
+        """The texture's trilinear value at folded ``q`` (``q_x >= 0``), conjugated where
+        ``flip``: real and imaginary parts. ``centre`` is ``p // 2 + 0.5`` (texel centres
+        lie at ``i + 0.5``), ``side`` ``p`` and ``width`` ``ph``, as floats."""
+        re, im, _, _ = tl.inline_asm_elementwise(
+            "tex.3d.v4.f32.f32 {$0, $1, $2, $3}, [$4, {$5, $6, $7, $7}];",
+            "=f,=f,=f,=f,l,f,f,f",
+            [handle, (qx + 0.5) / width, (qy + centre) / side, (qz + centre) / side],
+            dtype=(tl.float32, tl.float32, tl.float32, tl.float32),
+            is_pure=True,
+            pack=1,
+        )
+        return re, tl.where(flip, -im, im)
+
+    @triton.jit
+    @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _sample(
         texture, rot_ptr, freq_ptr, out_ptr, n_rows, k, p, ph, pad, radius2, scale,
         ROWS: tl.constexpr, BLOCK: tl.constexpr,
@@ -194,23 +210,13 @@ if trilinear_kernels.triton is not None:
         mask = offs < k
         fx, fy, fz = trilinear_kernels._frequencies(freq_ptr, offs, mask)
         keep = (fx * fx + fy * fy + fz * fz) <= radius2
-        centre = (p // 2).to(tl.float32) + 0.5  # texel centres lie at i + 0.5
-        side = p.to(tl.float32)
+        centre, side, width = (p // 2).to(tl.float32) + 0.5, p.to(tl.float32), ph.to(tl.float32)
         handle = tl.full([BLOCK], 0, tl.int64) + texture
         for step in tl.static_range(ROWS):
             row = tl.program_id(1) * ROWS + step
             if row < n_rows:
                 qx, qy, qz, flip = trilinear_kernels._turned(fx, fy, fz, rot_ptr, row, pad)
-                re, im, _, _ = tl.inline_asm_elementwise(
-                    "tex.3d.v4.f32.f32 {$0, $1, $2, $3}, [$4, {$5, $6, $7, $7}];",
-                    "=f,=f,=f,=f,l,f,f,f",
-                    [handle, (qx + 0.5) / ph.to(tl.float32), (qy + centre) / side,
-                     (qz + centre) / side],
-                    dtype=(tl.float32, tl.float32, tl.float32, tl.float32),
-                    is_pure=True,
-                    pack=1,
-                )  # fmt: skip
-                im = tl.where(flip, -im, im)
+                re, im = _fetch(handle, qx, qy, qz, flip, centre, side, width)
                 out = (row.to(tl.int64) * k + offs) * 2
                 tl.store(out_ptr + out, tl.where(keep, re * scale, 0.0), mask=mask)
                 tl.store(out_ptr + out + 1, tl.where(keep, im * scale, 0.0), mask=mask)
