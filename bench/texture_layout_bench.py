@@ -15,7 +15,8 @@ output positions:
   permutation read per lane), so a warp samples a compact patch of the rotated
   grid, and writes them back to their own positions;
 - ``float16``: the array in float16 over the module's power-of-two scale
-  (``texture.storage_scale``), 4 bytes per texel;
+  (``texture.storage_scale``), 4 bytes per texel (``ReferenceTexture``'s default;
+  ``texels=torch.float32`` gives the baseline's);
 - ``the module's``: ``texture.sample_texture`` as it is.
 
 The reference is random with a map's fall-off (down to ``exp(-8)`` at the padded
@@ -29,7 +30,6 @@ JSON.
 """
 
 import argparse
-import ctypes
 import json
 from functools import partial
 from pathlib import Path
@@ -74,7 +74,7 @@ def _sample_variant(texture, rot_ptr, freq_ptr, perm_ptr, out_ptr, n_rows, k, p,
             tl.store(out_ptr + out + 1, tl.where(keep, im * scale, 0.0), mask=mask)
 
 
-def sample_variant(texture: "BenchTexture", rotations: torch.Tensor, freq: torch.Tensor,
+def sample_variant(texture: ReferenceTexture, rotations: torch.Tensor, freq: torch.Tensor,
                    perm: torch.Tensor | None, rows_per_program: int, *, padding_factor: int,
                    max_radius: float, scale: float) -> torch.Tensor:  # fmt: skip
     """The variant kernel over all rows: ``(r, k)`` complex64 in the frequencies' order."""
@@ -89,36 +89,6 @@ def sample_variant(texture: "BenchTexture", rotations: torch.Tensor, freq: torch
         ROWS=rows_per_program, PERM=perm is not None, BLOCK=_BLOCK,
     )  # fmt: skip
     return torch.view_as_complex(out)
-
-
-class BenchTexture:
-    """The reference in a CUDA array bound to a texture, in float32 (8 bytes per texel, the
-    module's layout before session 23) or float16 over the module's power-of-two scale."""
-
-    def __init__(self, reference: torch.Tensor, *, half: bool) -> None:
-        t = texture_module
-        driver = t._driver()
-        self.scale = t.storage_scale(reference) if half else 1.0
-        pairs = torch.view_as_real(reference).div(self.scale)
-        table = (pairs.half() if half else pairs).contiguous()  # (p, p, ph, 2)
-        p, _, ph = table.shape[:3]
-        self.shape, self.device = (p, p, ph), table.device
-        texel = 4 if half else 8
-        array, handle = ctypes.c_void_p(), ctypes.c_uint64()
-        description = t._Array3D(ph, p, p, t._HALF if half else 0x20, 2, 0)  # 0x20: float32
-        t._check(driver.cuArray3DCreate_v2(ctypes.byref(array), ctypes.byref(description)), "a")
-        copy = t._Copy3D(src_memory_type=t._DEVICE_MEMORY, src_device=table.data_ptr(),
-                         src_pitch=ph * texel, src_height=p, dst_memory_type=t._ARRAY_MEMORY,
-                         dst_array=array, width_bytes=ph * texel, height=p, depth=p)  # fmt: skip
-        stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-        t._check(driver.cuMemcpy3DAsync_v2(ctypes.byref(copy), stream), "copy")
-        resource = t._ResourceDesc(type=0, array=array)
-        sampling = t._TextureDesc(filter_mode=t._LINEAR, flags=t._NORMALISED)
-        sampling.address_mode[:] = (t._BORDER, t._WRAP, t._WRAP)
-        t._check(driver.cuTexObjectCreate(ctypes.byref(handle), ctypes.byref(resource),
-                                          ctypes.byref(sampling), None), "texture")  # fmt: skip
-        torch.cuda.synchronize()
-        self.handle, self._array = int(handle.value), array
 
 
 def in_chunks(sample, rotations: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -148,8 +118,8 @@ def main() -> None:
     freq = freq.contiguous()
     perm = torch.argsort(morton_key(freq)).to(torch.int32).contiguous()
     k = freq.shape[0]
-    module_texture = ReferenceTexture(reference)
-    single, half = BenchTexture(reference, half=False), BenchTexture(reference, half=True)
+    half = ReferenceTexture(reference)  # the module's float16 texels
+    single = ReferenceTexture(reference, texels=torch.float32)
     rotation_gen = torch.Generator().manual_seed(2)
     n = args.lists * args.per_list
     centres = random_rotations(args.lists, generator=rotation_gen).to(device, torch.float64)
@@ -165,7 +135,7 @@ def main() -> None:
         "float32, morton": lambda rot: sample_variant(single, rot, freq, perm, 1, **kwargs),
         "float16, rows 1": lambda rot: sample_variant(half, rot, freq, None, 1, **kwargs),
         "float16, rows 8": lambda rot: sample_variant(half, rot, freq, None, 8, **kwargs),
-        "the module's": lambda rot: sample_texture(module_texture, rot, freq, **kwargs),
+        "the module's": lambda rot: sample_texture(half, rot, freq, **kwargs),
     }
     rows = []
     for spread, rotations in spreads.items():
@@ -184,7 +154,8 @@ def main() -> None:
                              "seconds": seconds, "gsamples_per_second": n * k / seconds / 1e9,
                              "speedup": base_seconds / seconds, "bitwise_same": same,
                              "rms_difference_over_rms": error})  # fmt: skip
-    module_texture.close()
+    half.close()
+    single.close()
     print(f"{torch.cuda.get_device_name()}: box {args.box}, {k} frequencies, {n} rotations, "  # noqa: T201
           f"chunks of {args.chunk}")  # fmt: skip
     print(f"{'rotations':<13}{'launch':<12}{'variant':<16}{'seconds':>9}{'GS/s':>7}"  # noqa: T201

@@ -23,6 +23,7 @@ from cryorefine.fourier.texture import (
     available,
     reference_texture,
     registered_texture,
+    sample_texture,
     storage_scale,
 )
 
@@ -59,19 +60,24 @@ def _trilinear(corners: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
     return torch.einsum("...zyx,...z,...y,...x->...", corners, wz, wy, wx)
 
 
-def _fraction_bound(corners: torch.Tensor, p: int, scale: float) -> torch.Tensor:
+def _fraction_bound(corners: torch.Tensor, p: int, scale: float | None) -> torch.Tensor:
     """Per point: the fraction step plus the coordinate's rounding, times the summed largest
     edge differences, plus the blend's own float32 rounding, plus the float16 texels'.
 
     The normalised coordinate ``(q + c) / side`` is rounded twice in float32 (the sum, the
     quotient: each ``u`` relative) and scaled back by ``side <= p``: at most ``2 p u``
     texels, which moves the fraction by as much. The blend of 8 corners by 3 products and
-    7 additions rounds at most ``16 u`` of the largest corner. ``scale`` is the texture's.
+    7 additions rounds at most ``16 u`` of the largest corner. ``scale`` is the texture's
+    (None: float32 texels, not rounded). The texture blends the rounded corners, each within
+    ``stored`` of its value: that moves the blend by ``stored``, each axis's largest
+    difference by ``2 stored`` (the three axes' sum by ``6 stored``) and the largest corner
+    by ``stored``.
     """
     edges = sum(corners.diff(dim=axis).abs().amax(dim=(-1, -2, -3)) for axis in (-1, -2, -3))
     largest = corners.abs().amax(dim=(-1, -2, -3))
-    stored = HALF_RELATIVE * largest + HALF_ABSOLUTE * scale
-    return (FRACTION + 2 * p * U32) * edges + 16 * U32 * largest + stored
+    stored = 0.0 if scale is None else HALF_RELATIVE * largest + HALF_ABSOLUTE * scale
+    fraction = (FRACTION + 2 * p * U32) * (edges + 6 * stored)
+    return fraction + 16 * U32 * (largest + stored) + stored
 
 
 def test_on_the_cpu_no_texture_is_made_and_sampling_is_unchanged():
@@ -112,6 +118,33 @@ def test_the_storage_scale_is_the_power_of_two_at_or_above_the_largest_part():
 def test_a_texture_needs_a_single_precision_gpu_tensor():
     with pytest.raises(ValueError, match="complex64 CUDA tensor"):
         ReferenceTexture(torch.zeros((8, 8, 5), dtype=torch.complex64))
+
+
+@cuda_only
+def test_texels_are_float16_or_float32():
+    with pytest.raises(ValueError, match="texels must be"):
+        ReferenceTexture(torch.zeros((8, 8, 5), dtype=torch.complex64, device="cuda"),
+                         texels=torch.bfloat16)  # fmt: skip
+
+
+@cuda_only
+def test_float32_texels_are_within_the_fraction_bound_alone():
+    """``texels=torch.float32`` (comparisons' baseline): nothing rounded, scale 1."""
+    reference, rotations, frequencies, p = _case(14, 12, 2)
+    device = torch.device("cuda")
+    gpu = reference.to(device)
+    texture = ReferenceTexture(gpu, texels=torch.float32)
+    assert texture.scale == 1.0
+    values = sample_texture(
+        texture, rotations.to(device), frequencies.to(device),
+        padding_factor=2, max_radius=6.0, scale=1.0,
+    ).cpu()  # fmt: skip
+    texture.close()
+    corners, frac = _corner_values(reference, (frequencies.to(torch.float64) * 2) @ rotations, p)
+    inside = frequencies.to(torch.float64).square().sum(dim=-1) <= 36.0
+    expected = torch.where(inside, _trilinear(corners, frac), 0)
+    error = (values.to(torch.complex128) - expected).abs()
+    assert bool((error <= _fraction_bound(corners, p, None)).all())
 
 
 @cuda_only

@@ -42,11 +42,18 @@ from torch import Tensor
 
 from cryorefine.fourier import trilinear_kernels
 
-__all__ = ["ReferenceTexture", "available", "reference_texture", "registered_texture"]
+__all__ = [
+    "ReferenceTexture",
+    "available",
+    "reference_texture",
+    "registered_texture",
+    "sample_texture",
+    "storage_scale",
+]
 
 _BLOCK = 128
 _ROWS = 8  # rotations per program
-_HALF = 0x10  # CU_AD_FORMAT_HALF
+_TEXEL_FORMATS = {torch.float16: 0x10, torch.float32: 0x20}  # CU_AD_FORMAT_HALF, _FLOAT
 _DEVICE_MEMORY, _ARRAY_MEMORY = 2, 3  # CUmemorytype
 _WRAP, _BORDER = 0, 3  # CUaddress_mode
 _LINEAR = 1  # CUfilter_mode
@@ -130,25 +137,32 @@ class ReferenceTexture:
     """A float16 copy of a complex64 ``(p, p, ph)`` padded half-grid over ``scale``, bound to
     a texture object.
 
-    Freed by ``close`` or when the object is collected.
+    ``texels=torch.float32`` keeps the values as they are (``scale`` 1, 8 bytes per
+    texel: the layout before float16, for comparisons). Freed by ``close`` or when the
+    object is collected.
     """
 
-    def __init__(self, reference_ft: Tensor) -> None:
+    def __init__(self, reference_ft: Tensor, *, texels: torch.dtype = torch.float16) -> None:
         if not available(reference_ft) or reference_ft.dtype != torch.complex64:
             raise ValueError("a ReferenceTexture needs a complex64 CUDA tensor, Triton and CUDA")
+        if texels not in _TEXEL_FORMATS:
+            raise ValueError(f"texels must be torch.float16 or torch.float32, got {texels}")
         shape = tuple(reference_ft.shape)
         if len(shape) != 3 or shape[0] != shape[1] or shape[2] != shape[0] // 2 + 1:
             raise ValueError(f"expected a (p, p, p // 2 + 1) half-grid, got shape {shape}")
         driver = _driver()
-        self.scale: float = storage_scale(reference_ft)
-        # (p, p, ph, 2) float16 over the scale (a power of two: only the float16 rounding)
-        table = torch.view_as_real(reference_ft).div(self.scale).to(torch.float16).contiguous()
+        half = texels == torch.float16
+        self.scale: float = storage_scale(reference_ft) if half else 1.0
+        # (p, p, ph, 2) over the scale (a power of two: only the float16 rounding)
+        pairs = torch.view_as_real(reference_ft)
+        table = (pairs.div(self.scale).to(torch.float16) if half else pairs).contiguous()
+        texel_bytes = 2 * table.element_size()
         p, _, ph = reference_ft.shape
         self.shape: tuple[int, int, int] = (int(p), int(p), int(ph))
         self.device = table.device
         array, handle = ctypes.c_void_p(), ctypes.c_uint64()
         with torch.cuda.device(self.device):
-            description = _Array3D(ph, p, p, _HALF, 2, 0)
+            description = _Array3D(ph, p, p, _TEXEL_FORMATS[texels], 2, 0)
             status = driver.cuArray3DCreate_v2(ctypes.byref(array), ctypes.byref(description))
             if status == _OUT_OF_MEMORY:  # torch's allocator may hold the free memory cached
                 torch.cuda.empty_cache()
@@ -156,8 +170,9 @@ class ReferenceTexture:
             _check(status, "cuArray3DCreate")
             try:
                 copy = _Copy3D(src_memory_type=_DEVICE_MEMORY, src_device=table.data_ptr(),
-                               src_pitch=ph * 4, src_height=p, dst_memory_type=_ARRAY_MEMORY,
-                               dst_array=array, width_bytes=ph * 4, height=p, depth=p)  # fmt: skip
+                               src_pitch=ph * texel_bytes, src_height=p,
+                               dst_memory_type=_ARRAY_MEMORY, dst_array=array,
+                               width_bytes=ph * texel_bytes, height=p, depth=p)  # fmt: skip
                 stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
                 _check(driver.cuMemcpy3DAsync_v2(ctypes.byref(copy), stream), "cuMemcpy3DAsync")
                 resource = _ResourceDesc(type=0, array=array)  # CU_RESOURCE_TYPE_ARRAY

@@ -223,18 +223,19 @@ def _read_to_device(
     pinned buffer, and a batch read is kept in it (a pageable copy) where it fits.
     """
     pinned = device.type == "cuda"
-    layout = None if held is None else held[0].layout(held[1])
-    if held is not None and layout is not None and held[0].holds(held[1], held[2]):
+    cache, kind, rows = held if held is not None else (None, "", indices)
+    layout = None if cache is None else cache.layout(kind)
+    if cache is not None and layout is not None and cache.holds(kind, rows):
         staging = torch.empty((len(paths), *layout[0]), dtype=layout[1], pin_memory=pinned)
-        held[0].gather(held[1], held[2], staging)
+        cache.gather(kind, rows, staging)
         return staging.to(device, non_blocking=pinned).to(torch.float32)
     shape, stored = stored_image_layout(paths[0], int(indices[0]))
     dtype = torch.float16 if stored == np.float16 else torch.float32
     buffer = torch.empty((len(paths), *shape), dtype=dtype, pin_memory=pinned)
     read_images(paths, indices, out=buffer.numpy())
-    if held is not None and held[0].accepts(buffer.numel() * buffer.element_size()):
+    if cache is not None and cache.accepts(buffer.numel() * buffer.element_size()):
         kept = torch.empty(buffer.shape, dtype=buffer.dtype)  # pageable (particle_cache)
-        held[0].hold(held[1], held[2], kept.copy_(buffer))
+        cache.hold(kind, rows, kept.copy_(buffer))
     return buffer.to(device, non_blocking=pinned).to(torch.float32)
 
 
