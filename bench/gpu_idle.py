@@ -124,6 +124,47 @@ def from_profiler(events: Iterable, phase_names: Iterable[str], *, step_us: floa
     return charge_idle(device, host, phases, step_us=step_us)
 
 
+def charge_busy(
+    kernels: Iterable[tuple[float, float, str]], phases: Sequence[HostRange]
+) -> dict[str, dict[str, float]]:
+    """Device seconds by phase, then by kernel name: each kernel ``(start, end, name)``
+    charged whole to the innermost phase range on the device's timeline containing its
+    midpoint (``"(between phases)"`` where none does). Sorted, largest first."""
+    kernels = sorted(kernels)
+    middles = [(a + b) / 2 for a, b, _ in kernels]
+    charged: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for (a, b, name), phase in zip(kernels, innermost(phases, middles), strict=True):
+        charged[phase or "(between phases)"][name] += (b - a) * 1e-6
+    totals = sorted(charged, key=lambda p: -sum(charged[p].values()))
+    return {p: dict(charged[p].most_common()) for p in totals}
+
+
+def busy_from_profiler(events: Iterable, phase_names: Iterable[str]) -> dict:
+    """``charge_busy`` from ``prof.events()``: the device's kernels and copies against the
+    phase ranges the profiler puts on the device's timeline (each spans its kernels)."""
+    wanted = set(phase_names)
+    kernels, phases = [], []
+    for event in events:
+        if getattr(event.device_type, "name", "") != "CUDA":
+            continue
+        span = (event.time_range.start, event.time_range.end)
+        if event.name in wanted:
+            phases.append((*span, event.name))
+        elif not getattr(event, "is_user_annotation", False):
+            kernels.append((*span, event.name))
+    return charge_busy(kernels, phases)
+
+
+def busy_table(charged: dict[str, dict[str, float]], kernels: int = 6, width: int = 70) -> str:
+    """Device seconds per phase and its ``kernels`` largest kernels, as lines of text."""
+    lines = ["device seconds by phase, and their largest kernels:"]
+    for phase, by_kernel in charged.items():
+        lines.append(f"  {sum(by_kernel.values()):8.3f}  {phase}")
+        for name, seconds in list(by_kernel.items())[:kernels]:
+            lines.append(f"      {seconds:8.3f}  {name[:width]}")
+    return "\n".join(lines) + "\n"
+
+
 def table(result: dict, rows: int = 25) -> str:
     """The result as lines of text: totals, then the two charges, largest first."""
     lines = [
@@ -137,4 +178,14 @@ def table(result: dict, rows: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["busy_intervals", "charge_idle", "from_profiler", "idle_gaps", "innermost", "table"]
+__all__ = [
+    "busy_from_profiler",
+    "busy_intervals",
+    "busy_table",
+    "charge_busy",
+    "charge_idle",
+    "from_profiler",
+    "idle_gaps",
+    "innermost",
+    "table",
+]

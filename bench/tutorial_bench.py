@@ -103,6 +103,9 @@ def run(
         if torch.cuda.is_available() and not stacks:
             sys.stdout.write(gpu_idle.table(gpu_idle.from_profiler(prof.events(), PHASES)))
             sys.stdout.flush()
+            charged = gpu_idle.busy_from_profiler(prof.events(), PHASES)
+            sys.stdout.write(gpu_idle.busy_table(charged))
+            sys.stdout.flush()
         if stacks:  # device time by operator and the lines that called it
             by_site = prof.key_averages(group_by_stack_n=stacks)
             sys.stdout.write(by_site.table(sort_by="self_cuda_time_total", row_limit=60))

@@ -65,3 +65,18 @@ def test_of_ranges_starting_together_the_shorter_is_innermost():
 def test_no_phases_is_refused():
     with pytest.raises(ValueError, match="no phase ranges"):
         gpu_idle.charge_idle([(0, 1)], [], [])
+
+
+def test_each_kernel_is_charged_whole_to_the_innermost_phase_around_its_middle():
+    # fine 0-100 holds fine_sum 10-50; a kernel straddling fine_sum's end goes where its
+    # middle is; one outside every phase is charged between phases
+    phases = [(0, 100, "fine"), (10, 50, "fine_sum")]
+    kernels = [(12, 20, "gemm"), (30, 34, "abs"), (45, 65, "gemm"), (60, 70, "abs")]
+    kernels.append((200, 201, "x"))
+    got = gpu_idle.charge_busy(kernels, phases)
+    assert list(got) == ["fine", "fine_sum", "(between phases)"]  # largest first
+    assert got["fine_sum"] == pytest.approx({"gemm": 8e-6, "abs": 4e-6})
+    assert got["fine"] == pytest.approx({"gemm": 20e-6, "abs": 10e-6})
+    assert got["(between phases)"] == pytest.approx({"x": 1e-6})
+    lines = gpu_idle.busy_table(got, kernels=1).splitlines()
+    assert lines[1:4] == ["     0.000  fine", "         0.000  gemm", "     0.000  fine_sum"]
