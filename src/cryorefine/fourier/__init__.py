@@ -48,6 +48,7 @@ from cryorefine.fourier.gridding import (
 from cryorefine.fourier.interpolation import centred_half_frequencies, padded_size
 from cryorefine.fourier.masks import (
     check_mask_values,
+    mask_transforms,
     mask_with_background,
     noise_images,
     radius_from_centre,
@@ -113,6 +114,7 @@ __all__ = [
     "iterative_gridding_weights",
     "low_pass",
     "mask_outside_sphere",
+    "mask_transforms",
     "mask_with_background",
     "noise_images",
     "packed_accumulator",

@@ -19,7 +19,7 @@ Solvent flattening
 """
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Complex, Float
 from torch import Tensor
 
 from cryorefine.errors import InputError
@@ -28,6 +28,7 @@ from cryorefine.fourier.shells import shell_values_to_grid
 
 __all__ = [
     "check_mask_values",
+    "mask_transforms",
     "mask_with_background",
     "noise_images",
     "radius_from_centre",
@@ -98,6 +99,32 @@ def mask_with_background(
         mean = (images * background).sum(dim=dims, keepdim=True) / weight
         return mask * images + background * mean
     return mask * images + background * noise
+
+
+def mask_transforms(
+    data_ft: Complex[Tensor, "..."],
+    mask: Float[Tensor, "..."],
+    *,
+    noise: Float[Tensor, "..."] | None = None,
+) -> Complex[Tensor, "..."]:
+    """``to_fourier(mask_with_background(from_fourier(data_ft), mask, noise=noise))``.
+
+    ``data_ft`` is ``(..., n, .., n // 2 + 1)`` over ``mask.ndim`` axes; ``mask`` and
+    ``noise`` are centred as ``mask_with_background`` takes them (``noise`` is brought
+    to the images' dtype and device). The images stay in
+    the transforms' own order (origin at voxel 0) and the mask and noise are put in
+    that order instead: no ``fftshift`` of every image and back, and the same values
+    (masking voxel by voxel commutes with moving the voxels, and the background's
+    average is a sum over them all).
+    """
+    dims = tuple(range(-mask.ndim, 0))
+    n = mask.shape[0]
+    images = torch.fft.irfftn(data_ft, s=(n,) * mask.ndim, dim=dims, norm="forward")
+    mask = torch.fft.ifftshift(mask, dim=dims)
+    if noise is not None:
+        noise = torch.fft.ifftshift(noise, dim=dims).to(images)
+    masked = mask_with_background(images, mask, noise=noise)
+    return torch.fft.rfftn(masked, dim=dims, norm="forward")
 
 
 def noise_images(

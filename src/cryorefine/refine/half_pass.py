@@ -26,12 +26,10 @@ from torch import Tensor
 
 from cryorefine.fourier import (
     fourier_crop,
-    from_fourier,
-    mask_with_background,
+    mask_transforms,
     shell_sums,
     shift_fourier,
     soft_sphere_mask,
-    to_fourier,
 )
 from cryorefine.io import ParticleSet
 from cryorefine.likelihood import (
@@ -99,11 +97,10 @@ def _masked(
     ndim = batch.origins_px.shape[1]
     n = mask.shape[0]
     centred = shift_fourier(batch.data_ft, batch.origins_px)
-    images = from_fourier(centred, n, ndim)
     noise = None
     if not zero_mask:
-        noise = particle_noise_images(sigma2, batch.rows, n, ndim, seed=noise_seed).to(images)
-    masked = to_fourier(mask_with_background(images, mask, noise=noise), ndim)
+        noise = particle_noise_images(sigma2, batch.rows, n, ndim, seed=noise_seed)
+    masked = mask_transforms(centred, mask, noise=noise)
     return shift_fourier(masked, -batch.origins_px)
 
 
