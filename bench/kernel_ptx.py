@@ -4,7 +4,8 @@
     PYTHONPATH=OLD/src python3 bench/kernel_ptx.py --out DIR_OLD
     diff DIR_OLD/texture_sample.ptx DIR/texture_sample.ptx
 
-Compiles ``fourier.texture._sample`` (8 rows per program), and
+Compiles ``fourier.texture._sample`` (8 rows per program, without and with the
+squared magnitudes), and
 ``fourier.trilinear_kernels._sample`` and ``_splat`` (3D, skipping the
 redundant half-plane, unpacked), for CUDA compute capability 9.0 with Triton's
 own compiler (no device is needed, only Triton), and writes each kernel's PTX
@@ -58,7 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     kernels = {
-        "texture_sample": (texture._sample, {"ROWS": 8, "BLOCK": 128}),
+        "texture_sample": (texture._sample, {"ROWS": 8, "BLOCK": 128, "POWER": 0}),
+        "texture_sample_powers": (texture._sample, {"ROWS": 8, "BLOCK": 128, "POWER": 1}),
         "trilinear_sample": (trilinear_kernels._sample, {"BLOCK": 256}),
         "trilinear_splat": (
             trilinear_kernels._splat,
@@ -66,7 +68,10 @@ def main() -> None:
         ),
     }
     for name, (kernel, constants) in kernels.items():
-        if not set(constants) <= set(inspect.signature(kernel.fn).parameters):
+        parameters = set(inspect.signature(kernel.fn).parameters)
+        if "POWER" in constants and "POWER" not in parameters and not constants["POWER"]:
+            constants = {k: v for k, v in constants.items() if k != "POWER"}  # older builds
+        if not set(constants) <= parameters:
             print(f"{name}: this build's kernel takes other constants; skipped")  # noqa: T201
             continue
         ptx = normalised_ptx(kernel, constants)

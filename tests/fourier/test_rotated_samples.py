@@ -219,3 +219,35 @@ def test_an_array_to_write_into_must_be_contiguous_of_the_output_shape_and_dtype
             sample_rotated(
                 reference, rotations, frequencies, padding_factor=2, max_radius=2.5, out=bad
             )
+
+
+def _within_two_roundings(powers, values):
+    """``powers`` are ``re^2 + im^2`` of ``values`` with each square and the sum rounded
+    once to float32 (or fused): within ``2u + u^2`` of the exact sum, relative."""
+    pairs = torch.view_as_real(values).double().cpu()
+    exact = pairs.square().sum(-1)
+    return bool(((powers.double().cpu() - exact).abs() <= (2 * U32 + U32 * U32) * exact).all())
+
+
+def test_powers_written_with_the_values_are_their_squared_magnitudes(device):
+    reference, rotations, frequencies, _ = _case(13, 8, 2, device)
+    want = sample_rotated(reference, rotations, frequencies, padding_factor=2, max_radius=3.5)
+    powers = torch.full((7, frequencies.shape[0]), -1.0, device=device)
+    got = sample_rotated(
+        reference, rotations, frequencies, padding_factor=2, max_radius=3.5, powers=powers[1:6]
+    )
+    torch.testing.assert_close(got, want, rtol=0.0, atol=0.0)  # the values as without them
+    assert _within_two_roundings(powers[1:6], got)
+    assert bool((powers[0] == -1).all())  # the rows around them untouched
+    assert bool((powers[6] == -1).all())
+
+
+def test_an_array_for_the_powers_must_be_contiguous_real_of_the_output_shape():
+    reference, rotations, frequencies, _ = _case(14, 6, 2, torch.device("cpu"))
+    shape = (rotations.shape[0], frequencies.shape[0])
+    strided = torch.zeros((shape[0], 2 * shape[1]))[:, ::2]
+    for bad in (strided, torch.zeros(shape, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="powers must be a contiguous torch.float32"):
+            sample_rotated(
+                reference, rotations, frequencies, padding_factor=2, max_radius=2.5, powers=bad
+            )

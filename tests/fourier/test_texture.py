@@ -250,3 +250,26 @@ def test_texture_samples_written_into_a_given_array_are_the_samples_returned():
     torch.testing.assert_close(table[1:6], want, rtol=0.0, atol=0.0)
     assert bool((table[0] == 5 + 5j).all())
     assert bool((table[6] == 5 + 5j).all())
+
+
+@cuda_only
+def test_texture_powers_are_the_squared_magnitudes_of_the_samples_written():
+    # the kernel squares each value as it stores it: the values as without powers, and
+    # re^2 + im^2 within two float32 roundings (13 rows: a tail after 8 rows per program)
+    reference, rotations, frequencies, _ = _case(15, 10, 2)
+    inverses, products = rotations.transpose(-1, -2), rotations[:3] @ rotations[1:4]
+    rotations = torch.cat([rotations, inverses, products])
+    device = torch.device("cuda")
+    gpu, rotations, frequencies = (x.to(device) for x in (reference, rotations, frequencies))
+    powers = torch.full((15, frequencies.shape[0]), -1.0, device=device)
+    with reference_texture(gpu) as texture:
+        assert texture is not None
+        want = sample_rotated(gpu, rotations, frequencies, padding_factor=2, max_radius=5.0)
+        got = sample_rotated(
+            gpu, rotations, frequencies, padding_factor=2, max_radius=5.0, powers=powers[1:14]
+        )
+    torch.testing.assert_close(got, want, rtol=0.0, atol=0.0)
+    exact = torch.view_as_real(got).double().square().sum(-1)
+    assert bool(((powers[1:14].double() - exact).abs() <= (2 * U32 + U32 * U32) * exact).all())
+    assert bool((powers[0] == -1).all())
+    assert bool((powers[14] == -1).all())

@@ -215,3 +215,20 @@ def test_a_chunk_of_the_sums_counts_only_what_it_makes():
     # the rest of a pair's temporaries, half the pairs
     assert pairs_per_chunk(True, False, row_bytes=full, budget=big) == 250
     assert pairs_per_chunk(False, True, row_bytes=full, budget=big) == big // 2 // made
+
+
+def test_held_powers_made_with_the_projections_serve_the_fine_pass():
+    # the squares the texture kernel wrote with the projections are taken as they are
+    # where the working dtype is theirs; float64 work squares the projections anew
+    blocks, *_ = _case(False)
+    held = blocks.projector.with_values(2**30, powers=True)
+    block = BlockProjector(held, F)
+    children = held.rows  # no more rows than the pairs' children
+    got = pairs._held_row_power(block, children, torch.complex64, 2**30)
+    assert got is held.powers
+    again = pairs._held_row_power(block, children, torch.complex128, 2**30)
+    exact = torch.view_as_real(held.values).double().square().sum(-1)
+    assert again.dtype == torch.float64
+    # the float64 modulus squared: hypot within 1 ulp, doubled, plus the square's rounding
+    assert ((again - exact).abs() <= 2.5 * torch.finfo(torch.float64).eps * exact).all()
+    assert pairs._held_row_power(block, children - 1, torch.complex64, 2**30) is None

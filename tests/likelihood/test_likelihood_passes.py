@@ -186,3 +186,46 @@ def test_held_list_chunks_budget_the_gathered_copy_only_where_the_rows_are_gathe
     )
     assert held_list_chunk(r, t, k, size, budget, gathered=False) == (budget // 2) // z_bytes
     assert held_list_chunk(r, t, k, size, 1, gathered=False) == 1  # never empty
+
+
+def test_held_projections_carry_their_powers_where_both_fit():
+    projector, *_ = _case(False)
+    count, rows = projector.window.count, projector.rows
+    values_bytes = rows * count * 8  # complex64
+    held = projector.with_values(values_bytes + values_bytes // 2, powers=True)
+    pairs = torch.view_as_real(held.values).double()
+    exact = pairs.square().sum(-1)
+    # each square and the sum rounded once to float32: within 2u + u^2, relative
+    assert held.powers.dtype == torch.float32
+    assert ((held.powers.double() - exact).abs() <= (2 * U32 + U32 * U32) * exact).all()
+    torch.testing.assert_close(held.values, projector.with_values(2**30).values, rtol=0, atol=0)
+    assert projector.with_values(2**30).powers is None  # not asked for
+    alone = projector.with_values(values_bytes + values_bytes // 2 - 1, powers=True)
+    assert alone.values is not None  # the projections fit, their powers with them do not
+    assert alone.powers is None
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_held_list_scores_from_the_held_powers_equal_those_squared_here(precision):
+    projector, rows, valid, particles, _ = _case(False)
+    held = projector.with_values(2**30, powers=True)
+    values, rows = held.values[:18], rows.clamp(max=17)  # 18 rows: the table's powers
+    phases = particles.phases[:1].expand(3, -1, -1)
+    shared = ParticleWindowData(particles.data, particles.ctf, particles.weight, phases)
+    options = {"cross_correlation": False, "precision": precision, "max_bytes": 2**30}
+    got = score_held_lists(shared, values, rows, valid, powers=held.powers[:18], **options)
+    want = score_held_lists(shared, values, rows, valid, **options)
+    mask = valid[:, None, :].expand_as(got)
+    if precision == "float64":  # float32 powers are not taken: squared here, in float64
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        return
+    # |P|^2 within 2u + u^2 (held) or 6.5 eps = 13u (squared here) of the exact, relative:
+    # the power term sum_k w K^2 |P|^2 differs by at most 15u (and u^2) times its size; the
+    # products and sums after it round within gamma_n of the scores' magnitudes on each side
+    table = values[rows].to(torch.complex128)
+    power = particles.weight.double()[:, None] * particles.ctf.double()[:, None] ** 2
+    power = (power * table.abs() ** 2).sum(-1)  # (b, r)
+    n = 2 * projector.window.count + 10
+    magnitudes = score_magnitudes(particles.data, particles.ctf, particles.weight, table)
+    bound = 16 * U32 * power[:, None, :] + 2 * gamma(n, U32) * magnitudes[:, None, :]
+    assert ((got.double() - want.double()).abs()[mask] <= bound.expand_as(got)[mask]).all()

@@ -45,6 +45,7 @@ def sample_rotated(
     max_radius: float,
     scale: float = 1.0,
     out: Complex[Tensor, "r k"] | None = None,
+    powers: Float[Tensor, "r k"] | None = None,
 ) -> Complex[Tensor, "r k"]:
     """Trilinear values of ``reference_ft`` at ``A.T @ k * padding_factor``, times ``scale``.
 
@@ -66,13 +67,17 @@ def sample_rotated(
         Where to write the values (contiguous, ``(r, k)``, ``reference_ft``'s dtype and
         device), or None for a new array. The GPU kernels write into it directly: no
         copy of the values (``passes.RowProjector.with_values`` fills its table so).
+    powers
+        Where to write ``re^2 + im^2`` of each value (contiguous, ``(r, k)``, the real
+        dtype of ``reference_ft``), or None. The texture kernel writes them as it writes
+        the values: no second read of them.
 
     Returns
     -------
     Tensor
         ``(r, k)`` in ``reference_ft``'s dtype: ``out`` where given.
     """
-    p = padded_size(reference_ft.shape)
+    padded_size(reference_ft.shape)  # a (p, p, p // 2 + 1) half-grid, or ValueError
     device = reference_ft.device
     if out is not None:
         shape = (rotations.shape[0], frequencies.shape[0])
@@ -81,6 +86,14 @@ def sample_rotated(
                              f"{out.dtype} {tuple(out.shape)}")  # fmt: skip
         if out.device != device:
             raise ValueError(f"out must be on {device}, got {out.device}")
+    if powers is not None:
+        shape = (rotations.shape[0], frequencies.shape[0])
+        real = _real_dtype(reference_ft.dtype)
+        if powers.shape != shape or powers.dtype != real or not powers.is_contiguous():
+            raise ValueError(f"powers must be a contiguous {real} {shape} array, got "
+                             f"{powers.dtype} {tuple(powers.shape)}")  # fmt: skip
+        if powers.device != device:
+            raise ValueError(f"powers must be on {device}, got {powers.device}")
     frequencies = frequencies.to(device)
     texture = registered_texture(reference_ft)
     if texture is not None:  # inside fourier.texture.reference_texture: the texture units
@@ -92,7 +105,25 @@ def sample_rotated(
             max_radius=max_radius,
             scale=scale,
             out=out,
+            powers=powers,
         )
+    values = _sampled(reference_ft, rotations, frequencies, padding_factor, max_radius, scale, out)
+    if powers is not None:
+        torch.sum(torch.view_as_real(values).square(), dim=-1, out=powers)
+    return values
+
+
+def _sampled(
+    reference_ft: Tensor,
+    rotations: Tensor,
+    frequencies: Tensor,
+    padding_factor: int,
+    max_radius: float,
+    scale: float,
+    out: Tensor | None,
+) -> Tensor:
+    """``sample_rotated``'s values by the trilinear kernel or, where it does not apply, torch."""
+    device, p = reference_ft.device, padded_size(reference_ft.shape)
     if trilinear_kernels.available(reference_ft) and reference_ft.dtype == torch.complex64:
         return trilinear_kernels.sample_kernel(
             reference_ft,

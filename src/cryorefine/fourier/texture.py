@@ -217,10 +217,11 @@ if trilinear_kernels.triton is not None:
     @triton.jit
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _sample(
-        texture, rot_ptr, freq_ptr, out_ptr, n_rows, k, p, ph, pad, radius2, scale,
-        ROWS: tl.constexpr, BLOCK: tl.constexpr,
+        texture, rot_ptr, freq_ptr, out_ptr, power_ptr, n_rows, k, p, ph, pad, radius2, scale,
+        ROWS: tl.constexpr, BLOCK: tl.constexpr, POWER: tl.constexpr,
     ):  # fmt: skip
-        """One block of ``BLOCK`` coefficients at ``ROWS`` consecutive rotations."""
+        """One block of ``BLOCK`` coefficients at ``ROWS`` consecutive rotations (and their
+        squared magnitudes where ``POWER``)."""
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < k
         fx, fy, fz = trilinear_kernels._frequencies(freq_ptr, offs, mask)
@@ -232,9 +233,12 @@ if trilinear_kernels.triton is not None:
             if row < n_rows:
                 qx, qy, qz, flip = trilinear_kernels._turned(fx, fy, fz, rot_ptr, row, pad)
                 re, im = _fetch(handle, qx, qy, qz, flip, centre, side, width)
-                out = (row.to(tl.int64) * k + offs) * 2
-                tl.store(out_ptr + out, tl.where(keep, re * scale, 0.0), mask=mask)
-                tl.store(out_ptr + out + 1, tl.where(keep, im * scale, 0.0), mask=mask)
+                re, im = tl.where(keep, re * scale, 0.0), tl.where(keep, im * scale, 0.0)
+                at = row.to(tl.int64) * k + offs
+                tl.store(out_ptr + at * 2, re, mask=mask)
+                tl.store(out_ptr + at * 2 + 1, im, mask=mask)
+                if POWER:
+                    tl.store(power_ptr + at, re * re + im * im, mask=mask)
 
 
 def sample_texture(
@@ -246,26 +250,35 @@ def sample_texture(
     max_radius: float,
     scale: float,
     out: Tensor | None = None,
+    powers: Tensor | None = None,
 ) -> Tensor:
     """``(r, k)`` complex64 values at ``A.T k padding_factor`` (0 beyond ``max_radius``).
 
     As ``trilinear_kernels.sample_kernel``, through ``texture``; ``frequencies``
     integer ``(k, 3)`` in ``(x, y, z)`` order on the texture's device. Written into
-    ``out`` (``trilinear_kernels.output_pairs``) where given.
+    ``out`` (``trilinear_kernels.output_pairs``) where given. ``powers``: a contiguous
+    float32 ``(r, k)`` array that receives ``re^2 + im^2`` of each value as it is
+    written (each square and the sum rounded once, or fused), or None.
     """
     p, _, ph = texture.shape
     r, k = rotations.shape[0], frequencies.shape[0]
     out = trilinear_kernels.output_pairs(out, r, k, texture.device)
+    if powers is not None and (
+        powers.dtype != torch.float32 or tuple(powers.shape) != (r, k) or not powers.is_contiguous()
+    ):
+        raise ValueError(f"powers must be a contiguous float32 ({r}, {k}) array, got "
+                         f"{powers.dtype} {tuple(powers.shape)}")  # fmt: skip
     freq = frequencies.to(torch.int32).contiguous()
     rows = trilinear_kernels._rotation_rows(rotations.to(texture.device))
     limit = trilinear_kernels._MAX_GRID_ROWS * _ROWS  # CUDA's grid y-dimension limit
     with torch.cuda.device(texture.device):  # a texture object is valid on its own GPU only
         for lo in range(0, r if k else 0, limit):
             hi = min(lo + limit, r)
+            power = out[lo:hi] if powers is None else powers[lo:hi]  # unused without powers
             _sample[(triton.cdiv(k, _BLOCK), triton.cdiv(hi - lo, _ROWS))](
-                texture.handle, rows[lo:hi], freq, out[lo:hi], hi - lo, k, p, ph,
+                texture.handle, rows[lo:hi], freq, out[lo:hi], power, hi - lo, k, p, ph,
                 float(padding_factor), float(max_radius) ** 2, float(scale) * texture.scale,
-                ROWS=_ROWS, BLOCK=_BLOCK,
+                ROWS=_ROWS, BLOCK=_BLOCK, POWER=powers is not None,
             )  # fmt: skip
     return torch.view_as_complex(out)
 

@@ -81,7 +81,9 @@ def _projector(
     table = fine_rotations(plan.orientations, union, oversampling=plan.oversampling)
     table = table.reshape(-1, 3, 3)
     projector = RowProjector(reference_ft, table, window, pad)
-    projector = projector.with_values(plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4)
+    projector = projector.with_values(
+        plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4, powers=True
+    )
     return BlockProjector(projector, f), rows, lambda picked: table[picked]
 
 

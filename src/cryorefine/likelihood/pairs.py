@@ -136,6 +136,8 @@ def _held_row_power(
         return None
     if values.numel() * torch.finfo(cplx).bits // 8 > max_bytes // 8:  # the real powers' bytes
         return None
+    if projector.projector.powers is not None and values.dtype == cplx:  # made with the values
+        return projector.projector.powers
     held = values.to(cplx)
     return squared_magnitude(held)
 

@@ -73,7 +73,8 @@ class RowProjector:
     """Projections of the reference at a table of orientations, on one window.
 
     With ``values`` the projections are precomputed (``with_values``) and
-    ``project`` only slices them.
+    ``project`` only slices them; ``powers`` are their squared magnitudes, where
+    ``with_values`` was asked for them and they fitted.
     """
 
     reference_ft: Complex[Tensor, "p p ph"]
@@ -81,6 +82,7 @@ class RowProjector:
     window: FourierWindow
     padding_factor: int
     values: Complex[Tensor, "n k"] | None = None
+    powers: Float[Tensor, "n k"] | None = None
 
     @property
     def rows(self) -> int:
@@ -91,12 +93,19 @@ class RowProjector:
         return int(table.shape[0])
 
     def project(
-        self, lo: int, hi: int, out: Complex[Tensor, "c k"] | None = None
+        self,
+        lo: int,
+        hi: int,
+        out: Complex[Tensor, "c k"] | None = None,
+        powers: Float[Tensor, "c k"] | None = None,
     ) -> Complex[Tensor, "c k"]:
-        """Window coefficients of rows ``lo .. hi - 1``, written into ``out`` where given
-        (``fourier.sample_rotated``'s)."""
+        """Window coefficients of rows ``lo .. hi - 1``, written into ``out`` where given,
+        and their squared magnitudes into ``powers`` (``fourier.sample_rotated``'s)."""
         if self.values is not None:
-            return self.values[lo:hi] if out is None else out.copy_(self.values[lo:hi])
+            values = self.values[lo:hi] if out is None else out.copy_(self.values[lo:hi])
+            if powers is not None:
+                torch.sum(torch.view_as_real(values).square(), dim=-1, out=powers)
+            return values
         if self.rotations is None:
             raise ValueError("a RowProjector needs rotations or values")
         size, ndim = self.window.size, self.window.ndim
@@ -109,6 +118,7 @@ class RowProjector:
             max_radius=float(size // 2),
             scale=float(scale),
             out=out,
+            powers=powers,
         )
 
     def bytes_per_row(self) -> int:
@@ -117,23 +127,32 @@ class RowProjector:
             return 0
         return 5 * self.window.count * self.reference_ft.element_size()
 
-    def with_values(self, max_bytes: int, *, chunk_bytes: int = 2**28) -> "RowProjector":
+    def with_values(
+        self, max_bytes: int, *, chunk_bytes: int = 2**28, powers: bool = False
+    ) -> "RowProjector":
         """The same table with all projections computed once, if they take at most ``max_bytes``.
 
-        They are computed ``chunk_bytes`` of projector temporaries at a time.
+        They are computed ``chunk_bytes`` of projector temporaries at a time. With
+        ``powers``, their squared magnitudes are written as they are (the texture
+        kernel's, no second read), where projections and powers together fit.
         """
-        table_bytes = self.rows * self.window.count * self.reference_ft.element_size()
+        size = self.reference_ft.element_size()
+        table_bytes = self.rows * self.window.count * size
         if self.values is not None or table_bytes > max_bytes:
             return self
+        with_powers = powers and table_bytes + table_bytes // 2 <= max_bytes
         chunk = max(1, chunk_bytes // max(1, self.bytes_per_row()))
-        values = torch.empty(
-            (self.rows, self.window.count),
-            dtype=self.reference_ft.dtype,
-            device=self.reference_ft.device,
-        )  # filled in place: no second copy of the table while it is joined
+        device, shape = self.reference_ft.device, (self.rows, self.window.count)
+        # filled in place: no second copy of the table while it is joined
+        values = torch.empty(shape, dtype=self.reference_ft.dtype, device=device)
+        squares = None
+        if with_powers:
+            squares = torch.empty(shape, dtype=self.reference_ft.real.dtype, device=device)
         for lo in range(0, self.rows, chunk):  # the projections written straight into it
-            self.project(lo, min(lo + chunk, self.rows), out=values[lo : lo + chunk])
-        return replace(self, values=values)
+            hi = min(lo + chunk, self.rows)
+            part = None if squares is None else squares[lo:hi]
+            self.project(lo, hi, out=values[lo:hi], powers=part)
+        return replace(self, values=values, powers=squares)
 
 
 @dataclass(frozen=True)
@@ -281,12 +300,14 @@ def score_held_lists(
     precision: str,
     max_bytes: int,
     block_k: int | None = None,
+    powers: Float[Tensor, "n k"] | None = None,
 ) -> Float[Tensor, "b t r"]:
     """``score_lists`` for held projections ``values`` and translations shared by all particles.
 
     ``sum w K^2 |P|^2``: when the table has no more rows than the lists have
     slots, one product of the particles with the table's ``|P|^2`` (``(b, n)``,
-    gathered at the rows); otherwise from each particle's gathered slots. The
+    gathered at the rows; ``powers``, ``RowProjector.with_values``'s, where given in
+    the working real dtype); otherwise from each particle's gathered slots. The
     cross term is, for a few particles at a time, every slot of their lists
     gathered at once and one batched product per particle, ``Z (t, 2k) @ P^T
     (2k, r)`` cut along ``2k`` into blocks of ``block_k``
@@ -314,8 +335,10 @@ def score_held_lists(
         block = max(1, (max_bytes // 4) // (5 * k * size))
         with matmul_precision(precision):
             for lo in range(0, n, block):
-                held = values[lo : lo + block].to(cplx)
-                power = squared_magnitude(held)
+                if powers is not None and powers.dtype == real:
+                    power = powers[lo : lo + block]
+                else:
+                    power = squared_magnitude(values[lo : lo + block].to(cplx))
                 table_power[:, lo : lo + block] = ctf_power @ power.T
         table_power = table_power.gather(1, rows)
     out = ctf_power.new_empty((b, t, r))

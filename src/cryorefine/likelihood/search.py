@@ -254,12 +254,14 @@ def _list_scores(
     table = coarse_rotations(plan.orientations, union)
     projector = RowProjector(reference_ft, table, window, plan.padding_factor)
     with phase_of(times, "coarse_project"):
-        held = projector.with_values(plan.max_bytes // 2, chunk_bytes=plan.max_bytes // 4)
+        held = projector.with_values(
+            plan.max_bytes // 2, chunk_bytes=plan.max_bytes // 4, powers=True
+        )
     if times is not None and held.values is not None:
         times.add_count("coarse_projected_orientations", n)
     if held.values is None:  # one particle's list beyond half the budget
         return score_lists(data, projector, rows, valid, **scoring)
-    return score_held_lists(data, held.values, rows, valid, **scoring)
+    return score_held_lists(data, held.values, rows, valid, powers=held.powers, **scoring)
 
 
 def coarse_pass(
