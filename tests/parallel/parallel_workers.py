@@ -7,6 +7,7 @@ saves what it saw under ``out_dir``.
 """
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,17 +119,30 @@ def combine_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def _wait_for_file(path: Path, timeout_s: float = 60.0) -> None:
+    """Return once ``path`` exists, or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _fail_in_session(rank: int, world: int, out_dir: str, *, killed: int | None) -> None:
     """In ``parallel_session``: the last rank raises, rank ``killed`` ends silently.
 
-    The others combine and save the message of their ``RankFailure``.
+    The others combine and save the message of their ``RankFailure``. Rank ``killed``
+    ends only once the last rank's error is recorded (it leaves a file then): the
+    others' collective fails when either ends, and their message is read from the
+    store at that moment, so without the wait it could find neither of the last
+    rank's records yet (on a busy machine it may still be starting up).
     """
     torch.set_num_threads(1)
+    raised = Path(out_dir) / f"rank{world - 1}.raised"
     try:
         with parallel_session(launch_environment(), gpu=None, timeout_s=60.0) as (comm, _):
             if rank == world - 1:
                 raise RuntimeError("out of memory on purpose")
             if rank == killed:
+                _wait_for_file(raised)
                 os._exit(9)
             (half,) = comm.halves_here()
             comm.combine(
@@ -139,7 +153,8 @@ def _fail_in_session(rank: int, world: int, out_dir: str, *, killed: int | None)
         message = "no failure seen"
     except RankFailure as error:
         message = str(error)
-    except RuntimeError:
+    except RuntimeError:  # parallel_session has recorded it in the store
+        raised.touch()
         os._exit(3)
     (Path(out_dir) / f"rank{rank}.txt").write_text(message)
     os._exit(0)
