@@ -216,8 +216,11 @@ def test_held_list_scores_from_the_held_powers_equal_those_squared_here(precisio
     got = score_held_lists(shared, values, rows, valid, powers=held.powers[:18], **options)
     want = score_held_lists(shared, values, rows, valid, **options)
     mask = valid[:, None, :].expand_as(got)
+    zero = torch.zeros_like(held.powers[:18])
+    without = score_held_lists(shared, values, rows, valid, powers=zero, **options)
     if precision == "float64":  # float32 powers are not taken: squared here, in float64
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(without, want, rtol=0, atol=0)
         return
     # |P|^2 within 2u + u^2 (held) or 6.5 eps = 13u (squared here) of the exact, relative:
     # the power term sum_k w K^2 |P|^2 differs by at most 15u (and u^2) times its size; the
@@ -229,3 +232,7 @@ def test_held_list_scores_from_the_held_powers_equal_those_squared_here(precisio
     magnitudes = score_magnitudes(particles.data, particles.ctf, particles.weight, table)
     bound = 16 * U32 * power[:, None, :] + 2 * gamma(n, U32) * magnitudes[:, None, :]
     assert ((got.double() - want.double()).abs()[mask] <= bound.expand_as(got)[mask]).all()
+    # the powers given are the ones taken: zero powers take the power term out of the scores
+    taken = (want.double() - without.double() - power[:, None, :]).abs()
+    assert (taken[mask] <= bound.expand_as(got)[mask]).all()
+    assert (power > bound.amax()).any()  # a term the check above could not miss
