@@ -149,9 +149,13 @@ def _add_batch(
     ndim = batch.origins_px.shape[1]
     shells = sums.noise.shape[1]
     residual = result.shell_sums.residual_power.clone()
-    beyond = shell_sums(masked_full.abs() ** 2, n, ndim).to(torch.float64)  # (b, s)
+    # the shells beyond the current size; none once it reaches the box (every shell up
+    # to Nyquist is in the E-step's sums), and then the image's power is not summed
     outside = torch.arange(shells, device=residual.device) > current_size // 2
-    residual[:, outside] = (beyond * result.weight_sums[:, None])[:, outside]
+    beyond_current = current_size // 2 < shells - 1
+    if beyond_current:
+        beyond = shell_sums(masked_full.abs() ** 2, n, ndim).to(torch.float64)  # (b, s)
+        residual[:, outside] = (beyond * result.weight_sums[:, None])[:, outside]
     sums.noise.index_add_(0, groups, residual)
     sums.weight_per_group.index_add_(0, groups, result.weight_sums.to(torch.float64))
     signal = result.shell_sums.signal_product.to(torch.float64)
@@ -163,9 +167,10 @@ def _add_batch(
     sums.scale_sums[0].index_add_(0, scale_groups, signal * shells_for_scales)
     sums.scale_sums[1].index_add_(0, scale_groups, power * shells_for_scales)
     if result.multiplicity_sums is not None and batch.multiplicity is not None:
-        full_mult = shell_sums(batch.multiplicity, n, ndim).to(torch.float64)
         mult = result.multiplicity_sums.clone().to(torch.float64)
-        mult[:, outside] = (full_mult * result.weight_sums[:, None])[:, outside]
+        if beyond_current:
+            full_mult = shell_sums(batch.multiplicity, n, ndim).to(torch.float64)
+            mult[:, outside] = (full_mult * result.weight_sums[:, None])[:, outside]
         if sums.multiplicity is None:
             sums.multiplicity = torch.zeros_like(sums.noise)
         sums.multiplicity.index_add_(0, groups, mult)
