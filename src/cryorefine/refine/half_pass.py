@@ -104,6 +104,14 @@ def _masked(
     return shift_fourier(masked, -batch.origins_px)
 
 
+def _cropped(ft: Tensor, current_size: int, ndim: int) -> Tensor:
+    """``ft`` cropped to ``current_size``; ``ft`` itself (no copy) where that is its size:
+    the E-step only reads its particles' terms."""
+    if ft.shape[1] == current_size:
+        return ft
+    return fourier_crop(ft, current_size, ndim=ndim)
+
+
 def _on_device(values: np.ndarray, device: torch.device) -> Tensor:
     """A host array's copy on ``device``, queued without waiting for the device's queue to
     drain (a blocking copy to a GPU synchronises its stream first). The array is pageable
@@ -305,9 +313,9 @@ def run_half_set(
                     plan, state, model.orientation_pdf, operators, angles
                 )
             terms = ParticleTerms(
-                masked_ft=fourier_crop(masked_full, m, ndim=ndim),
-                unmasked_ft=fourier_crop(batch.data_ft, m, ndim=ndim),
-                ctf=fourier_crop(batch.ctf, m, ndim=ndim),
+                masked_ft=_cropped(masked_full, m, ndim),
+                unmasked_ft=_cropped(batch.data_ft, m, ndim),
+                ctf=_cropped(batch.ctf, m, ndim),
                 sigma2_noise=sigma2,
                 origins_px=batch.origins_px,
                 offset_priors_px=torch.zeros_like(batch.origins_px),
@@ -315,7 +323,7 @@ def run_half_set(
                 orientation_ids=ids,
                 multiplicity=None
                 if batch.multiplicity is None
-                else fourier_crop(batch.multiplicity, m, ndim=ndim),
+                else _cropped(batch.multiplicity, m, ndim),
                 ctf_premultiplied=batch.ctf_premultiplied,
                 scale=scale,
             )
