@@ -29,7 +29,6 @@ import cProfile
 import io
 import json
 import pstats
-import re
 import signal
 import sys
 import time
@@ -42,6 +41,7 @@ from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on s
 from floor_table import floor_rows, format_totals, iteration_totals
 from host_samples import HostSampler
 from rank_runs import DeviceMemoryPoller, run_ranks
+from run_log_tables import iteration_table, part_totals, phase_totals
 from torch._C._profiler import _ExperimentalConfig
 
 from cryorefine.cli.main import main as cryorefine
@@ -219,47 +219,6 @@ def simulate(args: argparse.Namespace, sim: Path) -> float:
     return run(arguments + (["--gpu"] if args.gpu else []))
 
 
-def iteration_table(log: str) -> list[dict[str, float]]:
-    """Per iteration: its seconds, E-step seconds (both halves) and resolution.
-
-    An iteration logged twice (run again from a carried state) counts as its last run.
-    """
-    halves: dict[tuple[int, int], float] = {}
-    pattern = r"iter=(\d+) half_set=(\d) .*?e_step_seconds=([\d.]+)"
-    for it, half, seconds in re.findall(pattern, log):
-        halves[int(it), int(half)] = float(seconds)
-    e_step: dict[int, float] = {}
-    for (it, _), seconds in halves.items():
-        e_step[it] = e_step.get(it, 0.0) + seconds
-    rows: dict[int, dict[str, float]] = {}
-    pattern = r"iter=(\d+) resolution_angst=([\d.]+) current_size=(\d+).* seconds=([\d.]+)"
-    for it, resolution, size, seconds in re.findall(pattern, log):
-        rows[int(it)] = {
-            "iteration": int(it),
-            "seconds": float(seconds),
-            "e_step_seconds": e_step.get(int(it), 0.0),
-            "resolution_angst": float(resolution),
-            "current_size": int(size),
-        }
-    return [rows[it] for it in sorted(rows)]
-
-
-def phase_totals(log: str) -> dict[str, float]:
-    """The E-step's phases summed over iterations and half sets.
-
-    A half set logged twice (a call cut by its time limit and the iteration run again
-    from the carried state) counts as its last run, as in ``iteration_table``.
-    """
-    last: dict[tuple[int, int], str] = {}
-    for it, half, line in re.findall(r"iter=(\d+) half_set=(\d) phase_seconds (.*)", log):
-        last[int(it), int(half)] = line
-    phases: dict[str, float] = {}
-    for line in last.values():
-        for name, seconds in re.findall(r"(\w+)=([\d.]+)", line):
-            phases[name] = phases.get(name, 0.0) + float(seconds)
-    return phases
-
-
 def floor(refine: Path, *, gpu: bool, precision: str = "float32") -> dict:
     """The E-step floor of the finished refine: rates measured now, on its device."""
     device = torch.device("cuda:0" if gpu else "cpu")
@@ -354,6 +313,7 @@ def main() -> None:
         "e_step_seconds_total": e_step,
         "other_seconds_total": total_iterations - e_step,
         "e_step_phase_seconds": phases,
+        "iteration_part_seconds": part_totals(iterations),
         "particles_per_second_e_step": particles * len(iterations) / max(e_step, 1e-9),
         "ranks": args.ranks,
         "peak_gpu_memory_gib": peak,
@@ -368,10 +328,14 @@ def main() -> None:
         "per_iteration": iterations,
         "floor": floors,
     }
-    lines = ["iteration | seconds | e_step_seconds | resolution_angst | current_size"]
+    lines = ["iteration | seconds | e_step_seconds | accuracy | m_step | files | "
+             "resolution_angst | current_size"]  # fmt: skip
     lines += [
         f"{r['iteration']} | {r['seconds']:.1f} | {r['e_step_seconds']:.1f} | "
-        f"{r['resolution_angst']:.2f} | {r['current_size']}"
+        + " | ".join(
+            f"{r.get('parts', {}).get(k, 0.0):.2f}" for k in ("accuracy", "m_step", "files")
+        )
+        + f" | {r['resolution_angst']:.2f} | {r['current_size']}"
         for r in iterations
     ]
     lines += [f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}"

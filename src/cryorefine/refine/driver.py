@@ -38,8 +38,9 @@ from cryorefine.refine.convergence import (
     update_hidden_variable_changes,
 )
 from cryorefine.refine.e_step import default_batch_size, e_step
-from cryorefine.refine.half_models import accuracies, m_step, unregularised_map
-from cryorefine.refine.half_sums import join_sums
+from cryorefine.refine.half_models import accuracies
+from cryorefine.refine.half_pass import PoseUpdate
+from cryorefine.refine.half_set_maximisation import maximise_half_sets
 from cryorefine.refine.initialise import RefineInputs, initial_models, load_inputs
 from cryorefine.refine.iteration_files import (
     apply_poses,
@@ -47,23 +48,13 @@ from cryorefine.refine.iteration_files import (
     write_final,
     write_iteration,
 )
-from cryorefine.refine.maximisation import (
-    flattening_mask,
-    uniform_orientation_pdf,
-)
+from cryorefine.refine.maximisation import uniform_orientation_pdf
 from cryorefine.refine.model import HalfSetModel, RefineState, initial_refine_state
 from cryorefine.refine.options import RefineOptions, check_option_ranges
-from cryorefine.refine.resolution import (
-    gold_standard_fsc,
-    image_sizes,
-    join_halves_at_low_resolution,
-    low_resolution_join_radius,
-    solvent_corrected_fsc,
-    update_current_resolution,
-    update_size_increment,
-)
+from cryorefine.refine.resolution import image_sizes
 from cryorefine.refine.run_continue import continued_options
-from cryorefine.refine.run_files import read_continue
+from cryorefine.refine.run_files import ParticleStatistics, read_continue
+from cryorefine.timing import PhaseTimes
 
 __all__ = ["refine_run"]
 
@@ -109,16 +100,19 @@ def _iteration(
         average_pmax=models[0].average_pmax,
     )
     state = dataclasses.replace(state, current_size=current, coarse_size=coarse)
+    times = PhaseTimes(device)  # the iteration's parts, logged with its line
     # the projector works in the E-step's precision (the maps are float64 after an M-step)
     real_dtype = working_dtypes(precision)[0]
-    references = [
-        prepare_reference(m.reference.to(device, real_dtype), padding_factor=options.pad)
-        for m in models
-    ]
+    with times.phase("references"):
+        references = [
+            prepare_reference(m.reference.to(device, real_dtype), padding_factor=options.pad)
+            for m in models
+        ]
     if not cc and state.iteration > 1:
-        state = accuracies(
-            state, inputs, options, models, references[0], device=device, generator=generator
-        )
+        with times.phase("accuracy"):
+            state = accuracies(
+                state, inputs, options, models, references[0], device=device, generator=generator
+            )
         order = state.healpix_order
         state = update_angular_sampling(
             state,
@@ -137,99 +131,49 @@ def _iteration(
     )
     state = dataclasses.replace(state, perturbation=perturbation)
     grid = _grid(state, inputs.group, device)
-    all_sums, updates = e_step(
-        inputs,
-        options,
-        state,
-        models,
-        references,
-        grid,
-        communicator=communicator,
-        cc=cc,
-        precision=precision,
-        interpolation=interpolation,
-        batch_size=batch_size,
-        device=device,
-    )
-    first, second = all_sums
-    unfiltered = None
-    if final or (inputs.solvent_mask is not None and options.solvent_correct_fsc):
-        unfiltered = (
-            unregularised_map(first, inputs, options),
-            unregularised_map(second, inputs, options),
-        )
-    if not final:
-        radius = low_resolution_join_radius(
-            state.current_resolution_inv_angst,
-            ori_size=inputs.ori_size,
-            pixel_size_angst=inputs.pixel_size_angst,
-            low_resol_join_halves=options.low_resol_join_halves,
-        )
-        if radius:
-            first.data, first.weight, second.data, second.weight = join_halves_at_low_resolution(
-                first.data,
-                first.weight,
-                second.data,
-                second.weight,
-                radius=radius,
-                padding_factor=options.pad,
-            )
-    fsc = gold_standard_fsc(
-        first.data,
-        first.weight,
-        second.data,
-        second.weight,
-        padding_factor=options.pad,
-        current_size=state.current_size,
-    )
-    if inputs.solvent_mask is not None and options.solvent_correct_fsc and unfiltered is not None:
-        fsc, _ = solvent_corrected_fsc(
-            unfiltered[0].to(device),
-            unfiltered[1].to(device),
-            inputs.solvent_mask,
-            current_size=state.current_size,
-            generator=generator,
-        )
-    state = update_size_increment(state, fsc)
-    flatten = None
-    if options.flatten_solvent:
-        flatten = (
-            inputs.solvent_mask
-            if inputs.solvent_mask is not None
-            else flattening_mask(
-                options,
-                ori_size=inputs.ori_size,
-                pixel_size_angst=inputs.pixel_size_angst,
-                device=device,
-            )
-        )
-    if final:
-        joined = m_step(
-            models[0],
-            join_sums(first, second),
-            fsc,
-            state,
-            options,
-            inputs,
-            grid,
-            final=True,
-            cc=cc,
-            flatten=None,
-        )
-        models = (joined, dataclasses.replace(joined, half_set=2))
-    else:
-        models = tuple(
-            m_step(m, s, fsc, state, options, inputs, grid, final=False, cc=cc, flatten=flatten)
-            for m, s in zip(models, all_sums, strict=True)
-        )
-    state = update_current_resolution(
-        state,
-        models[0].ssnr,
-        options=options,
-        ori_size=inputs.ori_size,
-        pixel_size_angst=inputs.pixel_size_angst,
-        iteration=state.iteration,
-    )
+    with times.phase("e_step"):
+        all_sums, updates = e_step(
+            inputs, options, state, models, references, grid, communicator=communicator, cc=cc,
+            precision=precision, interpolation=interpolation, batch_size=batch_size, device=device,
+        )  # fmt: skip
+    with times.phase("m_step"):
+        state, models, unfiltered = maximise_half_sets(
+            all_sums, models, state, options, inputs, grid,
+            final=final, cc=cc, device=device, generator=generator,
+        )  # fmt: skip
+    with times.phase("poses"):
+        inputs, state, statistics = _new_poses(inputs, state, options, updates, device)
+    # Every rank computed the same state; the writer's is kept, so that no rounding
+    # difference between devices can make the ranks' samplings part ways.
+    state = communicator.same_everywhere(state)
+    with times.phase("files"):
+        if communicator.is_writer and final:
+            write_final(
+                state, options, models[0], inputs.particles, statistics, grid,
+                optimisation_set=inputs.optimisation_set, unfiltered=unfiltered, ndim=inputs.ndim,
+            )  # fmt: skip
+        elif communicator.is_writer:
+            write_iteration(
+                state, options, models, inputs.particles, statistics, grid,
+                optimisation_set=inputs.optimisation_set,
+                unfiltered=unfiltered if options.solvent_correct_fsc else None, ndim=inputs.ndim,
+            )  # fmt: skip
+        communicator.barrier()
+    parts = " ".join(f"{name}={seconds:.2f}" for name, seconds in times.seconds().items())
+    logger.info(f"iter={state.iteration:03d} phase_seconds {parts}")
+    logger.info(iteration_log_line(state, inputs.pixel_size_angst, time.perf_counter() - start))
+    return inputs, state, models, final
+
+
+def _new_poses(
+    inputs: RefineInputs,
+    state: RefineState,
+    options: RefineOptions,
+    updates: list[PoseUpdate],
+    device: torch.device,
+) -> tuple[RefineInputs, RefineState, ParticleStatistics]:
+    """The particles with the E-step's poses, the state with the changes of the hidden
+    variables (RELION's convergence measures), and the poses' statistics for the files."""
     old = inputs.particles
     particles, statistics = apply_poses(inputs, updates)
     ndim = inputs.ndim
@@ -245,37 +189,7 @@ def _iteration(
         inputs.group.rotations,
     )
     state = update_hidden_variable_changes(state, changes, oversampling=options.oversampling)
-    inputs = dataclasses.replace(inputs, particles=particles)
-    # Every rank computed the same state; the writer's is kept, so that no rounding
-    # difference between devices can make the ranks' samplings part ways.
-    state = communicator.same_everywhere(state)
-    if communicator.is_writer and final:
-        write_final(
-            state,
-            options,
-            models[0],
-            particles,
-            statistics,
-            grid,
-            optimisation_set=inputs.optimisation_set,
-            unfiltered=unfiltered,
-            ndim=ndim,
-        )
-    elif communicator.is_writer:
-        write_iteration(
-            state,
-            options,
-            models,
-            particles,
-            statistics,
-            grid,
-            optimisation_set=inputs.optimisation_set,
-            unfiltered=unfiltered if options.solvent_correct_fsc else None,
-            ndim=ndim,
-        )
-    communicator.barrier()
-    logger.info(iteration_log_line(state, inputs.pixel_size_angst, time.perf_counter() - start))
-    return inputs, state, models, final
+    return dataclasses.replace(inputs, particles=particles), state, statistics
 
 
 def _check_continued_groups(model: tuple[str, ...], particles: tuple[str, ...], path: Path) -> None:
