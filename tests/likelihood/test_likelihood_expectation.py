@@ -51,10 +51,10 @@ def _fine_pose(plan, coarse_id, child, translation_id, translation_child):
     return rotation[0, child], shift[translation_child]
 
 
-def _case(ndim, *, b=2, sigma2=None, seed=0, **options):
-    """Noise-free particles at fine grid poses of a small plan (order 0)."""
+def _case(ndim, *, b=2, sigma2=None, seed=0, n=None, **options):
+    """Noise-free particles at fine grid poses of a small plan (order 0), box ``n``."""
     gen = torch.Generator().manual_seed(seed)
-    n = 16 if ndim == 2 else 12
+    n = n or (16 if ndim == 2 else 12)
     reference = reference_of(blob_map(n, gen))
     grid = whole_grid(0, perturbation=0.3)
     plan = make_plan(grid, ndim=ndim, ori_size=n, current_size=n, coarse_size=n - 4, **options)
@@ -281,6 +281,67 @@ def test_lists_whose_union_cannot_be_held_are_split_until_it_can(monkeypatch, sp
     full_particles = particle_terms(images, **kwargs, log_prior_orientations=dense)
     full = expectation(full_particles, reference, plan)
     _assert_same(result, full, _exponent_error(full_particles, reference, plan))
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["local lists", "global grid"])
+def test_a_local_searchs_chunks_count_its_scores_and_terms_but_not_its_z(monkeypatch, local):
+    # Held lists make Z a few particles at a time, so a local search's chunk holds as many
+    # particles as their scores (72 bytes per sample) and prepared terms (80 bytes per
+    # coefficient of the half square in float64) allow; a global search's chunk holds
+    # every particle's Z as well (32 bytes per translation and coarse coefficient)
+    # box 32 and 49 translations: each particle's Z outweighs its scores and terms
+    reference, plan, images, *_ = _case(
+        2, b=3, seed=6, n=32, offset_range_px=4.0, precision="float64"
+    )
+    count, t = plan.orientations.count, plan.translations_px.shape[0]
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
+    log_prior = torch.log(torch.rand(3, 20, generator=gen, dtype=torch.float64))
+    k = coarse_window(plan, 2, device=torch.device("cpu")).count
+    m = plan.current_size
+    candidates = 20 if local else count
+    terms = t * candidates * 72 + 80 * m * (m // 2 + 1)
+    plan = replace(plan, max_bytes=2 * 3 * terms)  # three particles' scores and terms
+    assert terms + t * 32 * k > 3 * terms / 2  # with each Z counted: fewer than two a chunk
+    chunks = []
+    monkeypatch.setattr(expectation_module, "coarse_pass", _counting(search.coarse_pass, chunks))
+    kwargs = {"current_size": m, "sigma2": 1.0, "ndim": 2, "grid_count": count}
+    if local:
+        particles = particle_terms(
+            images, **kwargs, log_prior_orientations=log_prior, orientation_ids=ids
+        )
+    else:
+        particles = particle_terms(images, **kwargs)
+    result = expectation(particles, reference, plan)
+    assert [a[1].count for a in chunks] == ([3] if local else [1, 1, 1])
+    whole = expectation(particles, reference, replace(plan, max_bytes=2**29))
+    _assert_same(result, whole, _exponent_error(particles, reference, plan))
+
+
+def test_the_union_route_takes_a_local_chunk_only_where_every_particles_z_fits(monkeypatch):
+    # the union's dense product makes every particle's Z at once (32 bytes per translation
+    # and coefficient in float64): beyond half the budget the lists are held instead
+    monkeypatch.setattr(search, "union_is_cheaper", lambda *_: True)
+    reference, plan, images, *_ = _case(
+        2, b=3, seed=6, n=32, offset_range_px=4.0, precision="float64"
+    )
+    count, t = plan.orientations.count, plan.translations_px.shape[0]
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
+    log_prior = torch.log(torch.rand(3, 20, generator=gen, dtype=torch.float64))
+    k = coarse_window(plan, 2, device=torch.device("cpu")).count
+    kwargs = {"current_size": plan.current_size, "sigma2": 1.0, "ndim": 2, "grid_count": count}
+    particles = particle_terms(
+        images, **kwargs, log_prior_orientations=log_prior, orientation_ids=ids
+    )
+    results = {}
+    for z_fits, budget in ((True, 2**29), (False, 2 * 3 * t * 32 * k - 2)):
+        shared, held = [], []
+        monkeypatch.setattr(search, "score_shared", _counting(search.score_shared, shared))
+        monkeypatch.setattr(search, "score_held_lists", _counting(search.score_held_lists, held))
+        results[z_fits] = expectation(particles, reference, replace(plan, max_bytes=budget))
+        assert (len(shared), len(held)) == ((1, 0) if z_fits else (0, 1))
+    _assert_same(results[False], results[True], _exponent_error(particles, reference, plan))
 
 
 def test_a_local_search_times_the_projection_of_its_lists_union_and_counts_its_rows(

@@ -329,7 +329,9 @@ def expectation(
     # translation and coefficient of the coarse window in float32, 32 in float64; half a
     # sphere, about a quarter of the cube in 3D; the fine pass is grouped below), and
     # ``prepare``'s terms (at most 48 bytes per coefficient of the current size's half cube
-    # in float32, 80 in float64: 2D windows fill most of it, and some terms are float64)
+    # in float32, 80 in float64: 2D windows fill most of it, and some terms are float64).
+    # Local searches' lists make Z a few particles at a time (``search._list_scores``),
+    # so their chunks count the scores and terms alone.
     device = particles.masked_ft.device
     coarse_values = coarse_window(plan, particles.ndim, device=device).count
     t = plan.translations_px.shape[0]
@@ -337,7 +339,8 @@ def expectation(
     half_cube = plan.current_size ** (particles.ndim - 1) * (plan.current_size // 2 + 1)
     prepared = (80 if wide else 48) * half_cube
     z_bytes = 32 if wide else 16
-    per_particle = t * (candidates * BYTES_PER_SAMPLE + z_bytes * coarse_values) + prepared
+    z_per_particle = 0 if particles.orientation_ids is not None else z_bytes * coarse_values
+    per_particle = t * (candidates * BYTES_PER_SAMPLE + z_per_particle) + prepared
     chunk = max(1, (plan.max_bytes // 2) // per_particle)
     fine: list[FineOutcome] = []
     orders: list[Tensor] = []

@@ -207,8 +207,11 @@ def _list_scores(
     ``projections``, the whole grid's). A union beyond half the budget is not
     held: the particles are split in two (neighbours in search order share more
     of their lists) until it fits; a single particle's list beyond it is scored
-    by ranges of rows. ``times``: where the union's projection (``coarse_project``)
-    adds its seconds and its orientations (``coarse_projected_orientations``), or None.
+    by ranges of rows. Held lists make ``Z`` a few particles at a time; the other
+    routes make every particle's at once, and take the particles only where it
+    fits in half the budget (``expectation`` does not count it for local lists).
+    ``times``: where the union's projection (``coarse_project``) adds its seconds and
+    its orientations (``coarse_projected_orientations``), or None.
     """
     scoring = {
         "cross_correlation": plan.cross_correlation,
@@ -224,7 +227,9 @@ def _list_scores(
     mean_list = float(valid.sum()) / max(1, b)
     # the union's scores (b, t, union) and the lists picked from them, up to float64
     fits = 16 * b * t * n <= plan.max_bytes // 2
-    if fits and union_is_cheaper(n, mean_list, t):
+    # every particle's Z at once: t x 2k reals and the complex array it is made from
+    z_fits = 4 * b * t * window.count * _real_bytes(plan) <= plan.max_bytes // 2
+    if fits and z_fits and union_is_cheaper(n, mean_list, t):
         table = None if projections is not None else coarse_rotations(plan.orientations, union)
         held_rows = None if projections is None else projections[union]
         shared = RowProjector(reference_ft, table, window, plan.padding_factor, held_rows)
@@ -233,24 +238,19 @@ def _list_scores(
         return scores.masked_fill_(~valid[:, None, :], torch.inf)
     if projections is not None:  # the whole grid is held: no copy of the union's rows
         return score_held_lists(data, projections, ids, valid, **scoring)
-    row_bytes = window.count * reference_ft.element_size()
-    if n * row_bytes > plan.max_bytes // 2 and b > 1:
-        half = b // 2
+
+    def halves() -> Tensor:  # neighbours in search order share more of their lists
         return torch.cat(
             [
-                _list_scores(
-                    select(data, part),
-                    ids[part],
-                    valid[part],
-                    reference_ft,
-                    window,
-                    plan,
-                    None,
-                    times,
-                )
-                for part in (slice(0, half), slice(half, b))
+                _list_scores(select(data, part), ids[part], valid[part], reference_ft,
+                             window, plan, None, times)
+                for part in (slice(0, b // 2), slice(b // 2, b))
             ]
-        )
+        )  # fmt: skip
+
+    row_bytes = window.count * reference_ft.element_size()
+    if b > 1 and n * row_bytes > plan.max_bytes // 2:
+        return halves()
     table = coarse_rotations(plan.orientations, union)
     projector = RowProjector(reference_ft, table, window, plan.padding_factor)
     with phase_of(times, "coarse_project"):
@@ -260,8 +260,15 @@ def _list_scores(
     if times is not None and held.values is not None:
         times.add_count("coarse_projected_orientations", n)
     if held.values is None:  # one particle's list beyond half the budget
+        if b > 1 and not z_fits:
+            return halves()
         return score_lists(data, projector, rows, valid, **scoring)
     return score_held_lists(data, held.values, rows, valid, powers=held.powers, **scoring)
+
+
+def _real_bytes(plan: ExpectationPlan) -> int:
+    """Bytes of a real number in the plan's working precision."""
+    return 8 if plan.precision == "float64" else 4
 
 
 def coarse_pass(
