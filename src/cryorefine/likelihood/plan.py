@@ -42,7 +42,9 @@ def memory_budget(device: torch.device) -> int:
     free, total = torch.cuda.mem_get_info(device)
     allocated = torch.cuda.memory_allocated(device)
     available = free + torch.cuda.memory_reserved(device) - allocated
-    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(device)
+    # torch asks for the device's index ("cuda" alone is the current device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(index)
     if fraction < 1.0:  # ranks that share the GPU: this process's part of it
         available = min(available, int(fraction * total) - allocated)
     return int(min(max(available // 4, 2**30), 2**34))
