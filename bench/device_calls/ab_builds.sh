@@ -2,7 +2,8 @@
 # by default this build against the build in .carry/old_src.tar (git archive OLD src).
 # SETTINGS replaces the settings, TESTS the CUDA tests run first, TLIM the iterations' limit.
 # ITER=4 runs iteration 4 from the committed iteration-3 state instead (global searches at
-# HEALPix order 2, where the host sets the pace); STATE names another state.
+# HEALPix order 2, where the host sets the pace), ITER=16 iteration 16 from the committed
+# iteration-15 state (the first at order 5, local searches); STATE names another state.
 # The data are simulated once per machine (/tmp/work persists while it is warm).
 set -o pipefail
 . bench/device_calls/setup.sh
@@ -15,6 +16,7 @@ SETTINGS=${SETTINGS:-new old=PYTHONPATH=/tmp/site:/tmp/old/src new}
 ITER=${ITER:-27}
 STATE_27=bench/results/tutorial_9437_reader_h100_it025-026_state.tgz
 STATE_4=bench/results/tutorial_9437_h100_it003_state.tgz
+STATE_16=bench/results/tutorial_9437_h100_it015_state.tgz
 STATE_NAME=STATE_$ITER
 STATE=${STATE:-${!STATE_NAME}}
 : "${STATE:?no committed state for ITER=$ITER: set STATE}"
