@@ -38,6 +38,7 @@ from cryorefine.refine.convergence import (
     update_hidden_variable_changes,
 )
 from cryorefine.refine.e_step import default_batch_size, e_step
+from cryorefine.refine.file_writer import FileWriter, on_host
 from cryorefine.refine.half_models import accuracies
 from cryorefine.refine.half_pass import PoseUpdate
 from cryorefine.refine.half_set_maximisation import maximise_half_sets
@@ -83,8 +84,10 @@ def _iteration(
     batch_size: int,
     generator: torch.Generator,
     communicator: Communicator,
+    writer: FileWriter,
 ):
-    """One iteration; returns the new inputs (poses), state, models and whether it was the last."""
+    """One iteration; returns the new inputs (poses), state, models and whether it was the last.
+    Its files are written by ``writer`` while the next iteration runs (the last one's here)."""
     start = time.perf_counter()
     state = dataclasses.replace(state, iteration=state.iteration + 1)
     # Seeded per iteration: a run continued from iteration k draws what the uninterrupted one drew.
@@ -146,17 +149,19 @@ def _iteration(
     # Every rank computed the same state; the writer's is kept, so that no rounding
     # difference between devices can make the ranks' samplings part ways.
     state = communicator.same_everywhere(state)
-    with times.phase("files"):
+    with times.phase("files"):  # the next iteration runs while these are written
         if communicator.is_writer and final:
+            writer.wait()
             write_final(
                 state, options, models[0], inputs.particles, statistics, grid,
                 optimisation_set=inputs.optimisation_set, unfiltered=unfiltered, ndim=inputs.ndim,
             )  # fmt: skip
         elif communicator.is_writer:
-            write_iteration(
-                state, options, models, inputs.particles, statistics, grid,
-                optimisation_set=inputs.optimisation_set,
-                unfiltered=unfiltered if options.solvent_correct_fsc else None, ndim=inputs.ndim,
+            writer.submit(
+                write_iteration, on_host(state), options, on_host(models), inputs.particles,
+                statistics, on_host(grid), optimisation_set=inputs.optimisation_set,
+                unfiltered=on_host(unfiltered) if options.solvent_correct_fsc else None,
+                ndim=inputs.ndim,
             )  # fmt: skip
         communicator.barrier()
     parts = " ".join(f"{name}={seconds:.2f}" for name, seconds in times.seconds().items())
@@ -281,22 +286,16 @@ def refine_run(
         )
     limit = iteration_limit(options)
     final = False
-    while not final:
-        if state.iteration >= limit:
-            logger.warning("stopping at the iteration limit (%d) before convergence", limit)
-            break
-        inputs, state, models, final = _iteration(
-            inputs,
-            options,
-            state,
-            models,
-            device=device,
-            precision=precision,
-            interpolation=interpolation,
-            batch_size=batch_size,
-            generator=generator,
-            communicator=communicator,
-        )
+    with FileWriter() as writer:
+        while not final:
+            if state.iteration >= limit:
+                logger.warning("stopping at the iteration limit (%d) before convergence", limit)
+                break
+            inputs, state, models, final = _iteration(
+                inputs, options, state, models, device=device, precision=precision,
+                interpolation=interpolation, batch_size=batch_size, generator=generator,
+                communicator=communicator, writer=writer,
+            )  # fmt: skip
     return models[0], state
 
 
