@@ -283,20 +283,28 @@ def test_lists_whose_union_cannot_be_held_are_split_until_it_can(monkeypatch, sp
     _assert_same(result, full, _exponent_error(full_particles, reference, plan))
 
 
+def _wide_lists():
+    """Three float64 particles of box 32 with 49 translations (each one's Z outweighs its
+    scores and terms) and lists of 20 random candidates: reference, plan, images, lists
+    and their log priors."""
+    reference, plan, images, *_ = _case(
+        2, b=3, seed=6, n=32, offset_range_px=4.0, precision="float64"
+    )
+    gen = torch.Generator().manual_seed(7)
+    count = plan.orientations.count
+    ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
+    log_prior = torch.log(torch.rand(3, 20, generator=gen, dtype=torch.float64))
+    return reference, plan, images, ids, log_prior
+
+
 @pytest.mark.parametrize("local", [True, False], ids=["local lists", "global grid"])
 def test_a_local_searchs_chunks_count_its_scores_and_terms_but_not_its_z(monkeypatch, local):
     # Held lists make Z a few particles at a time, so a local search's chunk holds as many
     # particles as their scores (72 bytes per sample) and prepared terms (80 bytes per
     # coefficient of the half square in float64) allow; a global search's chunk holds
     # every particle's Z as well (32 bytes per translation and coarse coefficient)
-    # box 32 and 49 translations: each particle's Z outweighs its scores and terms
-    reference, plan, images, *_ = _case(
-        2, b=3, seed=6, n=32, offset_range_px=4.0, precision="float64"
-    )
+    reference, plan, images, ids, log_prior = _wide_lists()
     count, t = plan.orientations.count, plan.translations_px.shape[0]
-    gen = torch.Generator().manual_seed(7)
-    ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
-    log_prior = torch.log(torch.rand(3, 20, generator=gen, dtype=torch.float64))
     k = coarse_window(plan, 2, device=torch.device("cpu")).count
     m = plan.current_size
     candidates = 20 if local else count
@@ -322,13 +330,8 @@ def test_the_union_route_takes_a_local_chunk_only_where_every_particles_z_fits(m
     # the union's dense product makes every particle's Z at once (32 bytes per translation
     # and coefficient in float64): beyond half the budget the lists are held instead
     monkeypatch.setattr(search, "union_is_cheaper", lambda *_: True)
-    reference, plan, images, *_ = _case(
-        2, b=3, seed=6, n=32, offset_range_px=4.0, precision="float64"
-    )
+    reference, plan, images, ids, log_prior = _wide_lists()
     count, t = plan.orientations.count, plan.translations_px.shape[0]
-    gen = torch.Generator().manual_seed(7)
-    ids = torch.stack([torch.randperm(count, generator=gen)[:20] for _ in range(3)])
-    log_prior = torch.log(torch.rand(3, 20, generator=gen, dtype=torch.float64))
     k = coarse_window(plan, 2, device=torch.device("cpu")).count
     kwargs = {"current_size": plan.current_size, "sigma2": 1.0, "ndim": 2, "grid_count": count}
     particles = particle_terms(
