@@ -28,10 +28,20 @@ def test_each_write_starts_after_the_previous_one_has_finished_and_off_the_main_
     assert all(name != threading.current_thread().name for *_, name in events)
 
 
+def test_a_queued_write_starts_when_started_not_when_submitted():
+    started = threading.Event()
+    with FileWriter() as writer:
+        writer.submit(started.set)
+        assert not started.wait(0.1)
+        writer.start()
+        assert started.wait(5.0)
+
+
 def test_leaving_the_block_waits_for_the_last_write():
     done = []
     with FileWriter() as writer:
         writer.submit(lambda: (time.sleep(0.1), done.append(True)))
+        writer.start()
         assert not done  # the main thread went on
     assert done == [True]
 

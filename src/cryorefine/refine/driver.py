@@ -134,6 +134,7 @@ def _iteration(
     )
     state = dataclasses.replace(state, perturbation=perturbation)
     grid = _grid(state, inputs.group, device)
+    writer.start()  # the last iteration's files, while the E-step's host waits for the device
     with times.phase("e_step"):
         all_sums, updates = e_step(
             inputs, options, state, models, references, grid, communicator=communicator, cc=cc,
