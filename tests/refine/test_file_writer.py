@@ -38,11 +38,12 @@ def test_a_queued_write_starts_when_started_not_when_submitted():
 
 
 def test_leaving_the_block_waits_for_the_last_write():
-    done = []
+    done, release = [], threading.Event()
     with FileWriter() as writer:
-        writer.submit(lambda: (time.sleep(0.1), done.append(True)))
+        writer.submit(lambda: (release.wait(5.0), time.sleep(0.1), done.append(True)))
         writer.start()
-        assert not done  # the main thread went on
+        assert not done  # the main thread went on: the write waits for the release
+        release.set()
     assert done == [True]
 
 

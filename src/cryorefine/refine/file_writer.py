@@ -6,7 +6,8 @@ iteration reads them. ``FileWriter.submit`` queues one iteration's writing, afte
 previous iteration's writing has finished; ``start`` hands it to a single thread (the
 driver starts it with the E-step, whose host mostly waits for the device: the writer's
 Python holds the interpreter, and the accuracy estimate before the E-step, all small
-operators and waits, took 2-4 times longer beside it on an H100). The files of
+operators and waits, took 0.5-1.3 s beside it against 0.2-0.3 s alone in one run on an
+H100, docs/performance.md). The files of
 iteration ``N`` are whole before those of ``N + 1`` start, and each iteration writes
 its optimiser file, the one ``--continue`` reads, last (``iteration_files``). A run
 killed while a write is on its way continues from the last iteration whose optimiser
