@@ -247,7 +247,7 @@ def test_an_array_for_the_powers_must_be_contiguous_real_of_the_output_shape():
     shape = (rotations.shape[0], frequencies.shape[0])
     strided = torch.zeros((shape[0], 2 * shape[1]))[:, ::2]
     for bad in (strided, torch.zeros(shape, dtype=torch.float64)):
-        with pytest.raises(ValueError, match="powers must be a contiguous torch.float32"):
+        with pytest.raises(ValueError, match=r"powers must be a contiguous torch\.float32"):
             sample_rotated(
                 reference, rotations, frequencies, padding_factor=2, max_radius=2.5, powers=bad
             )
