@@ -8,7 +8,6 @@ from likelihood_cases import U32, gamma, needs_triton_interpreter, run_in_triton
 
 from cryorefine.likelihood import unshifted as module
 from cryorefine.likelihood.unshifted import (
-    kernel_add_weighted_shifts,
     unshifted_combination,
     weighted_shifts,
 )
@@ -151,95 +150,3 @@ def test_weighted_shifts_are_the_data_moved_to_each_translation_and_weighted(b, 
     error = torch.view_as_complex(got.double().unflatten(-1, (-1, 2))) - want
     assert (error.real.abs() <= bound).all()
     assert (error.imag.abs() <= bound).all()
-
-
-# (particles, translations, columns of W, picks per particle, table rows, coefficients):
-# t below, at and above 16, picks beyond one block of 32, coefficients not a multiple of 32
-ADDED_CASES = [(3, 7, 9, 5, 6, 50), (2, 24, 80, 40, 30, 33), (1, 1, 1, 1, 1, 1)]
-
-
-def _added_case(b, t, n_columns, m, n, kc, seed=0, shared=False):
-    gen = torch.Generator().manual_seed(seed)
-    weights = torch.rand(b, t, n_columns, generator=gen)
-    picks = torch.randint(0, n_columns, (b, m), generator=gen)
-    rows = torch.randint(-1, n, (b, m), generator=gen)  # -1: no row; repeats within and across
-    data = torch.randn(b, kc, generator=gen, dtype=torch.complex64)
-    phases = _phases((t, kc) if shared else (b, t, kc), gen)
-    table = torch.randn(n, 2 * kc, generator=gen)
-    counts = torch.randint(0, m + 1, (b,), generator=gen)  # the picks read; none for some
-    counts[0] = m
-    return table, rows, weights, picks, data, phases, counts
-
-
-def _check_added(got, table, rows, weights, picks, data, phases, counts, extra=0.0):
-    """The table plus ``Y sum_t W S`` of each particle's first ``counts`` picks whose row
-    is >= 0, within float32's bound: each ``D`` a sum over ``t`` of two products times ``Y``
-    (``gamma_(2t + 3)``, as ``weighted_shifts``), then ``c`` of them added to a row
-    (``gamma_c`` more of the row's magnitudes)."""
-    b, t, _ = weights.shape
-    live = (rows >= 0) & (torch.arange(rows.shape[1]) < counts[:, None])
-    s = phases.to(torch.complex128).expand(b, t, -1)
-    y = data.to(torch.complex128)
-    columns = weights.double().gather(2, picks[:, None, :].expand(-1, t, -1))  # (b, t, m)
-    d = torch.einsum("btm,btk->bmk", columns.to(torch.complex128), s) * y[:, None]
-    s_abs = s.real.abs() + s.imag.abs()
-    magnitude = torch.einsum("btm,btk->bmk", columns, s_abs)
-    magnitude = magnitude * (y.real.abs() + y.imag.abs())[:, None]
-    want = torch.view_as_complex(table.double().unflatten(-1, (-1, 2))).clone()
-    want.index_add_(0, rows[live], d[live])
-    start = torch.view_as_complex(table.double().unflatten(-1, (-1, 2)))
-    row_magnitude = (start.real.abs() + start.imag.abs()).index_add_(0, rows[live], magnitude[live])
-    adds = int(torch.bincount(rows[live], minlength=table.shape[0]).max()) if live.any() else 0
-    bound = (gamma(2 * t + 3 + adds, U32) + extra) * row_magnitude
-    assert got.shape == table.shape
-    assert got.dtype == torch.float32
-    error = torch.view_as_complex(got.double().unflatten(-1, (-1, 2))) - want
-    assert (error.real.abs() <= bound).all()
-    assert (error.imag.abs() <= bound).all()
-
-
-_ADDED_INTERPRETED = textwrap.dedent(
-    """
-    import sys, torch
-    from cryorefine.likelihood.unshifted import kernel_add_weighted_shifts
-    table, rows, weights, picks, data, phases, counts = torch.load(sys.argv[1])
-    kernel_add_weighted_shifts(table, rows, weights, picks, data, phases, counts)
-    torch.save(table, sys.argv[2])
-    """
-)
-
-
-@pytest.mark.parametrize("shared", [False, True], ids=["own phases", "shared phases"])
-@pytest.mark.parametrize("shape", ADDED_CASES)
-def test_added_shifts_in_tritons_interpreter_sum_into_the_picked_rows(tmp_path, shape, shared):
-    needs_triton_interpreter()
-    table, rows, weights, picks, data, phases, counts = _added_case(*shape, seed=9, shared=shared)
-    weights = torch.cat([weights, weights], dim=2)[:, :, ::2]  # a strided view, as callers pass
-    inputs = (table.clone(), rows, weights, picks, data, phases, counts)
-    got = run_in_triton_interpreter(tmp_path, _ADDED_INTERPRETED, inputs)
-    _check_added(got, table, rows, weights, picks, data, phases, counts)
-    untouched = torch.ones(table.shape[0], dtype=torch.bool)
-    read = torch.arange(rows.shape[1]) < counts[:, None]
-    untouched[rows[(rows >= 0) & read]] = False
-    assert torch.equal(got[untouched], table[untouched])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("tf32", [False, True], ids=["float32", "tf32"])
-@pytest.mark.parametrize("shape", [*ADDED_CASES, (16, 72, 400, 60, 700, 242_499)])
-def test_added_shifts_on_the_gpu_sum_into_the_picked_rows(shape, tf32):
-    pytest.importorskip("triton")
-    table, rows, weights, picks, data, phases, counts = _added_case(*shape, seed=10)
-    got = table.cuda()
-    inputs = (x.cuda() for x in (rows, weights, picks, data, phases, counts))
-    kernel_add_weighted_shifts(got, *inputs, tf32=tf32)
-    extra = 2.0**-10 + 2.0**-20 if tf32 else 0.0  # tf32's rounding of W and S
-    _check_added(got.cpu(), table, rows, weights, picks, data, phases, counts, extra)
-
-
-def test_added_shifts_refuse_more_translations_than_one_tile_holds():
-    table, rows, weights, picks, data, phases, _ = _added_case(
-        1, module.MAX_TILE_ROWS + 1, 2, 2, 3, 4
-    )
-    with pytest.raises(ValueError, match="at most"):
-        kernel_add_weighted_shifts(table, rows, weights, picks, data, phases)

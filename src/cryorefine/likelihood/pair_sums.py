@@ -42,11 +42,7 @@ from cryorefine.likelihood.sums import (
     shell_sums_from_products,
     shell_sums_from_unshifted,
 )
-from cryorefine.likelihood.unshifted import (
-    kernel_add_weighted_shifts,
-    kernel_unshifted_combination,
-    weighted_shifts,
-)
+from cryorefine.likelihood.unshifted import kernel_unshifted_combination, weighted_shifts
 
 __all__ = ["MIN_CHUNK_SHARE", "PairSums", "sum_pairs"]
 
@@ -95,7 +91,6 @@ def _chunk_of_sums(
     real_bytes: int,
     projected: bool,
     spread: bool,
-    added: bool = False,
 ) -> int:
     """Pairs per chunk of ``sum_pairs`` so that what a chunk makes takes about half of
     ``max_bytes``; ``shape`` is ``(b, g, f, T g)``, ``row_bytes`` the bytes of a row the
@@ -103,17 +98,16 @@ def _chunk_of_sums(
 
     Per pair and particle, in reals: the children's back-projection data (``3 f kb``,
     with room; only the children that carry weight are made where the weights are
-    spread, but all are counted; none where ``added``, the kernel adding them into the
-    table as it makes them) and weights (``2 g f``); the weights over every
+    spread, but all are counted) and weights (``2 g f``); the weights over every
     translation (``T g f``, ``spread``) or the pair's blocks of ``Z`` rows (``4 g
     kb``); and, where ``Q`` was not combined by the kernel (``projected``), the
     projections, their squares and their products (``2 g k + 5 f k``, and the rows
     projected). Where the kernel combined ``Q``, the chunk makes no projections and
-    holds about 5 times more pairs (box 96: ``kb`` 242,499, ``k`` 238,869, ``g = f =
-    8``), and where the data are ``added`` as well, all of a fine group's pairs.
+    holds about 5 times more pairs (box 96: ``kb`` 451,584, ``k`` 238,869, ``g = f =
+    8``).
     """
     b, g, f, tg = shape
-    floats = (0 if added else 3 * f * kb) + 2 * g * f + (tg * f if spread else 4 * g * kb)
+    floats = 3 * f * kb + 2 * g * f + (tg * f if spread else 4 * g * kb)
     if projected:
         floats += 2 * g * k + 5 * f * k
     per_pair = (row_bytes if projected else 0) + real_bytes * b * floats
@@ -169,19 +163,6 @@ def _combine(
     spread = _spread(w_all * lists.valid[:, :, None, None], _translation_index(lists, slots, g), tg)
     children = _child_rows(torch.where(lists.valid, rows, 0), f)  # (b, q f)
     return kernel_unshifted_combination(spread, table, children, phases, tf32=precision == "tf32")
-
-
-def _adds_in_kernel(table: Tensor, y: Tensor, phases: Tensor, tg: int, precision: str) -> bool:
-    """Whether the carried children's data go into the table by
-    ``unshifted.kernel_add_weighted_shifts``: the held-row kernels on, float32 and complex64,
-    at most ``MAX_TILE_ROWS`` fine translations per particle."""
-    return (
-        kernels_on(table, precision)
-        and table.dtype == torch.float32
-        and table.is_contiguous()
-        and y.dtype == phases.dtype == torch.complex64
-        and tg <= MAX_TILE_ROWS
-    )
 
 
 def sum_pairs(
@@ -241,11 +222,9 @@ def sum_pairs(
     # shifted data (b, T g, 2kb) where the weights are not spread over every translation
     q_sum = None if combined else w_all.new_zeros(b, tg, 2 * k)
     shifted_bp = None if every_translation else as_real_pairs(y[:, None, :] * bp_phases)
-    adds_in_kernel = every_translation and _adds_in_kernel(data_table, y, bp_phases, tg, precision)
     chunk = _chunk_of_sums(
         projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
         real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,
-        added=adds_in_kernel,
     )  # fmt: skip
     # the children's counts and, for chunks of consecutive slots (held projections), each
     # chunk's widest list of carried children and its count of them, read in one transfer;
@@ -257,7 +236,6 @@ def sum_pairs(
     summed_children, carried_children, *read = counts.tolist()
     widths = read[: len(read) // 2] if consecutive else None
     chunk_counts = read[len(read) // 2 :] if consecutive else None
-    tf32 = precision == "tf32"
     chunks = 0
     for part in row_chunks(projector, rows, lists.valid, chunk, project=not combined):
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
@@ -289,13 +267,6 @@ def sum_pairs(
                 carried = (per_child > 0).reshape(b, -1)
                 width = None if widths is None else max(1, widths[chunks])
                 picks, picked = compact(carried, width)
-                if adds_in_kernel:  # added to the table where made: no (b, m, 2kb) array
-                    at_picked = torch.where(picked, at_table.gather(1, picks), -1)
-                    kernel_add_weighted_shifts(
-                        data_table, at_picked, spread, picks, y, bp_phases, picked.sum(1), tf32=tf32
-                    )
-                    chunks += 1
-                    continue
                 columns = spread.gather(2, picks[:, None, :].expand(-1, tg, -1))
                 data = weighted_shifts(columns, y, bp_phases, precision=precision)
                 at_table = torch.where(picked, at_table.gather(1, picks), n_kept)

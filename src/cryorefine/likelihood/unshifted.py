@@ -15,9 +15,7 @@ Here ``G`` comes from a Triton kernel that keeps each ``(t, k)`` tile of ``Q`` i
 registers, multiplies it by the phases and sums over ``t`` before writing
 (``unshifted_combination``; the torch route otherwise), and ``D`` from the
 weights' product with the phases, multiplied by ``Y`` after (``weighted_shifts``):
-the phases are read once and nothing of size ``(b, t, k)`` is written. On a GPU,
-``kernel_add_weighted_shifts`` adds ``D`` of the chosen columns of ``W`` straight into
-the rows of a table (the fine pass's carried rows): ``D`` is never written whole.
+the phases are read once and nothing of size ``(b, t, k)`` is written.
 """
 
 from typing import no_type_check
@@ -36,16 +34,10 @@ except ImportError:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
-__all__ = [
-    "kernel_add_weighted_shifts",
-    "kernel_unshifted_combination",
-    "unshifted_combination",
-    "weighted_shifts",
-]
+__all__ = ["kernel_unshifted_combination", "unshifted_combination", "weighted_shifts"]
 
 _BLOCK_ROWS = 32  # rows j of the table per step of the kernel's loop
 _BLOCK_COEFFICIENTS = 32  # complex coefficients per program
-_BLOCK_PICKS = 16  # picked columns of W per step of the added shifts' loop
 
 if triton is not None:
 
@@ -92,52 +84,6 @@ if triton is not None:
         out = out_ptr + b.to(tl.int64) * out_sb + 2 * cs
         tl.store(out, g_re, mask=in_c)
         tl.store(out + 1, g_im, mask=in_c)
-
-    @triton.jit
-    @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
-    def _added_shifts(w_ptr, picks_ptr, rows_ptr, counts_ptr, phase_ptr, y_ptr, out_ptr, t, kc,
-                      w_sb, w_st, w_sl, picks_sb, rows_sb, phase_sb, phase_st, y_sb, out_sr,
-                      BT: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
-                      IEEE: tl.constexpr):  # fmt: skip
-        """One particle, ``BC`` complex coefficients: its phases and ``Y`` read once, then
-        for each ``BM`` of its first ``count`` picks ``Y sum_t W S`` added into their rows
-        (none where a row < 0). A particle with no picks reads nothing."""
-        cs = tl.program_id(0) * BC + tl.arange(0, BC)  # axis 0: CUDA's longest
-        b = tl.program_id(1)
-        count = tl.load(counts_ptr + b)
-        if count > 0:
-            ts = tl.arange(0, BT)
-            in_t = ts < t
-            in_c = cs < kc
-            s_at = (
-                phase_ptr + b.to(tl.int64) * phase_sb + ts[:, None].to(tl.int64) * phase_st
-                + 2 * cs[None, :]
-            )  # fmt: skip
-            in_s = in_t[:, None] & in_c[None, :]
-            s_re = tl.load(s_at, mask=in_s, other=0.0)
-            s_im = tl.load(s_at + 1, mask=in_s, other=0.0)
-            y_at = y_ptr + b.to(tl.int64) * y_sb + 2 * cs
-            y_re = tl.load(y_at, mask=in_c, other=0.0)[None, :]
-            y_im = tl.load(y_at + 1, mask=in_c, other=0.0)[None, :]
-            w_base = w_ptr + b.to(tl.int64) * w_sb + ts[None, :].to(tl.int64) * w_st
-            for j0 in range(0, count, BM):
-                js = j0 + tl.arange(0, BM)
-                in_j = js < count
-                rows = tl.load(rows_ptr + b * rows_sb + js, mask=in_j, other=-1).to(tl.int64)
-                live = in_j & (rows >= 0)
-                picks = tl.load(picks_ptr + b * picks_sb + js, mask=live, other=0).to(tl.int64)
-                w_at = w_base + picks[:, None] * w_sl
-                w = tl.load(w_at, mask=live[:, None] & in_t[None, :], other=0.0)  # W^T
-                if IEEE:
-                    a_re = tl.dot(w, s_re, input_precision="ieee")
-                    a_im = tl.dot(w, s_im, input_precision="ieee")
-                else:
-                    a_re = tl.dot(w, s_re, input_precision="tf32")
-                    a_im = tl.dot(w, s_im, input_precision="tf32")
-                out = out_ptr + rows[:, None] * out_sr + 2 * cs[None, :]
-                into = live[:, None] & in_c[None, :]
-                tl.atomic_add(out, a_re * y_re - a_im * y_im, mask=into, sem="relaxed")
-                tl.atomic_add(out + 1, a_re * y_im + a_im * y_re, mask=into, sem="relaxed")
 
 
 def kernel_unshifted_combination(
@@ -210,51 +156,3 @@ def weighted_shifts(
         summed = weights.transpose(-1, -2) @ as_real_pairs(phases.to(data.dtype).resolve_conj())
     torch.view_as_complex(summed.unflatten(-1, (-1, 2))).mul_(data[:, None, :])
     return summed
-
-
-def kernel_add_weighted_shifts(
-    table: Float[Tensor, "n k2"],
-    rows: Int[Tensor, "b m"],
-    weights: Float[Tensor, "b t l"],
-    picks: Int[Tensor, "b m"],
-    data: Complex[Tensor, "b k"],
-    phases: Complex[Tensor, "b t k"] | Complex[Tensor, "t k"],
-    counts: Int[Tensor, " b"] | None = None,
-    *,
-    tf32: bool = False,
-) -> None:
-    """``table[rows[b, j]] += D[b, j]`` in place, with ``D`` the ``weighted_shifts`` of the
-    columns ``picks[b, j]`` of ``weights`` (real pairs, as ``table``), for the first
-    ``counts[b]`` entries of each particle (all ``m`` if None); no row where
-    ``rows[b, j] < 0``. By a Triton kernel (its interpreter included): each particle's
-    phases are read once, ``D`` is formed a tile at a time and added atomically, so rows
-    repeated within or across particles sum.
-    """
-    b, t, _ = weights.shape
-    kc = data.shape[1]
-    if t > MAX_TILE_ROWS:
-        raise ValueError(f"the kernel holds at most {MAX_TILE_ROWS} translations, got {t}")
-    if phases.dtype != torch.complex64 or data.dtype != torch.complex64:
-        raise ValueError(f"need complex64 data and phases, got {data.dtype}, {phases.dtype}")
-    if phases.shape[-2:] != (t, kc) or table.shape[1] != 2 * kc or table.stride(1) != 1:
-        raise ValueError(f"need phases (..., {t}, {kc}) and a table (n, {2 * kc}) of unit "
-                         f"stride, got {tuple(phases.shape)}, {tuple(table.shape)}")  # fmt: skip
-    if table.dtype != torch.float32 or weights.dtype != torch.float32:
-        raise ValueError(f"need float32 weights and table, got {weights.dtype}, {table.dtype}")
-    s = torch.view_as_real(phases.resolve_conj().expand(b, t, kc))
-    if s.stride(2) != 2 or s.stride(3) != 1:
-        s = torch.view_as_real(phases.resolve_conj().expand(b, t, kc).contiguous())
-    y = torch.view_as_real(data.resolve_conj().contiguous())
-    rows, picks = rows.contiguous(), picks.contiguous()
-    m = rows.shape[1]
-    if counts is None:
-        counts = torch.full((b,), m, dtype=torch.int32, device=rows.device)
-    counts = counts.to(torch.int32).clamp(0, m).contiguous()
-    if b and t and m and kc:
-        _added_shifts[(triton.cdiv(kc, _BLOCK_COEFFICIENTS), b)](
-            weights, picks, rows, counts, s, y, table, t, kc,
-            weights.stride(0), weights.stride(1), weights.stride(2), picks.stride(0),
-            rows.stride(0), s.stride(0), s.stride(1), y.stride(0), table.stride(0),
-            BT=max(16, triton.next_power_of_2(t)), BM=_BLOCK_PICKS, BC=_BLOCK_COEFFICIENTS,
-            IEEE=not tf32,
-        )  # fmt: skip
