@@ -103,7 +103,7 @@ def _chunk_of_sums(
     kb``); and, where ``Q`` was not combined by the kernel (``projected``), the
     projections, their squares and their products (``2 g k + 5 f k``, and the rows
     projected). Where the kernel combined ``Q``, the chunk makes no projections and
-    holds about 5 times more pairs (box 96: ``kb`` 451,584, ``k`` 238,869, ``g = f =
+    holds about 3 times more pairs (box 96: ``kb`` 242,499, ``k`` 238,869, ``g = f =
     8``).
     """
     b, g, f, tg = shape
