@@ -11,6 +11,7 @@ ran on, in the same process; ``rate_lines`` prints them. Used by
 ``floor_table.py`` (and through it ``tutorial_bench.py``), which has the floors.
 """
 
+import functools
 import math
 import re
 import time
@@ -84,6 +85,15 @@ def read_log(refine_dir: Path) -> dict[int, dict]:
 
 
 def read_star(path: Path) -> dict:
+    """The STAR file's blocks, parsed once per file version (path, size, modification
+    time): the floor reads each iteration's files for both half sets and several counts.
+    Callers must not change the tables in place."""
+    stat = Path(path).stat()
+    return _parsed_star(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_star(path: str, size: int, mtime_ns: int) -> dict:
     return starfile.read(path, always_dict=True)
 
 

@@ -122,8 +122,12 @@ def _general(path: Path, block: str) -> dict:
     return value if isinstance(value, dict) else value.iloc[0].to_dict()
 
 
-def _searched(refine_dir: Path, it: int, info: dict, rows: np.ndarray) -> tuple[np.ndarray, int]:
-    """``R_p`` of the particles ``rows`` and ``R`` (module docstring)."""
+def _searched(
+    refine_dir: Path, it: int, info: dict, rows: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, int]:
+    """``R_p`` of the particles ``rows`` and ``R`` (module docstring); the priors on
+    ``device``, the union as a float32 product (its sums, counts of particles, are exact
+    below 2**24)."""
     general, m, psi_count, directions = sampling(refine_dir, it)
     if not info["local_searches"]:
         return np.full(len(rows), m * psi_count, dtype=np.int64), m * psi_count
@@ -137,10 +141,11 @@ def _searched(refine_dir: Path, it: int, info: dict, rows: np.ndarray) -> tuple[
     priors = np.stack([previous[label].to_numpy(float) if label in previous.columns
                        else np.full(len(rows), np.nan) for label in labels], axis=1)  # fmt: skip
     centres = torch.as_tensor(
-        prior_centres_deg(angles, priors, use_priors=info["healpix_order"] < local_order)
+        prior_centres_deg(angles, priors, use_priors=info["healpix_order"] < local_order),
+        device=device,
     )
-    rot_tilt = torch.as_tensor(directions)
-    operators = point_group(str(general["rlnSymmetryGroup"]), device="cpu").operators
+    rot_tilt = torch.as_tensor(directions, device=device)
+    operators = point_group(str(general["rlnSymmetryGroup"]), device=device).operators
     if sigma[0] > 0 and sigma[1] > 0:
         weights = local_direction_prior(
             centres[:, :2], rot_tilt, sigma_deg=max(sigma[:2]), operators=operators
@@ -151,31 +156,35 @@ def _searched(refine_dir: Path, it: int, info: dict, rows: np.ndarray) -> tuple[
             centres[:, column], rot_tilt, angle=name, sigma_deg=sigma[column], operators=operators
         )
     else:
-        weights = torch.ones((len(rows), m), dtype=torch.float64)
-    psis = torch.ones((len(rows), psi_count), dtype=torch.bool)
+        weights = torch.ones((len(rows), m), dtype=torch.float64, device=device)
+    psis = torch.ones((len(rows), psi_count), dtype=torch.bool, device=device)
     if sigma[2] > 0:
-        grid_psi = psi_angles_deg(float(general["rlnPsiStep"]), device="cpu")
+        grid_psi = psi_angles_deg(float(general["rlnPsiStep"]), device=device)
         psis = local_psi_prior(centres[:, 2], grid_psi, sigma_deg=sigma[2]) > 0
     kept = weights > 0
-    per_particle = (kept.sum(1) * psis.sum(1)).numpy().astype(np.int64)
-    union = (kept.to(torch.float64).T @ psis.to(torch.float64)) > 0  # (direction, psi) searched
+    per_particle = (kept.sum(1) * psis.sum(1)).cpu().numpy().astype(np.int64)
+    union = (kept.to(torch.float32).T @ psis.to(torch.float32)) > 0  # (direction, psi) searched
     return per_particle, int(union.sum())
 
 
-def _image_bytes(name: str, star_path: Path, cache: dict[str, int]) -> int:
-    """Bytes of one image (``i@stack`` or a whole file) from its MRC header."""
+def _image_bytes(name: str, star_path: Path, cache: dict[tuple[Path, bool], int]) -> int:
+    """Bytes of one image (``i@stack`` or a whole file) from its MRC header, read once per
+    file into ``cache``."""
     index, _, path = str(name).rpartition("@")
-    if path not in cache:
-        with mrcfile.open(resolve_path(path, star_path), header_only=True, permissive=True) as mrc:
+    resolved = resolve_path(path, star_path)
+    key = (resolved, bool(index) or path.endswith(".mrcs"))
+    if key not in cache:
+        with mrcfile.open(resolved, header_only=True, permissive=True) as mrc:
             header = mrc.header
             mode = {0: 1, 1: 2, 2: 4, 4: 8, 6: 2, 12: 2}.get(int(header.mode), 4)
-            nz = 1 if path.endswith(".mrcs") or index else int(header.nz)
-            cache[path] = int(header.nx) * int(header.ny) * nz * mode
-    return cache[path]
+            nz = 1 if key[1] else int(header.nz)
+            cache[key] = int(header.nx) * int(header.ny) * nz * mode
+    return cache[key]
 
 
-def _load_bytes(particles, star_path: Path) -> np.ndarray:
-    cache: dict[str, int] = {}
+def _load_bytes(particles, star_path: Path, cache: dict[tuple[Path, bool], int]) -> np.ndarray:
+    """Image and CTF bytes of each particle (``cache``: ``_image_bytes``'s, shared by the
+    iterations, whose particles name the same files)."""
     total = np.zeros(len(particles))
     for label in ("rlnImageName", "rlnCtfImage"):
         if label in particles.columns:
@@ -240,14 +249,23 @@ def _half_floors(
     return floors, counts
 
 
-def floor_rows(refine_dir: Path, rates: dict, *, precision: str = "float32") -> list[dict]:
+def floor_rows(
+    refine_dir: Path,
+    rates: dict,
+    *,
+    precision: str = "float32",
+    device: torch.device | None = None,
+) -> list[dict]:
     """One row per iteration, half set and phase (``PHASES``): measured, floor, their ratio.
 
-    ``rates``: ``measure_rates`` on the device the refine ran on. Each row also
+    ``rates``: ``measure_rates`` on the device the refine ran on; ``device`` is where the
+    searched orientations are counted (the local priors of every particle). Each row also
     carries ``counts`` (``"logged"`` or ``"estimated"``: where the four work
     counts come from) and ``work``, the half set's counts, flops and bytes.
     """
     refine_dir = Path(refine_dir)
+    device = torch.device("cpu") if device is None else device
+    headers: dict[tuple[Path, bool], int] = {}  # bytes per image file, for every iteration
     rows: list[dict] = []
     logged = read_log(refine_dir)
     for it, info in sorted(logged.items()):
@@ -266,14 +284,14 @@ def floor_rows(refine_dir: Path, rates: dict, *, precision: str = "float32") -> 
         halves = particles["rlnRandomSubset"].to_numpy(int)
         for half, measured in sorted(info["halves"].items()):
             chosen = np.flatnonzero(halves == half)
-            searched, union = _searched(refine_dir, it, info, chosen)
+            searched, union = _searched(refine_dir, it, info, chosen, device)
             work, source = measured["work"], "logged"
             if work is None:
                 significant = particles["rlnNrOfSignificantSamples"].to_numpy(float)[chosen]
                 t = translation_count(info, ndim)
                 work = _estimated_work(searched, significant, union, t=t, ndim=ndim)
                 source = "estimated"
-            load = float(_load_bytes(particles.iloc[chosen], star_path).sum())
+            load = float(_load_bytes(particles.iloc[chosen], star_path, headers).sum())
             floors, counts = _half_floors(
                 {**info, "union": union}, ndim, work, len(chosen), load, ori_size, rates,
                 precision,
@@ -352,7 +370,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda:0" if args.gpu else "cpu")
     rates = measure_rates(device, rate_shapes(args.refine, gpu=args.gpu), repeats=args.repeats)
-    rows = floor_rows(args.refine, rates, precision=args.precision)
+    rows = floor_rows(args.refine, rates, precision=args.precision, device=device)
     totals = iteration_totals(rows)
     lines = [*rate_lines(rates, args.precision), format_table(rows), format_totals(totals)]
     sys.stdout.write("\n".join(lines) + "\n")

@@ -223,7 +223,7 @@ def floor(refine: Path, *, gpu: bool, precision: str = "float32") -> dict:
     """The E-step floor of the finished refine: rates measured now, on its device."""
     device = torch.device("cuda:0" if gpu else "cpu")
     rates = measure_rates(device, rate_shapes(refine, gpu=gpu))
-    rows = floor_rows(refine, rates, precision=precision)
+    rows = floor_rows(refine, rates, precision=precision, device=device)
     return {"precision": precision, "rates": rates, "rows": rows,
             "per_iteration": iteration_totals(rows)}  # fmt: skip
 
