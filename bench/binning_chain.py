@@ -24,7 +24,7 @@ command as a user types it (docs/tomography.md):
 Judged here, not by ``simulate.evaluate.compare_to_truth`` (which matches SPA-style
 image names and compares origins; extract folds origins into the coordinates and
 names no common image): particles are matched by ``rlnTomoParticleName``; angular
-errors modulo the symmetry after the global frame fit (``global_frame``); position
+errors modulo the symmetry after the global frame fit (``best_global_frame``); position
 errors are between ``coordinate - origin`` of the refined and true tables; the
 FSC is against the truth Fourier-cropped to the stage's grid (``fourier.rescale_map``)
 and turned into the refined frame. Prints a table (stage, pixel size, resolution
@@ -47,7 +47,11 @@ from timed_command import run  # bench/ is on sys.path
 from cryorefine.fourier import rescale_map
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
 from cryorefine.io import load_optimisation_set, read_mrc, read_star, write_optimisation_set
-from cryorefine.simulate.evaluate import compare_map_to_truth, global_frame, reference_rotation_of
+from cryorefine.simulate.evaluate import (
+    best_global_frame,
+    compare_map_to_truth,
+    reference_rotation_of,
+)
 
 CRITERION = "bin-2 refined resolution vs truth <= 1.10 x bin-2 true-poses resolution"
 
@@ -134,7 +138,7 @@ def judge_refined(args, sim: Path, folder: Path) -> dict[str, float]:
     refined_m = euler_to_matrix(torch.from_numpy(refined))
     true_m = euler_to_matrix(torch.from_numpy(true))
     group = point_group(args.sym, device="cpu").rotations
-    frame = global_frame(refined_m, true_m, group, start=reference_rotation_of(sim))
+    frame = best_global_frame(refined_m, true_m, group, start=reference_rotation_of(sim))
     errors = symmetric_angular_distance_deg(refined_m @ frame, true_m, group).numpy()
     volume, pixel = read_mrc(folder / "run_class001.mrc")
     truth = truth_on_grid(sim, pixel_size_angst=float(pixel), box=volume.shape[0])

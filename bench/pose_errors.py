@@ -6,7 +6,7 @@ particles far off, the residual rotation (angle, and axis against the symmetry a
 
 ``--sim`` is the folder ``cryorefine simulate`` wrote (truth_particles.star,
 simulation.json); particles are matched by image file and index, the refined
-frame by ``simulate.evaluate.global_frame``. For the particles more than
+frame by ``simulate.evaluate.best_global_frame``. For the particles more than
 ``--far_deg`` off: the rotation ``D = T^T R G`` that is left (``G`` the symmetry
 operator that makes it smallest), its angle and ``|axis_z|`` (1: about the
 symmetry axis, 0: about an axis perpendicular to it; a flip of a C_n particle
@@ -24,7 +24,7 @@ import torch
 
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
 from cryorefine.io import load_particles
-from cryorefine.simulate.evaluate import global_frame, reference_rotation_of
+from cryorefine.simulate.evaluate import best_global_frame, reference_rotation_of
 
 
 def _keys(particles) -> list[tuple[str, int]]:
@@ -61,7 +61,7 @@ def main() -> None:
     true_angles = truth.angles_deg()[order]
     true_m = euler_to_matrix(torch.from_numpy(true_angles)).double()
     group = point_group(args.sym, device="cpu").rotations.double()
-    frame = global_frame(refined_m, true_m, group, start=reference_rotation_of(args.sim))
+    frame = best_global_frame(refined_m, true_m, group, start=reference_rotation_of(args.sim))
     aligned = refined_m @ frame.double()
     errors = symmetric_angular_distance_deg(aligned, true_m, group).numpy()
     far = np.nonzero(errors > args.far_deg)[0]

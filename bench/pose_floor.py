@@ -26,7 +26,7 @@ heuristic (``refine.accuracy.estimate_accuracies``) at the truth.
 
 ``--refined FORMAT:RUN_DIR`` (a finished ``refine_bench.py`` case, its simulation in
 ``RUN_DIR/../sim``) also scores that run's last poses with its own final map, from its
-poses, and judges both in the frame ``simulate.evaluate.global_frame`` fits on all of
+poses, and judges both in the frame ``simulate.evaluate.best_global_frame`` fits on all of
 the run's particles: the search's share of the error (is the optimum off the grid?).
 
 The evaluation check: ``compare_to_truth`` and ``bench/pose_errors.py`` on the true
@@ -64,7 +64,7 @@ from cryorefine.geometry import (
     symmetric_angular_distance_deg,
 )
 from cryorefine.io import ParticleSet, load_particles, read_mrc, read_star, write_star
-from cryorefine.simulate.evaluate import compare_to_truth, global_frame, reference_rotation_of
+from cryorefine.simulate.evaluate import best_global_frame, compare_to_truth, reference_rotation_of
 
 BENCH = Path(__file__).resolve().parent
 
@@ -200,7 +200,7 @@ def refined_rows(fmt: str, run_dir: Path, args: argparse.Namespace) -> list[dict
     order = np.array([by_image[key] for key in keys(run_table)])
     refined_all = euler_to_matrix(torch.from_numpy(run_table.angles_deg())).double()
     true_all = euler_to_matrix(torch.from_numpy(truth.angles_deg()[order])).double()
-    frame = global_frame(refined_all, true_all, group, start=reference_rotation_of(sim))
+    frame = best_global_frame(refined_all, true_all, group, start=reference_rotation_of(sim))
     # the symmetry mate of each true pose nearest the run's, in the run's frame: A_t R G^T
     mates = true_all[:, None] @ group[None]
     traces = ((refined_all @ frame)[:, None] * mates).sum(dim=(-1, -2))

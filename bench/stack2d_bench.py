@@ -11,7 +11,7 @@ pseudo-subtomograms (3D data, CTF^2 and multiplicity) and as RELION-5 2D stacks
 reference (the simulation's, turned and low-passed, Fourier-cropped to the binned grid)
 with the demo's options (healpix order 1, local searches from 3, offsets 2 px in 1 px
 steps, C6, ini_high 40 A). Each final map is compared with the truth (cropped the same
-way) in the frame the poses give (``simulate.evaluate``: ``global_frame``,
+way) in the frame the poses give (``simulate.evaluate``: ``best_global_frame``,
 ``compare_map_to_truth``); particles are matched to the truth by rlnTomoParticleName.
 The table has, per route: resolution against the truth (FSC 0.143 and 0.5), the
 printed gold-standard resolution, median angular error (modulo C6), median origin
@@ -35,7 +35,11 @@ from cryorefine.fourier.conventions import from_fourier, to_fourier
 from cryorefine.fourier.filters import fourier_crop
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
 from cryorefine.io import load_particles, read_mrc, write_mrc
-from cryorefine.simulate.evaluate import compare_map_to_truth, global_frame, reference_rotation_of
+from cryorefine.simulate.evaluate import (
+    best_global_frame,
+    compare_map_to_truth,
+    reference_rotation_of,
+)
 
 SYMMETRY = "C6"
 REFINE_OPTIONS = (
@@ -111,7 +115,7 @@ def judge(data: Path, final_map: Path, sim: Path, box: int) -> dict[str, float]:
     true_matrices = euler_to_matrix(torch.from_numpy(truth.angles_deg()[order]))
     group = point_group(SYMMETRY, device="cpu")
     start = reference_rotation_of(sim)
-    frame = global_frame(refined_matrices, true_matrices, group.rotations, start=start)
+    frame = best_global_frame(refined_matrices, true_matrices, group.rotations, start=start)
     errors = symmetric_angular_distance_deg(
         refined_matrices @ frame, true_matrices, group.rotations
     ).numpy()

@@ -1,9 +1,12 @@
 """The global frame between refined and true poses is found despite misassigned particles."""
 
+import json
+from pathlib import Path
+
 import torch
 
-from cryorefine.geometry import euler_to_matrix, point_group
-from cryorefine.simulate.evaluate import global_frame
+from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
+from cryorefine.simulate.evaluate import best_global_frame, global_frame
 
 
 def _random_rotations(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -40,3 +43,40 @@ def test_the_frame_ignores_a_fifth_of_particles_in_random_poses() -> None:
     # The inliers' small errors average out over 320 particles to ~0.5 / sqrt(320) deg; the
     # outliers, left out, would otherwise pull the mean by degrees.
     assert _angle_deg(found, frame) < 0.1
+
+
+def _o_refinement() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    record = json.loads((Path(__file__).parent / "data" / "o_refinement_poses.json").read_text())
+    refined = euler_to_matrix(torch.tensor(record["refined_deg"], dtype=torch.float64))
+    true = euler_to_matrix(torch.tensor(record["true_deg"], dtype=torch.float64))
+    return refined, true, torch.tensor(record["start"], dtype=torch.float64)
+
+
+def _median_error_deg(refined, true, rotations, frame) -> float:
+    return float(symmetric_angular_distance_deg(refined @ frame, true, rotations).median())
+
+
+def test_many_starts_find_the_frame_that_one_start_misses_under_o() -> None:
+    # Poses of a real refinement under O, 200 particles far off (tens of degrees): from the
+    # starting reference's rotation alone, each round's nearest mates keep a wrong frame
+    refined, true, start = _o_refinement()
+    group = point_group("O", device="cpu")
+    one = global_frame(refined, true, group.rotations, start=start)
+    assert _median_error_deg(refined, true, group.rotations, one) > 30.0
+    best = best_global_frame(refined, true, group.rotations, start=start)
+    assert _median_error_deg(refined, true, group.rotations, best) < 15.0
+
+
+def test_many_starts_keep_the_one_frame_of_a_c1_fit() -> None:
+    # Without symmetry mates the least-squares frame is unique: every start reaches it
+    generator = torch.Generator().manual_seed(12)
+    true = _random_rotations(300, generator)
+    frame = euler_to_matrix(torch.tensor([[-70.0, 110.0, 15.0]], dtype=torch.float64))[0]
+    small = euler_to_matrix(2.0 * torch.randn(300, 3, generator=generator, dtype=torch.float64))
+    refined = small @ true @ frame.T
+    identity = point_group("C1", device="cpu").rotations
+    start = torch.eye(3, dtype=torch.float64)
+    one = global_frame(refined, true, identity, start=start)
+    best = best_global_frame(refined, true, identity, start=start, tries=20)
+    assert _angle_deg(best, one) < 1e-6
+    assert _angle_deg(best, frame) < 0.5

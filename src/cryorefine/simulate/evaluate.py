@@ -5,13 +5,15 @@ The starting reference of ``simulate`` is the truth turned by a known rotation
 particle's refined pose should be ``A_true R Q^T`` for a rotation ``R`` of the
 point group given (the truth's own symmetry, which a C1 refinement cannot
 tell apart), and the refined map should be the truth turned by ``Q``.
-The frame is estimated from the poses (``global_frame``, starting at ``Q``)
-rather than assumed, and both are compared in it: angular errors modulo
+The frame is estimated from the poses (``best_global_frame``: ``global_frame`` from
+``Q`` and from ``Q`` turned by rotations spread over SO(3), the fit that leaves the
+smallest median error) rather than assumed, and both are compared in it: angular errors modulo
 symmetry, origin errors, and the FSC of the refined map against the truth
 turned into that frame, with its resolutions at 0.143 and 0.5.
 """
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +23,23 @@ import torch
 from cryorefine.fourier import fsc, prepare_reference, resolution_at, rotate_volume, to_fourier
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
 from cryorefine.io import load_particles, read_mrc
+from cryorefine.simulate.poses import random_rotations
 
 __all__ = [
+    "FRAME_STARTS",
     "TruthComparison",
+    "best_global_frame",
     "compare_map_to_truth",
     "compare_to_truth",
     "global_frame",
     "reference_rotation_of",
 ]
+
+
+FRAME_STARTS = 300
+"""Starts of ``best_global_frame`` besides the given one: rotations uniform on SO(3)."""
+
+_FRAME_SUBSET = 512  # particles each start is fitted on; the best start is fitted on all
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,42 @@ def global_frame(
     return frame
 
 
+def _median_error_deg(refined: torch.Tensor, true: torch.Tensor, rotations: torch.Tensor,
+                      frame: torch.Tensor) -> float:  # fmt: skip
+    return float(symmetric_angular_distance_deg(refined @ frame, true, rotations).median())
+
+
+def best_global_frame(
+    refined: torch.Tensor,
+    true: torch.Tensor,
+    rotations: torch.Tensor,
+    *,
+    start: torch.Tensor,
+    tries: int = FRAME_STARTS,
+) -> torch.Tensor:
+    """``global_frame`` from ``start`` and from ``tries`` starts ``start R`` (``R`` uniform on
+    SO(3), a fixed seed), each fitted on an even subset of at most 512 particles; the
+    one that leaves the smallest median angular error, fitted again on all.
+
+    One start can stop in a local optimum: each round takes every particle's nearest
+    symmetry mate in the current frame, and where many particles are far off, mates
+    chosen in a wrong frame keep it. On an O refinement of the hexamer (session 26's
+    issue-5 matrix, relion4), the fit from ``Q`` left a median error of 33.7 degrees
+    and the map 21.8 A from the truth; the best of 300 starts 14.1 degrees and 10.8 A.
+    """
+    count = len(true)
+    subset = torch.linspace(0, count - 1, min(count, _FRAME_SUBSET)).round().long()
+    turns = random_rotations(tries, generator=torch.Generator().manual_seed(0))
+    starts = torch.cat([start.to(torch.float64)[None], start.to(torch.float64) @ turns])
+    best, best_error = starts[0], math.inf
+    for candidate in starts:
+        frame = global_frame(refined[subset], true[subset], rotations, start=candidate)
+        error = _median_error_deg(refined[subset], true[subset], rotations, frame)
+        if error < best_error:
+            best, best_error = frame, error
+    return global_frame(refined, true, rotations, start=best)
+
+
 def compare_map_to_truth(
     volume: torch.Tensor, truth: torch.Tensor, rotation: torch.Tensor, *, pixel_size_angst: float
 ) -> tuple[list[float], float, float]:
@@ -122,7 +169,7 @@ def compare_to_truth(
     refined_matrices = euler_to_matrix(torch.from_numpy(refined.angles_deg()))
     true_matrices = euler_to_matrix(torch.from_numpy(truth.angles_deg()[order]))
     group = point_group(symmetry, device="cpu")
-    rotation = global_frame(refined_matrices, true_matrices, group.rotations, start=rotation)
+    rotation = best_global_frame(refined_matrices, true_matrices, group.rotations, start=rotation)
     # A_refined ~ A_true R G^T for any rotation R of the truth's point group.
     errors = symmetric_angular_distance_deg(
         refined_matrices @ rotation, true_matrices, group.rotations
