@@ -7,6 +7,7 @@ import torch
 
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
 from cryorefine.simulate.evaluate import best_global_frame, global_frame
+from cryorefine.simulate.poses import random_rotations
 
 
 def _random_rotations(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -61,10 +62,22 @@ def test_many_starts_find_the_frame_that_one_start_misses_under_o() -> None:
     # starting reference's rotation alone, each round's nearest mates keep a wrong frame
     refined, true, start = _o_refinement()
     group = point_group("O", device="cpu")
-    one = global_frame(refined, true, group.rotations, start=start)
-    assert _median_error_deg(refined, true, group.rotations, one) > 30.0
     best = best_global_frame(refined, true, group.rotations, start=start)
-    assert _median_error_deg(refined, true, group.rotations, best) < 15.0
+    best_error = _median_error_deg(refined, true, group.rotations, best)
+    # no start of an independent set (another seed, more of them) fits a frame better by
+    # a degree: the fit's robust rounds (outliers left out by each start's own errors) end
+    # at optima a few tenths of a degree apart, the trap below is tens of degrees away
+    others = start @ random_rotations(500, generator=torch.Generator().manual_seed(1))
+    found = min(
+        _median_error_deg(refined, true, group.rotations, global_frame(
+            refined, true, group.rotations, start=other))
+        for other in others
+    )  # fmt: skip
+    assert best_error <= found + 1.0
+    # the fit from the start alone stops in another frame, by tens of degrees, and worse
+    one = global_frame(refined, true, group.rotations, start=start)
+    assert _angle_deg(one, best) > 10.0
+    assert _median_error_deg(refined, true, group.rotations, one) > best_error + 10.0
 
 
 def test_many_starts_keep_the_one_frame_of_a_c1_fit() -> None:
@@ -79,4 +92,6 @@ def test_many_starts_keep_the_one_frame_of_a_c1_fit() -> None:
     one = global_frame(refined, true, identity, start=start)
     best = best_global_frame(refined, true, identity, start=start, tries=20)
     assert _angle_deg(best, one) < 1e-6
-    assert _angle_deg(best, frame) < 0.5
+    # each particle off by three independent 2-degree Euler angles, about 3.5 degrees rms:
+    # the mean of 300 is about 0.2 degrees from the frame; three standard errors
+    assert _angle_deg(best, frame) < 3 * 3.5 / 300**0.5

@@ -31,6 +31,7 @@ from cryorefine.likelihood.posterior import (
     posterior_weights,
     significant_samples,
 )
+from cryorefine.likelihood.scores import working_dtypes
 from cryorefine.likelihood.sums import ShellSums
 from cryorefine.likelihood.window import FourierWindow
 from cryorefine.timing import PhaseTimes, phase_of
@@ -228,7 +229,8 @@ def _list_scores(
     # the union's scores (b, t, union) and the lists picked from them, up to float64
     fits = 16 * b * t * n <= plan.max_bytes // 2
     # every particle's Z at once: t x 2k reals and the complex array it is made from
-    z_fits = 4 * b * t * window.count * _real_bytes(plan) <= plan.max_bytes // 2
+    real_bytes = working_dtypes(plan.precision)[0].itemsize
+    z_fits = 4 * b * t * window.count * real_bytes <= plan.max_bytes // 2
     if fits and z_fits and union_is_cheaper(n, mean_list, t):
         table = None if projections is not None else coarse_rotations(plan.orientations, union)
         held_rows = None if projections is None else projections[union]
@@ -264,11 +266,6 @@ def _list_scores(
             return halves()
         return score_lists(data, projector, rows, valid, **scoring)
     return score_held_lists(data, held.values, rows, valid, powers=held.powers, **scoring)
-
-
-def _real_bytes(plan: ExpectationPlan) -> int:
-    """Bytes of a real number in the plan's working precision."""
-    return 8 if plan.precision == "float64" else 4
 
 
 def coarse_pass(

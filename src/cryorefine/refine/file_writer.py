@@ -25,8 +25,6 @@ from typing import Any, TypeVar
 
 from torch import Tensor
 
-from cryorefine.likelihood import OrientationGrid
-
 __all__ = ["FileWriter", "on_host"]
 
 T = TypeVar("T")
@@ -34,18 +32,12 @@ T = TypeVar("T")
 
 def on_host(value: T) -> T:
     """``value`` with its tensors on the host: a tensor, a dataclass's tensor fields
-    (an ``OrientationGrid``'s pixels and psi values), or a tuple of those; else itself."""
+    (an ``OrientationGrid``'s pixels and psi values; fields set by the class itself, as
+    its cache of rotations, start empty), or a tuple of those; else itself."""
     if isinstance(value, Tensor):
         return value.detach().cpu()  # type: ignore[return-value]
     if isinstance(value, tuple):
         return tuple(on_host(item) for item in value)  # type: ignore[return-value]
-    if isinstance(value, OrientationGrid):
-        return OrientationGrid(  # type: ignore[return-value]
-            healpix_order=value.healpix_order,
-            pixels=value.pixels.cpu(),
-            psi_deg=value.psi_deg.cpu(),
-            perturbation=value.perturbation,
-        )
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         tensors = {
             field.name: on_host(getattr(value, field.name))

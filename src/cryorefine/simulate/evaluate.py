@@ -7,9 +7,9 @@ point group given (the truth's own symmetry, which a C1 refinement cannot
 tell apart), and the refined map should be the truth turned by ``Q``.
 The frame is estimated from the poses (``best_global_frame``: ``global_frame`` from
 ``Q`` and from ``Q`` turned by rotations spread over SO(3), the fit that leaves the
-smallest median error) rather than assumed, and both are compared in it: angular errors modulo
-symmetry, origin errors, and the FSC of the refined map against the truth
-turned into that frame, with its resolutions at 0.143 and 0.5.
+smallest median error) rather than assumed, and both are compared in it: angular
+errors modulo symmetry, origin errors, and the FSC of the refined map against the
+truth turned into that frame, with its resolutions at 0.143 and 0.5.
 """
 
 import json
