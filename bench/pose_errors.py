@@ -11,7 +11,10 @@ frame by ``simulate.evaluate.best_global_frame``. For the particles more than
 operator that makes it smallest), its angle and ``|axis_z|`` (1: about the
 symmetry axis, 0: about an axis perpendicular to it; a flip of a C_n particle
 upside down is 180 degrees about a perpendicular axis), and their true tilts
-beside everyone's. Prints a table and writes it as JSON.
+beside everyone's. For every particle, the same residual as a rotation vector in the
+particle's own frame: the spread of its x, y and z components (z the symmetry axis of
+C_n and D_n) says about which axis the poses are least determined (a C6 ring's azimuth
+about z is the weakest). Prints a table and writes it as JSON.
 """
 
 import argparse
@@ -45,6 +48,24 @@ def _residual(
     return angle, float(abs(torch.nn.functional.normalize(axis, dim=0)[2]))
 
 
+def residual_vectors_deg(
+    refined: torch.Tensor, true: torch.Tensor, group: torch.Tensor
+) -> torch.Tensor:
+    """``(n, 3)`` rotation vectors (degrees) of ``T^T R G``, ``G`` the operator nearest to 1.
+
+    ``refined`` and ``true`` are ``(n, 3, 3)``, ``group`` ``(g, 3, 3)``; the vector's
+    components are in the particle's (the reference's) frame; angles below 180 degrees.
+    """
+    candidates = true.transpose(1, 2)[:, None] @ refined[:, None] @ group.transpose(1, 2)[None]
+    traces = candidates.diagonal(dim1=-2, dim2=-1).sum(-1)  # (n, g)
+    d = candidates[torch.arange(len(refined)), traces.argmax(1)]  # (n, 3, 3)
+    angle = torch.arccos(((d.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    axis = torch.stack(
+        [d[:, 2, 1] - d[:, 1, 2], d[:, 0, 2] - d[:, 2, 0], d[:, 1, 0] - d[:, 0, 1]], 1
+    )
+    return torch.nn.functional.normalize(axis, dim=1) * torch.rad2deg(angle)[:, None]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -66,6 +87,7 @@ def main() -> None:
     errors = symmetric_angular_distance_deg(aligned, true_m, group).numpy()
     far = np.nonzero(errors > args.far_deg)[0]
     residuals = np.array([_residual(aligned[i], true_m[i], group) for i in far]).reshape(-1, 2)
+    vectors = residual_vectors_deg(aligned, true_m, group).numpy()
 
     def q(values: np.ndarray) -> list[float]:  # 10, 50 and 90 % quantiles; none if empty
         return np.quantile(values, [0.1, 0.5, 0.9]).tolist() if len(values) else []
@@ -74,6 +96,8 @@ def main() -> None:
         "data": str(args.data), "particles": len(errors), "sym": args.sym,
         "median_error_deg": float(np.median(errors)), "mean_error_deg": float(errors.mean()),
         "share_above_deg": {str(x): float((errors > x).mean()) for x in (5, 10, 30, 90, 150)},
+        "particle_frame_std_deg_xyz": vectors.std(axis=0).tolist(),
+        "particle_frame_mean_deg_xyz": vectors.mean(axis=0).tolist(),
         "far_deg": args.far_deg, "far": len(far),
         "far_angle_deg_q10_50_90": q(residuals[:, 0]),
         "far_axis_z_q10_50_90": q(residuals[:, 1]),
@@ -83,6 +107,8 @@ def main() -> None:
     lines = [f"{len(errors)} particles: median error {summary['median_error_deg']:.2f} deg, "
              f"mean {summary['mean_error_deg']:.2f} deg", "above (deg) | share"]  # fmt: skip
     lines += [f"{key} | {value:.3f}" for key, value in summary["share_above_deg"].items()]
+    lines.append("residual rotation in the particle frame, std about x, y, z (deg): "
+                 + " ".join(f"{x:.3f}" for x in summary["particle_frame_std_deg_xyz"]))  # fmt: skip
     if len(far):
         lines += [
             f"{len(far)} particles above {args.far_deg:g} deg; quantiles 10/50/90 %:",
