@@ -7,6 +7,13 @@
 spherical shell at box 32 and 5.4 A/px (poses poorly determined); two blobs of
 1.5 px at radii 8 and 11 px give 48 copies about 7 px apart, well beyond the
 10.8 A Nyquist resolution, so the poses are defined.
+
+The blobs' width sets how far the signal reaches. With ``--sigma 1.5`` (the default,
+sessions 5 and 16) the O-symmetrised map's shell power falls by 10^-8 at shell 14
+of 16: the data reach about 14 A, not Nyquist, whatever the poses. With
+``--sigma 0.8`` its power at Nyquist is that of the embedded hexamer (10^-3.5 and
+10^-3.8 of the total), so the O cases are judged at the same resolution as C1 and C6
+(issue 5's matrix from session 27: ``refine_bench.py --cases relion4:O:blobs.mrc``).
 """
 
 import argparse

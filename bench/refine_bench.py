@@ -36,6 +36,7 @@ COLUMNS = [
     "device",
     "format",
     "sym",
+    "map",
     "particles",
     "box",
     "resolution_vs_truth_angst",
@@ -63,8 +64,8 @@ def parse_arguments() -> argparse.Namespace:
         "--cases",
         nargs="*",
         default=None,
-        help="FORMAT:SYM pairs to run in turn (e.g. spa:C1 relion4:C6 subtomo3d:O); "
-        "overrides --format and --sym",
+        help="FORMAT:SYM[:MAP] to run in turn (e.g. spa:C1 relion4:C6 subtomo3d:O:blobs.mrc); "
+        "overrides --format and --sym; MAP replaces --map for that case",
     )
     parser.add_argument("--n_particles", type=int, default=200)
     parser.add_argument("--box", type=int, default=32)
@@ -94,18 +95,23 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _stem(path: str) -> str:
+    return Path(path).stem
+
+
 def main() -> None:
     args = parse_arguments()
-    cases = [c.split(":") for c in args.cases] if args.cases else [[args.format, args.sym]]
+    cases = [c.split(":", 2) for c in args.cases] if args.cases else [[args.format, args.sym]]
     rows = []
-    for data_format, sym in cases:
+    for data_format, sym, *case_map in cases:
         case = argparse.Namespace(**vars(args))
         case.format, case.sym = data_format, sym
+        case.map = case_map[0] if case_map else args.map
         if sym[0].upper() == "O":  # local searches from 3.7 deg for O, 0.9 deg for I
             case.local_order = args.local_order - 1
         elif sym[0].upper() == "I":
             case.local_order = args.local_order + 1
-        case.work = str(Path(args.work) / f"{data_format}_{sym}")
+        case.work = str(Path(args.work) / "_".join([data_format, sym, *map(_stem, case_map)]))
         rows.append(run_case(case))
         table = [" | ".join(COLUMNS)] + [
             " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS)
@@ -221,6 +227,7 @@ def run_case(args: argparse.Namespace) -> dict[str, object]:
     row = {
         "device": device,
         "format": args.format,
+        "map": "embedded hexamer" if args.map is None else Path(args.map).name,
         "sym": args.sym,
         "particles": args.n_particles,
         "box": args.box,
