@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timed_command import run  # bench/ is on sys.path
+from blob_map import blob_map  # bench/ is on sys.path
+from timed_command import run
 
 from cryorefine.geometry import angular_step_deg
-from cryorefine.io import read_mrc, read_star
+from cryorefine.io import read_mrc, read_star, write_mrc
 from cryorefine.simulate.evaluate import compare_map_to_truth, compare_to_truth
 
 CRITERIA = (
@@ -64,8 +65,9 @@ def parse_arguments() -> argparse.Namespace:
         "--cases",
         nargs="*",
         default=None,
-        help="FORMAT:SYM[:MAP] to run in turn (e.g. spa:C1 relion4:C6 subtomo3d:O:blobs.mrc); "
-        "overrides --format and --sym; MAP replaces --map for that case",
+        help="FORMAT:SYM[:MAP] to run in turn (e.g. spa:C1 relion4:C6 subtomo3d:O:blobs); "
+        "overrides --format and --sym; MAP replaces --map for that case, 'blobs' for "
+        "blob_map.py's O test object at this box (two blobs of 0.8 px, 48 copies under O)",
     )
     parser.add_argument("--n_particles", type=int, default=200)
     parser.add_argument("--box", type=int, default=32)
@@ -81,7 +83,9 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
-        "--map", default=None, help="true map for simulate (default: the embedded hexamer)"
+        "--map",
+        default=None,
+        help="true map for simulate (default: the embedded hexamer; 'blobs': as in --cases)",
     )
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument(
@@ -121,9 +125,20 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"criteria": CRITERIA, "rows": rows}, indent=1))
 
 
+def blobs_map(path: Path, box: int, angpix: float) -> Path:
+    """Write ``blob_map.py``'s O test object for this box: two blobs of 0.8 px at 8/32 and
+    11/32 of the box from its centre, whose power reaches Nyquist as the hexamer's does."""
+    radii = (8.0 * box / 32, 11.0 * box / 32)
+    write_mrc(path, blob_map(box, radii_px=radii, sigma_px=0.8, seed=3), voxel_size_angst=angpix)
+    return path
+
+
 def run_case(args: argparse.Namespace) -> dict[str, object]:
     """Simulate, refine, reconstruct with the true poses, and judge one case."""
     work = Path(args.work)
+    if args.map == "blobs":
+        work.mkdir(parents=True, exist_ok=True)
+        args.map = str(blobs_map(work / "blobs.mrc", args.box, args.angpix))
     gpu = ["--gpu"] if args.gpu else []
     sim = work / "sim"
     simulate_seconds = run(
