@@ -404,6 +404,10 @@ CASES: dict[str, Case] = {
     "refine: unknown symmetry": Case(
         lambda p, w: _refine(p, w, "--sym", "X7", *REFINE_OPTS), ["--sym", "'X7'", "C<n>"]
     ),
+    "refine: a sampling too coarse for the point group": Case(  # CHEAP's order 0: 12 directions
+        lambda p, w: _refine(p, w, "--sym", "I", *REFINE_OPTS),
+        ["--healpix_order 0", "12 directions", "asymmetric unit of I", "--healpix_order 2"],
+    ),
     # refine: options
     "refine: --i and --ios together": Case(
         lambda p, w: _refine(p, w, "--ios", str(p.star), *REFINE_OPTS),

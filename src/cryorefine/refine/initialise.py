@@ -21,7 +21,7 @@ from torch import Tensor
 
 from cryorefine.errors import InputError
 from cryorefine.fourier import check_mask_values, radial_average, shift_fourier
-from cryorefine.geometry import SymmetryGroup, point_group
+from cryorefine.geometry import SymmetryGroup, asymmetric_unit_pixels, point_group
 from cryorefine.io import (
     OptimisationSet,
     ParticleSet,
@@ -149,6 +149,20 @@ def _check_one_grid(particles: ParticleSet) -> None:
         )
 
 
+def _check_directions(healpix_order: int, group: SymmetryGroup, sym: str) -> None:
+    """At least one HEALPix direction of ``healpix_order`` must lie in the asymmetric unit."""
+    if asymmetric_unit_pixels(healpix_order, group).numel() > 0:
+        return
+    coarsest = next(
+        o for o in range(healpix_order + 1, 9) if asymmetric_unit_pixels(o, group).numel()
+    )
+    raise InputError(
+        f"--healpix_order {healpix_order}: none of its {12 * 4**healpix_order} directions lies "
+        f"in the asymmetric unit of {sym} ({group.order} operators); use --healpix_order "
+        f"{coarsest} or finer"
+    )
+
+
 def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs:
     """Read and check the particles, reference, mask and symmetry before the first iteration."""
     optimisation_set = None
@@ -166,6 +180,7 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
         raise InputError(f"{particles_file}: the particles table is empty")
     _check_one_grid(particles)
     group = point_group(options.sym, device=device)
+    _check_directions(options.healpix_order, group, options.sym)
     ori_size = int(particles.box_size_px[0])
     pixel = float(particles.pixel_size_angst[0])
     reference_path = options.reference
