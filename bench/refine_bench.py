@@ -45,6 +45,8 @@ COLUMNS = [
     "true_poses_resolution_angst",
     "printed_resolution_angst",
     "median_angular_error_deg",
+    "half_set_median_angular_error_deg",
+    "half_set_frames_angle_deg",
     "final_healpix_step_deg",
     "final_sampling_deg",
     "median_origin_error_angst",
@@ -253,6 +255,9 @@ def run_case(args: argparse.Namespace) -> dict[str, object]:
         "true_poses_resolution_angst": true_resolution,
         "printed_resolution_angst": printed,
         "median_angular_error_deg": result.median_angular_error_deg,
+        # each half set in its own frame, and the angle between the two frames (evaluate.py)
+        "half_set_median_angular_error_deg": result.half_set_median_angular_error_deg,
+        "half_set_frames_angle_deg": result.half_set_frames_angle_deg,
         "median_origin_error_angst": result.median_origin_error_angst,
         "iterations": len(iterations),
         "seconds_per_iteration": float(np.mean(iterations)),

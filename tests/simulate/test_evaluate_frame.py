@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cryorefine.geometry import euler_to_matrix, point_group, symmetric_angular_distance_deg
-from cryorefine.simulate.evaluate import best_global_frame, global_frame
+from cryorefine.simulate.evaluate import best_global_frame, global_frame, half_set_frames
 from cryorefine.simulate.poses import random_rotations
 
 
@@ -95,3 +96,23 @@ def test_many_starts_keep_the_one_frame_of_a_c1_fit() -> None:
     # each particle off by three independent 2-degree Euler angles, about 3.5 degrees rms:
     # the mean of 300 is about 0.2 degrees from the frame; three standard errors
     assert _angle_deg(best, frame) < 3 * 3.5 / 300**0.5
+
+
+def test_half_sets_that_drifted_apart_about_the_axis_are_judged_each_in_its_own_frame() -> None:
+    """Each half set of a C6 refinement is its own frame turned 2 degrees about z, one
+    either way, plus errors of 0.02 degrees per Euler angle: in their own frames the
+    errors are those (median about 0.03 deg), in one common frame about 2 degrees."""
+    generator = torch.Generator().manual_seed(12)
+    group = point_group("C6", device="cpu")
+    true = _random_rotations(400, generator)
+    frame = euler_to_matrix(torch.tensor([[20.0, 35.0, -50.0]], dtype=torch.float64))[0]
+    half_sets = np.repeat([1, 2], 200)
+    turns = euler_to_matrix(torch.tensor([[2.0, 0.0, 0.0], [-2.0, 0.0, 0.0]], dtype=torch.float64))
+    frames = frame @ turns[torch.from_numpy(half_sets - 1)]  # about the reference's z
+    small = euler_to_matrix(0.02 * torch.randn(400, 3, generator=generator, dtype=torch.float64))
+    refined = small @ true @ frames.transpose(1, 2)
+    own, between = half_set_frames(refined, true, half_sets, group.rotations, start=frame)
+    assert own < 0.1
+    assert abs(between - 4.0) < 0.01
+    common = best_global_frame(refined, true, group.rotations, start=frame)
+    assert _median_error_deg(refined, true, group.rotations, common) > 1.9

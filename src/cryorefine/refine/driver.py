@@ -39,6 +39,12 @@ from cryorefine.refine.convergence import (
 )
 from cryorefine.refine.e_step import default_batch_size, e_step
 from cryorefine.refine.file_writer import FileWriter, on_host
+from cryorefine.refine.half_frames import (
+    axial_gauge,
+    best_axial_turn_deg,
+    turned_angles,
+    turned_map,
+)
 from cryorefine.refine.half_models import accuracies
 from cryorefine.refine.half_pass import PoseUpdate
 from cryorefine.refine.half_set_maximisation import maximise_half_sets
@@ -104,6 +110,9 @@ def _iteration(
     )
     state = dataclasses.replace(state, current_size=current, coarse_size=coarse)
     times = PhaseTimes(device)  # the iteration's parts, logged with its line
+    if final and axial_gauge(inputs.group):
+        with times.phase("half_frames"):
+            inputs, models = _half_set_2_in_half_1s_frame(inputs, models, state, communicator)
     # the projector works in the E-step's precision (the maps are float64 after an M-step)
     real_dtype = working_dtypes(precision)[0]
     with times.phase("references"):
@@ -169,6 +178,32 @@ def _iteration(
     logger.info(f"iter={state.iteration:03d} phase_seconds {parts}")
     logger.info(iteration_log_line(state, inputs.pixel_size_angst, time.perf_counter() - start))
     return inputs, state, models, final
+
+
+def _half_set_2_in_half_1s_frame(
+    inputs: RefineInputs,
+    models: tuple[HalfSetModel, HalfSetModel],
+    state: RefineState,
+    communicator: Communicator,
+) -> tuple[RefineInputs, tuple[HalfSetModel, HalfSetModel]]:
+    """Half set 2's reference and poses turned about the symmetry axis onto half set 1's
+    frame before the final iteration joins them (``refine.half_frames``)."""
+    fsc = models[0].fsc.cpu()
+    below = torch.nonzero(fsc[1:] < 0.143)
+    shells = int(below[0, 0]) if below.numel() else fsc.shape[0] - 1  # shells 1.. above 0.143
+    turn = communicator.same_everywhere(
+        best_axial_turn_deg(models[0].reference, models[1].reference, shells=max(shells, 2))
+    )
+    logger.info(
+        f"iter={state.iteration:03d} half set 2 turned {turn:.3f} deg about the symmetry axis "
+        f"onto half set 1's frame before the halves are joined (FSC over shells 1-{shells})"
+    )
+    half_2 = inputs.half_sets == 2
+    angles = np.array(inputs.particles.angles_deg())
+    angles[half_2] = turned_angles(angles[half_2], turn)
+    second = dataclasses.replace(models[1], reference=turned_map(models[1].reference, turn))
+    particles = inputs.particles.with_poses(angles_deg=angles)
+    return dataclasses.replace(inputs, particles=particles), (models[0], second)
 
 
 def _new_poses(

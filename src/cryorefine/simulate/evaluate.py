@@ -10,6 +10,14 @@ The frame is estimated from the poses (``best_global_frame``: ``global_frame`` f
 smallest median error) rather than assumed, and both are compared in it: angular
 errors modulo symmetry, origin errors, and the FSC of the refined map against the
 truth turned into that frame, with its resolutions at 0.143 and 0.5.
+
+The two half sets are refined independently, and each has its own gauge: for C1 any
+rotation, for C_n a turn about the symmetry axis leaves its likelihood unchanged, and
+only the join of the halves below ``--low_resol_join_halves`` ties them. The angular
+errors are therefore also given with each half set in its own frame
+(``half_set_frames``), with the angle between the two frames: a refinement whose
+halves each found their poses but drifted apart shows a small error in their own
+frames and a large one in the common frame, and its joined map averages two turned maps.
 """
 
 import json
@@ -32,6 +40,7 @@ __all__ = [
     "compare_map_to_truth",
     "compare_to_truth",
     "global_frame",
+    "half_set_frames",
     "reference_rotation_of",
 ]
 
@@ -52,6 +61,8 @@ class TruthComparison:
     resolution_0143_angst: float
     resolution_05_angst: float
     fsc: list[float]
+    half_set_median_angular_error_deg: float = math.nan  # each half set in its own frame
+    half_set_frames_angle_deg: float = math.nan  # between the two frames, modulo symmetry
 
     def as_dict(self) -> dict[str, object]:
         """Plain values for JSON."""
@@ -151,6 +162,29 @@ def compare_map_to_truth(
     return curve.tolist(), float(high), float(half)
 
 
+def half_set_frames(
+    refined: torch.Tensor,
+    true: torch.Tensor,
+    half_sets: np.ndarray,
+    rotations: torch.Tensor,
+    *,
+    start: torch.Tensor,
+) -> tuple[float, float]:
+    """Median angular error (degrees) with each half set in its own ``best_global_frame``,
+    and the angle between the two frames modulo the point group ``rotations``.
+
+    ``refined`` and ``true`` are ``(b, 3, 3)``, ``half_sets`` ``(b,)`` of 1 and 2.
+    """
+    errors, frames = [], []
+    for half in (1, 2):
+        rows = torch.from_numpy(np.nonzero(half_sets == half)[0])
+        frame = best_global_frame(refined[rows], true[rows], rotations, start=start)
+        errors.append(symmetric_angular_distance_deg(refined[rows] @ frame, true[rows], rotations))
+        frames.append(frame)
+    between = symmetric_angular_distance_deg(frames[0][None], frames[1][None], rotations)
+    return float(torch.cat(errors).median()), float(between[0])
+
+
 def compare_to_truth(
     data_star: Path, map_path: Path, simulation_dir: Path, *, symmetry: str = "C1"
 ) -> TruthComparison:
@@ -175,6 +209,12 @@ def compare_to_truth(
         refined_matrices @ rotation, true_matrices, group.rotations
     ).numpy()
     origin_errors = np.linalg.norm(refined.origins_angst() - truth.origins_angst()[order], axis=1)
+    half_sets = np.asarray(refined.half_sets())
+    own_frames = (math.nan, math.nan)
+    if (half_sets == 1).any() and (half_sets == 2).any():
+        own_frames = half_set_frames(
+            refined_matrices, true_matrices, half_sets, group.rotations, start=rotation
+        )
     volume, pixel = read_mrc(map_path)
     truth_map, _ = read_mrc(simulation_dir / "truth.mrc")
     curve, high, half = compare_map_to_truth(
@@ -190,4 +230,6 @@ def compare_to_truth(
         resolution_0143_angst=high,
         resolution_05_angst=half,
         fsc=curve,
+        half_set_median_angular_error_deg=own_frames[0],
+        half_set_frames_angle_deg=own_frames[1],
     )
