@@ -217,3 +217,19 @@ def test_continue_resumes_from_an_iteration(refined: Path, tmp_path: Path) -> No
     status = main(["refine", "--continue", str(run / "run_it003_optimiser.star")])
     assert status == 0
     assert (run / "run_class001.mrc").is_file()
+
+
+def test_the_halves_are_joined_in_one_frame(refined: Path) -> None:
+    """Each half set may settle at its own turn about the 6-fold axis; the final iteration
+    turns half set 2 onto half set 1's frame first (``refine.half_frames``), once, and its
+    poses are then refined against the turned map: the two halves' frames end closer than
+    the final angular step, the finest difference the sampling can tell."""
+    log = (refined / "Refine" / "run.log").read_text()
+    turns = re.findall(r"iter=(\d+) half_set_2_turn_deg=(-?[\d.]+)", log)
+    iterations = re.findall(r"iter=(\d+) resolution_angst=", log)
+    assert len(turns) == 1
+    assert turns[0][0] == iterations[-1]  # the final iteration's
+    assert abs(float(turns[0][1])) <= 10.0  # refine.half_frames.MAX_TURN_DEG
+    sampling = read_star(refined / "Refine" / "run_sampling.star")["sampling_general"]
+    step = angular_step_deg(int(sampling["rlnHealpixOrder"]))
+    assert _comparison(refined).half_set_frames_angle_deg < step

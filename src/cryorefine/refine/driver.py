@@ -195,8 +195,9 @@ def _half_set_2_in_half_1s_frame(
         best_axial_turn_deg(models[0].reference, models[1].reference, shells=max(shells, 2))
     )
     logger.info(
-        f"iter={state.iteration:03d} half set 2 turned {turn:.3f} deg about the symmetry axis "
-        f"onto half set 1's frame before the halves are joined (FSC over shells 1-{shells})"
+        f"iter={state.iteration:03d} half_set_2_turn_deg={turn:.3f} fsc_shells={shells}: half "
+        "set 2's map and poses turned about the symmetry axis onto half set 1's frame before "
+        "the halves are joined"
     )
     half_2 = inputs.half_sets == 2
     angles = np.array(inputs.particles.angles_deg())
