@@ -35,26 +35,14 @@ def _keys(particles) -> list[tuple[str, int]]:
     return list(zip(paths, particles.image_indices().tolist(), strict=True))
 
 
-def _residual(
-    refined: torch.Tensor, true: torch.Tensor, group: torch.Tensor
-) -> tuple[float, float]:
-    """Angle (degrees) and |axis_z| of the smallest ``T^T R G`` over the group."""
-    candidates = true.T @ refined @ group.transpose(1, 2)  # (g, 3, 3)
-    d = candidates[int(torch.einsum("gii->g", candidates).argmax())]
-    angle = float(torch.rad2deg(torch.arccos(((torch.trace(d) - 1) / 2).clamp(-1, 1))))
-    axis = torch.stack([d[2, 1] - d[1, 2], d[0, 2] - d[2, 0], d[1, 0] - d[0, 1]])
-    if float(axis.norm()) < 1e-6:  # 180 degrees: the axis of the symmetric part
-        axis = torch.linalg.eigh((d + d.T) / 2).eigenvectors[:, -1]
-    return angle, float(abs(torch.nn.functional.normalize(axis, dim=0)[2]))
-
-
 def residual_vectors_deg(
     refined: torch.Tensor, true: torch.Tensor, group: torch.Tensor
 ) -> torch.Tensor:
     """``(n, 3)`` rotation vectors (degrees) of ``T^T R G``, ``G`` the operator nearest to 1.
 
     ``refined`` and ``true`` are ``(n, 3, 3)``, ``group`` ``(g, 3, 3)``; the vector's
-    components are in the particle's (the reference's) frame; angles below 180 degrees.
+    components are in the particle's (the reference's) frame; a half turn's axis is
+    that of the symmetric part (its sign is arbitrary).
     """
     candidates = true.transpose(1, 2)[:, None] @ refined[:, None] @ group.transpose(1, 2)[None]
     traces = candidates.diagonal(dim1=-2, dim2=-1).sum(-1)  # (n, g)
@@ -63,6 +51,10 @@ def residual_vectors_deg(
     axis = torch.stack(
         [d[:, 2, 1] - d[:, 1, 2], d[:, 0, 2] - d[:, 2, 0], d[:, 1, 0] - d[:, 0, 1]], 1
     )
+    half_turns = (axis.norm(dim=1) < 1e-6) & (angle > torch.pi / 2)  # the symmetric part's axis
+    if bool(half_turns.any()):
+        symmetric = (d[half_turns] + d[half_turns].transpose(1, 2)) / 2
+        axis[half_turns] = torch.linalg.eigh(symmetric).eigenvectors[:, :, -1]
     return torch.nn.functional.normalize(axis, dim=1) * torch.rad2deg(angle)[:, None]
 
 
@@ -86,8 +78,9 @@ def main() -> None:
     aligned = refined_m @ frame.double()
     errors = symmetric_angular_distance_deg(aligned, true_m, group).numpy()
     far = np.nonzero(errors > args.far_deg)[0]
-    residuals = np.array([_residual(aligned[i], true_m[i], group) for i in far]).reshape(-1, 2)
     vectors = residual_vectors_deg(aligned, true_m, group).numpy()
+    far_angles = np.linalg.norm(vectors[far], axis=1)
+    residuals = np.stack([far_angles, np.abs(vectors[far, 2]) / far_angles], axis=1)
 
     def q(values: np.ndarray) -> list[float]:  # 10, 50 and 90 % quantiles; none if empty
         return np.quantile(values, [0.1, 0.5, 0.9]).tolist() if len(values) else []

@@ -47,3 +47,16 @@ def test_a_symmetry_mate_counts_as_no_error() -> None:
     turn = axis_angle_to_matrix(z, torch.tensor(10.0, dtype=torch.float64))
     found = residual_vectors_deg(refined @ turn, true, group)
     torch.testing.assert_close(found[:, 2].abs(), torch.full((12,), 10.0, dtype=torch.float64))
+
+
+def test_a_half_turn_keeps_its_axis() -> None:
+    """At 180 degrees the rotation's antisymmetric part vanishes; the axis is then the
+    symmetric part's (an upside-down C_n particle: a half turn about a perpendicular axis)."""
+    generator = torch.Generator().manual_seed(7)
+    true = _random_rotations(4, generator)
+    x = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    flip = axis_angle_to_matrix(x, torch.tensor(180.0, dtype=torch.float64))
+    found = residual_vectors_deg(true @ flip, true, torch.eye(3, dtype=torch.float64)[None])
+    torch.testing.assert_close(
+        found.abs(), torch.tensor([[180.0, 0.0, 0.0]] * 4, dtype=torch.float64)
+    )
