@@ -170,15 +170,18 @@ def half_set_frames(
     *,
     start: torch.Tensor,
 ) -> tuple[float, float]:
-    """Median angular error (degrees) with each half set in its own ``best_global_frame``,
-    and the angle between the two frames modulo the point group ``rotations``.
+    """Median angular error (degrees) with each half set in its own frame, and the angle
+    between the two frames modulo the point group ``rotations``.
 
-    ``refined`` and ``true`` are ``(b, 3, 3)``, ``half_sets`` ``(b,)`` of 1 and 2.
+    ``refined`` and ``true`` are ``(b, 3, 3)``, ``half_sets`` ``(b,)`` of 1 and 2. Each
+    half's frame is ``global_frame`` fitted from ``start``, the common frame
+    (``best_global_frame`` of all particles): the halves drift from it by degrees, well
+    within the reach of one start, so its other starts need not be tried again.
     """
     errors, frames = [], []
     for half in (1, 2):
         rows = torch.from_numpy(np.nonzero(half_sets == half)[0])
-        frame = best_global_frame(refined[rows], true[rows], rotations, start=start)
+        frame = global_frame(refined[rows], true[rows], rotations, start=start)
         errors.append(symmetric_angular_distance_deg(refined[rows] @ frame, true[rows], rotations))
         frames.append(frame)
     between = symmetric_angular_distance_deg(frames[0][None], frames[1][None], rotations)
