@@ -6,6 +6,7 @@ import torch
 
 from cryorefine.fourier import from_fourier, prepare_reference, rotate_volume
 from cryorefine.geometry import euler_to_matrix, point_group
+from cryorefine.refine import half_frames
 from cryorefine.refine.half_frames import (
     axial_gauge,
     best_axial_turn_deg,
@@ -94,3 +95,13 @@ def test_the_turn_that_matches_half_two_to_half_one_is_found_to_a_hundredth_of_a
 def test_maps_in_one_frame_need_no_turn() -> None:
     volume = _blobs(3)
     assert abs(best_axial_turn_deg(volume, volume.clone(), shells=BOX // 4)) <= 0.005
+
+
+def test_the_search_in_chunks_of_one_map_finds_the_same_turn(monkeypatch) -> None:
+    """Large boxes turn one candidate map at a time; the scores, and so the turn, are the
+    same as with every candidate at once."""
+    half_1 = _blobs(5)
+    half_2 = turned_map(half_1, 1.23)
+    whole = best_axial_turn_deg(half_1, half_2, shells=BOX // 4)
+    monkeypatch.setattr(half_frames, "_CHUNK_BYTES", 16 * BOX**3)  # one map per chunk
+    assert best_axial_turn_deg(half_1, half_2, shells=BOX // 4) == whole

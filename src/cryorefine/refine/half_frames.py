@@ -41,6 +41,7 @@ MAX_TURN_DEG = 10.0
 """The largest turn searched, either way (degrees): half sets drift by a few degrees."""
 
 _STEPS_DEG = (1.0, 0.1, 0.01)
+_CHUNK_BYTES = 1 << 28  # per stack of turned maps (18 at box 96; 1 at box 256 and above)
 
 
 def axial_gauge(group: SymmetryGroup) -> bool:
@@ -108,16 +109,22 @@ def best_axial_turn_deg(
     power_1 = torch.zeros(count, dtype=real, device=device).index_add_(
         0, shell_of, target_in.abs() ** 2
     )
+
+    def summed_correlation(turns: Tensor) -> Tensor:  # (r,): sum over shells of each FSC
+        values = to_fourier(turned_maps(map_2.to(real), turns), 3)[:, inside]  # (r, k)
+        products = (target_in.conj()[None] * values).real
+        cross = torch.zeros(len(turns), count, dtype=real, device=device)
+        cross.index_add_(1, shell_of, products)
+        power_2 = torch.zeros_like(cross).index_add_(1, shell_of, values.abs() ** 2)
+        return (cross / (power_1[None] * power_2).sqrt().clamp(min=1e-300))[:, 1:].sum(dim=1)
+
+    # turned maps at once: each takes n^3 complex128 values, several times over in the FFTs
+    per_chunk = max(1, _CHUNK_BYTES // (16 * n**3))
     centre, span = 0.0, max_turn_deg
     for step in _STEPS_DEG:
         candidates = centre + torch.arange(-span, span + step / 2, step, dtype=real, device=device)
-        values = to_fourier(turned_maps(map_2.to(real), candidates), 3)[:, inside]  # (r, k)
-        products = (target_in.conj()[None] * values).real
-        cross = torch.zeros(len(candidates), count, dtype=real, device=device)
-        cross.index_add_(1, shell_of, products)
-        power_2 = torch.zeros_like(cross).index_add_(1, shell_of, values.abs() ** 2)
-        correlation = cross / (power_1[None] * power_2).sqrt().clamp(min=1e-300)
-        centre = float(candidates[int(correlation[:, 1:].sum(dim=1).argmax())])
+        scores = torch.cat([summed_correlation(c) for c in candidates.split(per_chunk)])
+        centre = float(candidates[int(scores.argmax())])
         span = step
     return centre
 
