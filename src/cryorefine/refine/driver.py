@@ -191,8 +191,9 @@ def _half_set_2_in_half_1s_frame(
     fsc = models[0].fsc.cpu()
     below = torch.nonzero(fsc[1:] < 0.143)
     shells = int(below[0, 0]) if below.numel() else fsc.shape[0] - 1  # shells 1.. above 0.143
+    shells = max(shells, 2)  # shells 1 and 2 at least, even where the FSC falls below first
     turn = communicator.same_everywhere(
-        best_axial_turn_deg(models[0].reference, models[1].reference, shells=max(shells, 2))
+        best_axial_turn_deg(models[0].reference, models[1].reference, shells=shells)
     )
     logger.info(
         f"iter={state.iteration:03d} half_set_2_turn_deg={turn:.3f} fsc_shells={shells}: half "
