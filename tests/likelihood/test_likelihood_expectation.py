@@ -590,6 +590,40 @@ def test_relion4_scores_divide_by_the_multiplicity_above_one_tenth():
     torch.testing.assert_close(result.multiplicity_sums, want_counts, rtol=1e-12, atol=0)
 
 
+def test_relion4_scores_divide_by_the_noise_scale_where_one_is_given():
+    # refine.subtomo_noise: the weight is 1 / (2 sigma2 V) on every coefficient, V in place
+    # of RELION's multiplicity rule; the multiplicity still goes to the noise sums.
+    reference, plan, images, *_ = _case(3, b=2, seed=10)
+    gen = torch.Generator().manual_seed(13)
+    m = plan.current_size
+    multiplicity = torch.rand(2, m, m, m // 2 + 1, generator=gen) * 3
+    scale = torch.rand(2, m, m, m // 2 + 1, generator=gen) + 0.05
+    sigma2 = torch.linspace(1.0, 2.0, plan.ori_size // 2 + 1, dtype=torch.float64)
+    particles = particle_terms(
+        images,
+        current_size=m,
+        sigma2=1.0,
+        ndim=3,
+        grid_count=plan.orientations.count,
+        multiplicity=multiplicity,
+        ctf=torch.rand(2, m, m, m // 2 + 1, generator=gen),
+        ctf_premultiplied=True,
+        sigma2_noise=sigma2.expand(2, -1),
+    )
+    particles = replace(particles, noise_scale=scale)
+    prep = prepare(particles, plan)
+    window = prep.fine_window
+    want = 0.5 / (sigma2[window.shell] * gather_window(scale, window).double())
+    want = torch.where(window.shell > 0, want, 0.0)
+    torch.testing.assert_close(prep.fine_weight, want, rtol=4 * 2**-24, atol=0)
+    result = expectation(particles, reference, plan)
+    dc_window = fourier_window(m, 3, device=torch.device("cpu"), include_dc=True)
+    want_counts = torch.zeros(2, plan.ori_size // 2 + 1, dtype=torch.float64).index_add_(
+        1, dc_window.shell, gather_window(multiplicity, dc_window).double()
+    )
+    torch.testing.assert_close(result.multiplicity_sums, want_counts, rtol=1e-12, atol=0)
+
+
 def test_a_narrow_offset_prior_pulls_the_origin_to_the_nearest_fine_translation():
     reference, plan, images, *_ = _case(2, b=1, seed=12, sigma2_offset_px2=0.05)
     prior = torch.tensor([[0.6, -0.3]], dtype=torch.float64)

@@ -214,3 +214,29 @@ def test_multiplicity_weighs_each_coefficient_as_the_scores_do():
         multiplicity=torch.zeros_like(four), **kwargs,
     )  # fmt: skip
     assert math.isclose(empty.acc_rot_deg, accuracy_ladder("rotation")[-1], rel_tol=1e-12)
+
+
+def test_a_noise_scale_weighs_each_coefficient_in_place_of_the_multiplicity():
+    # subtomo_noise.noise_scale V: weight 1 / (2 sigma2 V) where M > 0.1, 0 elsewhere. V = 4
+    # everywhere equals a noise spectrum 4 times larger, whatever the multiplicity above 0.1.
+    reference, angles = _setup(12, 3, seed=47)
+    sigma2 = torch.full((3, 7), 1e-3, dtype=torch.float64)
+    pixel = torch.ones(3, dtype=torch.float64)
+    kwargs = {"current_size": 8, "ori_size": 12, "data_dimensionality": 3}
+    plain = estimate_accuracies(
+        reference, angles, None, 4 * sigma2, pixel, generator=torch.Generator().manual_seed(2),
+        **kwargs,
+    )  # fmt: skip
+    multiplicity = torch.rand(3, 8, 8, 5, generator=torch.Generator().manual_seed(5)) + 0.2
+    four = torch.full((3, 8, 8, 5), 4.0, dtype=torch.float64)
+    scaled = estimate_accuracies(
+        reference, angles, None, sigma2, pixel, generator=torch.Generator().manual_seed(2),
+        multiplicity=multiplicity, noise_scale=four, **kwargs,
+    )  # fmt: skip
+    assert math.isclose(plain.acc_rot_deg, scaled.acc_rot_deg, rel_tol=1e-12)
+    assert math.isclose(plain.acc_trans_angst, scaled.acc_trans_angst, rel_tol=1e-12)
+    empty = estimate_accuracies(
+        reference, angles, None, sigma2, pixel, generator=torch.Generator().manual_seed(2),
+        multiplicity=torch.zeros_like(four), noise_scale=four, **kwargs,
+    )  # fmt: skip
+    assert math.isclose(empty.acc_rot_deg, accuracy_ladder("rotation")[-1], rel_tol=1e-12)

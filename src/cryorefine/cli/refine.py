@@ -65,6 +65,8 @@ _HELP = {
     "gpu": 'use a GPU; ids as in RELION, e.g. "0" (without --gpu: the CPU)',
     "pool": "accepted; particles are batched by free memory",
     "j": "accepted; threads follow torch's settings",
+    "subtomo_noise_multiplicity": "score RELION-4 pseudo-subtomograms as RELION-4 does, each "
+    "voxel's noise in proportion to its multiplicity (default: to its CTF^2 weight)",
 }
 
 

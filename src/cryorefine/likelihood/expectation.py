@@ -17,7 +17,8 @@ Steps, for chunks of particles whose score arrays fit ``plan.max_bytes``:
    pass, DC left out) and at the current size (DC kept with score weight 0, as
    RELION sums it into the noise); CTF terms; score weights ``1 / (2 sigma2)``,
    divided by the multiplicity where it exceeds 0.1 (RELION-4,
-   ``precalculateShiftedImagesCtfsAndInvSigma2s``); the back-projection terms
+   ``precalculateShiftedImagesCtfsAndInvSigma2s``), or by ``noise_scale`` where
+   given (``refine.subtomo_noise``); the back-projection terms
    of the unmasked data on the window with DC and Friedel mates
    (``sums.backprojection_inputs``, ``1 / sigma2`` without the multiplicity).
 2. ``search.coarse_pass`` (first pass), then ``fine.fine_pass`` (second pass)
@@ -89,7 +90,10 @@ def _on(window: FourierWindow, grids: Tensor, ndim: int) -> Tensor:
 
 def _score_weight(particles: ParticleTerms, window: FourierWindow, sigma2: Tensor) -> Tensor:
     weight = 0.5 / sigma2
-    if particles.multiplicity is not None:
+    if particles.noise_scale is not None:
+        scale = _on(window, particles.noise_scale, particles.ndim).to(torch.float64)
+        weight = weight / scale
+    elif particles.multiplicity is not None:
         multiplicity = _on(window, particles.multiplicity, particles.ndim).to(torch.float64)
         weight = torch.where(multiplicity > 0.1, weight / multiplicity, weight)
     return torch.where(window.shell > 0, weight, 0.0)

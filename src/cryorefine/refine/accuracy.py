@@ -202,6 +202,7 @@ def estimate_accuracies(
     padding_factor: int = 2,
     max_elements: int = 1 << 24,
     multiplicity: Float[Tensor, "b ..."] | None = None,
+    noise_scale: Float[Tensor, "b ..."] | None = None,
 ) -> AccuracyEstimate:
     """RELION's accuracy estimate for a batch of particles (module docstring).
 
@@ -235,6 +236,9 @@ def estimate_accuracies(
         ``M <= 0.1``), the weight the scores use. RELION leaves ``M`` out here, which
         overstates the SNR by about the number of tilts and so the accuracy, and
         drives the angular sampling far finer than the poses are known.
+    noise_scale
+        With ``multiplicity``: each coefficient's noise in units of ``2 sigma2``
+        (``subtomo_noise.noise_scale``), cropped like ``ctf``, in place of ``M``.
     """
     ndim = data_dimensionality
     device = reference_ft.device
@@ -245,7 +249,10 @@ def estimate_accuracies(
     weight = torch.where(noise > 0, 1.0 / (2.0 * noise.clamp(min=1e-300)), 0.0)
     if multiplicity is not None:
         counts = multiplicity.to(device, torch.float64).reshape(b, -1)[:, flat]
-        weight = torch.where(counts > 0.1, weight / counts.clamp(min=0.1), 0.0)
+        scale = counts
+        if noise_scale is not None:
+            scale = noise_scale.to(device, torch.float64).reshape(b, -1)[:, flat]
+        weight = torch.where(counts > 0.1, weight / scale.clamp(min=1e-300), 0.0)
     draw = torch.rand(b, generator=generator, device=generator.device, dtype=torch.float64).to(
         device
     )

@@ -209,6 +209,7 @@ def e_step(
                     progress=_progress_lines(state.iteration, half, tic),
                     named_rows=inputs.non_finite_rows,
                     particle_cache=inputs.particle_cache,
+                    ctf2_per_multiplicity=inputs.ctf2_per_multiplicity,
                 )
         seconds = time.perf_counter() - tic
         rate = len(rows) / max(seconds, 1e-9)

@@ -28,6 +28,7 @@ from cryorefine.refine.maximisation import (
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.noise import update_sigma2_noise
 from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.subtomo_noise import noise_scale
 from cryorefine.tomo import PSEUDO_SUBTOMOGRAM_FLAVOURS, particle_batches
 
 __all__ = ["accuracies", "group_scales", "m_step", "unregularised_map"]
@@ -155,9 +156,14 @@ def accuracies(state, inputs, options, models, reference_ft, *, device, generato
     )
     finite = loaded.finite.cpu().numpy()
     batch, rows = loaded.select(loaded.finite), rows[finite]  # bad particles left out
-    sigma2 = models[0].sigma2_noise.to(device)[
-        torch.as_tensor(inputs.optics_group[rows], device=device)
-    ]
+    groups = torch.as_tensor(inputs.optics_group[rows], device=device)
+    sigma2 = models[0].sigma2_noise.to(device)[groups]
+    multiplicity = scale = None
+    if batch.multiplicity is not None:
+        multiplicity = fourier_crop(batch.multiplicity, state.current_size, ndim=inputs.ndim)
+        if inputs.ctf2_per_multiplicity is not None:
+            ctf2 = fourier_crop(batch.ctf, state.current_size, ndim=inputs.ndim)
+            scale = noise_scale(ctf2, multiplicity, inputs.ctf2_per_multiplicity.to(device)[groups])
     estimate = estimate_accuracies(
         reference_ft,
         torch.as_tensor(inputs.particles.angles_deg()[rows], device=device),
@@ -169,11 +175,8 @@ def accuracies(state, inputs, options, models, reference_ft, *, device, generato
         data_dimensionality=inputs.ndim,
         generator=generator,
         padding_factor=options.pad,
-        multiplicity=(
-            None
-            if batch.multiplicity is None
-            else fourier_crop(batch.multiplicity, state.current_size, ndim=inputs.ndim)
-        ),
+        multiplicity=multiplicity,
+        noise_scale=scale,
     )
     return dataclasses.replace(
         state, acc_rot_deg=estimate.acc_rot_deg, acc_trans_angst=estimate.acc_trans_angst

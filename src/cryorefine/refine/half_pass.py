@@ -49,6 +49,7 @@ from cryorefine.refine.orientation_priors import (
     search_order,
 )
 from cryorefine.refine.particle_noise import particle_noise_images
+from cryorefine.refine.subtomo_noise import noise_scale
 from cryorefine.timing import PhaseTimes
 from cryorefine.tomo import ParticleBatch, ParticleCache, particle_batches, prefetched
 
@@ -215,6 +216,7 @@ def run_half_set(
     progress: Callable[[int, int], None] | None = None,
     named_rows: set[int] | None = None,
     particle_cache: ParticleCache | None = None,
+    ctf2_per_multiplicity: Tensor | None = None,
 ) -> tuple[HalfSetSums, PoseUpdate]:
     """E-step of one half set; returns its sums and the particles' new poses.
 
@@ -223,6 +225,8 @@ def run_half_set(
     Particles with NaN or infinity are left out (module docstring); ``named_rows``
     is the run's set of those already named (``tomo.particle_batches``); ``particle_cache``
     keeps the particles' files in memory after their first read (``tomo.ParticleCache``).
+    ``ctf2_per_multiplicity`` (``initialise.RefineInputs``): RELION-4 pseudo-subtomograms
+    are scored with the noise of ``subtomo_noise``; None: RELION's multiplicity rule.
     """
     n = model.ori_size
     ndim = 2 if particles.image_dimensionality == 2 else 3
@@ -324,6 +328,13 @@ def run_half_set(
                 multiplicity=None
                 if batch.multiplicity is None
                 else _cropped(batch.multiplicity, m, ndim),
+                noise_scale=None
+                if batch.multiplicity is None or ctf2_per_multiplicity is None
+                else noise_scale(
+                    _cropped(batch.ctf, m, ndim),
+                    _cropped(batch.multiplicity, m, ndim),
+                    ctf2_per_multiplicity.to(device)[groups],
+                ),
                 ctf_premultiplied=batch.ctf_premultiplied,
                 scale=scale,
             )

@@ -33,6 +33,7 @@ from cryorefine.refine.maximisation import initial_half_model, initial_low_pass,
 from cryorefine.refine.model import HalfSetModel
 from cryorefine.refine.noise import initial_noise_sums, initial_sigma2_noise
 from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.subtomo_noise import ctf2_per_multiplicity
 from cryorefine.tomo import (
     HOST_MEMORY_SHARE,
     PSEUDO_SUBTOMOGRAM_FLAVOURS,
@@ -59,6 +60,9 @@ class RefineInputs:
     (``tomo.particle_batches``); one set for the run, kept by ``dataclasses.replace``.
     ``particle_cache``: the particles' file values kept in host memory after their
     first read (``tomo.ParticleCache``), one for the run; None: read every time.
+    ``ctf2_per_multiplicity``: ``(o, s)``, the CTF² per unit multiplicity of each optics
+    group's shells (``subtomo_noise``), for RELION-4 pseudo-subtomograms with ``--ctf``
+    unless ``--subtomo_noise_multiplicity``; None otherwise.
     """
 
     particles: ParticleSet
@@ -76,6 +80,7 @@ class RefineInputs:
     ndim: int
     non_finite_rows: set[int] = field(default_factory=set)
     particle_cache: ParticleCache | None = None
+    ctf2_per_multiplicity: Tensor | None = None
 
 
 def particle_cache(particles: ParticleSet) -> ParticleCache | None:
@@ -220,13 +225,24 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
         raise InputError("--particle_diameter: expected the particle's diameter in Angstrom (> 0)")
     ndim = 2 if particles.image_dimensionality == 2 else 3
     scale_group, scale_names, scale_counts = scale_groups(_scale_group_names(particles))
+    cache = particle_cache(particles)
+    optics_group = particles.optics_row.astype(np.int64)
+    ratio = None
+    if (
+        particles.flavour in PSEUDO_SUBTOMOGRAM_FLAVOURS
+        and options.ctf
+        and not options.subtomo_noise_multiplicity
+    ):
+        ratio = ctf2_per_multiplicity(
+            particles, optics_group, ori_size=ori_size, device=device, cache=cache
+        )
     return RefineInputs(
         particles=particles,
         optimisation_set=optimisation_set,
         reference=reference,
         solvent_mask=mask,
         half_sets=_half_sets(particles, max(options.random_seed, 0)),
-        optics_group=particles.optics_row.astype(np.int64),
+        optics_group=optics_group,
         scale_group=scale_group,
         scale_group_names=scale_names,
         scale_group_counts=scale_counts,
@@ -234,7 +250,8 @@ def load_inputs(options: RefineOptions, *, device: torch.device) -> RefineInputs
         pixel_size_angst=pixel,
         ori_size=ori_size,
         ndim=ndim,
-        particle_cache=particle_cache(particles),
+        particle_cache=cache,
+        ctf2_per_multiplicity=ratio,
     )
 
 

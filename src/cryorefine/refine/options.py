@@ -74,6 +74,7 @@ class RefineOptions:
     ctf_intact_first_peak: bool = False
     ctf3d_not_squared: bool = False
     subtomo_multi_thr: float = 0.01
+    subtomo_noise_multiplicity: bool = False
     norm: bool = False
     scale: bool = False
     # sampling
