@@ -42,6 +42,10 @@ from cryorefine.refine.file_writer import FileWriter, on_host
 from cryorefine.refine.half_frames import (
     axial_gauge,
     best_axial_turn_deg,
+    best_rotation_deg,
+    full_gauge,
+    rotated_angles,
+    rotated_map,
     turned_angles,
     turned_map,
 )
@@ -110,7 +114,7 @@ def _iteration(
     )
     state = dataclasses.replace(state, current_size=current, coarse_size=coarse)
     times = PhaseTimes(device)  # the iteration's parts, logged with its line
-    if final and axial_gauge(inputs.group):
+    if final and (axial_gauge(inputs.group) or full_gauge(inputs.group)):
         with times.phase("half_frames"):
             inputs, models = _half_set_2_in_half_1s_frame(inputs, models, state, communicator)
     # the projector works in the E-step's precision (the maps are float64 after an M-step)
@@ -186,24 +190,39 @@ def _half_set_2_in_half_1s_frame(
     state: RefineState,
     communicator: Communicator,
 ) -> tuple[RefineInputs, tuple[HalfSetModel, HalfSetModel]]:
-    """Half set 2's reference and poses turned about the symmetry axis onto half set 1's
-    frame before the final iteration joins them (``refine.half_frames``)."""
+    """Half set 2's reference and poses turned about the symmetry axis (C_n), or rotated
+    (C1), onto half set 1's frame before the final iteration joins them
+    (``refine.half_frames``)."""
     fsc = models[0].fsc.cpu()
     below = torch.nonzero(fsc[1:] < 0.143)
     shells = int(below[0, 0]) if below.numel() else fsc.shape[0] - 1  # shells 1.. above 0.143
     shells = max(shells, 2)  # shells 1 and 2 at least, even where the FSC falls below first
-    turn = communicator.same_everywhere(
-        best_axial_turn_deg(models[0].reference, models[1].reference, shells=shells)
-    )
-    logger.info(
-        f"iter={state.iteration:03d} half_set_2_turn_deg={turn:.3f} fsc_shells={shells}: half "
-        "set 2's map and poses turned about the symmetry axis onto half set 1's frame before "
-        "the halves are joined"
-    )
     half_2 = inputs.half_sets == 2
     angles = np.array(inputs.particles.angles_deg())
-    angles[half_2] = turned_angles(angles[half_2], turn)
-    second = dataclasses.replace(models[1], reference=turned_map(models[1].reference, turn))
+    if axial_gauge(inputs.group):
+        turn = communicator.same_everywhere(
+            best_axial_turn_deg(models[0].reference, models[1].reference, shells=shells)
+        )
+        logger.info(
+            f"iter={state.iteration:03d} half_set_2_turn_deg={turn:.3f} fsc_shells={shells}: "
+            "half set 2's map and poses turned about the symmetry axis onto half set 1's "
+            "frame before the halves are joined"
+        )
+        angles[half_2] = turned_angles(angles[half_2], turn)
+        second = dataclasses.replace(models[1], reference=turned_map(models[1].reference, turn))
+    else:
+        rotation = communicator.same_everywhere(
+            best_rotation_deg(models[0].reference, models[1].reference, shells=shells)
+        )
+        about = " ".join(f"{axis}={value:.3f}" for axis, value in zip("xyz", rotation, strict=True))
+        logger.info(
+            f"iter={state.iteration:03d} half_set_2_rotation_deg {about} fsc_shells={shells}: "
+            "half set 2's map and poses rotated onto half set 1's frame before the halves are "
+            "joined"
+        )
+        angles[half_2] = rotated_angles(angles[half_2], rotation)
+        reference = rotated_map(models[1].reference, rotation)
+        second = dataclasses.replace(models[1], reference=reference)
     particles = inputs.particles.with_poses(angles_deg=angles)
     return dataclasses.replace(inputs, particles=particles), (models[0], second)
 

@@ -20,18 +20,27 @@ pose ``A`` of the old map is the pose ``A R^T`` of the turned one; for ``R`` abo
 changes the first Euler angle alone.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from cryorefine.fourier import shell_index, to_fourier
-from cryorefine.geometry import SymmetryGroup, euler_to_matrix
+from cryorefine.fourier import fourier_crop, from_fourier, shell_index, to_fourier
+from cryorefine.geometry import SymmetryGroup, euler_to_matrix, matrix_to_euler
 
 __all__ = [
+    "MAX_ROTATION_DEG",
     "MAX_TURN_DEG",
     "axial_gauge",
+    "axis_rotations",
     "best_axial_turn_deg",
+    "best_rotation_deg",
+    "full_gauge",
+    "rotated_angles",
+    "rotated_map",
+    "rotated_maps",
     "turned_angles",
     "turned_map",
     "turned_maps",
@@ -75,17 +84,21 @@ def _shear(volume: Tensor, along: int, by: int, factors: Tensor) -> Tensor:
     return torch.fft.ifft(torch.fft.fft(volume, dim=along) * phase, dim=along).real
 
 
+def _turned_stack(volumes: Tensor, turns_deg: Tensor) -> Tensor:
+    """Each of ``volumes (r, n, n, n)`` turned about z by its own turn (``turned_maps``)."""
+    angle = -torch.deg2rad(turns_deg.to(volumes.dtype))  # the image rotation that matches R
+    tangent, sine = -torch.tan(angle / 2), torch.sin(angle)
+    turned = _shear(volumes, along=3, by=2, factors=tangent)
+    turned = _shear(turned, along=2, by=3, factors=sine)
+    return _shear(turned, along=3, by=2, factors=tangent)
+
+
 def turned_maps(volume: Float[Tensor, "n n n"], turns_deg: Float[Tensor, " r"]) -> Tensor:
     """``volume`` turned about z by each of ``turns_deg``, ``(r, n, n, n)``: ``v(R^T x)`` with
     ``R`` the turn of ``z_turns`` (``fourier.rotate_volume``'s convention), made by three
     shears of every z-slice (x, y, x; Unser et al. 1995), each a phase ramp along a line:
     no interpolation."""
-    angle = -torch.deg2rad(turns_deg.to(volume.dtype))  # the image rotation that matches R
-    tangent, sine = -torch.tan(angle / 2), torch.sin(angle)
-    turned = volume[None].expand(len(turns_deg), *volume.shape)
-    turned = _shear(turned, along=3, by=2, factors=tangent)
-    turned = _shear(turned, along=2, by=3, factors=sine)
-    return _shear(turned, along=3, by=2, factors=tangent)
+    return _turned_stack(volume[None].expand(len(turns_deg), *volume.shape), turns_deg)
 
 
 def best_axial_turn_deg(
@@ -141,3 +154,124 @@ def turned_angles(angles_deg: Float[np.ndarray, "b 3"], turn_deg: float) -> np.n
     turned = np.array(angles_deg, dtype=np.float64)
     turned[:, 0] = (turned[:, 0] - turn_deg + 180.0) % 360.0 - 180.0
     return turned
+
+
+#: Volume axes ``(z, y, x)`` permuted so that the map's x, y or z axis comes first: turning
+#: the permuted volume about its first axis by ``-angle`` turns the map about that axis by
+#: ``angle`` (right-handed), as ``fourier.rotate_volume`` does with the active rotation.
+_AXIS_FIRST = ((2, 0, 1), (1, 2, 0), (0, 1, 2))
+
+MAX_ROTATION_DEG = 6.0
+"""C1: the largest rotation searched about each of x, y and z, either way (degrees)."""
+
+_ROTATION_GRID_DEG = 2.0
+_ROTATION_STEPS_DEG = (1.0, 0.3, 0.1, 0.03, 0.01)
+
+
+def full_gauge(group: SymmetryGroup) -> bool:
+    """Whether ``group`` is C1: any rotation of the map and its poses keeps the likelihood."""
+    return group.rotations.shape[0] == 1
+
+
+def axis_rotations(angles_deg: Float[Tensor, "r 3"]) -> Float[Tensor, "r 3 3"]:
+    """``R = Rz(c) Ry(b) Rx(a)`` of ``(a, b, c)``: active, right-handed turns about the map's
+    x, y and z axes (float64)."""
+    radians = torch.deg2rad(angles_deg.to(torch.float64))
+    rotation = torch.eye(3, dtype=torch.float64, device=angles_deg.device).expand(
+        len(angles_deg), 3, 3
+    )
+    for axis in range(3):
+        i, j = (axis + 1) % 3, (axis + 2) % 3
+        turn = torch.eye(3, dtype=torch.float64, device=angles_deg.device).repeat(
+            len(angles_deg), 1, 1
+        )
+        cosine, sine = torch.cos(radians[:, axis]), torch.sin(radians[:, axis])
+        turn[:, i, i], turn[:, j, j], turn[:, i, j], turn[:, j, i] = cosine, cosine, -sine, sine
+        rotation = turn @ rotation
+    return rotation
+
+
+def rotated_maps(volume: Float[Tensor, "n n n"], angles_deg: Float[Tensor, "r 3"]) -> Tensor:
+    """``volume`` rotated by each ``axis_rotations(angles_deg)``: ``v(R^T x)``, ``(r, n, n, n)``,
+    as three turns about x, then y, then z, each three shears (``turned_maps``)."""
+    rotated = volume[None].expand(len(angles_deg), *volume.shape)
+    for axis, order in enumerate(_AXIS_FIRST):
+        back = [order.index(k) + 1 for k in range(3)]
+        permuted = rotated.permute(0, *(k + 1 for k in order))
+        rotated = _turned_stack(permuted, -angles_deg[:, axis]).permute(0, *back)
+    return rotated
+
+
+def _summed_correlations(map_1: Tensor, map_2: Tensor, shells: int) -> Callable[[Tensor], Tensor]:
+    """The function of ``(r, 3)`` angles giving the sum over shells 1 to ``shells`` of the
+    FSC of ``map_1`` and ``map_2`` rotated, on both maps cropped to the shells' box."""
+    n = map_1.shape[-1]
+    m = min(n, 2 * (max(1, shells) + 2))
+    real, device = torch.float64, map_1.device
+    small = [v.to(real) for v in (map_1, map_2)]
+    if m < n:  # the shells searched fit a smaller box: the same coefficients, fewer voxels
+        small = [from_fourier(fourier_crop(to_fourier(v, 3), m, ndim=3), m, 3) for v in small]
+    target = to_fourier(small[0], 3)
+    shell = shell_index(m, 3, device=device)
+    inside = (shell >= 1) & (shell <= max(1, shells))
+    shell_of, target_in = shell[inside], target[inside]
+    count = int(shell_of.max()) + 1
+    power_1 = torch.zeros(count, dtype=real, device=device).index_add_(
+        0, shell_of, target_in.abs() ** 2
+    )
+    per_chunk = max(1, _CHUNK_BYTES // (16 * m**3))
+
+    def summed(angles: Tensor) -> Tensor:
+        scores = []
+        for chunk in angles.split(per_chunk):
+            values = to_fourier(rotated_maps(small[1], chunk), 3)[:, inside]
+            cross = torch.zeros(len(chunk), count, dtype=real, device=device)
+            cross.index_add_(1, shell_of, (target_in.conj()[None] * values).real)
+            power_2 = torch.zeros_like(cross).index_add_(1, shell_of, values.abs() ** 2)
+            fsc = cross / (power_1[None] * power_2).sqrt().clamp(min=1e-300)
+            scores.append(fsc[:, 1:].sum(dim=1))
+        return torch.cat(scores)
+
+    return summed
+
+
+def best_rotation_deg(
+    map_1: Float[Tensor, "n n n"],
+    map_2: Float[Tensor, "n n n"],
+    *,
+    shells: int,
+    max_rotation_deg: float = MAX_ROTATION_DEG,
+) -> tuple[float, float, float]:
+    """C1: the angles ``(a, b, c)`` (``axis_rotations``) that best match ``map_2`` rotated to
+    ``map_1``, by the sum over shells 1 to ``shells`` of their FSC: a grid of 2-degree steps
+    within ``max_rotation_deg`` about each axis, then grids of 5 x 5 x 5 steps of 1, 0.3,
+    0.1, 0.03 and 0.01 degree about the best so far."""
+    summed = _summed_correlations(map_1, map_2, shells)
+    device = map_1.device
+    reach = torch.arange(
+        -max_rotation_deg, max_rotation_deg + 1e-9, _ROTATION_GRID_DEG, dtype=torch.float64
+    )
+    candidates = torch.cartesian_prod(reach, reach, reach).to(device)
+    centre = candidates[int(summed(candidates).argmax())]
+    offsets = torch.cartesian_prod(*[torch.arange(-2.0, 2.5, 1.0, dtype=torch.float64)] * 3)
+    for step in _ROTATION_STEPS_DEG:
+        candidates = centre[None] + step * offsets.to(device)
+        centre = candidates[int(summed(candidates).argmax())]
+    a, b, c = (float(value) for value in centre)
+    return a, b, c
+
+
+def rotated_map(volume: Float[Tensor, "n n n"], angles_deg: tuple[float, float, float]) -> Tensor:
+    """``volume`` rotated by ``axis_rotations`` of ``angles_deg`` (``rotated_maps``), its dtype."""
+    angles = torch.tensor([angles_deg], dtype=torch.float64, device=volume.device)
+    return rotated_maps(volume.to(torch.float64), angles)[0].to(volume.dtype)
+
+
+def rotated_angles(
+    angles_deg: Float[np.ndarray, "b 3"], rotation_deg: tuple[float, float, float]
+) -> np.ndarray:
+    """Poses ``A R^T`` (rot, tilt, psi in degrees) of the map rotated by ``R`` =
+    ``axis_rotations(rotation_deg)``."""
+    rotation = axis_rotations(torch.tensor([rotation_deg], dtype=torch.float64))[0]
+    matrices = euler_to_matrix(torch.as_tensor(np.asarray(angles_deg, dtype=np.float64)))
+    return matrix_to_euler(matrices @ rotation.T).numpy()
