@@ -69,7 +69,8 @@ def parse_arguments() -> argparse.Namespace:
         default=None,
         help="FORMAT:SYM[:MAP] to run in turn (e.g. spa:C1 relion4:C6 subtomo3d:O:blobs); "
         "overrides --format and --sym; MAP replaces --map for that case, 'blobs' for "
-        "blob_map.py's O test object at this box (two blobs of 0.8 px, 48 copies under O)",
+        "blob_map.py's O test object at this box (two blobs of 0.8 px, 48 copies under O), "
+        "'cloud' for the C1 test object (16 blobs of 0.8 px, no symmetry)",
     )
     parser.add_argument("--n_particles", type=int, default=200)
     parser.add_argument("--box", type=int, default=32)
@@ -87,7 +88,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--map",
         default=None,
-        help="true map for simulate (default: the embedded hexamer; 'blobs': as in --cases)",
+        help="true map for simulate (default: the embedded hexamer; 'blobs', 'cloud': as in "
+        "--cases)",
     )
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument(
@@ -127,6 +129,16 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"criteria": CRITERIA, "rows": rows}, indent=1))
 
 
+def cloud_map(path: Path, box: int, angpix: float) -> Path:
+    """Write the C1 test object for this box: 16 blobs of 0.8 px at radii 3/32 to 12/32 of
+    the box from its centre in random directions (seed 3): no symmetry, not even nearly
+    (the embedded hexamer is C6 to an FSC of 0.89-0.95 between its copies, so a C1
+    refinement of it spreads its particles over six nearly equal poses)."""
+    radii = tuple(float(r) * box / 32 for r in np.linspace(3.0, 12.0, 16))
+    write_mrc(path, blob_map(box, radii_px=radii, sigma_px=0.8, seed=3), voxel_size_angst=angpix)
+    return path
+
+
 def blobs_map(path: Path, box: int, angpix: float) -> Path:
     """Write ``blob_map.py``'s O test object for this box: two blobs of 0.8 px at 8/32 and
     11/32 of the box from its centre, whose power reaches Nyquist as the hexamer's does."""
@@ -138,9 +150,11 @@ def blobs_map(path: Path, box: int, angpix: float) -> Path:
 def run_case(args: argparse.Namespace) -> dict[str, object]:
     """Simulate, refine, reconstruct with the true poses, and judge one case."""
     work = Path(args.work)
-    if args.map == "blobs":
+    hexamer = args.map is None
+    if args.map in ("blobs", "cloud"):
         work.mkdir(parents=True, exist_ok=True)
-        args.map = str(blobs_map(work / "blobs.mrc", args.box, args.angpix))
+        make = blobs_map if args.map == "blobs" else cloud_map
+        args.map = str(make(work / f"{args.map}.mrc", args.box, args.angpix))
     gpu = ["--gpu"] if args.gpu else []
     sim = work / "sim"
     simulate_seconds = run(
@@ -210,7 +224,7 @@ def run_case(args: argparse.Namespace) -> dict[str, object]:
         work / "Refine" / "run_class001.mrc",
         sim,
         # A C1 refinement of the C6 hexamer is judged modulo the truth's own symmetry.
-        symmetry="C6" if args.sym.upper() == "C1" else args.sym,
+        symmetry="C6" if args.sym.upper() == "C1" and hexamer else args.sym,
     )
     run(
         [
