@@ -29,6 +29,7 @@ import cProfile
 import io
 import json
 import pstats
+import shlex
 import signal
 import sys
 import time
@@ -188,6 +189,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--no_floor", action="store_true", help="skip measuring the rates and the floor table"
     )
+    parser.add_argument(
+        "--refine_flags",
+        default="",
+        help="more refine options, one string (e.g. '--subtomo_noise_multiplicity')",
+    )
     parser.add_argument("--work", type=Path, default=Path("bench_tutorial_work"))
     parser.add_argument("--out", type=Path, default=Path("bench_tutorial.json"))
     args = parser.parse_args()
@@ -247,7 +253,7 @@ def main() -> None:
         command += ["--iter", str(args.iter)]  # told: 0 is "until it converges"
     command += ["--batch_size", str(args.batch_size),
                 "--precision", _concrete(args.precision, gpu=args.gpu),
-                "--interpolation", args.interpolation]  # fmt: skip
+                "--interpolation", args.interpolation, *shlex.split(args.refine_flags)]  # fmt: skip
     profile = cProfile.Profile() if args.profile else None
     # SIGTERM (``timeout``) stops the refine; the table is then made from its last whole
     # iteration, so that a run cut by a time limit still reports
