@@ -7,11 +7,14 @@ same noise power ``s2`` in every tilt image, the noise of ``X(k)`` has the
 variance ``s2 W(k)``. RELION-4 scores these data as if it were ``2 sigma2(r)
 M(k)`` (weight ``1 / (2 sigma2 M)``, REFINE_SPEC §7.1): where the tilts reaching
 ``k`` have a small CTF or a high dose, the voxel is trusted as much as one
-reached by the same number of strong tilts. On the issue-5 test data (200
-particles, 41 tilts, SNR 10 per tilt) ``W / M`` spans three decades within a
-shell, and the Fisher information of the poses under that weight overstates the
-true one about twofold: the accuracy estimate is 1.5 times too small, and the
-poses are 1.36 times less precise than the data allow.
+reached by the same number of strong tilts. ``W / M`` spans three decades within
+a shell. At the true poses and map (``bench/pose_information.py``), on the issue-5
+test data (200 particles, 41 tilts, SNR 10 per tilt), RELION-4's weight believes
+the poses 1.5 times better known than the Cramér-Rao bound (median angular error
+0.157 against 0.238 degree), so its accuracy estimate is 1.5 times too small
+(0.30 against 0.46), and the poses it finds are 1.36 times less precise than the
+bound (0.323). On 60 particles of the tutorial's shape: 1.05, 1.44, 1.77 degrees.
+With ``V`` below, belief, bound and poses agree within 1% on both.
 
 Here the noise of voxel ``k`` in shell ``r`` of a particle of optics group
 ``g`` is ``2 sigma2(r) V(k)`` with::
@@ -24,9 +27,10 @@ that ``V`` sums to what ``M`` sums to and ``sigma2`` keeps RELION's meaning and
 estimate (``sum |diff|² / (2 sum M)``). The floor ``a = NOISE_FLOOR`` keeps
 voxels whose CTF² is far below their multiplicity's share from weighing in
 without bound, should their noise not fall with it (the interpolation and
-cropping of a real extraction); it costs 0.4% in the poses' precision on the
-test data. Where ``M <= 0.1``, ``V`` is 1, as RELION leaves those voxels'
-weight undivided. ``--subtomo_noise_multiplicity`` restores RELION's ``V = M``.
+cropping of a real extraction); on the test data it moves the poses'
+precision by 0.3% (``a`` = 0: 0.2380 degree, 0.1: 0.2388, 0.3: 0.2409). Where
+``M <= 0.1``, ``V`` is 1, as RELION leaves those voxels' weight undivided.
+``--subtomo_noise_multiplicity`` restores RELION's ``V = M``.
 """
 
 import numpy as np
