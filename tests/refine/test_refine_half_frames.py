@@ -38,6 +38,22 @@ def _blobs(seed: int, count: int = 6, sigma_px: float = 2.0, spread: float = 1 /
     return volume
 
 
+def _views_miss(
+    old_map: torch.Tensor, old_poses: np.ndarray, new_map: torch.Tensor, new_poses: np.ndarray,
+    padding: int,
+) -> float:  # fmt: skip
+    """Relative difference between what ``new_poses`` see of ``new_map`` and ``old_poses`` of
+    ``old_map`` (the projector's rotated volumes)."""
+
+    def seen(volume: torch.Tensor, poses: np.ndarray) -> torch.Tensor:
+        reference = prepare_reference(volume, padding_factor=padding)
+        matrices = euler_to_matrix(torch.from_numpy(poses))
+        return rotate_volume(reference, matrices, out_size=BOX, padding_factor=padding)
+
+    old = seen(old_map, old_poses)
+    return float((seen(new_map, new_poses) - old).norm() / old.norm())
+
+
 @pytest.mark.parametrize(("sym", "gauge"), [("C6", True), ("C2", True), ("C1", False),
                                             ("D6", False), ("T", False), ("O", False)])  # fmt: skip
 def test_only_cyclic_groups_of_order_two_or_more_turn_freely_about_their_axis(sym, gauge) -> None:
@@ -76,13 +92,7 @@ def test_a_pose_of_the_turned_map_sees_what_the_old_pose_saw_of_the_old_map() ->
     np.testing.assert_allclose(new[:, 1:], angles[:, 1:])  # tilt and psi kept
 
     def miss(poses: np.ndarray, padding: int) -> float:
-        def seen(volume_: torch.Tensor, poses_: np.ndarray) -> torch.Tensor:
-            reference = prepare_reference(volume_, padding_factor=padding)
-            matrices = euler_to_matrix(torch.from_numpy(poses_))
-            return rotate_volume(reference, matrices, out_size=BOX, padding_factor=padding)
-
-        old = seen(volume, angles)
-        return float((seen(turned_map(volume, turn), poses) - old).norm() / old.norm())
+        return _views_miss(volume, angles, turned_map(volume, turn), poses, padding)
 
     unturned = miss(angles, 2)
     assert miss(new, 2) < unturned / 4
@@ -109,7 +119,7 @@ def test_the_search_in_chunks_of_one_map_finds_the_same_turn(monkeypatch) -> Non
     half_1 = _blobs(5)
     half_2 = turned_map(half_1, 1.23)
     whole = best_axial_turn_deg(half_1, half_2, shells=BOX // 4)
-    monkeypatch.setattr(half_frames, "_CHUNK_BYTES", 16 * BOX**3)  # one map per chunk
+    monkeypatch.setattr(half_frames, "_CHUNK_BYTES", 1)  # one map per chunk
     assert best_axial_turn_deg(half_1, half_2, shells=BOX // 4) == whole
 
 
@@ -159,13 +169,7 @@ def test_a_pose_of_the_rotated_map_sees_what_the_old_pose_saw_of_the_old_map() -
     new = rotated_angles(angles, rotation)
 
     def miss(poses: np.ndarray, padding: int) -> float:
-        def seen(volume_: torch.Tensor, poses_: np.ndarray) -> torch.Tensor:
-            reference = prepare_reference(volume_, padding_factor=padding)
-            matrices = euler_to_matrix(torch.from_numpy(poses_))
-            return rotate_volume(reference, matrices, out_size=BOX, padding_factor=padding)
-
-        old = seen(volume, angles)
-        return float((seen(rotated_map(volume, rotation), poses) - old).norm() / old.norm())
+        return _views_miss(volume, angles, rotated_map(volume, rotation), poses, padding)
 
     unrotated = miss(angles, 2)
     assert miss(new, 2) < unrotated / 4

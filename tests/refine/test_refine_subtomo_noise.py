@@ -8,6 +8,7 @@ adds the tilt images' noise through their CTF weights; the scores' noise model
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +17,14 @@ import torch
 from cryorefine.fourier import shell_index, to_fourier
 from cryorefine.fourier.ctf import ctf_volume_to_half_complex
 from cryorefine.fourier.shells import shell_sums
+from cryorefine.io import load_particles
+from cryorefine.refine.initialise import load_inputs
 from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.subtomo_noise import NOISE_FLOOR, ctf2_per_multiplicity, noise_scale
+from cryorefine.simulate import SimulationOptions, simulate_dataset
 from cryorefine.simulate.images import pseudo_subtomograms
 from cryorefine.simulate.poses import scheme_tilts, tilt_scheme
+from cryorefine.tomo import particle_batches, with_tomograms
 
 N = 24
 
@@ -115,18 +120,21 @@ def test_each_voxels_noise_is_what_the_model_predicts_and_not_relions():
     assert relion_means[-1] > 3.0
 
 
-def test_the_ratio_is_read_per_optics_group_from_the_files(tmp_path):
-    from cryorefine.io import load_particles
-    from cryorefine.simulate import SimulationOptions, simulate_dataset
-    from cryorefine.tomo import particle_batches, with_tomograms
-
-    folder = tmp_path / "sim"
+@pytest.fixture(scope="module")
+def relion4_folder(tmp_path_factory) -> Path:
+    """Six simulated RELION-4 pseudo-subtomograms of box 16, with their files."""
+    folder = tmp_path_factory.mktemp("relion4") / "sim"
     simulate_dataset(
         SimulationOptions(
             output_dir=folder, n_particles=6, box_size=16, pixel_size_angst=10.8, snr=10.0,
             data_format="relion4", seed=4,
         )
     )  # fmt: skip
+    return folder
+
+
+def test_the_ratio_is_read_per_optics_group_from_the_files(relion4_folder):
+    folder = relion4_folder
     particles = with_tomograms(
         load_particles(folder / "particles.star"), tomograms_file=folder / "tomograms.star"
     )
@@ -143,17 +151,10 @@ def test_the_ratio_is_read_per_optics_group_from_the_files(tmp_path):
 
 
 @pytest.mark.parametrize(("flag", "expect_ratio"), [(False, True), (True, False)])
-def test_the_inputs_carry_the_ratio_unless_relions_rule_is_asked(tmp_path, flag, expect_ratio):
-    from cryorefine.refine.initialise import load_inputs
-    from cryorefine.simulate import SimulationOptions, simulate_dataset
-
-    folder = tmp_path / "sim"
-    simulate_dataset(
-        SimulationOptions(
-            output_dir=folder, n_particles=4, box_size=16, pixel_size_angst=10.8, snr=10.0,
-            data_format="relion4", seed=4,
-        )
-    )  # fmt: skip
+def test_the_inputs_carry_the_ratio_unless_relions_rule_is_asked(
+    relion4_folder, flag, expect_ratio
+):
+    folder = relion4_folder
     options = RefineOptions(
         optimisation_set=folder / "optimisation_set.star",
         reference=folder / "reference.mrc",

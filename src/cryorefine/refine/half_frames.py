@@ -1,23 +1,26 @@
-"""Before the halves are joined: half set 2 turned about the symmetry axis onto half 1's frame.
+"""Before the halves are joined: half set 2 turned (C_n) or rotated (C1) onto half 1's frame.
 
 The two half sets are refined independently, and a C_n map (n >= 2, axis z) can turn
-about its axis together with all of its poses without changing the likelihood (for D_n,
-T, O and I no turn keeps the group's axes, so there is no such freedom). Each half set
-therefore keeps a turn of its own, tied to the other's only by the join of the halves
-below ``--low_resol_join_halves``: in issue 5's simulated C6 cases the halves ended
-0.6-4.0 degrees apart, each with its poses close to the truth in its own frame. The
-final iteration joins the halves; in two frames its map would average two turned maps.
-RELION joins them as they are; here half 2's reference and poses are first turned by
-the angle that best matches its map to half 1's.
+about its axis together with all of its poses without changing the likelihood; a C1
+map can rotate about any axis (for D_n, T, O and I no turn keeps the group's axes, so
+there is no such freedom). Each half set therefore keeps a frame of its own, tied to
+the other's only by the join of the halves below ``--low_resol_join_halves``: in issue
+5's simulated C6 cases the halves ended 0.6-4.0 degrees apart, each with its poses
+close to the truth in its own frame, and C1 cases 0.3-1.1 degrees. The final iteration
+joins the halves; in two frames its map would average two turned maps. RELION joins
+them as they are; here half 2's reference and poses are first moved by the turn
+(``best_axial_turn_deg``) or rotation (``best_rotation_deg``) that best matches its map
+to half 1's.
 
-The angle maximises the sum over shells of the maps' Fourier shell correlation (each
-shell weighted alike, so that the high-resolution shells that fix the turn are not
+The move maximises the sum over shells of the maps' Fourier shell correlation (each
+shell weighted alike, so that the high-resolution shells that fix the frame are not
 swamped by the low ones), over the shells where the gold-standard FSC is at least
-0.143, searched within ``MAX_TURN_DEG`` either way in steps of 1, 0.1 and 0.01 degree.
-Maps are turned by three shears of each z-slice, phase ramps through the FFT: no
-interpolation. A map turned by ``R`` is ``v(R^T x)`` (``fourier.rotate_volume``), and a
-pose ``A`` of the old map is the pose ``A R^T`` of the turned one; for ``R`` about z that
-changes the first Euler angle alone.
+0.143, on both maps cropped to the box of those shells. A turn is searched within
+``MAX_TURN_DEG`` either way in steps of 1, 0.1 and 0.01 degree; a rotation, as turns
+about x, y and z, on grids down to 0.01 degree. Maps are turned by three shears of each
+slice, phase ramps through the FFT: no interpolation. A map moved by ``R`` is
+``v(R^T x)`` (``fourier.rotate_volume``), and a pose ``A`` of the old map is the pose
+``A R^T`` of the moved one; for ``R`` about z that changes the first Euler angle alone.
 """
 
 from collections.abc import Callable
@@ -50,7 +53,8 @@ MAX_TURN_DEG = 10.0
 """The largest turn searched, either way (degrees): half sets drift by a few degrees."""
 
 _STEPS_DEG = (1.0, 0.1, 0.01)
-_CHUNK_BYTES = 1 << 28  # per stack of turned maps (18 at box 96; 1 at box 256 and above)
+_CHUNK_BYTES = 1 << 28  # per stack of moved maps, of the box cropped to the shells searched:
+# 18 maps at 96 voxels, 1 at 256 and above
 
 
 def axial_gauge(group: SymmetryGroup) -> bool:
@@ -101,6 +105,43 @@ def turned_maps(volume: Float[Tensor, "n n n"], turns_deg: Float[Tensor, " r"]) 
     return _turned_stack(volume[None].expand(len(turns_deg), *volume.shape), turns_deg)
 
 
+def _summed_correlations(
+    map_1: Tensor, map_2: Tensor, shells: int, move: Callable[[Tensor, Tensor], Tensor]
+) -> Callable[[Tensor], Tensor]:
+    """The function of ``r`` candidates giving the sum over shells 1 to ``shells`` of the FSC
+    of ``map_1`` and ``move(map_2, candidates)`` (``(r, m, m, m)``), both maps cropped to the
+    box of the shells searched (the same coefficients, fewer voxels). Each shell weighs
+    alike, so that the high-resolution shells that fix the frame are not swamped."""
+    n = map_1.shape[-1]
+    m = min(n, 2 * (max(1, shells) + 2))
+    real, device = torch.float64, map_1.device
+    small = [v.to(real) for v in (map_1, map_2)]
+    if m < n:
+        small = [from_fourier(fourier_crop(to_fourier(v, 3), m, ndim=3), m, 3) for v in small]
+    target = to_fourier(small[0], 3)
+    shell = shell_index(m, 3, device=device)
+    inside = (shell >= 1) & (shell <= max(1, shells))
+    shell_of, target_in = shell[inside], target[inside]
+    count = int(shell_of.max()) + 1
+    power_1 = torch.zeros(count, dtype=real, device=device).index_add_(
+        0, shell_of, target_in.abs() ** 2
+    )
+    per_chunk = max(1, _CHUNK_BYTES // (16 * m**3))
+
+    def summed(candidates: Tensor) -> Tensor:
+        scores = []
+        for chunk in candidates.split(per_chunk):
+            values = to_fourier(move(small[1], chunk), 3)[:, inside]
+            cross = torch.zeros(len(chunk), count, dtype=real, device=device)
+            cross.index_add_(1, shell_of, (target_in.conj()[None] * values).real)
+            power_2 = torch.zeros_like(cross).index_add_(1, shell_of, values.abs() ** 2)
+            fsc = cross / (power_1[None] * power_2).sqrt().clamp(min=1e-300)
+            scores.append(fsc[:, 1:].sum(dim=1))
+        return torch.cat(scores)
+
+    return summed
+
+
 def best_axial_turn_deg(
     map_1: Float[Tensor, "n n n"],
     map_2: Float[Tensor, "n n n"],
@@ -112,32 +153,12 @@ def best_axial_turn_deg(
 
     ``shells``: the correlation runs over shells 1 to ``shells`` (module docstring).
     """
-    n = map_1.shape[-1]
-    device, real = map_1.device, torch.float64
-    target = to_fourier(map_1.to(real), 3)
-    shell = shell_index(n, 3, device=device)
-    inside = (shell >= 1) & (shell <= max(1, shells))
-    shell_of, target_in = shell[inside], target[inside]
-    count = int(shell_of.max()) + 1
-    power_1 = torch.zeros(count, dtype=real, device=device).index_add_(
-        0, shell_of, target_in.abs() ** 2
-    )
-
-    def summed_correlation(turns: Tensor) -> Tensor:  # (r,): sum over shells of each FSC
-        values = to_fourier(turned_maps(map_2.to(real), turns), 3)[:, inside]  # (r, k)
-        products = (target_in.conj()[None] * values).real
-        cross = torch.zeros(len(turns), count, dtype=real, device=device)
-        cross.index_add_(1, shell_of, products)
-        power_2 = torch.zeros_like(cross).index_add_(1, shell_of, values.abs() ** 2)
-        return (cross / (power_1[None] * power_2).sqrt().clamp(min=1e-300))[:, 1:].sum(dim=1)
-
-    # turned maps at once: each takes n^3 complex128 values, several times over in the FFTs
-    per_chunk = max(1, _CHUNK_BYTES // (16 * n**3))
+    summed = _summed_correlations(map_1, map_2, shells, turned_maps)
+    real, device = torch.float64, map_1.device
     centre, span = 0.0, max_turn_deg
     for step in _STEPS_DEG:
         candidates = centre + torch.arange(-span, span + step / 2, step, dtype=real, device=device)
-        scores = torch.cat([summed_correlation(c) for c in candidates.split(per_chunk)])
-        centre = float(candidates[int(scores.argmax())])
+        centre = float(candidates[int(summed(candidates).argmax())])
         span = step
     return centre
 
@@ -202,39 +223,6 @@ def rotated_maps(volume: Float[Tensor, "n n n"], angles_deg: Float[Tensor, "r 3"
     return rotated
 
 
-def _summed_correlations(map_1: Tensor, map_2: Tensor, shells: int) -> Callable[[Tensor], Tensor]:
-    """The function of ``(r, 3)`` angles giving the sum over shells 1 to ``shells`` of the
-    FSC of ``map_1`` and ``map_2`` rotated, on both maps cropped to the shells' box."""
-    n = map_1.shape[-1]
-    m = min(n, 2 * (max(1, shells) + 2))
-    real, device = torch.float64, map_1.device
-    small = [v.to(real) for v in (map_1, map_2)]
-    if m < n:  # the shells searched fit a smaller box: the same coefficients, fewer voxels
-        small = [from_fourier(fourier_crop(to_fourier(v, 3), m, ndim=3), m, 3) for v in small]
-    target = to_fourier(small[0], 3)
-    shell = shell_index(m, 3, device=device)
-    inside = (shell >= 1) & (shell <= max(1, shells))
-    shell_of, target_in = shell[inside], target[inside]
-    count = int(shell_of.max()) + 1
-    power_1 = torch.zeros(count, dtype=real, device=device).index_add_(
-        0, shell_of, target_in.abs() ** 2
-    )
-    per_chunk = max(1, _CHUNK_BYTES // (16 * m**3))
-
-    def summed(angles: Tensor) -> Tensor:
-        scores = []
-        for chunk in angles.split(per_chunk):
-            values = to_fourier(rotated_maps(small[1], chunk), 3)[:, inside]
-            cross = torch.zeros(len(chunk), count, dtype=real, device=device)
-            cross.index_add_(1, shell_of, (target_in.conj()[None] * values).real)
-            power_2 = torch.zeros_like(cross).index_add_(1, shell_of, values.abs() ** 2)
-            fsc = cross / (power_1[None] * power_2).sqrt().clamp(min=1e-300)
-            scores.append(fsc[:, 1:].sum(dim=1))
-        return torch.cat(scores)
-
-    return summed
-
-
 def best_rotation_deg(
     map_1: Float[Tensor, "n n n"],
     map_2: Float[Tensor, "n n n"],
@@ -246,7 +234,7 @@ def best_rotation_deg(
     ``map_1``, by the sum over shells 1 to ``shells`` of their FSC: a grid of 2-degree steps
     within ``max_rotation_deg`` about each axis, then grids of 5 x 5 x 5 steps of 1, 0.3,
     0.1, 0.03 and 0.01 degree about the best so far."""
-    summed = _summed_correlations(map_1, map_2, shells)
+    summed = _summed_correlations(map_1, map_2, shells, rotated_maps)
     device = map_1.device
     reach = torch.arange(
         -max_rotation_deg, max_rotation_deg + 1e-9, _ROTATION_GRID_DEG, dtype=torch.float64
