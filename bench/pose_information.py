@@ -43,8 +43,9 @@ from cryorefine.fourier.ctf import ctf_volume_to_half_complex
 from cryorefine.fourier.shells import shell_sums
 from cryorefine.geometry import euler_to_matrix
 from cryorefine.io import load_particles, read_mrc
+from cryorefine.likelihood.subtomo_noise import MULTIPLICITY_MIN
 from cryorefine.refine.accuracy import SNR_THRESHOLD
-from cryorefine.refine.subtomo_noise import MULTIPLICITY_MIN, noise_scale
+from cryorefine.refine.subtomo_noise import noise_scale_grid
 
 TURN_RAD = math.radians(0.02)
 
@@ -122,7 +123,7 @@ def spreads(terms: dict[str, torch.Tensor]) -> dict[str, float]:
 
     out = {"crb": median_error(torch.linalg.inv(information(1.0 / variance.clamp(min=1e-300))))}
     rules = {"relion4": torch.where(m > MULTIPLICITY_MIN, m, 1.0)}
-    rules["ctf2"] = noise_scale(w, m, ratio.expand(len(w), -1))
+    rules["ctf2"] = noise_scale_grid(w, m, ratio.expand(len(w), -1))
     for name, scale in rules.items():
         weight = torch.where(used, 1.0 / (2 * per_voxel_sigma2 * scale), 0.0)
         fisher = information(weight)

@@ -590,15 +590,20 @@ def test_relion4_scores_divide_by_the_multiplicity_above_one_tenth():
     torch.testing.assert_close(result.multiplicity_sums, want_counts, rtol=1e-12, atol=0)
 
 
-def test_relion4_scores_divide_by_the_noise_scale_where_one_is_given():
-    # refine.subtomo_noise: the weight is 1 / (2 sigma2 V) on every coefficient, V in place
-    # of RELION's multiplicity rule; the multiplicity still goes to the noise sums.
+@pytest.mark.parametrize("empty_shell", [False, True])
+def test_relion4_scores_weigh_each_coefficient_by_its_ctf2_noise(empty_shell):
+    # likelihood.subtomo_noise: weight 1 / (2 sigma2 V), V = (W / c + M / 10) / 1.1 where
+    # M > 0.1 (1 elsewhere), c the particle's ratio of its shell; a shell with c = 0 keeps
+    # RELION's V = M. The multiplicity still goes to the noise sums.
     reference, plan, images, *_ = _case(3, b=2, seed=10)
     gen = torch.Generator().manual_seed(13)
     m = plan.current_size
     multiplicity = torch.rand(2, m, m, m // 2 + 1, generator=gen) * 3
-    scale = torch.rand(2, m, m, m // 2 + 1, generator=gen) + 0.05
+    ctf2 = torch.rand(2, m, m, m // 2 + 1, generator=gen)
     sigma2 = torch.linspace(1.0, 2.0, plan.ori_size // 2 + 1, dtype=torch.float64)
+    ratio = torch.rand(2, plan.ori_size // 2 + 1, generator=gen, dtype=torch.float64) + 0.2
+    if empty_shell:
+        ratio[:, 2] = 0.0
     particles = particle_terms(
         images,
         current_size=m,
@@ -606,15 +611,19 @@ def test_relion4_scores_divide_by_the_noise_scale_where_one_is_given():
         ndim=3,
         grid_count=plan.orientations.count,
         multiplicity=multiplicity,
-        ctf=torch.rand(2, m, m, m // 2 + 1, generator=gen),
+        ctf=ctf2,
         ctf_premultiplied=True,
         sigma2_noise=sigma2.expand(2, -1),
     )
-    particles = replace(particles, noise_scale=scale)
+    particles = replace(particles, ctf2_per_multiplicity=ratio)
     prep = prepare(particles, plan)
     window = prep.fine_window
-    want = 0.5 / (sigma2[window.shell] * gather_window(scale, window).double())
-    want = torch.where(window.shell > 0, want, 0.0)
+    w = gather_window(ctf2, window).double()
+    mult = gather_window(multiplicity, window).double()
+    c = ratio[:, window.shell]
+    scale = torch.where(c > 0, (w / c + 0.1 * mult) / 1.1, mult)
+    scale = torch.where(mult > 0.1, scale, 1.0)
+    want = torch.where(window.shell > 0, 0.5 / (sigma2[window.shell] * scale), 0.0)
     torch.testing.assert_close(prep.fine_weight, want, rtol=4 * 2**-24, atol=0)
     result = expectation(particles, reference, plan)
     dc_window = fourier_window(m, 3, device=torch.device("cpu"), include_dc=True)

@@ -18,9 +18,10 @@ from cryorefine.fourier import shell_index, to_fourier
 from cryorefine.fourier.ctf import ctf_volume_to_half_complex
 from cryorefine.fourier.shells import shell_sums
 from cryorefine.io import load_particles
+from cryorefine.likelihood.subtomo_noise import NOISE_FLOOR
 from cryorefine.refine.initialise import load_inputs
 from cryorefine.refine.options import RefineOptions
-from cryorefine.refine.subtomo_noise import NOISE_FLOOR, ctf2_per_multiplicity, noise_scale
+from cryorefine.refine.subtomo_noise import ctf2_per_multiplicity, noise_scale_grid
 from cryorefine.simulate import SimulationOptions, simulate_dataset
 from cryorefine.simulate.images import pseudo_subtomograms
 from cryorefine.simulate.poses import scheme_tilts, tilt_scheme
@@ -62,7 +63,7 @@ def test_ctf2_in_proportion_to_the_multiplicity_gives_relions_noise():
     per_shell = torch.rand(N // 2 + 1, generator=gen, dtype=torch.float64) + 0.5
     shells = shell_index(N, 3).clamp(max=N // 2)
     ctf2 = per_shell[shells] * multiplicity
-    scale = noise_scale(ctf2, multiplicity, per_shell.expand(2, -1))
+    scale = noise_scale_grid(ctf2, multiplicity, per_shell.expand(2, -1))
     want = torch.where(multiplicity > 0.1, multiplicity, 1.0)
     torch.testing.assert_close(scale, want, rtol=1e-14, atol=0)
 
@@ -72,7 +73,7 @@ def test_the_noise_of_a_shell_is_the_multiplicitys_in_sum():
     # have the same sum in every shell of the particles the ratio was taken from.
     _, ctf2, multiplicity = _noise_only(6, seed=1)
     ratio = _shell_ratio(ctf2, multiplicity)
-    scale = noise_scale(ctf2, multiplicity, ratio.expand(6, -1))
+    scale = noise_scale_grid(ctf2, multiplicity, ratio.expand(6, -1))
     used = multiplicity > 0.1
     got = shell_sums(torch.where(used, scale, 0.0), N, 3).sum(0)
     want = shell_sums(torch.where(used, multiplicity, 0.0), N, 3).sum(0)
@@ -96,7 +97,7 @@ def test_each_voxels_noise_is_what_the_model_predicts_and_not_relions():
     ratio = _shell_ratio(torch.where(used, ctf2, 0.0), torch.where(used, multiplicity, 0.0))
     c = ratio[shells.clamp(max=N // 2)]
     rho = ctf2 / (c * multiplicity.clamp(min=1e-300))
-    ours = noise_scale(ctf2, multiplicity, ratio.expand(count, -1))
+    ours = noise_scale_grid(ctf2, multiplicity, ratio.expand(count, -1))
     edges = [0.0, 0.03, 0.3, 1.0, 3.0, math.inf]
     relion_means = []
     for scale, label in ((ours, "CTF^2"), (multiplicity, "multiplicity")):

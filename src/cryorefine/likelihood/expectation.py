@@ -17,8 +17,8 @@ Steps, for chunks of particles whose score arrays fit ``plan.max_bytes``:
    pass, DC left out) and at the current size (DC kept with score weight 0, as
    RELION sums it into the noise); CTF terms; score weights ``1 / (2 sigma2)``,
    divided by the multiplicity where it exceeds 0.1 (RELION-4,
-   ``precalculateShiftedImagesCtfsAndInvSigma2s``), or by ``noise_scale`` where
-   given (``refine.subtomo_noise``); the back-projection terms
+   ``precalculateShiftedImagesCtfsAndInvSigma2s``), or by ``subtomo_noise.noise_scale``
+   where ``ctf2_per_multiplicity`` is given; the back-projection terms
    of the unmasked data on the window with DC and Friedel mates
    (``sums.backprojection_inputs``, ``1 / sigma2`` without the multiplicity).
 2. ``search.coarse_pass`` (first pass), then ``fine.fine_pass`` (second pass)
@@ -52,6 +52,7 @@ from cryorefine.likelihood.plan import (
 from cryorefine.likelihood.poses import coarse_rotations, fine_rotations
 from cryorefine.likelihood.posterior import log_sigma2_sum
 from cryorefine.likelihood.search import FineOutcome, Prepared, coarse_pass, select
+from cryorefine.likelihood.subtomo_noise import noise_scale
 from cryorefine.likelihood.sums import ShellSums, backprojection_inputs, insert_backprojection
 from cryorefine.likelihood.window import (
     FourierWindow,
@@ -90,8 +91,12 @@ def _on(window: FourierWindow, grids: Tensor, ndim: int) -> Tensor:
 
 def _score_weight(particles: ParticleTerms, window: FourierWindow, sigma2: Tensor) -> Tensor:
     weight = 0.5 / sigma2
-    if particles.noise_scale is not None:
-        scale = _on(window, particles.noise_scale, particles.ndim).to(torch.float64)
+    if particles.multiplicity is not None and particles.ctf2_per_multiplicity is not None:
+        scale = noise_scale(
+            _on(window, particles.ctf, particles.ndim),
+            _on(window, particles.multiplicity, particles.ndim),
+            particles.ctf2_per_multiplicity[:, window.shell],
+        )
         weight = weight / scale
     elif particles.multiplicity is not None:
         multiplicity = _on(window, particles.multiplicity, particles.ndim).to(torch.float64)

@@ -150,10 +150,11 @@ class ParticleTerms:
         searches), or None for the whole grid.
     multiplicity
         RELION-4 multiplicity grids, or None.
-    noise_scale
-        RELION-4: each coefficient's noise variance in units of ``2 sigma2``
-        (``refine.subtomo_noise``), or None for RELION's rule: the multiplicity
-        where it exceeds 0.1, else 1.
+    ctf2_per_multiplicity
+        RELION-4: ``c`` of each particle's shells, ``(b, ori_size // 2 + 1)``: each
+        coefficient's noise is ``2 sigma2 V`` of ``subtomo_noise.noise_scale`` (``ctf``
+        is the CTF² weight), or None for RELION's rule: the multiplicity where it
+        exceeds 0.1, else 1.
     ctf_premultiplied
         Data carry one CTF (RELION-4): back-project ``X`` and ``K``.
     diff2_offset
@@ -175,7 +176,7 @@ class ParticleTerms:
     log_prior_orientations: Float[Tensor, "b c"]
     orientation_ids: Int[Tensor, "b c"] | None = None
     multiplicity: Float[Tensor, "b ..."] | None = None
-    noise_scale: Float[Tensor, "b ..."] | None = None
+    ctf2_per_multiplicity: Float[Tensor, "b s"] | None = None
     ctf_premultiplied: bool = False
     diff2_offset: Float[Tensor, " b"] | None = None
     scale: Float[Tensor, " b"] | None = None

@@ -238,7 +238,7 @@ def estimate_accuracies(
         drives the angular sampling far finer than the poses are known.
     noise_scale
         With ``multiplicity``: each coefficient's noise in units of ``2 sigma2``
-        (``subtomo_noise.noise_scale``), cropped like ``ctf``, in place of ``M``.
+        (``subtomo_noise.noise_scale_grid``), cropped like ``ctf``, in place of ``M``.
     """
     ndim = data_dimensionality
     device = reference_ft.device

@@ -28,7 +28,7 @@ from cryorefine.refine.maximisation import (
 from cryorefine.refine.model import HalfSetModel, RefineState
 from cryorefine.refine.noise import update_sigma2_noise
 from cryorefine.refine.options import RefineOptions
-from cryorefine.refine.subtomo_noise import noise_scale
+from cryorefine.refine.subtomo_noise import noise_scale_grid
 from cryorefine.tomo import PSEUDO_SUBTOMOGRAM_FLAVOURS, particle_batches
 
 __all__ = ["accuracies", "group_scales", "m_step", "unregularised_map"]
@@ -163,7 +163,8 @@ def accuracies(state, inputs, options, models, reference_ft, *, device, generato
         multiplicity = fourier_crop(batch.multiplicity, state.current_size, ndim=inputs.ndim)
         if inputs.ctf2_per_multiplicity is not None:
             ctf2 = fourier_crop(batch.ctf, state.current_size, ndim=inputs.ndim)
-            scale = noise_scale(ctf2, multiplicity, inputs.ctf2_per_multiplicity.to(device)[groups])
+            ratio = inputs.ctf2_per_multiplicity.to(device)[groups]
+            scale = noise_scale_grid(ctf2, multiplicity, ratio)
     estimate = estimate_accuracies(
         reference_ft,
         torch.as_tensor(inputs.particles.angles_deg()[rows], device=device),

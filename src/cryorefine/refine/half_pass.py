@@ -49,7 +49,6 @@ from cryorefine.refine.orientation_priors import (
     search_order,
 )
 from cryorefine.refine.particle_noise import particle_noise_images
-from cryorefine.refine.subtomo_noise import noise_scale
 from cryorefine.timing import PhaseTimes
 from cryorefine.tomo import ParticleBatch, ParticleCache, particle_batches, prefetched
 
@@ -328,13 +327,9 @@ def run_half_set(
                 multiplicity=None
                 if batch.multiplicity is None
                 else _cropped(batch.multiplicity, m, ndim),
-                noise_scale=None
-                if batch.multiplicity is None or ctf2_per_multiplicity is None
-                else noise_scale(
-                    _cropped(batch.ctf, m, ndim),
-                    _cropped(batch.multiplicity, m, ndim),
-                    ctf2_per_multiplicity.to(device)[groups],
-                ),
+                ctf2_per_multiplicity=None
+                if ctf2_per_multiplicity is None
+                else ctf2_per_multiplicity.to(device)[groups],
                 ctf_premultiplied=batch.ctf_premultiplied,
                 scale=scale,
             )

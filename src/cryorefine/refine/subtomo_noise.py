@@ -22,14 +22,14 @@ Here the noise of voxel ``k`` in shell ``r`` of a particle of optics group
     V(k) = (W(k) / c_g(r) + a M(k)) / (1 + a),   c_g(r) = sum W / sum M,
 
 ``c_g(r)`` the CTF² per unit multiplicity of the group's shell (over voxels with
-``M > 0.1``, from the first ``RATIO_PARTICLES`` particles of the group), so
-that ``V`` sums to what ``M`` sums to and ``sigma2`` keeps RELION's meaning and
-estimate (``sum |diff|² / (2 sum M)``). The floor ``a = NOISE_FLOOR`` keeps
-voxels whose CTF² is far below their multiplicity's share from weighing in
-without bound, should their noise not fall with it (the interpolation and
-cropping of a real extraction); on the test data it moves the poses'
-precision by 0.3% (``a`` = 0: 0.2380 degree, 0.1: 0.2388, 0.3: 0.2409). Where
-``M <= 0.1``, ``V`` is 1, as RELION leaves those voxels' weight undivided.
+``M > 0.1``, from the first ``RATIO_PARTICLES`` particles of the group), so that
+``V`` (``likelihood.subtomo_noise``) sums to what ``M`` sums to and ``sigma2``
+keeps RELION's meaning and estimate (``sum |diff|² / (2 sum M)``). The floor
+``a = NOISE_FLOOR`` keeps voxels whose CTF² is far below their multiplicity's
+share from weighing in without bound, should their noise not fall with it (the
+interpolation and cropping of a real extraction); on the test data it moves the
+poses' precision by 0.3% (``a`` = 0: 0.2380 degree, 0.1: 0.2388, 0.3: 0.2409).
+Where ``M <= 0.1``, ``V`` is 1, as RELION leaves those voxels' weight undivided.
 ``--subtomo_noise_multiplicity`` restores RELION's ``V = M``.
 """
 
@@ -41,19 +41,14 @@ from torch import Tensor
 from cryorefine.fourier import shell_index
 from cryorefine.fourier.shells import shell_sums
 from cryorefine.io import ParticleSet
+from cryorefine.likelihood.subtomo_noise import MULTIPLICITY_MIN, noise_scale
 from cryorefine.tomo import ParticleCache, particle_batches
 
-__all__ = ["NOISE_FLOOR", "RATIO_PARTICLES", "ctf2_per_multiplicity", "noise_scale"]
-
-#: ``a``: a voxel's noise is at least this share of its multiplicity's (module docstring).
-NOISE_FLOOR = 0.1
+__all__ = ["RATIO_PARTICLES", "ctf2_per_multiplicity", "noise_scale_grid"]
 
 #: Particles of each optics group read for ``c_g(r)``: the shells' ratios vary from
 #: particle to particle by 50-70% (defocus, visible tilts), so 100 give it to about 6%.
 RATIO_PARTICLES = 100
-
-#: Voxels reached by less multiplicity than this keep RELION's undivided weight.
-MULTIPLICITY_MIN = 0.1
 
 
 def ctf2_per_multiplicity(
@@ -90,23 +85,13 @@ def ctf2_per_multiplicity(
     return torch.where(multiplicity > 0, ctf2 / multiplicity.clamp(min=1e-300), 0.0)
 
 
-def noise_scale(
+def noise_scale_grid(
     ctf2: Float[Tensor, "b m m mh"],
     multiplicity: Float[Tensor, "b m m mh"],
     ratio: Float[Tensor, "b s"],
 ) -> Float[Tensor, "b m m mh"]:
-    """``V``: each voxel's noise variance in units of ``2 sigma2`` (module docstring).
-
-    ``ctf2`` and ``multiplicity`` are the particles' grids at any (cropped) size ``m``;
-    ``ratio`` is ``c_g(r)`` of each particle's optics group, ``ori_size // 2 + 1``
-    shells. Shells with no ratio keep ``V = M`` (RELION).
-    """
+    """``V`` of ``likelihood.noise_scale`` on whole grids of any (cropped) size ``m``, with
+    ``ratio`` ``c_g(r)`` of each particle's optics group, ``ori_size // 2 + 1`` shells."""
     m = ctf2.shape[-2]
     shells = shell_index(m, 3, device=ctf2.device).clamp(max=ratio.shape[-1] - 1)
-    per_voxel = ratio.to(ctf2.device, torch.float64)[:, shells]  # (b, m, m, mh)
-    counts = multiplicity.to(torch.float64)
-    weighted = (ctf2.to(torch.float64) / per_voxel.clamp(min=1e-300) + NOISE_FLOOR * counts) / (
-        1.0 + NOISE_FLOOR
-    )
-    scale = torch.where(per_voxel > 0, weighted, counts)
-    return torch.where(counts > MULTIPLICITY_MIN, scale, 1.0)
+    return noise_scale(ctf2, multiplicity, ratio.to(ctf2.device)[:, shells])
