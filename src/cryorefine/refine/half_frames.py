@@ -6,7 +6,7 @@ map can rotate about any axis (for D_n, T, O and I no turn keeps the group's axe
 there is no such freedom). Each half set therefore keeps a frame of its own, tied to
 the other's only by the join of the halves below ``--low_resol_join_halves``: in issue
 5's simulated C6 cases the halves ended 0.6-4.0 degrees apart, each with its poses
-close to the truth in its own frame, and C1 cases 0.3-1.1 degrees. The final iteration
+close to the truth in its own frame, and C1 cases 0.5-1.2 degrees. The final iteration
 joins the halves; in two frames its map would average two turned maps. RELION joins
 them as they are; here half 2's reference and poses are first moved by the turn
 (``best_axial_turn_deg``) or rotation (``best_rotation_deg``) that best matches its map
