@@ -550,12 +550,14 @@ def test_cross_correlation_iteration_assigns_each_particle_to_its_pose():
     )
 
 
-def test_relion4_scores_divide_by_the_multiplicity_above_one_tenth():
+def _relion4_case(seed: int) -> tuple:
+    """Two pseudo-subtomograms with random multiplicity (0 to 3) and CTF² grids, and a
+    rising noise spectrum: the reference, plan, particle terms, grids and spectrum."""
     reference, plan, images, *_ = _case(3, b=2, seed=10)
-    gen = torch.Generator().manual_seed(11)
+    gen = torch.Generator().manual_seed(seed)
     m = plan.current_size
     multiplicity = torch.rand(2, m, m, m // 2 + 1, generator=gen) * 3
-    ctf = torch.rand(2, m, m, m // 2 + 1, generator=gen)
+    ctf2 = torch.rand(2, m, m, m // 2 + 1, generator=gen)
     sigma2 = torch.linspace(1.0, 2.0, plan.ori_size // 2 + 1, dtype=torch.float64)
     particles = particle_terms(
         images,
@@ -564,10 +566,24 @@ def test_relion4_scores_divide_by_the_multiplicity_above_one_tenth():
         ndim=3,
         grid_count=plan.orientations.count,
         multiplicity=multiplicity,
-        ctf=ctf,
+        ctf=ctf2,
         ctf_premultiplied=True,
         sigma2_noise=sigma2.expand(2, -1),
     )
+    return reference, plan, particles, multiplicity, ctf2, sigma2, gen
+
+
+def _check_multiplicity_sums(result, multiplicity: torch.Tensor, plan) -> None:
+    """The noise sums' multiplicity: summed per shell over the window with DC."""
+    dc_window = fourier_window(plan.current_size, 3, device=torch.device("cpu"), include_dc=True)
+    want = torch.zeros(2, plan.ori_size // 2 + 1, dtype=torch.float64).index_add_(
+        1, dc_window.shell, gather_window(multiplicity, dc_window).double()
+    )
+    torch.testing.assert_close(result.multiplicity_sums, want, rtol=1e-12, atol=0)
+
+
+def test_relion4_scores_divide_by_the_multiplicity_above_one_tenth():
+    reference, plan, particles, multiplicity, ctf, sigma2, _ = _relion4_case(11)
     prep = prepare(particles, plan)
     window = prep.fine_window
     mult = gather_window(multiplicity, window).double()
@@ -582,12 +598,7 @@ def test_relion4_scores_divide_by_the_multiplicity_above_one_tenth():
         rtol=4 * 2**-24,
         atol=0,
     )
-    result = expectation(particles, reference, plan)
-    dc_window = fourier_window(m, 3, device=torch.device("cpu"), include_dc=True)
-    want_counts = torch.zeros(2, plan.ori_size // 2 + 1, dtype=torch.float64).index_add_(
-        1, dc_window.shell, gather_window(multiplicity, dc_window).double()
-    )
-    torch.testing.assert_close(result.multiplicity_sums, want_counts, rtol=1e-12, atol=0)
+    _check_multiplicity_sums(expectation(particles, reference, plan), multiplicity, plan)
 
 
 @pytest.mark.parametrize("empty_shell", [False, True])
@@ -595,26 +606,10 @@ def test_relion4_scores_weigh_each_coefficient_by_its_ctf2_noise(empty_shell):
     # likelihood.subtomo_noise: weight 1 / (2 sigma2 V), V = (W / c + M / 10) / 1.1 where
     # M > 0.1 (1 elsewhere), c the particle's ratio of its shell; a shell with c = 0 keeps
     # RELION's V = M. The multiplicity still goes to the noise sums.
-    reference, plan, images, *_ = _case(3, b=2, seed=10)
-    gen = torch.Generator().manual_seed(13)
-    m = plan.current_size
-    multiplicity = torch.rand(2, m, m, m // 2 + 1, generator=gen) * 3
-    ctf2 = torch.rand(2, m, m, m // 2 + 1, generator=gen)
-    sigma2 = torch.linspace(1.0, 2.0, plan.ori_size // 2 + 1, dtype=torch.float64)
+    reference, plan, particles, multiplicity, ctf2, sigma2, gen = _relion4_case(13)
     ratio = torch.rand(2, plan.ori_size // 2 + 1, generator=gen, dtype=torch.float64) + 0.2
     if empty_shell:
         ratio[:, 2] = 0.0
-    particles = particle_terms(
-        images,
-        current_size=m,
-        sigma2=1.0,
-        ndim=3,
-        grid_count=plan.orientations.count,
-        multiplicity=multiplicity,
-        ctf=ctf2,
-        ctf_premultiplied=True,
-        sigma2_noise=sigma2.expand(2, -1),
-    )
     particles = replace(particles, ctf2_per_multiplicity=ratio)
     prep = prepare(particles, plan)
     window = prep.fine_window
@@ -625,12 +620,7 @@ def test_relion4_scores_weigh_each_coefficient_by_its_ctf2_noise(empty_shell):
     scale = torch.where(mult > 0.1, scale, 1.0)
     want = torch.where(window.shell > 0, 0.5 / (sigma2[window.shell] * scale), 0.0)
     torch.testing.assert_close(prep.fine_weight, want, rtol=4 * 2**-24, atol=0)
-    result = expectation(particles, reference, plan)
-    dc_window = fourier_window(m, 3, device=torch.device("cpu"), include_dc=True)
-    want_counts = torch.zeros(2, plan.ori_size // 2 + 1, dtype=torch.float64).index_add_(
-        1, dc_window.shell, gather_window(multiplicity, dc_window).double()
-    )
-    torch.testing.assert_close(result.multiplicity_sums, want_counts, rtol=1e-12, atol=0)
+    _check_multiplicity_sums(expectation(particles, reference, plan), multiplicity, plan)
 
 
 def test_a_narrow_offset_prior_pulls_the_origin_to_the_nearest_fine_translation():

@@ -30,8 +30,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from cryorefine.fourier import fourier_crop, from_fourier, shell_index, to_fourier
-from cryorefine.geometry import SymmetryGroup, euler_to_matrix, matrix_to_euler
+from cryorefine.fourier import fourier_crop, from_fourier, fsc, to_fourier
+from cryorefine.geometry import (
+    SymmetryGroup,
+    axis_angle_to_matrix,
+    euler_to_matrix,
+    matrix_to_euler,
+)
 
 __all__ = [
     "MAX_ROTATION_DEG",
@@ -114,29 +119,19 @@ def _summed_correlations(
     alike, so that the high-resolution shells that fix the frame are not swamped."""
     n = map_1.shape[-1]
     m = min(n, 2 * (max(1, shells) + 2))
-    real, device = torch.float64, map_1.device
-    small = [v.to(real) for v in (map_1, map_2)]
+    small = [v.to(torch.float64) for v in (map_1, map_2)]
     if m < n:
         small = [from_fourier(fourier_crop(to_fourier(v, 3), m, ndim=3), m, 3) for v in small]
     target = to_fourier(small[0], 3)
-    shell = shell_index(m, 3, device=device)
-    inside = (shell >= 1) & (shell <= max(1, shells))
-    shell_of, target_in = shell[inside], target[inside]
-    count = int(shell_of.max()) + 1
-    power_1 = torch.zeros(count, dtype=real, device=device).index_add_(
-        0, shell_of, target_in.abs() ** 2
-    )
     per_chunk = max(1, _CHUNK_BYTES // (16 * m**3))
+    last = max(1, shells)
 
     def summed(candidates: Tensor) -> Tensor:
         scores = []
         for chunk in candidates.split(per_chunk):
-            values = to_fourier(move(small[1], chunk), 3)[:, inside]
-            cross = torch.zeros(len(chunk), count, dtype=real, device=device)
-            cross.index_add_(1, shell_of, (target_in.conj()[None] * values).real)
-            power_2 = torch.zeros_like(cross).index_add_(1, shell_of, values.abs() ** 2)
-            fsc = cross / (power_1[None] * power_2).sqrt().clamp(min=1e-300)
-            scores.append(fsc[:, 1:].sum(dim=1))
+            moved = to_fourier(move(small[1], chunk), 3)
+            curves = fsc(target.expand_as(moved), moved, ndim=3)  # (r, m // 2 + 1)
+            scores.append(curves[:, 1 : last + 1].sum(dim=1))
         return torch.cat(scores)
 
     return summed
@@ -197,19 +192,10 @@ def full_gauge(group: SymmetryGroup) -> bool:
 def axis_rotations(angles_deg: Float[Tensor, "r 3"]) -> Float[Tensor, "r 3 3"]:
     """``R = Rz(c) Ry(b) Rx(a)`` of ``(a, b, c)``: active, right-handed turns about the map's
     x, y and z axes (float64)."""
-    radians = torch.deg2rad(angles_deg.to(torch.float64))
-    rotation = torch.eye(3, dtype=torch.float64, device=angles_deg.device).expand(
-        len(angles_deg), 3, 3
-    )
-    for axis in range(3):
-        i, j = (axis + 1) % 3, (axis + 2) % 3
-        turn = torch.eye(3, dtype=torch.float64, device=angles_deg.device).repeat(
-            len(angles_deg), 1, 1
-        )
-        cosine, sine = torch.cos(radians[:, axis]), torch.sin(radians[:, axis])
-        turn[:, i, i], turn[:, j, j], turn[:, i, j], turn[:, j, i] = cosine, cosine, -sine, sine
-        rotation = turn @ rotation
-    return rotation
+    angles = angles_deg.to(torch.float64)
+    axes = torch.eye(3, dtype=torch.float64, device=angles.device)
+    turns = axis_angle_to_matrix(axes, angles)  # (r, 3, 3, 3): about x, y and z
+    return turns[:, 2] @ turns[:, 1] @ turns[:, 0]
 
 
 def rotated_maps(volume: Float[Tensor, "n n n"], angles_deg: Float[Tensor, "r 3"]) -> Tensor:

@@ -241,6 +241,7 @@ def run_half_set(
     directions = plan.orientations.pixels.shape[0]
     sums = empty_sums(model, directions, padding_factor=options.pad, device=device)
     sigma2_all = model.sigma2_noise.to(device)
+    ratio_all = None if ctf2_per_multiplicity is None else ctf2_per_multiplicity.to(device)
     scale_all = model.scale_correction.to(device)  # once per half set, not per batch
     shells_for_scales = scale_shells(model.ssnr.to(device))
     angles_all = particles.angles_deg()  # once: the table is not re-read per batch
@@ -327,9 +328,7 @@ def run_half_set(
                 multiplicity=None
                 if batch.multiplicity is None
                 else _cropped(batch.multiplicity, m, ndim),
-                ctf2_per_multiplicity=None
-                if ctf2_per_multiplicity is None
-                else ctf2_per_multiplicity.to(device)[groups],
+                ctf2_per_multiplicity=None if ratio_all is None else ratio_all[groups],
                 ctf_premultiplied=batch.ctf_premultiplied,
                 scale=scale,
             )
