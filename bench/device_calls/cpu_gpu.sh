@@ -1,5 +1,5 @@
 # Our CPU path against the GPU on the same data and the same state, on the device machine
-# (its 16 cores for the CPU): N tutorial-shaped particles refined on the GPU to convergence;
+# (its 16 cores for the CPU): N (300) tutorial-shaped particles refined on the GPU to convergence;
 # then, from the state after iteration 1 (order 2, global) and the state before the final
 # iteration, KEEP of those particles one iteration on the GPU and one on the CPU; then the
 # best poses of reduced precision against float64 from the state before the final iteration
