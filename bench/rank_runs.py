@@ -35,7 +35,12 @@ def run_ranks(arguments: list[str], ranks: int) -> float:
 
 
 class DeviceMemoryPoller:
-    """The most device memory in use, all processes together (``mem_get_info``, every 0.25 s)."""
+    """The most device memory in use, all processes together (``mem_get_info``, every second).
+
+    Each call took 3.7 ms of the host on an H200 (session 29's profile of the final
+    iteration: 63 calls, 233 ms), on the poller's thread beside the refine's own calls
+    to the driver: every 0.25 s, as before, was about 1.5 % of the host's time.
+    """
 
     def __init__(self) -> None:
         self.peak_bytes = 0
@@ -44,7 +49,7 @@ class DeviceMemoryPoller:
         self._thread.start()
 
     def _poll(self) -> None:
-        while not self._done.wait(0.25):
+        while not self._done.wait(1.0):
             free, total = torch.cuda.mem_get_info(0)
             self.peak_bytes = max(self.peak_bytes, total - free)
 

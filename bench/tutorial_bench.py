@@ -28,6 +28,7 @@ import contextlib
 import cProfile
 import io
 import json
+import os
 import pstats
 import shlex
 import signal
@@ -235,6 +236,9 @@ def floor(refine: Path, *, gpu: bool, precision: str = "float32") -> dict:
 
 
 def main() -> None:
+    # as the cryorefine command sets it; here before this process's first CUDA call, which
+    # a continued run (no simulation first) makes below, ahead of the command's own setting
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     args = parse_arguments()
     sim, refine = args.work / "sim", args.work / "Refine3D"
     done = args.continue_run and (sim / "optimisation_set.star").exists()
