@@ -48,7 +48,7 @@ def order_totals(rows: list[dict]) -> list[dict]:
 
 
 def _cell(c: dict) -> str:
-    return f"{c['measured_seconds']:.1f}/{c['floor_seconds']:.1f}={c['ratio']:.2f}"
+    return f"{c['measured_seconds']:.3g}/{c['floor_seconds']:.3g}={c['ratio']:.3g}"
 
 
 def format_orders(totals: list[dict]) -> str:

@@ -18,7 +18,9 @@ the truth, after the global frame fit) next to RELION's own 16.5 A on the real
 data. After the refine, on the same device and in the same process, it
 measures the matrix rate and bandwidths and prints the E-step's floor
 (``floor_table.py``): per iteration and phase, summed over the half sets,
-measured seconds, floor seconds and their ratio. The same is written as JSON
+measured seconds, floor seconds and their ratio, and the same summed per HEALPix
+order (``floor_orders.py``, with the E-step's ratio without the insert, whose floor
+is not a lower bound where the accumulators sit in cache). The same is written as JSON
 (the floor's rows per half set under ``floor``). ``--n_particles`` takes a
 random subset of the picks (a CPU-sized run).
 """
@@ -39,6 +41,7 @@ from pathlib import Path
 import gpu_idle
 import host_knobs
 import torch
+from floor_orders import format_orders, order_totals
 from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
 from floor_table import floor_rows, format_totals, iteration_totals
 from host_samples import HostSampler
@@ -232,7 +235,7 @@ def floor(refine: Path, *, gpu: bool, precision: str = "float32") -> dict:
     rates = measure_rates(device, rate_shapes(refine, gpu=gpu))
     rows = floor_rows(refine, rates, precision=precision, device=device)
     return {"precision": precision, "rates": rates, "rows": rows,
-            "per_iteration": iteration_totals(rows)}  # fmt: skip
+            "per_iteration": iteration_totals(rows), "per_order": order_totals(rows)}  # fmt: skip
 
 
 def main() -> None:
@@ -289,7 +292,7 @@ def main() -> None:
     allocator = torch.cuda.memory_stats() if args.gpu else {}
     precision = _concrete(args.precision, gpu=args.gpu)
     floors = (
-        {"precision": precision, "rates": {}, "rows": [], "per_iteration": []}
+        {"precision": precision, "rates": {}, "rows": [], "per_iteration": [], "per_order": []}
         if args.no_floor
         else floor(refine, gpu=args.gpu, precision=precision)
     )
@@ -352,7 +355,8 @@ def main() -> None:
               for key, value in summary.items() if key not in TABLES]  # fmt: skip
     if floors["rates"]:
         lines += [*rate_lines(floors["rates"], floors["precision"]),
-                  format_totals(floors["per_iteration"])]  # fmt: skip
+                  format_totals(floors["per_iteration"]),
+                  format_orders(floors["per_order"])]  # fmt: skip
     if sampler is not None:
         summary["host_samples"] = sampler.as_dict()
         lines.append(sampler.table())

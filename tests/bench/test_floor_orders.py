@@ -38,9 +38,9 @@ def test_phases_are_summed_over_the_iterations_and_half_sets_of_each_order():
 
 
 def test_the_table_names_each_order_with_its_iterations():
-    seconds = dict.fromkeys(floor_orders.PHASES, (1.0, 0.5))
+    seconds = dict.fromkeys(floor_orders.PHASES, (1.0, 0.5))  # measured, floor
     text = floor_orders.format_orders(floor_orders.order_totals(_rows(3, 2, seconds) +
                                                                 _rows(4, 2, seconds)))  # fmt: skip
     last = text.splitlines()[-1]
     assert last.startswith("2 | 3-4 | ")
-    assert "4.0/2.0=2.00" in last  # two iterations of two half sets
+    assert "4/2=2" in last  # two iterations of two half sets
