@@ -8,9 +8,10 @@ the measured and floor seconds of every phase. Prints measured / floor per
 phase and order, and the E-step's ratio twice: as ``floor_table`` counts it,
 and without the insert on either side. The insert's floor assumes the
 back-projector's accumulators are read and written in device memory; where
-they sit in the L2 cache (box 96: 14 MB) the splat runs below that figure, so
-that floor is not a lower bound and the E-step's ratio with it flatters the
-other phases. Writes the same figures as JSON.
+they sit in the L2 cache (at box 96 the packed float32 accumulator's voxels
+within the insert's radius take 30 MB, and the H100's L2 holds 50 MB) the
+splat runs below that figure, so that floor is not a lower bound and the
+E-step's ratio with it flatters the other phases. Writes the same figures as JSON.
 """
 
 import argparse
