@@ -190,53 +190,47 @@ def test_no_signal_gives_the_caps_and_very_low_noise_the_first_steps():
     assert sharp.acc_trans_angst == pytest.approx(0.1 * 2.0)
 
 
-def test_multiplicity_weighs_each_coefficient_as_the_scores_do():
-    # Pseudo-subtomograms: weight 1 / (2 sigma2 M), 0 where M <= 0.1. A multiplicity of 4
-    # everywhere must equal a noise spectrum 4 times larger; a zero multiplicity must leave
-    # no signal at all (the caps: the last ladder values).
+def _weighted_3d_case():
+    """Pseudo-subtomogram inputs, and a run whose noise is 4 times sigma2 with no weights.
+
+    Returns ``(accuracies, plain)``: ``accuracies(**weights)`` runs with sigma2 and the
+    given per-coefficient weights (same reference, poses and generator seed as ``plain``).
+    """
     reference, angles = _setup(12, 3, seed=47)
     sigma2 = torch.full((3, 7), 1e-3, dtype=torch.float64)
     pixel = torch.ones(3, dtype=torch.float64)
     kwargs = {"current_size": 8, "ori_size": 12, "data_dimensionality": 3}
-    plain = estimate_accuracies(
-        reference, angles, None, 4 * sigma2, pixel, generator=torch.Generator().manual_seed(2),
-        **kwargs,
-    )  # fmt: skip
+
+    def accuracies(noise: torch.Tensor = sigma2, **weights):
+        return estimate_accuracies(
+            reference, angles, None, noise, pixel, generator=torch.Generator().manual_seed(2),
+            **weights, **kwargs,
+        )  # fmt: skip
+
+    return accuracies, accuracies(4 * sigma2)
+
+
+def test_multiplicity_weighs_each_coefficient_as_the_scores_do():
+    # Pseudo-subtomograms: weight 1 / (2 sigma2 M), 0 where M <= 0.1. A multiplicity of 4
+    # everywhere must equal a noise spectrum 4 times larger; a zero multiplicity must leave
+    # no signal at all (the caps: the last ladder values).
+    accuracies, plain = _weighted_3d_case()
     four = torch.full((3, 8, 8, 5), 4.0, dtype=torch.float64)
-    with_m = estimate_accuracies(
-        reference, angles, None, sigma2, pixel, generator=torch.Generator().manual_seed(2),
-        multiplicity=four, **kwargs,
-    )  # fmt: skip
+    with_m = accuracies(multiplicity=four)
     assert math.isclose(plain.acc_rot_deg, with_m.acc_rot_deg, rel_tol=1e-12)
     assert math.isclose(plain.acc_trans_angst, with_m.acc_trans_angst, rel_tol=1e-12)
-    empty = estimate_accuracies(
-        reference, angles, None, sigma2, pixel, generator=torch.Generator().manual_seed(2),
-        multiplicity=torch.zeros_like(four), **kwargs,
-    )  # fmt: skip
+    empty = accuracies(multiplicity=torch.zeros_like(four))
     assert math.isclose(empty.acc_rot_deg, accuracy_ladder("rotation")[-1], rel_tol=1e-12)
 
 
 def test_a_noise_scale_weighs_each_coefficient_in_place_of_the_multiplicity():
     # subtomo_noise.noise_scale V: weight 1 / (2 sigma2 V) where M > 0.1, 0 elsewhere. V = 4
     # everywhere equals a noise spectrum 4 times larger, whatever the multiplicity above 0.1.
-    reference, angles = _setup(12, 3, seed=47)
-    sigma2 = torch.full((3, 7), 1e-3, dtype=torch.float64)
-    pixel = torch.ones(3, dtype=torch.float64)
-    kwargs = {"current_size": 8, "ori_size": 12, "data_dimensionality": 3}
-    plain = estimate_accuracies(
-        reference, angles, None, 4 * sigma2, pixel, generator=torch.Generator().manual_seed(2),
-        **kwargs,
-    )  # fmt: skip
+    accuracies, plain = _weighted_3d_case()
     multiplicity = torch.rand(3, 8, 8, 5, generator=torch.Generator().manual_seed(5)) + 0.2
     four = torch.full((3, 8, 8, 5), 4.0, dtype=torch.float64)
-    scaled = estimate_accuracies(
-        reference, angles, None, sigma2, pixel, generator=torch.Generator().manual_seed(2),
-        multiplicity=multiplicity, noise_scale=four, **kwargs,
-    )  # fmt: skip
+    scaled = accuracies(multiplicity=multiplicity, noise_scale=four)
     assert math.isclose(plain.acc_rot_deg, scaled.acc_rot_deg, rel_tol=1e-12)
     assert math.isclose(plain.acc_trans_angst, scaled.acc_trans_angst, rel_tol=1e-12)
-    empty = estimate_accuracies(
-        reference, angles, None, sigma2, pixel, generator=torch.Generator().manual_seed(2),
-        multiplicity=torch.zeros_like(four), noise_scale=four, **kwargs,
-    )  # fmt: skip
+    empty = accuracies(multiplicity=torch.zeros_like(four), noise_scale=four)
     assert math.isclose(empty.acc_rot_deg, accuracy_ladder("rotation")[-1], rel_tol=1e-12)
