@@ -121,12 +121,13 @@ def test_the_kernel_on_the_gpu_matches_the_product(monkeypatch, shape):
 _WIRED = textwrap.dedent(
     """
     import sys, pytest
-    calls = {"pairs": 0, "lists": 0, "combination": 0}
+    calls = {"pairs": 0, "lists": 0, "combination": 0, "carried": 0}
 
     class KernelsOn:  # imports the library once pytest's hooks are in place
         @staticmethod
         def pytest_sessionstart(session):
-            from cryorefine.likelihood import held_cross, pair_sums, pairs, passes, unshifted
+            from cryorefine.likelihood import carried_rows, held_cross, pair_sums, pairs, passes
+            from cryorefine.likelihood import unshifted
             def counted(name):
                 def cross(*args, **kwargs):
                     calls[name] += 1
@@ -135,13 +136,17 @@ _WIRED = textwrap.dedent(
             def combination(*args, **kwargs):
                 calls["combination"] += 1
                 return unshifted.kernel_unshifted_combination(*args, **kwargs)
+            def carried(*args, **kwargs):
+                calls["carried"] += 1
+                return carried_rows.add_carried_rows(*args, **kwargs)
             pairs.kernel_cross, passes.kernel_cross = counted("pairs"), counted("lists")
             pair_sums.kernel_unshifted_combination = combination
+            pair_sums.add_carried_rows = carried
             held_cross.KERNEL = True
 
     code = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[2:]], plugins=[KernelsOn()])
     with open(sys.argv[1], "w") as out:
-        out.write(f"{int(code)} {calls['pairs']} {calls['lists']} {calls['combination']}")
+        out.write(" ".join(str(int(n)) for n in (code, *calls.values())))
     """
 )
 
@@ -162,13 +167,14 @@ def test_the_callers_own_tests_pass_with_the_kernels_on(tmp_path):
     script = [sys.executable, "-c", _WIRED, str(tmp_path / "calls.txt"), *tests]
     done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    code, pair_calls, list_calls, combination = map(
+    code, pair_calls, list_calls, combination, carried = map(
         int, (tmp_path / "calls.txt").read_text().split()
     )
     assert code == 0
     assert pair_calls > 0  # each route served at least one of its tests
     assert list_calls > 0
     assert combination > 0
+    assert carried > 0  # the carried rows' data and weights formed in their table
 
 
 @pytest.mark.parametrize(

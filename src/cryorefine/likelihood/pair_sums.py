@@ -14,7 +14,9 @@ translation, and the chunks gather no projections at all. The children's data ar
 the weights' product with the phases times ``Y`` (``unshifted.weighted_shifts``), not
 products with shifted copies of ``Y``. The fine rows that carry weight are found
 from the weights before the chunks, and each chunk adds its data into a table of
-those rows: nothing is merged.
+those rows: nothing is merged. Where ``unshifted``'s kernel combined ``Q``, the
+carried rows' data and weights are formed in their tables by ``carried_rows``' kernel,
+for every pair at once: no chunks, and no arrays of the children's data.
 """
 
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from jaxtyping import Bool, Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.likelihood import pairs
+from cryorefine.likelihood.carried_rows import add_carried_rows
+from cryorefine.likelihood.carried_rows import kernel_applies as kernel_adds_carried
 from cryorefine.likelihood.held_cross import MAX_TILE_ROWS, kernels_on
 from cryorefine.likelihood.pairs import (
     BlockProjector,
@@ -134,17 +138,19 @@ def _carried_counts(carried: Bool[Tensor, "b q f"], chunk: int) -> Int[Tensor, "
     return torch.stack([per_particle.amax(dim=0), per_particle.sum(dim=0)])
 
 
-def _combine(
+def _combined_spread(
     phases: Tensor,
     w_all: Tensor,
     lists: PairLists,
     projector: BlockProjector,
     rows: Tensor,
     precision: str,
-) -> Tensor | None:
+) -> tuple[Tensor, Tensor, Tensor] | None:
     """``sum_t conj(S_t) Q_t (b, k)`` of every pair at once by the kernel of
     ``unshifted.unshifted_combination``, reading the held projections through the
-    children's rows (no ``Q`` of every translation); None where the kernel does not apply."""
+    children's rows (no ``Q`` of every translation), with the weights spread over every
+    translation ``(b, T g, q f)`` and the children's rows ``(b, q f)`` it read; None where
+    the kernel does not apply."""
     values = projector.projector.values
     if values is None or not values.is_contiguous():
         return None
@@ -162,7 +168,45 @@ def _combine(
     slots = torch.arange(q, device=rows.device).expand(b, q)
     spread = _spread(w_all * lists.valid[:, :, None, None], _translation_index(lists, slots, g), tg)
     children = _child_rows(torch.where(lists.valid, rows, 0), f)  # (b, q f)
-    return kernel_unshifted_combination(spread, table, children, phases, tf32=precision == "tf32")
+    combined = kernel_unshifted_combination(
+        spread, table, children, phases, tf32=precision == "tf32"
+    )
+    return combined, spread, children
+
+
+def _add_carried(
+    spread: Tensor,
+    table_rows: Tensor,
+    child_weights: Tensor,
+    widest: int,
+    backprojection: tuple[Tensor, Tensor, Tensor],
+    data_table: Tensor,
+    precision: str,
+) -> Tensor:
+    """The carried children's data written into ``data_table`` and their weights into a new
+    table, returned, by ``carried_rows``' kernel; ``child_weights (b, q f)`` are zero where
+    not carried, ``widest`` is the largest count of one particle's carried children.
+
+    Each row's first owner (in particle-major order) stores its data and weight, so that
+    every row but the spare last one is written: the tables may come uninitialised. The
+    other owners' are added after.
+    """
+    y, v, bp_phases = backprojection
+    carried = child_weights > 0
+    b, c = carried.shape
+    weight_table = data_table.new_empty(data_table.shape[0], v.shape[1])
+    rows = torch.where(carried, table_rows, data_table.shape[0] - 1)  # the spare row
+    order = torch.arange(b * c, device=rows.device).reshape(b, c)
+    first = torch.full((data_table.shape[0],), b * c, device=rows.device, dtype=order.dtype)
+    first.scatter_reduce_(0, rows.reshape(-1), order.reshape(-1), "amin")
+    owner = carried & (first[rows] == order)
+    for listed, store in ((owner, True), (carried & ~owner, False)):
+        picks, _ = compact(listed, max(1, widest))
+        add_carried_rows(
+            spread, table_rows, child_weights, picks, listed.sum(dim=1), (y, v), bp_phases,
+            (data_table, weight_table), tf32=precision == "tf32", store=store,
+        )  # fmt: skip
+    return weight_table
 
 
 def sum_pairs(
@@ -210,14 +254,19 @@ def sum_pairs(
     row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx, budget)
     # each fine row's weight per particle, for the products with |P|^2 at the end
     row_weights = w_all.new_zeros(b, projector.projector.rows if row_power is not None else 0)
-    table_weights = w_all.new_zeros(b, n_kept + 1)
-    data_table = w_all.new_zeros(n_kept + 1, 2 * v.shape[1])
-    unshifted = (
-        _combine(phases, w_all, lists, projector, rows, precision)
+    data_table = w_all.new_empty(n_kept + 1, 2 * v.shape[1])
+    combined_spread = (
+        _combined_spread(phases, w_all, lists, projector, rows, precision)
         if every_translation and row_power is not None
         else None
     )
+    unshifted, spread_all, children_all = combined_spread or (None, None, None)
     combined = unshifted is not None
+    # the carried rows' data and weights formed in their tables by one kernel (carried_rows)
+    fused = spread_all is not None and kernel_adds_carried(spread_all, precision)
+    table_weights = None if fused else w_all.new_zeros(b, n_kept + 1)
+    if not fused:  # the kernel writes every row; the chunks add into the table
+        data_table.zero_()
     # Q per fine translation, (b, T g, 2k), where the kernel did not combine it; the
     # shifted data (b, T g, 2kb) where the weights are not spread over every translation
     q_sum = None if combined else w_all.new_zeros(b, tg, 2 * k)
@@ -231,13 +280,25 @@ def sum_pairs(
     # otherwise the widths are counted per chunk
     consecutive = projector.projector.values is not None
     counts = torch.stack([lists.valid.sum() * f, carried_all.sum()])
-    if consecutive:
+    if fused:  # the widest particle's count of carried children
+        counts = torch.cat([counts, carried_all.reshape(b, -1).sum(dim=1).amax()[None]])
+    elif consecutive:
         counts = torch.cat([counts, _carried_counts(carried_all, chunk).reshape(-1)])
     summed_children, carried_children, *read = counts.tolist()
+    consecutive = consecutive and not fused
     widths = read[: len(read) // 2] if consecutive else None
     chunk_counts = read[len(read) // 2 :] if consecutive else None
     chunks = 0
-    for part in row_chunks(projector, rows, lists.valid, chunk, project=not combined):
+    weight_table = None
+    if fused:
+        row_weights.scatter_add_(1, children_all, per_child_all.reshape(b, -1))
+        weight_table = _add_carried(
+            spread_all, _table_rows(children_all, kept), per_child_all.reshape(b, -1),
+            read[0], (y, v, bp_phases), data_table, precision,
+        )  # fmt: skip
+        chunks = int(rows.shape[1] > 0)
+    parts = () if fused else row_chunks(projector, rows, lists.valid, chunk, project=not combined)
+    for part in parts:
         w = w_all.gather(1, part.slots[:, :, None, None].expand(-1, -1, g, f))
         w = w * part.inside[:, :, None, None]
         index = _translation_index(lists, part.slots, g)  # (b, l, g)
@@ -285,7 +346,10 @@ def sum_pairs(
         with matmul_precision(precision):
             power += row_weights @ row_power
     data_sum = data_table[:n_kept]
-    weight_sum = table_weights[:, :n_kept].T @ v  # in full float32
+    if weight_table is not None:
+        weight_sum = weight_table[:n_kept]
+    else:
+        weight_sum = table_weights[:, :n_kept].T @ v  # in full float32
     weight_totals = w_all.sum(dim=(1, 2, 3))
     if unshifted is not None:
         totals = shell_sums_from_unshifted(
