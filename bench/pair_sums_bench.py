@@ -91,6 +91,8 @@ def measure(device: torch.device, fraction: float, repeats: int, args: argparse.
         return sum_pairs(**call, precision=args.precision, max_bytes=args.max_bytes)
 
     out = run()  # compiles and warms
+    if args.profile:
+        profile(run, fraction, args.profile)
     seconds = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -113,6 +115,18 @@ def measure(device: torch.device, fraction: float, repeats: int, args: argparse.
         "weight_digest": (out.weight @ probe.real).tolist(),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0,
     }
+
+
+def profile(run: object, fraction: float, top: int) -> None:
+    """Print the ``top`` kernels by device time over one call of ``run`` (``--profile``)."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        run()  # type: ignore[operator]
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=top, max_name_column_width=60
+    )
+    sys.stdout.write(f"fraction {fraction}: kernels by device time\n{table}\n")
 
 
 def floor_seconds(row: dict, rates: dict, kb: int) -> float:
@@ -153,6 +167,8 @@ def main() -> None:
     parser.add_argument("--particle_phases", action="store_true",
                         help="phases per particle, as the fine pass has them")  # fmt: skip
     parser.add_argument("--label", default="")
+    parser.add_argument("--profile", type=int, default=0, metavar="TOP",
+                        help="the TOP kernels by device time, one call per share")  # fmt: skip
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("OLD", "NEW"))
     parser.add_argument("--out", type=Path, default=Path("bench_pair_sums.json"))
     args = parser.parse_args()
