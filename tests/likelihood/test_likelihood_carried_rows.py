@@ -9,8 +9,9 @@ from likelihood_cases import U32, gamma, needs_triton_interpreter, run_in_triton
 from cryorefine.likelihood import carried_rows as module
 
 # (particles, translations, children per particle, table rows, complex coefficients): t
-# below, at and above one block of 16, more carried children than one block of 16,
-# coefficients not a multiple of the block of 64; few table rows, so particles share rows
+# below, at and above 16 (the least height of the kernel's tile of phases), more carried
+# children than one block of 16, coefficients not a multiple of the block of 32; few table
+# rows, so that particles share rows
 CASES = [(3, 7, 5, 4, 50), (2, 16, 40, 9, 64), (4, 37, 9, 6, 167), (1, 1, 1, 1, 1)]
 
 
