@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -117,12 +118,13 @@ def measure(device: torch.device, fraction: float, repeats: int, args: argparse.
     }
 
 
-def profile(run: object, fraction: float, top: int) -> None:
+def profile(run: Callable[[], object], fraction: float, top: int) -> None:
     """Print the ``top`` kernels by device time over one call of ``run`` (``--profile``)."""
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
-        run()  # type: ignore[operator]
-        torch.cuda.synchronize()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
     table = prof.key_averages().table(
         sort_by="cuda_time_total", row_limit=top, max_name_column_width=60
     )

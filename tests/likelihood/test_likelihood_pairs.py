@@ -232,3 +232,22 @@ def test_held_powers_made_with_the_projections_serve_the_fine_pass():
     # the float64 modulus squared: hypot within 1 ulp, doubled, plus the square's rounding
     assert ((again - exact).abs() <= 2.5 * torch.finfo(torch.float64).eps * exact).all()
     assert pairs._held_row_power(block, children - 1, torch.complex64, 2**30) is None
+
+
+def test_each_carried_row_has_one_first_owner_the_earliest_child_on_it():
+    # the carried rows' kernel stores each row's first owner and adds the others after:
+    # exactly one owner per row that any child carries, the first in particle-major order
+    gen = torch.Generator().manual_seed(31)
+    b, c, rows = 5, 12, 9  # the last row is the spare one
+    carried = torch.rand(b, c, generator=gen) < 0.5
+    carried[3] = False  # a particle that carries nothing
+    table_rows = torch.randint(0, rows - 1, (b, c), generator=gen)
+    owner = pair_sums._first_owners(carried, table_rows, rows)
+    seen = set()
+    for i in range(b):
+        for j in range(c):
+            first = bool(carried[i, j]) and int(table_rows[i, j]) not in seen
+            assert bool(owner[i, j]) == first
+            if carried[i, j]:
+                seen.add(int(table_rows[i, j]))
+    assert int(owner.sum()) == len(seen)

@@ -174,6 +174,19 @@ def _combined_spread(
     return combined, spread, children
 
 
+def _first_owners(
+    carried: Bool[Tensor, "b c"], table_rows: Int[Tensor, "b c"], rows: int
+) -> Bool[Tensor, "b c"]:
+    """Of the carried children, the first (in particle-major order) on each of the
+    ``rows`` table rows: one per row that any child carries, on the device."""
+    b, c = carried.shape
+    at = torch.where(carried, table_rows, rows - 1)  # the others on the spare last row
+    order = torch.arange(b * c, device=at.device).reshape(b, c)
+    first = torch.full((rows,), b * c, device=at.device, dtype=order.dtype)
+    first.scatter_reduce_(0, at.reshape(-1), order.reshape(-1), "amin")
+    return carried & (first[at] == order)
+
+
 def _add_carried(
     spread: Tensor,
     table_rows: Tensor,
@@ -193,13 +206,8 @@ def _add_carried(
     """
     y, v, bp_phases = backprojection
     carried = child_weights > 0
-    b, c = carried.shape
     weight_table = data_table.new_empty(data_table.shape[0], v.shape[1])
-    rows = torch.where(carried, table_rows, data_table.shape[0] - 1)  # the spare row
-    order = torch.arange(b * c, device=rows.device).reshape(b, c)
-    first = torch.full((data_table.shape[0],), b * c, device=rows.device, dtype=order.dtype)
-    first.scatter_reduce_(0, rows.reshape(-1), order.reshape(-1), "amin")
-    owner = carried & (first[rows] == order)
+    owner = _first_owners(carried, table_rows, data_table.shape[0])
     for listed, store in ((owner, True), (carried & ~owner, False)):
         picks, _ = compact(listed, max(1, widest))
         add_carried_rows(
