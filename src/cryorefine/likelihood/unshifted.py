@@ -47,43 +47,38 @@ if triton is not None:
                    rows_sb, table_sr, phase_sb, phase_st, out_sb,
                    BT: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr,
                    IEEE: tl.constexpr):  # fmt: skip
-        """One particle, all its ``t`` translations, ``BC`` complex coefficients: ``Q``'s
-        real and imaginary tiles summed over its rows, then ``sum_t conj(S) Q``."""
-        cs = tl.program_id(0) * BC + tl.arange(0, BC)  # axis 0: CUDA's longest
+        """One particle, all its ``t`` translations, ``BC`` complex coefficients: ``Q``
+        summed over its rows with real and imaginary parts interleaved (``W`` is real: one
+        product), then ``sum_t conj(S) Q``."""
+        reals = tl.program_id(0) * 2 * BC + tl.arange(0, 2 * BC)  # axis 0: CUDA's longest
         b = tl.program_id(1)
         ts = tl.arange(0, BT)
         in_t = ts < t
-        in_c = cs < kc
+        in_r = reals < 2 * kc
         w_base = w_ptr + b.to(tl.int64) * w_sb + ts[:, None].to(tl.int64) * w_st
-        q_re = tl.zeros((BT, BC), dtype=tl.float32)
-        q_im = tl.zeros((BT, BC), dtype=tl.float32)
+        q = tl.zeros((BT, 2 * BC), dtype=tl.float32)
         for j0 in range(0, r, BJ):
             js = j0 + tl.arange(0, BJ)
             in_j = js < r
             rows = tl.load(rows_ptr + b * rows_sb + js, mask=in_j, other=0).to(tl.int64)
             w = tl.load(w_base + js[None, :], mask=in_t[:, None] & in_j[None, :], other=0.0)
-            p_at = table_ptr + rows[:, None] * table_sr + 2 * cs[None, :]
-            in_p = in_j[:, None] & in_c[None, :]
-            p_re = tl.load(p_at, mask=in_p, other=0.0)
-            p_im = tl.load(p_at + 1, mask=in_p, other=0.0)
+            p_at = table_ptr + rows[:, None] * table_sr + reals[None, :]
+            p = tl.load(p_at, mask=in_j[:, None] & in_r[None, :], other=0.0)  # (BJ, 2 BC)
             if IEEE:
-                q_re += tl.dot(w, p_re, input_precision="ieee")
-                q_im += tl.dot(w, p_im, input_precision="ieee")
+                q += tl.dot(w, p, input_precision="ieee")
             else:
-                q_re += tl.dot(w, p_re, input_precision="tf32")
-                q_im += tl.dot(w, p_im, input_precision="tf32")
+                q += tl.dot(w, p, input_precision="tf32")
         s_at = (
             phase_ptr + b.to(tl.int64) * phase_sb + ts[:, None].to(tl.int64) * phase_st
-            + 2 * cs[None, :]
+            + reals[None, :]
         )  # fmt: skip
-        in_s = in_t[:, None] & in_c[None, :]
-        s_re = tl.load(s_at, mask=in_s, other=0.0)
-        s_im = tl.load(s_at + 1, mask=in_s, other=0.0)
+        s = tl.load(s_at, mask=in_t[:, None] & in_r[None, :], other=0.0)  # (BT, 2 BC)
+        q_re, q_im = tl.split(tl.reshape(q, (BT, BC, 2)))
+        s_re, s_im = tl.split(tl.reshape(s, (BT, BC, 2)))
         g_re = tl.sum(s_re * q_re + s_im * q_im, axis=0)
         g_im = tl.sum(s_re * q_im - s_im * q_re, axis=0)
-        out = out_ptr + b.to(tl.int64) * out_sb + 2 * cs
-        tl.store(out, g_re, mask=in_c)
-        tl.store(out + 1, g_im, mask=in_c)
+        g = tl.reshape(tl.join(g_re, g_im), (2 * BC,))
+        tl.store(out_ptr + b.to(tl.int64) * out_sb + reals, g, mask=in_r)
 
 
 def kernel_unshifted_combination(
