@@ -40,8 +40,10 @@ _BLOCK_CHILDREN = 16  # carried children per step of the kernel's loop (tl.dot's
 _BLOCK_COEFFICIENTS = 32  # complex coefficients per program (its phases: t x 32 of them)
 
 if triton is not None:
-
-    @triton.jit
+    # the sizes that change from one fine group to the next are not specialised on (whether
+    # each divides by 16): one compiled variant serves every group; the tables' strides,
+    # fixed for an iteration, stay specialised so that the stores stay aligned
+    @triton.jit(do_not_specialize=["t", "w_st", "rows_sb", "picks_sb"])
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _carried(w_ptr, table_rows_ptr, child_w_ptr, picks_ptr, counts_ptr, y_ptr, v_ptr,
                  s_ptr, data_ptr, weight_ptr, t, kc, w_sb, w_st, rows_sb, picks_sb, y_sb, v_sb,

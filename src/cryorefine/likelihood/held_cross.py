@@ -64,8 +64,10 @@ _BLOCK_K = 32
 _PROGRAMS = 1056  # about 8 programs per multiprocessor of an H100 (132)
 
 if triton is not None:
-
-    @triton.jit
+    # the sizes that change from one group of particles to the next (t, r and the strides
+    # that follow them) are not specialised on: one compiled variant per tile shape, not one
+    # per pattern of which sizes divide by 16 (tens of seconds of compiling in a job)
+    @triton.jit(do_not_specialize=["t", "r", "rows_sb", "out_ss", "out_sb", "out_st"])
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _cross(z_ptr, table_ptr, rows_ptr, out_ptr, t, r, k2, span, z_sb, z_st, rows_sb,
                table_sr, out_ss, out_sb, out_st,

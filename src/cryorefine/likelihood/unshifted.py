@@ -40,8 +40,9 @@ _BLOCK_ROWS = 32  # rows j of the table per step of the kernel's loop
 _BLOCK_COEFFICIENTS = 32  # complex coefficients per program
 
 if triton is not None:
-
-    @triton.jit
+    # the group's sizes and the strides of W that follow them are not specialised on (as in
+    # held_cross): one compiled variant per tile shape
+    @triton.jit(do_not_specialize=["t", "r", "w_sb", "w_st", "rows_sb"])
     @no_type_check  # the test suite's jaxtyping hook would wrap it; Triton needs the function
     def _unshifted(w_ptr, table_ptr, rows_ptr, phase_ptr, out_ptr, t, r, kc, w_sb, w_st,
                    rows_sb, table_sr, phase_sb, phase_st, out_sb,
