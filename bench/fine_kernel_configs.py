@@ -1,0 +1,178 @@
+"""The fine pass's two M-step kernels at a fine group of the final iteration, over launch shapes.
+
+    python3 bench/fine_kernel_configs.py [--out FILE] [--quick]
+
+``unshifted._unshifted`` (the noise sums ``sum_t conj(S) sum_j W P``) and
+``carried_rows._carried`` (the carried children's data ``Y sum_t W S`` and weights,
+added by atomics: the second owners' launch) at the shape of
+``pair_sums_bench.py``'s synthetic group: ``b`` = 37 particles, ``t`` = 72 fine
+translations, 120 children each (a quarter carried), 736 held rows of ``k`` =
+238,869 coefficients, a back-projection window of ``kb`` = 451,584. Each kernel is
+launched with every combination of its block sizes, ``num_warps`` and ``num_stages``
+listed below; each launch's sums are compared with the first one's (32-coefficient
+blocks, Triton's default 4 warps and 3 stages: both kernels' launch before session 32),
+and its time (median of ``--repeats`` after a compiling call, CUDA events) with
+the bytes it must move at the device's copy rate: the floor. Prints a table per
+kernel and writes both as JSON. Needs a GPU and Triton.
+"""
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+from floor_rates import copy_rates  # bench/ is on sys.path
+
+from cryorefine.likelihood import carried_rows, unshifted
+
+B, T, CHILDREN, ROWS, K, KB = 37, 72, 120, 736, 238_869, 451_584
+# the launch before session 32 first (Triton's defaults: 4 warps, 3 stages), then the others
+UNSHIFTED = {"BC": (32, 64, 128), "BJ": (32, 16, 64), "num_warps": (4, 8), "num_stages": (3, 1, 2)}
+CARRIED = {"BC": (32, 64, 128), "BM": (16, 32), "num_warps": (4, 8), "num_stages": (3, 1, 2)}
+QUICK = {"BC": (32, 64), "num_warps": (4, 8), "num_stages": (3, 2)}
+
+
+def _gen(device: torch.device) -> Callable[..., torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(31)
+    return lambda *shape: torch.rand(shape, generator=gen, device=device)
+
+
+def unshifted_case(device: torch.device) -> dict:
+    """``W (b, t, r)``, the table of projections as real pairs, each particle's rows and
+    phases ``(b, t, 2k)``, and the output."""
+    rand = _gen(device)
+    rows = torch.sort(torch.argsort(rand(B, ROWS), dim=1)[:, :CHILDREN], dim=1).values
+    return {
+        "w": rand(B, T, CHILDREN) * (rand(B, T, CHILDREN) < 0.3),
+        "table": rand(ROWS, 2 * K) - 0.5,
+        "rows": rows.contiguous(),
+        "s": rand(B, T, 2 * K) - 0.5,
+        "out": torch.zeros(B, 2 * K, device=device),
+        "bytes": 4.0 * (B * CHILDREN * 2 * K + B * T * 2 * K + B * 2 * K),
+    }
+
+
+def launch_unshifted(case: dict, bc: int, bj: int, num_warps: int, num_stages: int) -> None:
+    w, table, rows, s, out = (case[key] for key in ("w", "table", "rows", "s", "out"))
+    unshifted._unshifted[(triton.cdiv(K, bc), B)](
+        w, table, rows, s, out, T, CHILDREN, K, w.stride(0), w.stride(1), rows.stride(0),
+        table.stride(0), s.stride(0), s.stride(1), out.stride(0),
+        BT=max(16, triton.next_power_of_2(T)), BJ=bj, BC=bc, IEEE=False,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+
+
+def carried_case(device: torch.device) -> dict:
+    """A quarter of each particle's children carried, each on a row of the tables shared
+    with another particle's (the atomics' launch); ``Y``, ``V`` and phases ``(b, t, 2kb)``."""
+    rand = _gen(device)
+    carried = rand(B, CHILDREN) < 0.25
+    counts = carried.sum(dim=1).to(torch.int32)
+    picks = torch.sort((~carried).to(torch.int8), dim=1, stable=True).indices
+    picks = picks[:, : int(counts.max())].contiguous()
+    n = B * CHILDREN // 2
+    return {
+        "w": rand(B, T, CHILDREN) * (rand(B, T, CHILDREN) < 0.3),
+        "table_rows": (rand(B, CHILDREN) * n).long(),
+        "child_w": rand(B, CHILDREN) * carried,
+        "picks": picks,
+        "counts": counts,
+        "y": rand(B, 2 * KB) - 0.5,
+        "v": rand(B, KB),
+        "s": rand(B, T, 2 * KB) - 0.5,
+        "data": torch.zeros(n + 1, 2 * KB, device=device),
+        "weight": torch.zeros(n + 1, KB, device=device),
+        "out": None,
+        "bytes": 4.0 * (B * T * 2 * KB + int(counts.sum()) * 3 * KB * 2),
+    }
+
+
+def launch_carried(case: dict, bc: int, bm: int, num_warps: int, num_stages: int) -> None:
+    c = case
+    c["data"].zero_()
+    c["weight"].zero_()
+    carried_rows._carried[(triton.cdiv(KB, bc), B)](
+        c["w"], c["table_rows"], c["child_w"], c["picks"], c["counts"], c["y"], c["v"], c["s"],
+        c["data"], c["weight"], T, KB, c["w"].stride(0), c["w"].stride(1),
+        c["table_rows"].stride(0), c["picks"].stride(0), c["y"].stride(0), c["v"].stride(0),
+        c["s"].stride(0), c["s"].stride(1), c["data"].stride(0), c["weight"].stride(0),
+        BM=bm, BT=max(16, triton.next_power_of_2(T)), BC=bc, IEEE=False, STORE=False,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+
+
+def _result(case: dict) -> torch.Tensor:
+    return case["out"] if case["out"] is not None else case["data"]
+
+
+def sweep(name: str, case: dict, launch: Callable, grid: dict, repeats: int, copy: float) -> list:
+    """Every combination in ``grid``: median milliseconds, ratio to the floor, and the largest
+    difference from the first combination's sums relative to their largest value."""
+    keys = list(grid)
+    reference = None
+    rows = []
+    for values in itertools.product(*(grid[key] for key in keys)):
+        config = dict(zip(keys, values, strict=True))
+        try:
+            launch(case, *values)  # compiles
+            torch.cuda.synchronize()
+        except Exception as error:  # a shape Triton refuses is a row of the table
+            rows.append({**config, "error": f"{type(error).__name__}: {str(error)[:120]}"})
+            continue
+        got = _result(case).clone()
+        reference = got if reference is None else reference
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            launch(case, *values)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        ms = statistics.median(times)
+        diff = float((got - reference).abs().max() / reference.abs().max())
+        rows.append({**config, "ms": ms, "floor_ms": case["bytes"] / copy * 1e3, "rel_diff": diff})
+    lines = [f"{name}: floor {case['bytes'] / copy * 1e3:.2f} ms ({case['bytes'] / 1e9:.1f} GB)"]
+    for row in sorted(rows, key=lambda r: r.get("ms", float("inf"))):
+        shape = " ".join(f"{key}={row[key]}" for key in keys)
+        if "error" in row:
+            lines.append(f"  {shape:48s} {row['error']}")
+        else:
+            lines.append(f"  {shape:48s} {row['ms']:8.2f} ms {row['ms'] / row['floor_ms']:6.1f}x"
+                         f" floor, rel diff {row['rel_diff']:.1e}")  # fmt: skip
+    sys.stdout.write("\n".join(lines) + "\n")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer launch shapes")
+    parser.add_argument("--out", type=Path, default=Path("bench_fine_kernel_configs.json"))
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    copy = max(copy_rates(device, 3).values())
+    sys.stdout.write(f"{torch.cuda.get_device_name()}: copy {copy / 1e9:.0f} GB/s\n")
+    quick = {key: QUICK[key] for key in QUICK}
+    results = {}
+    for name, make, launch, grid in (
+        ("unshifted", unshifted_case, launch_unshifted, UNSHIFTED),
+        ("carried", carried_case, launch_carried, CARRIED),
+    ):
+        if args.quick:
+            grid = {key: quick.get(key, values[:1]) for key, values in grid.items()}
+        case = make(device)
+        results[name] = sweep(name, case, launch, grid, args.repeats, copy)
+        del case
+        torch.cuda.empty_cache()
+    args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "copy": copy,
+                                    "kernels": results}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
