@@ -1,13 +1,15 @@
 """The fine pass's two M-step kernels at a fine group of the final iteration, over launch shapes.
 
     python3 bench/fine_kernel_configs.py [--out FILE] [--quick]
+        [--shape B T CHILDREN ROWS K KB] [--carried SHARE]
 
 ``unshifted._unshifted`` (the noise sums ``sum_t conj(S) sum_j W P``) and
 ``carried_rows._carried`` (the carried children's data ``Y sum_t W S`` and weights,
 added by atomics: the second owners' launch) at the shape of
 ``pair_sums_bench.py``'s synthetic group: ``b`` = 37 particles, ``t`` = 72 fine
 translations, 120 children each (a quarter carried), 736 held rows of ``k`` =
-238,869 coefficients, a back-projection window of ``kb`` = 451,584. Each kernel is
+238,869 coefficients, a back-projection window of ``kb`` = 451,584; or ``--shape``
+(a real group's, from ``tutorial_bench.py --record_fine_sums``). Each kernel is
 launched with every combination of its block sizes, ``num_warps`` and ``num_stages``
 listed below; each launch's sums are compared with the first one's (32-coefficient
 blocks, Triton's default 4 warps and 3 stages: both kernels' launch before session 32),
@@ -23,6 +25,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import triton
@@ -30,7 +33,19 @@ from floor_rates import copy_rates  # bench/ is on sys.path
 
 from cryorefine.likelihood import carried_rows, unshifted
 
-B, T, CHILDREN, ROWS, K, KB = 37, 72, 120, 736, 238_869, 451_584
+
+class Shape(NamedTuple):
+    """A fine group's sizes: particles, fine translations, children per particle, held rows,
+    fine and back-projection windows' complex coefficients."""
+
+    b: int = 37
+    t: int = 72
+    children: int = 120
+    rows: int = 736
+    k: int = 238_869
+    kb: int = 451_584
+
+
 # the launch before session 32 first (Triton's defaults: 4 warps, 3 stages), then the others
 UNSHIFTED = {"BC": (32, 64, 128), "BJ": (32, 16, 64), "num_warps": (4, 8), "num_stages": (3, 1, 2)}
 CARRIED = {"BC": (32, 64, 128), "BM": (16, 32), "num_warps": (4, 8), "num_stages": (3, 1, 2)}
@@ -42,53 +57,60 @@ def _gen(device: torch.device) -> Callable[..., torch.Tensor]:
     return lambda *shape: torch.rand(shape, generator=gen, device=device)
 
 
-def unshifted_case(device: torch.device) -> dict:
+def unshifted_case(device: torch.device, shape: Shape, carried: float) -> dict:
     """``W (b, t, r)``, the table of projections as real pairs, each particle's rows and
-    phases ``(b, t, 2k)``, and the output."""
+    phases ``(b, t, 2k)``, and the output (``carried`` unused: every child is summed)."""
+    b, t, c, n, k, _ = shape
     rand = _gen(device)
-    rows = torch.sort(torch.argsort(rand(B, ROWS), dim=1)[:, :CHILDREN], dim=1).values
+    rows = torch.sort(torch.argsort(rand(b, n), dim=1)[:, :c], dim=1).values
     return {
-        "w": rand(B, T, CHILDREN) * (rand(B, T, CHILDREN) < 0.3),
-        "table": rand(ROWS, 2 * K) - 0.5,
+        "shape": shape,
+        "w": rand(b, t, c) * (rand(b, t, c) < 0.3),
+        "table": rand(n, 2 * k) - 0.5,
         "rows": rows.contiguous(),
-        "s": rand(B, T, 2 * K) - 0.5,
-        "out": torch.zeros(B, 2 * K, device=device),
-        "bytes": 4.0 * (B * CHILDREN * 2 * K + B * T * 2 * K + B * 2 * K),
+        "s": rand(b, t, 2 * k) - 0.5,
+        "out": torch.zeros(b, 2 * k, device=device),
+        "bytes": 4.0 * (b * c * 2 * k + b * t * 2 * k + b * 2 * k),
     }
 
 
 def launch_unshifted(case: dict, bc: int, bj: int, num_warps: int, num_stages: int) -> None:
     w, table, rows, s, out = (case[key] for key in ("w", "table", "rows", "s", "out"))
-    unshifted._unshifted[(triton.cdiv(K, bc), B)](
-        w, table, rows, s, out, T, CHILDREN, K, w.stride(0), w.stride(1), rows.stride(0),
+    b, t, c, _, k, _ = case["shape"]
+    unshifted._unshifted[(triton.cdiv(k, bc), b)](
+        w, table, rows, s, out, t, c, k, w.stride(0), w.stride(1), rows.stride(0),
         table.stride(0), s.stride(0), s.stride(1), out.stride(0),
-        BT=max(16, triton.next_power_of_2(T)), BJ=bj, BC=bc, IEEE=False,
+        BT=max(16, triton.next_power_of_2(t)), BJ=bj, BC=bc, IEEE=False,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
 
-def carried_case(device: torch.device) -> dict:
-    """A quarter of each particle's children carried, each on a row of the tables shared
-    with another particle's (the atomics' launch); ``Y``, ``V`` and phases ``(b, t, 2kb)``."""
+def carried_case(device: torch.device, shape: Shape, carried: float) -> dict:
+    """Each child carried with probability ``carried`` (one per particle at least), each on
+    a row of the tables shared with another particle's (the atomics' launch); ``Y``, ``V``
+    and phases ``(b, t, 2kb)``."""
+    b, t, c, _, _, kb = shape
     rand = _gen(device)
-    carried = rand(B, CHILDREN) < 0.25
-    counts = carried.sum(dim=1).to(torch.int32)
-    picks = torch.sort((~carried).to(torch.int8), dim=1, stable=True).indices
+    is_carried = rand(b, c) < carried
+    is_carried[:, 0] = True
+    counts = is_carried.sum(dim=1).to(torch.int32)
+    picks = torch.sort((~is_carried).to(torch.int8), dim=1, stable=True).indices
     picks = picks[:, : int(counts.max())].contiguous()
-    n = B * CHILDREN // 2
+    n = max(1, b * c // 2)
     return {
-        "w": rand(B, T, CHILDREN) * (rand(B, T, CHILDREN) < 0.3),
-        "table_rows": (rand(B, CHILDREN) * n).long(),
-        "child_w": rand(B, CHILDREN) * carried,
+        "shape": shape,
+        "w": rand(b, t, c) * (rand(b, t, c) < 0.3),
+        "table_rows": (rand(b, c) * n).long(),
+        "child_w": rand(b, c) * is_carried,
         "picks": picks,
         "counts": counts,
-        "y": rand(B, 2 * KB) - 0.5,
-        "v": rand(B, KB),
-        "s": rand(B, T, 2 * KB) - 0.5,
-        "data": torch.zeros(n + 1, 2 * KB, device=device),
-        "weight": torch.zeros(n + 1, KB, device=device),
+        "y": rand(b, 2 * kb) - 0.5,
+        "v": rand(b, kb),
+        "s": rand(b, t, 2 * kb) - 0.5,
+        "data": torch.zeros(n + 1, 2 * kb, device=device),
+        "weight": torch.zeros(n + 1, kb, device=device),
         "out": None,
-        "bytes": 4.0 * (B * T * 2 * KB + int(counts.sum()) * 3 * KB * 2),
+        "bytes": 4.0 * (b * t * 2 * kb + int(counts.sum()) * 3 * kb * 2),
     }
 
 
@@ -96,12 +118,13 @@ def launch_carried(case: dict, bc: int, bm: int, num_warps: int, num_stages: int
     c = case
     c["data"].zero_()
     c["weight"].zero_()
-    carried_rows._carried[(triton.cdiv(KB, bc), B)](
+    b, t, _, _, _, kb = c["shape"]
+    carried_rows._carried[(triton.cdiv(kb, bc), b)](
         c["w"], c["table_rows"], c["child_w"], c["picks"], c["counts"], c["y"], c["v"], c["s"],
-        c["data"], c["weight"], T, KB, c["w"].stride(0), c["w"].stride(1),
+        c["data"], c["weight"], t, kb, c["w"].stride(0), c["w"].stride(1),
         c["table_rows"].stride(0), c["picks"].stride(0), c["y"].stride(0), c["v"].stride(0),
         c["s"].stride(0), c["s"].stride(1), c["data"].stride(0), c["weight"].stride(0),
-        BM=bm, BT=max(16, triton.next_power_of_2(T)), BC=bc, IEEE=False, STORE=False,
+        BM=bm, BT=max(16, triton.next_power_of_2(t)), BC=bc, IEEE=False, STORE=False,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
@@ -153,11 +176,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer launch shapes")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=6,
+        default=list(Shape()),
+        metavar=("B", "T", "CHILDREN", "ROWS", "K", "KB"),
+        help="the group's sizes (default: pair_sums_bench.py's group)",
+    )
+    parser.add_argument(
+        "--carried", type=float, default=0.25, help="share of the children that carry weight"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_fine_kernel_configs.json"))
     args = parser.parse_args()
     device = torch.device("cuda")
     copy = max(copy_rates(device, 3).values())
-    sys.stdout.write(f"{torch.cuda.get_device_name()}: copy {copy / 1e9:.0f} GB/s\n")
+    shape = Shape(*args.shape)
+    sys.stdout.write(f"{torch.cuda.get_device_name()}: copy {copy / 1e9:.0f} GB/s; {shape}, "
+                     f"{args.carried:.0%} carried\n")  # fmt: skip
     quick = {key: QUICK[key] for key in QUICK}
     results = {}
     for name, make, launch, grid in (
@@ -166,11 +202,12 @@ def main() -> None:
     ):
         if args.quick:
             grid = {key: quick.get(key, values[:1]) for key, values in grid.items()}
-        case = make(device)
+        case = make(device, shape, args.carried)
         results[name] = sweep(name, case, launch, grid, args.repeats, copy)
         del case
         torch.cuda.empty_cache()
     args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "copy": copy,
+                                    "shape": shape._asdict(), "carried": args.carried,
                                     "kernels": results}))  # fmt: skip
 
 

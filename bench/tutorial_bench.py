@@ -41,8 +41,9 @@ from pathlib import Path
 import gpu_idle
 import host_knobs
 import torch
+from fine_sum_calls import FineSumCalls  # bench/ is on sys.path
 from floor_orders import format_orders, order_totals
-from floor_rates import measure_rates, rate_lines, rate_shapes  # bench/ is on sys.path
+from floor_rates import measure_rates, rate_lines, rate_shapes
 from floor_table import floor_rows, format_totals, iteration_totals
 from host_samples import HostSampler
 from rank_runs import DeviceMemoryPoller, run_ranks
@@ -80,7 +81,8 @@ PHASES = (
     "batch_sums",
     "batch_poses",
 )  # fmt: skip (timing.PhaseTimes ranges)
-TABLES = ("per_iteration", "floor")  # summary entries printed as tables, not as key: value
+# summary entries printed as tables, not as key: value
+TABLES = ("per_iteration", "floor", "fine_sum_calls")
 
 
 def run(
@@ -168,6 +170,12 @@ def parse_arguments() -> argparse.Namespace:
         "print where the host's time goes by line, within the function named (default: "
         "run_half_set, the E-step of a half set; 'all': the whole process)",
     )
+    parser.add_argument(
+        "--record_fine_sums",
+        action="store_true",
+        help="record each fine group's M-step sums: its sizes and device time "
+        "(fine_sum_calls.py; the device synchronised around each call)",
+    )
     host_knobs.add_arguments(parser)
     parser.add_argument(
         "--continue_run",
@@ -201,8 +209,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("bench_tutorial_work"))
     parser.add_argument("--out", type=Path, default=Path("bench_tutorial.json"))
     args = parser.parse_args()
-    if args.ranks > 1 and not (args.gpu and not args.profile and not args.torch_profile):
-        parser.error("--ranks above 1 needs --gpu and neither --profile nor --torch_profile")
+    if args.ranks > 1 and not (
+        args.gpu and not args.profile and not args.torch_profile and not args.record_fine_sums
+    ):
+        parser.error("--ranks above 1 needs --gpu and none of --profile, --torch_profile, "
+                     "--record_fine_sums")  # fmt: skip
     return args
 
 
@@ -268,6 +279,7 @@ def main() -> None:
     start, stopped = time.perf_counter(), False
     poller = DeviceMemoryPoller() if args.gpu else None
     sampler: HostSampler | None = None
+    recorder = FineSumCalls() if args.record_fine_sums else None
     host_knobs.apply(args)
     try:
         if args.ranks > 1:
@@ -276,7 +288,8 @@ def main() -> None:
             with (
                 HostSampler(scope=None if args.host_samples == "all" else args.host_samples)
                 if args.host_samples
-                else contextlib.nullcontext() as sampler
+                else contextlib.nullcontext() as sampler,
+                recorder if recorder is not None else contextlib.nullcontext(),
             ):
                 refine_seconds = run(
                     command + (["--gpu", "0"] if args.gpu else []),
@@ -357,6 +370,9 @@ def main() -> None:
         lines += [*rate_lines(floors["rates"], floors["precision"]),
                   format_totals(floors["per_iteration"]),
                   format_orders(floors["per_order"])]  # fmt: skip
+    if recorder is not None:
+        summary["fine_sum_calls"] = recorder.as_dict()
+        lines.append(recorder.table())
     if sampler is not None:
         summary["host_samples"] = sampler.as_dict()
         lines.append(sampler.table())

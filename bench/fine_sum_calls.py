@@ -1,0 +1,113 @@
+"""The fine pass's M-step sums call by call in a real run: each fine group's shape and time.
+
+``FineSumCalls`` (a context manager) wraps ``likelihood.fine``'s ``sum_pairs`` and
+``window_phases`` while a refine runs in this process (``tutorial_bench.py
+--record_fine_sums``). For every call it records the group's sizes (particles ``b``,
+fine translations ``t``, carried pairs ``q``, children per pair ``f``, carried children,
+held rows, fine window ``k``, back-projection window ``kb``) and its device time, the
+device synchronised before and after (which removes the call's overlap with the host's
+next work: a recorder, not a timer of the whole run). ``table`` sums them by bins of
+``t`` and ``b`` and lists the shapes that cost most: where a synthetic group
+(``pair_sums_bench.py``, ``fine_kernel_configs.py --shape``) stands among the real ones.
+"""
+
+import collections
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from cryorefine.likelihood import fine
+
+T_BINS = (8, 16, 32, 64, 128, 1 << 30)
+B_BINS = (4, 8, 16, 32, 64, 1 << 30)
+
+
+def _synchronized_ms(call: Callable[[], Any]) -> tuple[Any, float]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = call()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, (time.perf_counter() - start) * 1e3
+
+
+class FineSumCalls:
+    """Records ``fine.sum_pairs`` and ``fine.window_phases`` calls while entered."""
+
+    def __init__(self) -> None:
+        self.sums: list[dict] = []
+        self.phases: list[dict] = []
+        self._saved: tuple[Callable, Callable] | None = None
+
+    def __enter__(self) -> "FineSumCalls":
+        self._saved = (fine.sum_pairs, fine.window_phases)
+        sum_pairs, window_phases = self._saved
+
+        def recorded_sums(particles, projector, rows, lists, weights, *rest, **options):
+            out, ms = _synchronized_ms(
+                lambda: sum_pairs(particles, projector, rows, lists, weights, *rest, **options)
+            )
+            b, q, _, f = weights.shape
+            carried = (weights.sum(dim=2) > 0) & lists.valid[:, :, None]
+            values = projector.projector.values
+            self.sums.append({
+                "b": b, "t": int(particles[2].shape[-2]), "q": q, "f": f,
+                "carried_children": int(carried.sum()),
+                "held_rows": -1 if values is None else int(values.shape[0]),
+                "k": int(particles[0].shape[-1]), "kb": int(rest[1][0].shape[-1]), "ms": ms,
+            })  # fmt: skip
+            return out
+
+        def recorded_phases(*args, **options):
+            out, ms = _synchronized_ms(lambda: window_phases(*args, **options))
+            self.phases.append({"shape": list(out.shape), "ms": ms})
+            return out
+
+        fine.sum_pairs, fine.window_phases = recorded_sums, recorded_phases
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._saved is not None
+        fine.sum_pairs, fine.window_phases = self._saved
+
+    def as_dict(self) -> dict:
+        return {"sum_pairs": self.sums, "window_phases": self.phases}
+
+    def table(self, top: int = 12) -> str:
+        """Calls, total and mean milliseconds by bins of ``t`` and of ``b``, and the ``top``
+        shapes ``(b, t, q)`` by total time."""
+        sums_s = sum(c["ms"] for c in self.sums) / 1e3
+        phases_s = sum(c["ms"] for c in self.phases) / 1e3
+        lines = [f"fine sums: {len(self.sums)} sum_pairs calls, {sums_s:.2f} s; "
+                 f"{len(self.phases)} window_phases calls, {phases_s:.2f} s"]  # fmt: skip
+        for key, bins in (("t", T_BINS), ("b", B_BINS)):
+            lines.append(f"{key:>10} {'calls':>6} {'s':>8} {'mean ms':>8} {'mean carried':>12}")
+            low = 0
+            for high in bins:
+                calls = [c for c in self.sums if low < c[key] <= high]
+                if calls:
+                    total = sum(c["ms"] for c in calls)
+                    carried = sum(c["carried_children"] for c in calls) / len(calls)
+                    label = f"{low + 1}-{high}" if high < 1 << 30 else f">{low}"
+                    lines.append(f"{label:>10} {len(calls):6d} {total / 1e3:8.2f} "
+                                 f"{total / len(calls):8.2f} {carried:12.1f}")  # fmt: skip
+                low = high
+        by_shape: dict[tuple, list] = collections.defaultdict(list)
+        for c in self.sums:
+            by_shape[(c["b"], c["t"], c["q"])].append(c)
+        lines.append(f"{'b':>4} {'t':>4} {'q':>4} {'calls':>6} {'s':>8} {'mean ms':>8} "
+                     f"{'carried':>8} {'held rows':>9} {'k':>7} {'kb':>7}")  # fmt: skip
+        ranked = sorted(by_shape.items(), key=lambda item: -sum(c["ms"] for c in item[1]))
+        for (b, t, q), calls in ranked[:top]:
+            total = sum(c["ms"] for c in calls)
+            mean = {key: sum(c[key] for c in calls) / len(calls)
+                    for key in ("carried_children", "held_rows", "k", "kb")}  # fmt: skip
+            lines.append(
+                f"{b:4d} {t:4d} {q:4d} {len(calls):6d} {total / 1e3:8.2f} "
+                f"{total / len(calls):8.2f} {mean['carried_children']:8.1f} "
+                f"{mean['held_rows']:9.0f} {mean['k']:7.0f} {mean['kb']:7.0f}"
+            )
+        return "\n".join(lines) + "\n"

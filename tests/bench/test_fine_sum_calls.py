@@ -1,0 +1,76 @@
+"""bench/fine_sum_calls: each fine group's M-step sums recorded with its sizes, then tabled."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import fine_sum_calls
+
+from cryorefine.likelihood import fine
+
+
+def _call(b: int, t: int, q: int, f: int, carried_pairs: int, held: int, k: int, kb: int):
+    """``fine.sum_pairs`` as the fine pass calls it, with weights on the first
+    ``carried_pairs`` pairs' children 0 and 2 of each particle (one translation each)."""
+    weights = torch.zeros(b, q, 8, f)
+    weights[:, :carried_pairs, 3, 0] = 0.5
+    weights[:, :carried_pairs, 5, 2] = 0.25
+    lists = SimpleNamespace(valid=torch.ones(b, q, dtype=torch.bool))
+    projector = SimpleNamespace(projector=SimpleNamespace(values=torch.zeros(held, k)))
+    particles = (torch.zeros(b, k), torch.zeros(b, k), torch.zeros(b, t, k))
+    backprojection = (torch.zeros(b, kb), torch.zeros(b, kb), torch.zeros(b, t, kb))
+    rows = torch.zeros(b, q, dtype=torch.long)
+    return fine.sum_pairs(
+        particles, projector, rows, lists, weights, None, backprojection,
+        precision="float32", max_bytes=1,
+    )  # fmt: skip
+
+
+def test_each_call_is_recorded_with_its_group_sizes_and_passed_through(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fine, "sum_pairs", lambda *a, **o: calls.append(o) or "sums")
+    with fine_sum_calls.FineSumCalls() as recorder:
+        assert _call(3, 24, 5, 8, carried_pairs=2, held=40, k=11, kb=13) == "sums"
+        _call(2, 8, 4, 8, carried_pairs=4, held=16, k=11, kb=13)
+    assert calls == [{"precision": "float32", "max_bytes": 1}] * 2  # options passed on
+    first, second = recorder.sums
+    assert {key: first[key] for key in ("b", "t", "q", "f", "held_rows", "k", "kb")} == {
+        "b": 3, "t": 24, "q": 5, "f": 8, "held_rows": 40, "k": 11, "kb": 13
+    }  # fmt: skip
+    # two carried children per carried pair: 3 particles x 2 pairs, 2 x 4
+    assert (first["carried_children"], second["carried_children"]) == (12, 16)
+    assert first["ms"] >= 0
+    assert second["ms"] >= 0
+
+
+def test_leaving_restores_the_fine_pass_own_functions():
+    saved = (fine.sum_pairs, fine.window_phases)
+    with fine_sum_calls.FineSumCalls():
+        assert (fine.sum_pairs, fine.window_phases) != saved
+    assert (fine.sum_pairs, fine.window_phases) == saved
+
+
+def test_the_table_sums_calls_by_translations_particles_and_shape():
+    recorder = fine_sum_calls.FineSumCalls()
+    base = {"q": 5, "f": 8, "carried_children": 10, "held_rows": 40, "k": 11, "kb": 13}
+    recorder.sums = [
+        {**base, "b": 3, "t": 24, "ms": 100.0},
+        {**base, "b": 3, "t": 24, "ms": 300.0},
+        {**base, "b": 20, "t": 72, "ms": 50.0},
+    ]
+    lines = [line.split() for line in recorder.table().splitlines()]
+    assert " ".join(lines[0][:6]) == "fine sums: 3 sum_pairs calls, 0.45"
+    by_t = {row[0]: row[1:3] for row in lines[2:4]}  # after the header "t calls s ..."
+    assert lines[1][0] == "t"
+    assert by_t == {"17-32": ["2", "0.40"], "65-128": ["1", "0.05"]}
+    by_b = {row[0]: row[1:3] for row in lines[5:7]}
+    assert lines[4][0] == "b"
+    assert by_b == {"1-4": ["2", "0.40"], "17-32": ["1", "0.05"]}
+    assert lines[7][:3] == ["b", "t", "q"]
+    # the costliest shape first: calls, seconds, mean milliseconds
+    assert lines[8][:6] == ["3", "24", "5", "2", "0.40", "200.00"]
+    assert lines[9][:6] == ["20", "72", "5", "1", "0.05", "50.00"]
+    assert len(lines) == 10
