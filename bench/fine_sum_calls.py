@@ -9,11 +9,21 @@ device synchronised before and after (which removes the call's overlap with the 
 next work: a recorder, not a timer of the whole run). ``table`` sums them by bins of
 ``t`` and ``b`` and lists the shapes that cost most: where a synthetic group
 (``pair_sums_bench.py``, ``fine_kernel_configs.py --shape``) stands among the real ones.
+
+    python3 bench/fine_sum_calls.py RUN.json [--shape_args]
+
+prints the table of a ``tutorial_bench.py --record_fine_sums`` run's JSON, or with
+``--shape_args`` the costliest shape as ``fine_kernel_configs.py``'s ``--shape ...
+--carried ...`` arguments.
 """
 
+import argparse
 import collections
+import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,6 +86,18 @@ class FineSumCalls:
     def as_dict(self) -> dict:
         return {"sum_pairs": self.sums, "window_phases": self.phases}
 
+    def costliest_shape(self) -> dict:
+        """The shape ``(b, t, q)`` with the most device time: its mean sizes, and the share
+        of its children (``b q f``) that carry weight."""
+        by_shape: dict[tuple, list] = collections.defaultdict(list)
+        for c in self.sums:
+            by_shape[(c["b"], c["t"], c["q"])].append(c)
+        calls = max(by_shape.values(), key=lambda group: sum(c["ms"] for c in group))
+        keys = ("b", "t", "q", "f", "held_rows", "k", "kb", "carried_children")
+        mean = {key: round(sum(c[key] for c in calls) / len(calls)) for key in keys}
+        mean["carried"] = mean["carried_children"] / max(1, mean["b"] * mean["q"] * mean["f"])
+        return mean
+
     def table(self, top: int = 12) -> str:
         """Calls, total and mean milliseconds by bins of ``t`` and of ``b``, and the ``top``
         shapes ``(b, t, q)`` by total time."""
@@ -111,3 +133,26 @@ class FineSumCalls:
                 f"{mean['held_rows']:9.0f} {mean['k']:7.0f} {mean['kb']:7.0f}"
             )
         return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="a recorded run's fine sums, tabled")
+    parser.add_argument("run", type=Path, help="tutorial_bench.py --record_fine_sums's JSON")
+    parser.add_argument(
+        "--shape_args", action="store_true", help="the costliest shape, as --shape ... --carried"
+    )
+    args = parser.parse_args()
+    recorded = json.loads(args.run.read_text())["fine_sum_calls"]
+    calls = FineSumCalls()
+    calls.sums, calls.phases = recorded["sum_pairs"], recorded["window_phases"]
+    if not args.shape_args:
+        sys.stdout.write(calls.table())
+        return
+    shape = calls.costliest_shape()
+    children = shape["q"] * shape["f"]
+    sizes = (shape["b"], shape["t"], children, shape["held_rows"], shape["k"], shape["kb"])
+    sys.stdout.write(f"--shape {' '.join(map(str, sizes))} --carried {shape['carried']:.3f}\n")
+
+
+if __name__ == "__main__":
+    main()

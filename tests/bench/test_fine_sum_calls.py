@@ -74,3 +74,18 @@ def test_the_table_sums_calls_by_translations_particles_and_shape():
     assert lines[8][:6] == ["3", "24", "5", "2", "0.40", "200.00"]
     assert lines[9][:6] == ["20", "72", "5", "1", "0.05", "50.00"]
     assert len(lines) == 10
+
+
+def test_the_costliest_shape_gives_its_mean_sizes_and_carried_share():
+    recorder = fine_sum_calls.FineSumCalls()
+    base = {"q": 5, "f": 8, "held_rows": 40, "k": 11, "kb": 13}
+    recorder.sums = [
+        {**base, "b": 3, "t": 24, "carried_children": 12, "ms": 100.0},
+        {**base, "b": 3, "t": 24, "carried_children": 18, "ms": 100.0},
+        {**base, "b": 20, "t": 72, "carried_children": 400, "ms": 150.0},  # costlier alone
+    ]
+    got = recorder.costliest_shape()
+    assert {key: got[key] for key in ("b", "t", "q", "carried_children")} == {
+        "b": 3, "t": 24, "q": 5, "carried_children": 15
+    }  # fmt: skip
+    assert got["carried"] == 15 / (3 * 5 * 8)
