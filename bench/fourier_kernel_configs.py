@@ -1,0 +1,182 @@
+"""The projection and insertion kernels over launch shapes, at the tutorial job's order 6.
+
+    python3 bench/fourier_kernel_configs.py [--box 96] [--lists 64] [--per_list 32]
+        [--quick] [--out FILE]
+
+``texture._sample`` (the E-step's projections: texture sampling of the padded 3D
+reference, float16 texels, at each rotation's window of ``k`` coefficients, ``ROWS``
+rotations per program) and ``trilinear_kernels._splat`` (the insert: trilinear addition
+into the packed float32 accumulator of (re, im, weight, 0), one vector reduction per
+corner), each launched with every combination of its block size, rows per program (the
+sampler) and ``num_warps`` listed below, the committed launch first. The rotations are
+a fine pass's: ``--lists`` lists of ``--per_list`` rotations within 3 degrees of a
+random rotation each, list after list. Each launch's values (sampling) or sums (insert)
+are compared with the first launch's: sampling must be bitwise equal, the insert's sums
+differ only by the order of the atomic additions. Times are medians of ``--repeats``
+after a compiling call (CUDA events); the rates are samples per second, and for the
+sampler the output written at the device's copy rate is its floor. Needs a GPU.
+"""
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+from floor_rates import copy_rates  # bench/ is on sys.path
+
+from cryorefine.fourier import packed_accumulator, texture, trilinear_kernels
+from cryorefine.geometry import euler_to_matrix
+from cryorefine.likelihood.window import fourier_window, window_frequencies_xyz
+from cryorefine.simulate.poses import random_rotations
+
+# the committed launch first
+SAMPLE = {"BLOCK": (texture._BLOCK, 64, 256, 512), "ROWS": (texture._ROWS, 4, 16),
+          "num_warps": (4, 1, 2, 8)}  # fmt: skip
+SPLAT = {"BLOCK": (trilinear_kernels._BLOCK, 128, 512, 1024), "num_warps": (4, 2, 8)}
+QUICK = {"ROWS": (texture._ROWS,), "num_warps": (4, 2, 8)}
+
+
+def _reference(box: int, device: torch.device) -> torch.Tensor:
+    """A random padded reference ``(2 box, 2 box, box + 1)`` with a map's fall-off (down
+    to ``exp(-8)`` at the padded grid's Nyquist radius)."""
+    p = 2 * box
+    gen = torch.Generator(device=device).manual_seed(1)
+    reference = torch.randn((p, p, p // 2 + 1), dtype=torch.complex64, device=device, generator=gen)
+    centred = torch.arange(p, device=device) - p // 2
+    x = torch.arange(p // 2 + 1, device=device)
+    radius2 = centred[:, None, None] ** 2 + centred[None, :, None] ** 2 + x[None, None, :] ** 2
+    return reference * torch.exp(-radius2 / (2.0 * (p / 8) ** 2))
+
+
+def local_rotations(lists: int, per_list: int, device: torch.device) -> torch.Tensor:
+    """``lists x per_list`` rotations, each list within 3 degrees of a random rotation."""
+    gen = torch.Generator().manual_seed(2)
+    n = lists * per_list
+    centres = random_rotations(lists, generator=gen).to(torch.float64)
+    turns = euler_to_matrix(3.0 * torch.rand((n, 3), dtype=torch.float64, generator=gen))
+    return (centres.repeat_interleave(per_list, 0) @ turns).to(device, torch.float32)
+
+
+def launch_sample(case: dict, block: int, rows: int, num_warps: int) -> None:
+    """``texture.sample_texture``'s launch with these constants (one launch: all rows)."""
+    tex, rot, freq, out = case["texture"], case["rotations"], case["freq"], case["out"]
+    p, _, ph = tex.shape
+    r, k = rot.shape[0], freq.shape[0]
+    texture._sample[(triton.cdiv(k, block), triton.cdiv(r, rows))](
+        tex.handle, rot, freq, out, out, r, k, p, ph, 2.0, float(case["half"]) ** 2,
+        tex.scale, ROWS=rows, BLOCK=block, POWER=False, num_warps=num_warps,
+    )  # fmt: skip
+
+
+def launch_splat(case: dict, block: int, num_warps: int) -> None:
+    """``trilinear_kernels.splat_kernel``'s packed launch with these constants."""
+    acc, rot, freq = case["accumulator"], case["rotations"], case["freq"]
+    p, ph = acc.shape[0], acc.shape[2]
+    r, k = rot.shape[0], freq.shape[0]
+    acc.zero_()
+    trilinear_kernels._splat[(triton.cdiv(k, block), r)](
+        acc, acc, rot, freq, case["values"], case["weights"], k, p, ph, 2.0,
+        float(case["half"]) ** 2, 1, 3, PACKED=True, VECTOR=True, BLOCK=block,
+        num_warps=num_warps,
+    )  # fmt: skip
+
+
+def sweep(name: str, case: dict, launch: Callable, grid: dict, repeats: int, exact: bool) -> list:
+    """Every combination in ``grid``: median milliseconds, G samples per second, and the
+    largest difference from the first combination's result relative to its largest value."""
+    keys, rows, reference = list(grid), [], None
+    for values in itertools.product(*(grid[key] for key in keys)):
+        config = dict(zip(keys, values, strict=True))
+        try:
+            launch(case, *values)  # compiles
+            torch.cuda.synchronize()
+        except Exception as error:  # a shape Triton refuses is a row of the table
+            rows.append({**config, "error": f"{type(error).__name__}: {str(error)[:120]}"})
+            continue
+        got = case[case["result"]].clone()
+        reference = got if reference is None else reference
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            launch(case, *values)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        ms = statistics.median(times)
+        diff = float((got - reference).abs().max() / reference.abs().max())
+        same = bool(torch.equal(got, reference))
+        rate = case["samples"] / ms / 1e6
+        rows.append({**config, "ms": ms, "gsamples_per_second": rate, "rel_diff": diff,
+                     "bitwise_same": same})  # fmt: skip
+    floor = case.get("floor_ms")
+    lines = [f"{name}: {case['samples'] / 1e9:.2f} G samples"
+             + (f", floor {floor:.2f} ms (output at the copy rate)" if floor else "")]  # fmt: skip
+    for row in sorted(rows, key=lambda r: r.get("ms", float("inf"))):
+        shape = " ".join(f"{key}={row[key]}" for key in keys)
+        if "error" in row:
+            lines.append(f"  {shape:36s} {row['error']}")
+            continue
+        ratio = f" {row['ms'] / floor:5.1f}x floor" if floor else ""
+        same = "bitwise same" if row["bitwise_same"] else f"rel diff {row['rel_diff']:.1e}"
+        lines.append(f"  {shape:36s} {row['ms']:8.2f} ms {row['gsamples_per_second']:6.1f} GS/s"
+                     f"{ratio}, {same}")  # fmt: skip
+        if exact and not row["bitwise_same"]:
+            lines[-1] += "  <- NOT the first launch's values"
+    sys.stdout.write("\n".join(lines) + "\n")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--box", type=int, default=96)
+    parser.add_argument("--lists", type=int, default=64)
+    parser.add_argument("--per_list", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer launch shapes")
+    parser.add_argument("--out", type=Path, default=Path("bench_fourier_kernel_configs.json"))
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    copy = max(copy_rates(device, 3).values())
+    rotations = local_rotations(args.lists, args.per_list, device).reshape(-1, 9).contiguous()
+    r, half = rotations.shape[0], args.box // 2
+    # the fine window for sampling, the back-projection window (every coefficient of the
+    # half-cube) for the insert, as the E-step has them at order 6
+    fine = window_frequencies_xyz(fourier_window(args.box, 3, device=device))
+    full = fourier_window(args.box, 3, device=device, include_dc=True, include_redundant=True)
+    bp = window_frequencies_xyz(full)
+    grids = (SAMPLE, SPLAT) if not args.quick else (
+        {key: QUICK.get(key, values[:2]) for key, values in SAMPLE.items()},
+        {key: QUICK.get(key, values) for key, values in SPLAT.items()},
+    )  # fmt: skip
+    sys.stdout.write(f"{torch.cuda.get_device_name()}: copy {copy / 1e9:.0f} GB/s; box "
+                     f"{args.box}, {r} rotations in lists of {args.per_list}\n")  # fmt: skip
+    with texture.reference_texture(_reference(args.box, device)) as tex:
+        out = torch.empty((r, fine.shape[0], 2), device=device)
+        case = {"texture": tex, "rotations": rotations, "out": out, "half": half,
+                "freq": fine.to(torch.int32).contiguous(), "result": "out",
+                "samples": r * fine.shape[0], "floor_ms": out.numel() * 4 / copy * 1e3}  # fmt: skip
+        sampled = sweep("texture _sample", case, launch_sample, grids[0], args.repeats, True)
+    del out, case
+    gen = torch.Generator(device=device).manual_seed(3)
+    accumulator = packed_accumulator(args.box, padding_factor=2, device=device)
+    case = {
+        "accumulator": accumulator, "rotations": rotations, "half": half,
+        "freq": bp.to(torch.int32).contiguous(), "result": "accumulator",
+        "values": torch.randn((r, bp.shape[0], 2), device=device, generator=gen),
+        "weights": torch.rand((r, bp.shape[0]), device=device, generator=gen),
+        "samples": r * bp.shape[0],
+    }  # fmt: skip
+    splatted = sweep("_splat (packed)", case, launch_splat, grids[1], args.repeats, False)
+    summary = {"device": torch.cuda.get_device_name(), "copy": copy, "rotations": r,
+               "sample": sampled, "splat": splatted}  # fmt: skip
+    args.out.write_text(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
