@@ -81,7 +81,7 @@ def launch_splat(case: dict, block: int, num_warps: int) -> None:
     acc.zero_()
     trilinear_kernels._splat[(triton.cdiv(k, block), r)](
         acc, acc, rot, freq, case["values"], case["weights"], k, p, ph, 2.0,
-        float(case["half"]) ** 2, 1, 3, PACKED=True, VECTOR=True, BLOCK=block,
+        float(case["half"]) ** 2, 1, 3, PACKED=True, VECTOR=case.get("vector", True), BLOCK=block,
         num_warps=num_warps,
     )  # fmt: skip
 
