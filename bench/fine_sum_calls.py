@@ -30,7 +30,9 @@ import torch
 
 from cryorefine.likelihood import fine
 
-T_BINS = (8, 16, 32, 64, 128, 1 << 30)
+# 112: 14 coarse translations of 8 fine ones, beyond which sum_pairs and score_pairs leave
+# the kernels (pairs.MAX_TRANSLATIONS_PER_PRODUCT); 128: the kernels' tile (MAX_TILE_ROWS)
+T_BINS = (8, 16, 32, 64, 112, 128, 1 << 30)
 B_BINS = (4, 8, 16, 32, 64, 1 << 30)
 
 

@@ -65,7 +65,7 @@ def test_the_table_sums_calls_by_translations_particles_and_shape():
     assert " ".join(lines[0][:6]) == "fine sums: 3 sum_pairs calls, 0.45"
     by_t = {row[0]: row[1:3] for row in lines[2:4]}  # after the header "t calls s ..."
     assert lines[1][0] == "t"
-    assert by_t == {"17-32": ["2", "0.40"], "65-128": ["1", "0.05"]}
+    assert by_t == {"17-32": ["2", "0.40"], "65-112": ["1", "0.05"]}
     by_b = {row[0]: row[1:3] for row in lines[5:7]}
     assert lines[4][0] == "b"
     assert by_b == {"1-4": ["2", "0.40"], "17-32": ["1", "0.05"]}
