@@ -13,15 +13,15 @@ translations, 120 children each (a quarter carried), 736 held rows of ``k`` =
 launched with every combination of its block sizes, ``num_warps`` and ``num_stages``
 listed below; each launch's sums are compared with the first one's (the committed
 launch; session 32's sweep had the launch before it first: 32-coefficient blocks,
-Triton's default 4 warps and 3 stages), and its time (median of ``--repeats`` after a
-compiling call, CUDA events) with the bytes it must move at the device's copy rate: the
-floor. Prints a table per kernel and writes both as JSON. Needs a GPU and Triton.
+Triton's default 4 warps and 3 stages), and its time (``launch_sweep.sweep``: the launch
+alone, the tables zeroed before it untimed; session 32's sweep timed the zeroing too)
+with the bytes it must move at the device's copy rate: the floor. Prints a table per
+kernel and writes both as JSON. Needs a GPU and Triton.
 """
 
 import argparse
-import itertools
+import functools
 import json
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 import triton
 from floor_rates import copy_rates  # bench/ is on sys.path
+from launch_sweep import sweep
 
 from cryorefine.likelihood import carried_rows, unshifted
 
@@ -116,8 +117,6 @@ def carried_case(device: torch.device, shape: Shape, carried: float) -> dict:
 
 def launch_carried(case: dict, bc: int, bm: int, num_warps: int, num_stages: int) -> None:
     c = case
-    c["data"].zero_()
-    c["weight"].zero_()
     b, t, _, _, _, kb = c["shape"]
     carried_rows._carried[(triton.cdiv(kb, bc), b)](
         c["w"], c["table_rows"], c["child_w"], c["picks"], c["counts"], c["y"], c["v"], c["s"],
@@ -129,47 +128,26 @@ def launch_carried(case: dict, bc: int, bm: int, num_warps: int, num_stages: int
     )  # fmt: skip
 
 
-def _result(case: dict) -> torch.Tensor:
-    return case["out"] if case["out"] is not None else case["data"]
+def _reset(case: dict) -> None:
+    """The carried launch adds into zeroed tables: zeroed before each launch, not timed."""
+    if case["out"] is None:
+        case["data"].zero_()
+        case["weight"].zero_()
 
 
-def sweep(name: str, case: dict, launch: Callable, grid: dict, repeats: int, copy: float) -> list:
-    """Every combination in ``grid``: median milliseconds, ratio to the floor, and the largest
-    difference from the first combination's sums relative to their largest value."""
-    keys = list(grid)
-    reference = None
-    rows = []
-    for values in itertools.product(*(grid[key] for key in keys)):
-        config = dict(zip(keys, values, strict=True))
-        try:
-            launch(case, *values)  # compiles
-            torch.cuda.synchronize()
-        except Exception as error:  # a shape Triton refuses is a row of the table
-            rows.append({**config, "error": f"{type(error).__name__}: {str(error)[:120]}"})
-            continue
-        got = _result(case).clone()
-        reference = got if reference is None else reference
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            launch(case, *values)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        ms = statistics.median(times)
-        diff = float((got - reference).abs().max() / reference.abs().max())
-        rows.append({**config, "ms": ms, "floor_ms": case["bytes"] / copy * 1e3, "rel_diff": diff})
-    lines = [f"{name}: floor {case['bytes'] / copy * 1e3:.2f} ms ({case['bytes'] / 1e9:.1f} GB)"]
+def table(name: str, case: dict, rows: list[dict], copy: float) -> str:
+    """The launches by time: milliseconds, ratio to the floor, difference from the first."""
+    floor_ms = case["bytes"] / copy * 1e3
+    lines = [f"{name}: floor {floor_ms:.2f} ms ({case['bytes'] / 1e9:.1f} GB)"]
     for row in sorted(rows, key=lambda r: r.get("ms", float("inf"))):
-        shape = " ".join(f"{key}={row[key]}" for key in keys)
+        shape = " ".join(f"{key}={value}" for key, value in row.items() if key.isupper()
+                         or key.startswith("num_"))  # fmt: skip
         if "error" in row:
             lines.append(f"  {shape:48s} {row['error']}")
         else:
-            lines.append(f"  {shape:48s} {row['ms']:8.2f} ms {row['ms'] / row['floor_ms']:6.1f}x"
+            lines.append(f"  {shape:48s} {row['ms']:8.2f} ms {row['ms'] / floor_ms:6.1f}x"
                          f" floor, rel diff {row['rel_diff']:.1e}")  # fmt: skip
-    sys.stdout.write("\n".join(lines) + "\n")
-    return rows
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -202,7 +180,12 @@ def main() -> None:
         if args.quick:
             grid = {key: QUICK.get(key, values[:2]) for key, values in grid.items()}
         case = make(device, shape, args.carried)
-        results[name] = sweep(name, case, launch, grid, args.repeats, copy)
+        result = case["out"] if case["out"] is not None else case["data"]
+        results[name] = sweep(grid, functools.partial(launch, case), lambda r=result: r,
+                              args.repeats, functools.partial(_reset, case))  # fmt: skip
+        for row in results[name]:
+            row["floor_ms"] = case["bytes"] / copy * 1e3
+        sys.stdout.write(table(name, case, results[name], copy))
         del case
         torch.cuda.empty_cache()
     args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "copy": copy,

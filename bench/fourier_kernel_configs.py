@@ -12,22 +12,22 @@ sampler) and ``num_warps`` listed below, the committed launch first. The rotatio
 a fine pass's: ``--lists`` lists of ``--per_list`` rotations within 3 degrees of a
 random rotation each, list after list. Each launch's values (sampling) or sums (insert)
 are compared with the first launch's: sampling must be bitwise equal, the insert's sums
-differ only by the order of the atomic additions. Times are medians of ``--repeats``
-after a compiling call (CUDA events); the rates are samples per second, and for the
-sampler the output written at the device's copy rate is its floor. Needs a GPU.
+differ only by the order of the atomic additions. Times are of the launch alone
+(``launch_sweep.sweep``; the accumulator zeroed before, untimed); the rates are samples
+per second, and for the sampler the output written at the device's copy rate is its
+floor. Needs a GPU.
 """
 
 import argparse
-import itertools
+import functools
 import json
-import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import triton
 from floor_rates import copy_rates  # bench/ is on sys.path
+from launch_sweep import sweep
 
 from cryorefine.fourier import packed_accumulator, texture, trilinear_kernels
 from cryorefine.geometry import euler_to_matrix
@@ -78,7 +78,6 @@ def launch_splat(case: dict, block: int, num_warps: int) -> None:
     acc, rot, freq = case["accumulator"], case["rotations"], case["freq"]
     p, ph = acc.shape[0], acc.shape[2]
     r, k = rot.shape[0], freq.shape[0]
-    acc.zero_()
     trilinear_kernels._splat[(triton.cdiv(k, block), r)](
         acc, acc, rot, freq, case["values"], case["weights"], k, p, ph, 2.0,
         float(case["half"]) ** 2, 1, 3, PACKED=True, VECTOR=case.get("vector", True), BLOCK=block,
@@ -86,50 +85,25 @@ def launch_splat(case: dict, block: int, num_warps: int) -> None:
     )  # fmt: skip
 
 
-def sweep(name: str, case: dict, launch: Callable, grid: dict, repeats: int, exact: bool) -> list:
-    """Every combination in ``grid``: median milliseconds, G samples per second, and the
-    largest difference from the first combination's result relative to its largest value."""
-    keys, rows, reference = list(grid), [], None
-    for values in itertools.product(*(grid[key] for key in keys)):
-        config = dict(zip(keys, values, strict=True))
-        try:
-            launch(case, *values)  # compiles
-            torch.cuda.synchronize()
-        except Exception as error:  # a shape Triton refuses is a row of the table
-            rows.append({**config, "error": f"{type(error).__name__}: {str(error)[:120]}"})
-            continue
-        got = case[case["result"]].clone()
-        reference = got if reference is None else reference
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            launch(case, *values)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        ms = statistics.median(times)
-        diff = float((got - reference).abs().max() / reference.abs().max())
-        same = bool(torch.equal(got, reference))
-        rate = case["samples"] / ms / 1e6
-        rows.append({**config, "ms": ms, "gsamples_per_second": rate, "rel_diff": diff,
-                     "bitwise_same": same})  # fmt: skip
+def table(name: str, case: dict, rows: list[dict], exact: bool) -> str:
+    """The launches by time: milliseconds, G samples per second, ratio to the floor where
+    there is one, and agreement with the first launch."""
     floor = case.get("floor_ms")
     lines = [f"{name}: {case['samples'] / 1e9:.2f} G samples"
              + (f", floor {floor:.2f} ms (output at the copy rate)" if floor else "")]  # fmt: skip
     for row in sorted(rows, key=lambda r: r.get("ms", float("inf"))):
-        shape = " ".join(f"{key}={row[key]}" for key in keys)
+        shape = " ".join(f"{key}={value}" for key, value in row.items() if key.isupper()
+                         or key.startswith("num_"))  # fmt: skip
         if "error" in row:
             lines.append(f"  {shape:36s} {row['error']}")
             continue
+        rate = case["samples"] / row["ms"] / 1e6
         ratio = f" {row['ms'] / floor:5.1f}x floor" if floor else ""
         same = "bitwise same" if row["bitwise_same"] else f"rel diff {row['rel_diff']:.1e}"
-        lines.append(f"  {shape:36s} {row['ms']:8.2f} ms {row['gsamples_per_second']:6.1f} GS/s"
-                     f"{ratio}, {same}")  # fmt: skip
+        lines.append(f"  {shape:36s} {row['ms']:8.2f} ms {rate:6.1f} GS/s{ratio}, {same}")
         if exact and not row["bitwise_same"]:
             lines[-1] += "  <- NOT the first launch's values"
-    sys.stdout.write("\n".join(lines) + "\n")
-    return rows
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -159,20 +133,24 @@ def main() -> None:
     with texture.reference_texture(_reference(args.box, device)) as tex:
         out = torch.empty((r, fine.shape[0], 2), device=device)
         case = {"texture": tex, "rotations": rotations, "out": out, "half": half,
-                "freq": fine.to(torch.int32).contiguous(), "result": "out",
+                "freq": fine.to(torch.int32).contiguous(),
                 "samples": r * fine.shape[0], "floor_ms": out.numel() * 4 / copy * 1e3}  # fmt: skip
-        sampled = sweep("texture _sample", case, launch_sample, grids[0], args.repeats, True)
+        sample = functools.partial(launch_sample, case)
+        sampled = sweep(grids[0], sample, lambda o=out: o, args.repeats)
+        sys.stdout.write(table("texture _sample", case, sampled, exact=True))
     del out, case
     gen = torch.Generator(device=device).manual_seed(3)
     accumulator = packed_accumulator(args.box, padding_factor=2, device=device)
     case = {
         "accumulator": accumulator, "rotations": rotations, "half": half,
-        "freq": bp.to(torch.int32).contiguous(), "result": "accumulator",
+        "freq": bp.to(torch.int32).contiguous(),
         "values": torch.randn((r, bp.shape[0], 2), device=device, generator=gen),
         "weights": torch.rand((r, bp.shape[0]), device=device, generator=gen),
         "samples": r * bp.shape[0],
     }  # fmt: skip
-    splatted = sweep("_splat (packed)", case, launch_splat, grids[1], args.repeats, False)
+    splatted = sweep(grids[1], functools.partial(launch_splat, case), lambda: accumulator,
+                     args.repeats, accumulator.zero_)  # fmt: skip
+    sys.stdout.write(table("_splat (packed)", case, splatted, exact=False))
     summary = {"device": torch.cuda.get_device_name(), "copy": copy, "rotations": r,
                "sample": sampled, "splat": splatted}  # fmt: skip
     args.out.write_text(json.dumps(summary))
