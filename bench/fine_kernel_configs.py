@@ -9,7 +9,7 @@ added by atomics: the second owners' launch) at the shape of
 ``pair_sums_bench.py``'s synthetic group: ``b`` = 37 particles, ``t`` = 72 fine
 translations, 120 children each (a quarter carried), 736 held rows of ``k`` =
 238,869 coefficients, a back-projection window of ``kb`` = 451,584; or ``--shape``
-(a real group's, from ``tutorial_bench.py --record_fine_sums``). Each kernel is
+(a real group's, from ``tutorial_bench.py --record_fine_calls``). Each kernel is
 launched with every combination of its block sizes, ``num_warps`` and ``num_stages``
 listed below; each launch's sums are compared with the first one's (the committed
 launch; session 32's sweep had the launch before it first: 32-coefficient blocks,

@@ -41,7 +41,7 @@ from pathlib import Path
 import gpu_idle
 import host_knobs
 import torch
-from fine_sum_calls import FineSumCalls  # bench/ is on sys.path
+from fine_calls import FineCalls  # bench/ is on sys.path
 from floor_orders import format_orders, order_totals
 from floor_rates import measure_rates, rate_lines, rate_shapes
 from floor_table import floor_rows, format_totals, iteration_totals
@@ -82,7 +82,7 @@ PHASES = (
     "batch_poses",
 )  # fmt: skip (timing.PhaseTimes ranges)
 # summary entries printed as tables, not as key: value
-TABLES = ("per_iteration", "floor", "fine_sum_calls")
+TABLES = ("per_iteration", "floor", "fine_calls")
 
 
 def run(
@@ -171,10 +171,10 @@ def parse_arguments() -> argparse.Namespace:
         "run_half_set, the E-step of a half set; 'all': the whole process)",
     )
     parser.add_argument(
-        "--record_fine_sums",
+        "--record_fine_calls",
         action="store_true",
-        help="record each fine group's M-step sums: its sizes and device time "
-        "(fine_sum_calls.py; the device synchronised around each call)",
+        help="record each fine group's scores and M-step sums: sizes and device time "
+        "(fine_calls.py; the device synchronised around each call)",
     )
     host_knobs.add_arguments(parser)
     parser.add_argument(
@@ -210,10 +210,10 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench_tutorial.json"))
     args = parser.parse_args()
     if args.ranks > 1 and not (
-        args.gpu and not args.profile and not args.torch_profile and not args.record_fine_sums
+        args.gpu and not args.profile and not args.torch_profile and not args.record_fine_calls
     ):
         parser.error("--ranks above 1 needs --gpu and none of --profile, --torch_profile, "
-                     "--record_fine_sums")  # fmt: skip
+                     "--record_fine_calls")  # fmt: skip
     return args
 
 
@@ -279,7 +279,7 @@ def main() -> None:
     start, stopped = time.perf_counter(), False
     poller = DeviceMemoryPoller() if args.gpu else None
     sampler: HostSampler | None = None
-    recorder = FineSumCalls() if args.record_fine_sums else None
+    recorder = FineCalls() if args.record_fine_calls else None
     host_knobs.apply(args)
     try:
         if args.ranks > 1:
@@ -371,8 +371,8 @@ def main() -> None:
                   format_totals(floors["per_iteration"]),
                   format_orders(floors["per_order"])]  # fmt: skip
     if recorder is not None:
-        summary["fine_sum_calls"] = recorder.as_dict()
-        lines.append(recorder.table())
+        summary["fine_calls"] = recorder.as_dict()
+        lines.append(recorder.table() + recorder.scores_table())
     if sampler is not None:
         summary["host_samples"] = sampler.as_dict()
         lines.append(sampler.table())

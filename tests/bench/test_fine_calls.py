@@ -1,4 +1,5 @@
-"""bench/fine_sum_calls: each fine group's M-step sums recorded with its sizes, then tabled."""
+"""bench/fine_calls: each fine group's scores and M-step sums recorded with its sizes, then
+tabled."""
 
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import fine_sum_calls
+import fine_calls
 
 from cryorefine.likelihood import fine
 
@@ -32,7 +33,7 @@ def _call(b: int, t: int, q: int, f: int, carried_pairs: int, held: int, k: int,
 def test_each_call_is_recorded_with_its_group_sizes_and_passed_through(monkeypatch):
     calls = []
     monkeypatch.setattr(fine, "sum_pairs", lambda *a, **o: calls.append(o) or "sums")
-    with fine_sum_calls.FineSumCalls() as recorder:
+    with fine_calls.FineCalls() as recorder:
         assert _call(3, 24, 5, 8, carried_pairs=2, held=40, k=11, kb=13) == "sums"
         _call(2, 8, 4, 8, carried_pairs=4, held=16, k=11, kb=13)
     assert calls == [{"precision": "float32", "max_bytes": 1}] * 2  # options passed on
@@ -46,15 +47,30 @@ def test_each_call_is_recorded_with_its_group_sizes_and_passed_through(monkeypat
     assert second["ms"] >= 0
 
 
+def test_each_scores_call_is_recorded_with_its_group_sizes_and_passed_through(monkeypatch):
+    monkeypatch.setattr(fine, "score_pairs", lambda *a, **o: ("scores", o["children"]))
+    terms = SimpleNamespace(shifted=torch.zeros(3, 152, 22))
+    projector = SimpleNamespace(block=8)
+    rows = torch.zeros(3, 60, dtype=torch.long)
+    with fine_calls.FineCalls() as recorder:
+        got = fine.score_pairs(terms, projector, rows, None, children=8, max_bytes=1)
+    assert got == ("scores", 8)
+    (call,) = recorder.scores
+    assert {key: call[key] for key in ("b", "t", "q", "f")} == {"b": 3, "t": 152, "q": 60, "f": 8}
+    assert call["ms"] >= 0
+
+
 def test_leaving_restores_the_fine_pass_own_functions():
-    saved = (fine.sum_pairs, fine.window_phases)
-    with fine_sum_calls.FineSumCalls():
-        assert (fine.sum_pairs, fine.window_phases) != saved
-    assert (fine.sum_pairs, fine.window_phases) == saved
+    saved = (fine.sum_pairs, fine.score_pairs, fine.window_phases)
+    with fine_calls.FineCalls():
+        assert fine.sum_pairs is not saved[0]
+        assert fine.score_pairs is not saved[1]
+        assert fine.window_phases is not saved[2]
+    assert (fine.sum_pairs, fine.score_pairs, fine.window_phases) == saved
 
 
 def test_the_table_sums_calls_by_translations_particles_and_shape():
-    recorder = fine_sum_calls.FineSumCalls()
+    recorder = fine_calls.FineCalls()
     base = {"q": 5, "f": 8, "carried_children": 10, "held_rows": 40, "k": 11, "kb": 13}
     recorder.sums = [
         {**base, "b": 3, "t": 24, "ms": 100.0},
@@ -77,7 +93,7 @@ def test_the_table_sums_calls_by_translations_particles_and_shape():
 
 
 def test_the_costliest_shape_gives_its_mean_sizes_and_carried_share():
-    recorder = fine_sum_calls.FineSumCalls()
+    recorder = fine_calls.FineCalls()
     base = {"q": 5, "f": 8, "held_rows": 40, "k": 11, "kb": 13}
     recorder.sums = [
         {**base, "b": 3, "t": 24, "carried_children": 12, "ms": 100.0},
@@ -89,3 +105,20 @@ def test_the_costliest_shape_gives_its_mean_sizes_and_carried_share():
         "b": 3, "t": 24, "q": 5, "carried_children": 15
     }  # fmt: skip
     assert got["carried"] == 15 / (3 * 5 * 8)
+
+
+def test_the_scores_table_sums_calls_by_translations():
+    recorder = fine_calls.FineCalls()
+    recorder.scores = [
+        {"b": 3, "t": 24, "q": 5, "f": 8, "ms": 100.0},
+        {"b": 9, "t": 152, "q": 60, "f": 8, "ms": 700.0},  # beyond one tile of 128
+        {"b": 4, "t": 120, "q": 30, "f": 8, "ms": 200.0},
+    ]
+    lines = [line.split() for line in recorder.scores_table().splitlines()]
+    assert " ".join(lines[0][:5]) == "fine scores: 3 score_pairs calls,"
+    assert lines[0][5] == "1.00"
+    assert {row[0]: row[1:] for row in lines[2:]} == {
+        "17-32": ["1", "0.10", "100.00"],
+        "113-128": ["1", "0.20", "200.00"],
+        ">128": ["1", "0.70", "700.00"],
+    }

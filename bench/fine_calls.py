@@ -1,18 +1,20 @@
-"""The fine pass's M-step sums call by call in a real run: each fine group's shape and time.
+"""The fine pass call by call in a real run: each fine group's shape and time.
 
-``FineSumCalls`` (a context manager) wraps ``likelihood.fine``'s ``sum_pairs`` and
-``window_phases`` while a refine runs in this process (``tutorial_bench.py
---record_fine_sums``). For every call it records the group's sizes (particles ``b``,
+``FineCalls`` (a context manager) wraps ``likelihood.fine``'s ``sum_pairs`` (the M-step
+sums), ``score_pairs`` (the children's scores) and ``window_phases`` while a refine runs
+in this process (``tutorial_bench.py --record_fine_calls``). For every sums call it
+records the group's sizes (particles ``b``,
 fine translations ``t``, carried pairs ``q``, children per pair ``f``, carried children,
 held rows, fine window ``k``, back-projection window ``kb``) and its device time, the
 device synchronised before and after (which removes the call's overlap with the host's
-next work: a recorder, not a timer of the whole run). ``table`` sums them by bins of
-``t`` and ``b`` and lists the shapes that cost most: where a synthetic group
-(``pair_sums_bench.py``, ``fine_kernel_configs.py --shape``) stands among the real ones.
+next work: a recorder, not a timer of the whole run); for every scores call the sizes
+and time. ``table`` sums the sums' calls by bins of ``t`` and ``b`` and lists the shapes
+that cost most: where a synthetic group (``pair_sums_bench.py``, ``fine_kernel_configs.py
+--shape``) stands among the real ones; ``scores_table`` sums the scores' calls by ``t``.
 
-    python3 bench/fine_sum_calls.py RUN.json [--shape_args]
+    python3 bench/fine_calls.py RUN.json [--shape_args]
 
-prints the table of a ``tutorial_bench.py --record_fine_sums`` run's JSON, or with
+prints the table of a ``tutorial_bench.py --record_fine_calls`` run's JSON, or with
 ``--shape_args`` the costliest shape as ``fine_kernel_configs.py``'s ``--shape ...
 --carried ...`` arguments.
 """
@@ -46,17 +48,18 @@ def _synchronized_ms(call: Callable[[], Any]) -> tuple[Any, float]:
     return out, (time.perf_counter() - start) * 1e3
 
 
-class FineSumCalls:
+class FineCalls:
     """Records ``fine.sum_pairs`` and ``fine.window_phases`` calls while entered."""
 
     def __init__(self) -> None:
         self.sums: list[dict] = []
+        self.scores: list[dict] = []
         self.phases: list[dict] = []
-        self._saved: tuple[Callable, Callable] | None = None
+        self._saved: tuple[Callable, Callable, Callable] | None = None
 
-    def __enter__(self) -> "FineSumCalls":
-        self._saved = (fine.sum_pairs, fine.window_phases)
-        sum_pairs, window_phases = self._saved
+    def __enter__(self) -> "FineCalls":
+        self._saved = (fine.sum_pairs, fine.score_pairs, fine.window_phases)
+        sum_pairs, score_pairs, window_phases = self._saved
 
         def recorded_sums(particles, projector, rows, lists, weights, *rest, **options):
             out, ms = _synchronized_ms(
@@ -73,20 +76,30 @@ class FineSumCalls:
             })  # fmt: skip
             return out
 
+        def recorded_scores(terms, projector, rows, *rest, **options):
+            out, ms = _synchronized_ms(
+                lambda: score_pairs(terms, projector, rows, *rest, **options)
+            )
+            b, t, _ = terms.shifted.shape
+            self.scores.append({"b": b, "t": int(t), "q": int(rows.shape[1]),
+                                "f": projector.block, "ms": ms})  # fmt: skip
+            return out
+
         def recorded_phases(*args, **options):
             out, ms = _synchronized_ms(lambda: window_phases(*args, **options))
             self.phases.append({"shape": list(out.shape), "ms": ms})
             return out
 
-        fine.sum_pairs, fine.window_phases = recorded_sums, recorded_phases
+        fine.sum_pairs, fine.score_pairs = recorded_sums, recorded_scores
+        fine.window_phases = recorded_phases
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._saved is not None
-        fine.sum_pairs, fine.window_phases = self._saved
+        fine.sum_pairs, fine.score_pairs, fine.window_phases = self._saved
 
     def as_dict(self) -> dict:
-        return {"sum_pairs": self.sums, "window_phases": self.phases}
+        return {"sum_pairs": self.sums, "score_pairs": self.scores, "window_phases": self.phases}
 
     def costliest_shape(self) -> dict:
         """The shape ``(b, t, q)`` with the most device time: its mean sizes, and the share
@@ -99,6 +112,22 @@ class FineSumCalls:
         mean = {key: round(sum(c[key] for c in calls) / len(calls)) for key in keys}
         mean["carried"] = mean["carried_children"] / max(1, mean["b"] * mean["q"] * mean["f"])
         return mean
+
+    def scores_table(self) -> str:
+        """The scores' calls by bins of ``t``: calls, seconds, mean milliseconds."""
+        lines = [f"fine scores: {len(self.scores)} score_pairs calls, "
+                 f"{sum(c['ms'] for c in self.scores) / 1e3:.2f} s",
+                 f"{'t':>10} {'calls':>6} {'s':>8} {'mean ms':>8}"]  # fmt: skip
+        low = 0
+        for high in T_BINS:
+            calls = [c for c in self.scores if low < c["t"] <= high]
+            if calls:
+                total = sum(c["ms"] for c in calls)
+                label = f"{low + 1}-{high}" if high < 1 << 30 else f">{low}"
+                lines.append(f"{label:>10} {len(calls):6d} {total / 1e3:8.2f} "
+                             f"{total / len(calls):8.2f}")  # fmt: skip
+            low = high
+        return "\n".join(lines) + "\n"
 
     def table(self, top: int = 12) -> str:
         """Calls, total and mean milliseconds by bins of ``t`` and of ``b``, and the ``top``
@@ -139,16 +168,17 @@ class FineSumCalls:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="a recorded run's fine sums, tabled")
-    parser.add_argument("run", type=Path, help="tutorial_bench.py --record_fine_sums's JSON")
+    parser.add_argument("run", type=Path, help="tutorial_bench.py --record_fine_calls's JSON")
     parser.add_argument(
         "--shape_args", action="store_true", help="the costliest shape, as --shape ... --carried"
     )
     args = parser.parse_args()
-    recorded = json.loads(args.run.read_text())["fine_sum_calls"]
-    calls = FineSumCalls()
+    recorded = json.loads(args.run.read_text())["fine_calls"]
+    calls = FineCalls()
     calls.sums, calls.phases = recorded["sum_pairs"], recorded["window_phases"]
+    calls.scores = recorded.get("score_pairs", [])
     if not args.shape_args:
-        sys.stdout.write(calls.table())
+        sys.stdout.write(calls.table() + calls.scores_table())
         return
     shape = calls.costliest_shape()
     children = shape["q"] * shape["f"]
