@@ -1,4 +1,4 @@
-# The fine pass's scores and M-step sums in a real run, then the two M-step kernels swept at
+# The fine pass's scores and M-step sums in a real run, then the two M-step kernels swept at its
 # costliest group shape. Iteration ITER (27) from the committed state (final_iteration_ab.py,
 # the data simulated first where missing) under SETTINGS (default: once to compile, once with
 # each fine group's sums recorded, tutorial_bench.py --record_fine_calls: sizes and device time
