@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import pair_sums_bench
 import torch
 import triton
 from floor_rates import copy_rates  # bench/ is on sys.path
@@ -37,14 +38,15 @@ from cryorefine.likelihood import carried_rows, unshifted
 
 class Shape(NamedTuple):
     """A fine group's sizes: particles, fine translations, children per particle, held rows,
-    fine and back-projection windows' complex coefficients."""
+    fine and back-projection windows' complex coefficients (default: ``pair_sums_bench``'s
+    synthetic group)."""
 
-    b: int = 37
-    t: int = 72
-    children: int = 120
-    rows: int = 736
-    k: int = 238_869
-    kb: int = 451_584
+    b: int = pair_sums_bench.B
+    t: int = pair_sums_bench.COARSE_T * pair_sums_bench.G
+    children: int = pair_sums_bench.PAIRS * pair_sums_bench.F
+    rows: int = pair_sums_bench.BLOCKS * pair_sums_bench.F
+    k: int = pair_sums_bench.K
+    kb: int = pair_sums_bench.KB
 
 
 # the committed launch first (a32ff53), then the others; --quick: fewer

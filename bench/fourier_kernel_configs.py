@@ -28,6 +28,7 @@ import torch
 import triton
 from floor_rates import copy_rates  # bench/ is on sys.path
 from launch_sweep import sweep
+from texture_layout_bench import map_like_reference
 
 from cryorefine.fourier import packed_accumulator, texture, trilinear_kernels
 from cryorefine.geometry import euler_to_matrix
@@ -39,18 +40,6 @@ SAMPLE = {"BLOCK": (texture._BLOCK, 64, 256, 512), "ROWS": (texture._ROWS, 4, 16
           "num_warps": (4, 1, 2, 8)}  # fmt: skip
 SPLAT = {"BLOCK": (trilinear_kernels._BLOCK, 128, 512, 1024), "num_warps": (4, 2, 8)}
 QUICK = {"ROWS": (texture._ROWS,), "num_warps": (4, 2, 8)}
-
-
-def _reference(box: int, device: torch.device) -> torch.Tensor:
-    """A random padded reference ``(2 box, 2 box, box + 1)`` with a map's fall-off (down
-    to ``exp(-8)`` at the padded grid's Nyquist radius)."""
-    p = 2 * box
-    gen = torch.Generator(device=device).manual_seed(1)
-    reference = torch.randn((p, p, p // 2 + 1), dtype=torch.complex64, device=device, generator=gen)
-    centred = torch.arange(p, device=device) - p // 2
-    x = torch.arange(p // 2 + 1, device=device)
-    radius2 = centred[:, None, None] ** 2 + centred[None, :, None] ** 2 + x[None, None, :] ** 2
-    return reference * torch.exp(-radius2 / (2.0 * (p / 8) ** 2))
 
 
 def local_rotations(lists: int, per_list: int, device: torch.device) -> torch.Tensor:
@@ -130,7 +119,7 @@ def main() -> None:
     )  # fmt: skip
     sys.stdout.write(f"{torch.cuda.get_device_name()}: copy {copy / 1e9:.0f} GB/s; box "
                      f"{args.box}, {r} rotations in lists of {args.per_list}\n")  # fmt: skip
-    with texture.reference_texture(_reference(args.box, device)) as tex:
+    with texture.reference_texture(map_like_reference(args.box, device)) as tex:
         out = torch.empty((r, fine.shape[0], 2), device=device)
         case = {"texture": tex, "rotations": rotations, "out": out, "half": half,
                 "freq": fine.to(torch.int32).contiguous(),

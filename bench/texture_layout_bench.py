@@ -91,6 +91,18 @@ def sample_variant(texture: ReferenceTexture, rotations: torch.Tensor, freq: tor
     return torch.view_as_complex(out)
 
 
+def map_like_reference(box: int, device: torch.device) -> torch.Tensor:
+    """A random padded reference ``(2 box, 2 box, box + 1)`` (seeded) with a map's fall-off:
+    the modulus down to ``exp(-8)`` at the padded grid's Nyquist radius."""
+    p = 2 * box
+    gen = torch.Generator(device=device).manual_seed(1)
+    reference = torch.randn((p, p, p // 2 + 1), dtype=torch.complex64, device=device, generator=gen)
+    centred = torch.arange(p, device=device) - p // 2  # z and y: zero at p // 2; x from 0
+    x = torch.arange(p // 2 + 1, device=device)
+    radius2 = centred[:, None, None] ** 2 + centred[None, :, None] ** 2 + x[None, None, :] ** 2
+    return reference * torch.exp(-radius2 / (2.0 * (p / 8) ** 2))
+
+
 def in_chunks(sample, rotations: torch.Tensor, chunk: int) -> torch.Tensor:
     """``sample`` over ``rotations`` ``chunk`` rows per launch, joined."""
     return torch.cat([sample(rotations[lo : lo + chunk]) for lo in range(0, len(rotations), chunk)])
@@ -106,14 +118,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench_texture_layout.json")
     args = parser.parse_args()
     device = torch.device("cuda")
-    gen = torch.Generator(device=device).manual_seed(1)
-    p, half_box = 2 * args.box, args.box // 2
-    reference = torch.randn((p, p, p // 2 + 1), dtype=torch.complex64, device=device, generator=gen)
-    # a map's fall-off: the modulus down to exp(-8) at the padded grid's Nyquist radius
-    centred = torch.arange(p, device=device) - p // 2  # z and y: zero at p // 2; x from 0
-    x = torch.arange(p // 2 + 1, device=device)
-    radius2 = centred[:, None, None] ** 2 + centred[None, :, None] ** 2 + x[None, None, :] ** 2
-    reference *= torch.exp(-radius2 / (2.0 * (p / 8) ** 2))
+    half_box = args.box // 2
+    reference = map_like_reference(args.box, device)
     freq = window_frequencies_xyz(fourier_window(args.box, 3, device=device)).to(torch.int32)
     freq = freq.contiguous()
     perm = torch.argsort(morton_key(freq)).to(torch.int32).contiguous()
