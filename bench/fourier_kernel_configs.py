@@ -36,10 +36,10 @@ from cryorefine.likelihood.window import fourier_window, window_frequencies_xyz
 from cryorefine.simulate.poses import random_rotations
 
 # the committed launch first
-SAMPLE = {"BLOCK": (texture._BLOCK, 64, 256, 512), "ROWS": (texture._ROWS, 4, 16),
-          "num_warps": (4, 1, 2, 8)}  # fmt: skip
+SAMPLE = {"BLOCK": (texture._BLOCK, 64, 128, 512), "ROWS": (texture._ROWS, 4, 16),
+          "num_warps": (texture._WARPS, 1, 2, 4)}  # fmt: skip
 SPLAT = {"BLOCK": (trilinear_kernels._BLOCK, 128, 512, 1024), "num_warps": (4, 2, 8)}
-QUICK = {"ROWS": (texture._ROWS,), "num_warps": (4, 2, 8)}
+QUICK = {"ROWS": (texture._ROWS,), "num_warps": (texture._WARPS, 2, 4)}
 
 
 def local_rotations(lists: int, per_list: int, device: torch.device) -> torch.Tensor:
