@@ -139,7 +139,12 @@ def test_run_log_holds_every_ranks_half_set_lines(runs, ranks, per_half) -> None
 
 
 def test_continue_resumes_a_two_rank_run_with_three_ranks_or_one(runs, tmp_path: Path) -> None:
+    """From the last iteration's files (the final files removed), with the two auto flags
+    given again as RELION's parseContinue asks: each continued run does the final
+    iteration only, and their maps agree."""
     source = runs["ranks2"]
+    last = sorted(source.glob("run_it[0-9][0-9][0-9]_optimiser.star"))[-1]
+    final_iteration = int(last.name[6:9]) + 1
     continued = {}
     for ranks in (3, 1):
         folder = tmp_path / f"continued{ranks}"
@@ -147,12 +152,22 @@ def test_continue_resumes_a_two_rank_run_with_three_ranks_or_one(runs, tmp_path:
         for final in folder.glob("run_*"):
             if "_it" not in final.name:
                 final.unlink()
+        logged = len((folder / "run.log").read_text())
         result = run_cryorefine(
             ranks,
-            ["refine", "--continue", str(folder / "run_it002_optimiser.star")],
+            [
+                "refine",
+                "--continue",
+                str(folder / last.name),
+                "--auto_ignore_angles",
+                "--auto_resol_angles",
+            ],
             cwd=runs["folder"],
         )
         _check(result, f"--continue with {ranks} ranks")
         assert (folder / "run_class001.mrc").is_file()
+        new_lines = (folder / "run.log").read_text()[logged:]
+        iterations = re.findall(r"iter=(\d+) resolution_angst=.* converged=(\d)", new_lines)
+        assert iterations == [(f"{final_iteration:03d}", "1")], ranks
         continued[ranks] = folder
     _assert_maps_agree(continued[1], continued[3])
