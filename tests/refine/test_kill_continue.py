@@ -515,8 +515,14 @@ def test_continue_takes_what_the_command_line_gave_even_a_default_value(
     changed = continued_options(run, options_from_arguments(args), args.given_options)
     assert changed.tau2_fudge == 1.0  # given, although it is the default
     assert changed.auto_ignore_angles is False  # RELION: on only if given again
+    assert "--auto_ignore_angles was on in the run and is off now" in caplog.text
     assert changed.sym == run.options.sym
     assert "--sym kept from the run" in caplog.text
+    caplog.clear()
+    again = build_parser().parse_args(["refine", "--continue", str(last), "--auto_ignore_angles"])
+    kept = continued_options(run, options_from_arguments(again), again.given_options)
+    assert kept.auto_ignore_angles
+    assert "is off now" not in caplog.text
 
 
 def test_an_offset_sigma_whose_square_overflows_is_named(run_files: RunFiles) -> None:

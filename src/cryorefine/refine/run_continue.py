@@ -217,6 +217,11 @@ def continued_options(
     changed = {name: getattr(given, name) for name in taken}
     if names is not None:
         changed |= {name: name in names for name in _FLAGS_OF_THE_NEW_LINE}
+        dropped = [COMMAND_LINE_FLAGS[n] for n in _FLAGS_OF_THE_NEW_LINE
+                   if getattr(run.options, n) and n not in names]  # fmt: skip
+        if dropped:
+            logger.warning("--continue: %s was on in the run and is off now, as in RELION "
+                           "(give it again to keep it)", ", ".join(dropped))  # fmt: skip
     if "iter" in changed:
         changed["auto_iter_max"] = defaults.auto_iter_max
     changed.setdefault("output_root", output_root_of(run.optimiser_file))
