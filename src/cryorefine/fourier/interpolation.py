@@ -17,7 +17,7 @@ count as zero (they are only reached with weight 0 for points inside the
 Nyquist sphere).
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 import torch
@@ -87,19 +87,34 @@ def _fold(q: Float[Tensor, "... 3"]) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _corners(base: Tensor, frac: Tensor, p: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Flat index and trilinear weight of each of the 8 corners (weight 0 beyond ``kx = p//2``)."""
+    """Flat index and trilinear weight of each of the 8 corners (weight 0 beyond ``kx = p//2``).
+
+    Each axis's two corners (wrapped along y and z, clamped along x) and weights are
+    formed once; a corner's index is the sum of its axes' offsets into the flat grid.
+    """
     ph = p // 2 + 1
-    for dz in (0, 1):
-        iz = torch.remainder(base[..., 2] + (dz + p // 2), p)
-        wz = frac[..., 2] if dz else 1 - frac[..., 2]
-        for dy in (0, 1):
-            iy = torch.remainder(base[..., 1] + (dy + p // 2), p)
-            wzy = wz * (frac[..., 1] if dy else 1 - frac[..., 1])
-            for dx in (0, 1):
-                ix = base[..., 0] + dx
-                w = wzy * (frac[..., 0] if dx else 1 - frac[..., 0])
-                w = torch.where(ix < ph, w, 0.0)
-                yield (iz * p + iy) * ph + ix.clamp(max=ph - 1), w
+    planes = [  # (offset, weight) of the lower and upper corner along z, then y
+        [
+            (torch.remainder(base[..., axis] + (d + p // 2), p) * stride,
+             frac[..., axis] if d else 1 - frac[..., axis])
+            for d in (0, 1)
+        ]
+        for axis, stride in ((2, p * ph), (1, ph))
+    ]  # fmt: skip
+    columns = []
+    for dx in (0, 1):
+        ix = base[..., 0] + dx
+        wx = frac[..., 0] if dx else 1 - frac[..., 0]
+        columns.append((ix.clamp(max=ph - 1), torch.where(ix < ph, wx, 0.0)))
+    for iz, wz in planes[0]:
+        for iy, wy in planes[1]:
+            row, wzy = iz + iy, wz * wy
+            for ix, wx in columns:
+                yield row + ix, wzy * wx
+
+
+_CHUNKS_PER_THREAD = 4  # grid_sample batch entries per CPU thread (load balance)
+_MIN_CHUNK_POINTS = 4096  # no chunk smaller than this
 
 
 def _interpolate(
@@ -108,8 +123,9 @@ def _interpolate(
     """Trilinear values ``(..., c)`` of a flattened half-grid ``table`` at points ``q``.
 
     Channel ``conj_channel`` (the imaginary part) changes sign where ``q_x < 0``.
-    One fused ``grid_sample`` (``align_corners=True``: grid index ``i`` sits at
-    ``-1 + 2 i / (size - 1)``) on the centred half-grid with its ``y`` and ``z``
+    One fused ``grid_sample``, the points in chunks that the CPU's threads share
+    (each point's value the same whatever the chunks; ``align_corners=True``: grid
+    index ``i`` sits at ``-1 + 2 i / (size - 1)``) on the centred half-grid with its ``y`` and ``z``
     planes ``0`` repeated at index ``p``, which is ``_corners``'s wrap-around:
     the same 8 corners and weights, up to the rounding of the normalised
     coordinates (float32: ~1e-5 pixel).
@@ -123,11 +139,22 @@ def _interpolate(
     folded = torch.where(flip[..., None], -q, q)
     scale = q.new_tensor([2.0 / (ph - 1), 2.0 / p, 2.0 / p])
     offset = q.new_tensor([-1.0, 0.0, 0.0])  # (y + p / 2) * 2 / p - 1 = y * 2 / p
-    points = (folded * scale + offset).reshape(1, 1, 1, -1, 3).to(table.dtype)
+    points = (folded * scale + offset).reshape(-1, 3).to(table.dtype)
+    # grid_sample's CPU kernel shares out its batch between threads: the points go in as
+    # a batch of chunks over one grid (expanded, not copied), each point sampled alike
+    n = points.shape[0]
+    chunks = max(1, min(_CHUNKS_PER_THREAD * torch.get_num_threads(), n // _MIN_CHUNK_POINTS))
+    per_chunk = -(-n // chunks)
+    if chunks * per_chunk != n:
+        points = torch.cat([points, points.new_zeros(chunks * per_chunk - n, 3)])
     values = torch.nn.functional.grid_sample(
-        grid, points, mode="bilinear", padding_mode="zeros", align_corners=True
-    )  # (1, c, 1, 1, n)
-    out = values.reshape(c, -1).T.reshape(*q.shape[:-1], c)
+        grid.expand(chunks, -1, -1, -1, -1),
+        points.reshape(chunks, 1, 1, per_chunk, 3),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )  # (chunks, c, 1, 1, per_chunk)
+    out = values.permute(0, 2, 3, 4, 1).reshape(-1, c)[:n].reshape(*q.shape[:-1], c)
     if conj_channel is not None:
         out[..., conj_channel] = torch.where(flip, -out[..., conj_channel], out[..., conj_channel])
     return out
@@ -162,13 +189,29 @@ def _splat(
     conj_channel: int | None,
 ) -> None:
     """Add ``values`` at ``q`` into ``table`` with trilinear weights (adjoint of interpolation)."""
+    splat_tables(q, p, [(table, values, conj_channel)])
+
+
+def splat_tables(
+    q: Float[Tensor, "... 3"],
+    p: int,
+    targets: Sequence[tuple[Tensor, Tensor, int | None]],
+) -> None:
+    """``_splat`` of each ``(table (P, c), values (..., c), conj_channel)`` at the same points.
+
+    The corners and weights of ``q`` are formed once for all targets (the data and the
+    weights of a back-projection).
+    """
     base, frac, flip = _fold(q)
-    values = values.to(table.dtype)
-    if conj_channel is not None:
-        sign = torch.where(flip, -1.0, 1.0).to(table.dtype)
-        values = values.clone()
-        values[..., conj_channel] *= sign
-    flat_values = values.reshape(-1, table.shape[1])
+    flat_values = []
+    for table, values, conj_channel in targets:
+        values = values.to(table.dtype)
+        if conj_channel is not None:
+            sign = torch.where(flip, -1.0, 1.0).to(table.dtype)
+            values = values.clone()
+            values[..., conj_channel] *= sign
+        flat_values.append(values.reshape(-1, table.shape[1]))
     for index, weight in _corners(base, frac, p):
-        contribution = weight.reshape(-1, 1).to(table.dtype) * flat_values
-        table.index_add_(0, index.reshape(-1), contribution)
+        index = index.reshape(-1)
+        for (table, _, _), values in zip(targets, flat_values, strict=True):
+            table.index_add_(0, index, weight.reshape(-1, 1).to(table.dtype) * values)

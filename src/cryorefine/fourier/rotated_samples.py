@@ -18,7 +18,12 @@ from jaxtyping import Complex, Float, Int
 from torch import Tensor
 
 from cryorefine.fourier import trilinear_kernels
-from cryorefine.fourier.interpolation import _interpolate, _real_dtype, _splat, padded_size
+from cryorefine.fourier.interpolation import (
+    _interpolate,
+    _real_dtype,
+    padded_size,
+    splat_tables,
+)
 from cryorefine.fourier.texture import registered_texture, sample_texture
 
 __all__ = ["sample_rotated", "splat_rotated"]
@@ -206,5 +211,5 @@ def splat_rotated(
     else:
         table = torch.view_as_real(accumulator_data).reshape(-1, 2)
         weight_table = accumulator_weight.reshape(-1, 1)
-    _splat(table, q, torch.view_as_real(data[:, columns].contiguous()), p, conj_channel=1)
-    _splat(weight_table, q, weights[:, columns, None], p, conj_channel=None)
+    data_values = torch.view_as_real(data[:, columns].contiguous())
+    splat_tables(q, p, [(table, data_values, 1), (weight_table, weights[:, columns, None], None)])
