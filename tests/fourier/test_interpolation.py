@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cryorefine.fourier import interpolation
-from cryorefine.fourier.interpolation import _interpolate, _interpolate_corners, splat_tables
+from cryorefine.fourier.interpolation import _interpolate, _interpolate_corners, _splat_tables
 
 U32 = 2.0**-24  # float32 unit roundoff
 U64 = 2.0**-53
@@ -81,7 +81,7 @@ def test_splatting_data_and_weights_equals_the_point_by_point_sum(device, dtype,
     data = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     weight = torch.rand(n, 1, generator=gen, dtype=torch.float64)
     tables = [torch.zeros(p * p * ph, c, dtype=dtype, device=device) for c in (2, 1)]
-    splat_tables(
+    _splat_tables(
         q.to(device), p, [(tables[0], data.to(device), 1), (tables[1], weight.to(device), None)]
     )
     for table, values, conj in zip(tables, (data, weight), (1, None), strict=True):

@@ -189,10 +189,10 @@ def _splat(
     conj_channel: int | None,
 ) -> None:
     """Add ``values`` at ``q`` into ``table`` with trilinear weights (adjoint of interpolation)."""
-    splat_tables(q, p, [(table, values, conj_channel)])
+    _splat_tables(q, p, [(table, values, conj_channel)])
 
 
-def splat_tables(
+def _splat_tables(
     q: Float[Tensor, "... 3"],
     p: int,
     targets: Sequence[tuple[Tensor, Tensor, int | None]],

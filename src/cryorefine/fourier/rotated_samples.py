@@ -21,8 +21,8 @@ from cryorefine.fourier import trilinear_kernels
 from cryorefine.fourier.interpolation import (
     _interpolate,
     _real_dtype,
+    _splat_tables,
     padded_size,
-    splat_tables,
 )
 from cryorefine.fourier.texture import registered_texture, sample_texture
 
@@ -212,4 +212,4 @@ def splat_rotated(
         table = torch.view_as_real(accumulator_data).reshape(-1, 2)
         weight_table = accumulator_weight.reshape(-1, 1)
     data_values = torch.view_as_real(data[:, columns].contiguous())
-    splat_tables(q, p, [(table, data_values, 1), (weight_table, weights[:, columns, None], None)])
+    _splat_tables(q, p, [(table, data_values, 1), (weight_table, weights[:, columns, None], None)])
