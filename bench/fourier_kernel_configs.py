@@ -15,7 +15,7 @@ are compared with the first launch's: sampling is bitwise equal with up to two
 coefficients per thread (with more, the compiler vectorises the coordinates' arithmetic
 and the texture's 8-bit fractions round some the other way: 2.5-4.9e-3 of the values'
 size on an H200), the insert's sums differ only by the order of the atomic additions
-(a launch with more threads than coefficients adds twice). Times are of the launch alone
+(a launch with more threads than coefficients gave wrong sums). Times are of the launch alone
 (``launch_sweep.sweep``; the accumulator zeroed before, untimed); the rates are samples
 per second, and for the sampler the output written at the device's copy rate is its
 floor. Needs a GPU.

@@ -32,10 +32,11 @@ __all__ = ["available", "sample_kernel", "splat_kernel"]
 
 _BLOCK = 256
 _MAX_GRID_ROWS = 65_535  # rows per launch: the grid's second dimension
-# The insert's vector reduction is inline assembly, which every thread holding a copy of an
-# element runs: a block smaller than the program's threads would add its values twice
-# (bench/fourier_kernel_configs.py: 128 coefficients with 8 warps, sums 2x). So the
-# launch keeps at least one coefficient per thread.
+# The insert's vector reduction is inline assembly, run by each thread that holds an
+# element; a block smaller than the program's threads, where threads hold copies, gave
+# wrong sums (bench/fourier_kernel_configs.py on an H200: 128 coefficients with 8 warps,
+# largest difference as large as the largest sum). So the launch keeps at least one
+# coefficient per thread.
 _SPLAT_WARPS = 4
 if _BLOCK < 32 * _SPLAT_WARPS:  # pragma: no cover - a guard on the constants above
     raise ImportError("trilinear_kernels: _BLOCK must be at least 32 threads x _SPLAT_WARPS")
