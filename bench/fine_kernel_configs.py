@@ -1,4 +1,4 @@
-"""The fine pass's two M-step kernels at a fine group of the final iteration, over launch shapes.
+"""The fine pass's two M-step kernels at one fine group's sizes, over launch shapes.
 
     python3 bench/fine_kernel_configs.py [--out FILE] [--quick]
         [--shape B T CHILDREN ROWS K KB] [--carried SHARE]

@@ -39,7 +39,8 @@ __all__ = ["add_carried_rows", "kernel_applies"]
 _BLOCK_CHILDREN = 16  # carried children per step of the kernel's loop (tl.dot's least M)
 _BLOCK_COEFFICIENTS = 32  # complex coefficients per program (its phases: t x 32 of them)
 # no software pipelining of the loop over children: 9.1 ms against 10.2 with Triton's 3
-# stages at a fine group of the final iteration (bench/fine_kernel_configs.py, H200)
+# stages at pair_sums_bench.py's synthetic group (bench/fine_kernel_configs.py, H200; the
+# real final iteration's groups hold about three times its rows: not swept yet)
 _STAGES = 1
 
 if triton is not None:

@@ -36,8 +36,9 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 __all__ = ["kernel_unshifted_combination", "unshifted_combination", "weighted_shifts"]
 
-# launch shape: the fastest of 54 at a fine group of the tutorial's final iteration
-# (bench/fine_kernel_configs.py: 9.5 ms against 13.9 for 32 / 32 / 3 stages, H200)
+# launch shape: the fastest of 54 at pair_sums_bench.py's synthetic group of the final
+# iteration (bench/fine_kernel_configs.py: 9.5 ms against 13.9 for 32 / 32 / 3 stages,
+# H200; the real groups hold about three times its rows: not swept yet)
 _BLOCK_ROWS = 16  # rows j of the table per step of the kernel's loop
 _BLOCK_COEFFICIENTS = 64  # complex coefficients per program
 _STAGES = 1  # software pipelining of the loop over rows: none
