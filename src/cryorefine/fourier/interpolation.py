@@ -140,10 +140,11 @@ def _interpolate(
     scale = q.new_tensor([2.0 / (ph - 1), 2.0 / p, 2.0 / p])
     offset = q.new_tensor([-1.0, 0.0, 0.0])  # (y + p / 2) * 2 / p - 1 = y * 2 / p
     points = (folded * scale + offset).reshape(-1, 3).to(table.dtype)
-    # grid_sample's CPU kernel shares out its batch between threads: the points go in as
-    # a batch of chunks over one grid (expanded, not copied), each point sampled alike
+    # grid_sample's CPU kernel shares out its batch between threads: there the points go
+    # in as a batch of chunks over one grid (expanded, not copied), each point sampled alike
     n = points.shape[0]
-    chunks = max(1, min(_CHUNKS_PER_THREAD * torch.get_num_threads(), n // _MIN_CHUNK_POINTS))
+    threads = torch.get_num_threads() if points.device.type == "cpu" else 0
+    chunks = max(1, min(_CHUNKS_PER_THREAD * threads, n // _MIN_CHUNK_POINTS))
     per_chunk = -(-n // chunks)
     if chunks * per_chunk != n:
         points = torch.cat([points, points.new_zeros(chunks * per_chunk - n, 3)])
