@@ -48,8 +48,28 @@ def _synchronized_ms(call: Callable[[], Any]) -> tuple[Any, float]:
     return out, (time.perf_counter() - start) * 1e3
 
 
+def _by_shape(calls: list[dict]) -> dict[tuple, list[dict]]:
+    """The calls grouped by ``(b, t, q)``."""
+    groups: dict[tuple, list[dict]] = collections.defaultdict(list)
+    for call in calls:
+        groups[(call["b"], call["t"], call["q"])].append(call)
+    return groups
+
+
+def _binned(calls: list[dict], key: str, bins: tuple[int, ...]) -> list[tuple[str, list[dict]]]:
+    """``(label, calls)`` for each bin ``low < call[key] <= high`` that holds a call."""
+    out, low = [], 0
+    for high in bins:
+        inside = [c for c in calls if low < c[key] <= high]
+        if inside:
+            out.append((f"{low + 1}-{high}" if high < 1 << 30 else f">{low}", inside))
+        low = high
+    return out
+
+
 class FineCalls:
-    """Records ``fine.sum_pairs`` and ``fine.window_phases`` calls while entered."""
+    """Records ``fine.sum_pairs``, ``fine.score_pairs`` and ``fine.window_phases`` calls
+    while entered."""
 
     def __init__(self) -> None:
         self.sums: list[dict] = []
@@ -104,10 +124,7 @@ class FineCalls:
     def costliest_shape(self) -> dict:
         """The shape ``(b, t, q)`` with the most device time: its mean sizes, and the share
         of its children (``b q f``) that carry weight."""
-        by_shape: dict[tuple, list] = collections.defaultdict(list)
-        for c in self.sums:
-            by_shape[(c["b"], c["t"], c["q"])].append(c)
-        calls = max(by_shape.values(), key=lambda group: sum(c["ms"] for c in group))
+        calls = max(_by_shape(self.sums).values(), key=lambda group: sum(c["ms"] for c in group))
         keys = ("b", "t", "q", "f", "held_rows", "k", "kb", "carried_children")
         mean = {key: round(sum(c[key] for c in calls) / len(calls)) for key in keys}
         mean["carried"] = mean["carried_children"] / max(1, mean["b"] * mean["q"] * mean["f"])
@@ -118,15 +135,10 @@ class FineCalls:
         lines = [f"fine scores: {len(self.scores)} score_pairs calls, "
                  f"{sum(c['ms'] for c in self.scores) / 1e3:.2f} s",
                  f"{'t':>10} {'calls':>6} {'s':>8} {'mean ms':>8}"]  # fmt: skip
-        low = 0
-        for high in T_BINS:
-            calls = [c for c in self.scores if low < c["t"] <= high]
-            if calls:
-                total = sum(c["ms"] for c in calls)
-                label = f"{low + 1}-{high}" if high < 1 << 30 else f">{low}"
-                lines.append(f"{label:>10} {len(calls):6d} {total / 1e3:8.2f} "
-                             f"{total / len(calls):8.2f}")  # fmt: skip
-            low = high
+        for label, calls in _binned(self.scores, "t", T_BINS):
+            total = sum(c["ms"] for c in calls)
+            lines.append(f"{label:>10} {len(calls):6d} {total / 1e3:8.2f} "
+                         f"{total / len(calls):8.2f}")  # fmt: skip
         return "\n".join(lines) + "\n"
 
     def table(self, top: int = 12) -> str:
@@ -138,22 +150,15 @@ class FineCalls:
                  f"{len(self.phases)} window_phases calls, {phases_s:.2f} s"]  # fmt: skip
         for key, bins in (("t", T_BINS), ("b", B_BINS)):
             lines.append(f"{key:>10} {'calls':>6} {'s':>8} {'mean ms':>8} {'mean carried':>12}")
-            low = 0
-            for high in bins:
-                calls = [c for c in self.sums if low < c[key] <= high]
-                if calls:
-                    total = sum(c["ms"] for c in calls)
-                    carried = sum(c["carried_children"] for c in calls) / len(calls)
-                    label = f"{low + 1}-{high}" if high < 1 << 30 else f">{low}"
-                    lines.append(f"{label:>10} {len(calls):6d} {total / 1e3:8.2f} "
-                                 f"{total / len(calls):8.2f} {carried:12.1f}")  # fmt: skip
-                low = high
-        by_shape: dict[tuple, list] = collections.defaultdict(list)
-        for c in self.sums:
-            by_shape[(c["b"], c["t"], c["q"])].append(c)
+            for label, calls in _binned(self.sums, key, bins):
+                total = sum(c["ms"] for c in calls)
+                carried = sum(c["carried_children"] for c in calls) / len(calls)
+                lines.append(f"{label:>10} {len(calls):6d} {total / 1e3:8.2f} "
+                             f"{total / len(calls):8.2f} {carried:12.1f}")  # fmt: skip
         lines.append(f"{'b':>4} {'t':>4} {'q':>4} {'calls':>6} {'s':>8} {'mean ms':>8} "
                      f"{'carried':>8} {'held rows':>9} {'k':>7} {'kb':>7}")  # fmt: skip
-        ranked = sorted(by_shape.items(), key=lambda item: -sum(c["ms"] for c in item[1]))
+        groups = _by_shape(self.sums)
+        ranked = sorted(groups.items(), key=lambda item: -sum(c["ms"] for c in item[1]))
         for (b, t, q), calls in ranked[:top]:
             total = sum(c["ms"] for c in calls)
             mean = {key: sum(c[key] for c in calls) / len(calls)
