@@ -123,21 +123,25 @@ def _held_row_power(
 ) -> Float[Tensor, "rows k"] | None:
     """``|P|^2`` of every row of a held projector ``(rows, k)``, or None.
 
-    Squaring each pair's gathered children costs a pass over ``(b, q, f, 2k)``
-    per product (``|P|^2``, then a matrix-vector product). With the projections
-    held, no more rows than the pairs' children (``pair_children = b q f``) and
-    the table of powers within an eighth of ``max_bytes`` (a group's children
-    are held within a quarter; a cache of the whole fine grid of 2D data is not
-    squared per call), each row is squared once and one product gives every
-    particle's weighted power at every row.
+    Where the squares were written with the projections (``RowProjector.with_values``'
+    ``powers``, in the working dtype) they are taken as they are, whatever the rows and
+    the budget: they cost nothing more. Otherwise squaring each pair's gathered
+    children costs a pass over ``(b, q, f, 2k)`` per product (``|P|^2``, then a
+    matrix-vector product). With the projections held, no more rows than the pairs'
+    children (``pair_children = b q f``) and the table of powers within an eighth of
+    ``max_bytes`` (a group's children are held within a quarter; a cache of the whole
+    fine grid of 2D data is not squared per call), each row is squared once and one
+    product gives every particle's weighted power at every row.
     """
     values = projector.projector.values
-    if values is None or values.shape[0] > pair_children:
-        return None
-    if values.numel() * torch.finfo(cplx).bits // 8 > max_bytes // 8:  # the real powers' bytes
+    if values is None:
         return None
     if projector.projector.powers is not None and values.dtype == cplx:  # made with the values
         return projector.projector.powers
+    if values.shape[0] > pair_children:
+        return None
+    if values.numel() * torch.finfo(cplx).bits // 8 > max_bytes // 8:  # the real powers' bytes
+        return None
     held = values.to(cplx)
     return squared_magnitude(held)
 
