@@ -203,6 +203,14 @@ def test_held_projections_carry_their_powers_where_both_fit():
     alone = projector.with_values(values_bytes + values_bytes // 2 - 1, powers=True)
     assert alone.values is not None  # the projections fit, their powers with them do not
     assert alone.powers is None
+    # a room of their own for the powers (the fine groups': an eighth of the budget beside
+    # the projections' quarter): held whenever their float32 half of the table fits it
+    beside = projector.with_values(values_bytes, powers=True, powers_bytes=values_bytes // 2)
+    assert beside.powers is not None
+    torch.testing.assert_close(beside.powers, held.powers, rtol=0, atol=0)
+    short = projector.with_values(values_bytes, powers=True, powers_bytes=values_bytes // 2 - 1)
+    assert short.values is not None
+    assert short.powers is None
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])

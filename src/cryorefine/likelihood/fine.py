@@ -81,9 +81,12 @@ def _projector(
     table = fine_rotations(plan.orientations, union, oversampling=plan.oversampling)
     table = table.reshape(-1, 3, 3)
     projector = RowProjector(reference_ft, table, window, pad)
+    # the squares beside them, within an eighth: held whenever the projections are (the
+    # fine sums' kernels need them; squaring ~2,000 rows again per call costs more)
     projector = projector.with_values(
-        plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4, powers=True
-    )
+        plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4, powers=True,
+        powers_bytes=plan.max_bytes // 8,
+    )  # fmt: skip
     return BlockProjector(projector, f), rows, lambda picked: table[picked]
 
 

@@ -128,19 +128,26 @@ class RowProjector:
         return 5 * self.window.count * self.reference_ft.element_size()
 
     def with_values(
-        self, max_bytes: int, *, chunk_bytes: int = 2**28, powers: bool = False
+        self,
+        max_bytes: int,
+        *,
+        chunk_bytes: int = 2**28,
+        powers: bool = False,
+        powers_bytes: int | None = None,
     ) -> "RowProjector":
         """The same table with all projections computed once, if they take at most ``max_bytes``.
 
         They are computed ``chunk_bytes`` of projector temporaries at a time. With
         ``powers``, their squared magnitudes are written as they are (the texture
-        kernel's, no second read), where projections and powers together fit.
+        kernel's, no second read), where they fit ``powers_bytes`` (default: what the
+        projections leave of ``max_bytes``).
         """
         size = self.reference_ft.element_size()
         table_bytes = self.rows * self.window.count * size
         if self.values is not None or table_bytes > max_bytes:
             return self
-        with_powers = powers and table_bytes + table_bytes // 2 <= max_bytes
+        room = max_bytes - table_bytes if powers_bytes is None else powers_bytes
+        with_powers = powers and table_bytes // 2 <= room
         chunk = max(1, chunk_bytes // max(1, self.bytes_per_row()))
         device, shape = self.reference_ft.device, (self.rows, self.window.count)
         # filled in place: no second copy of the table while it is joined
