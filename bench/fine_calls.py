@@ -93,6 +93,8 @@ class FineCalls:
                 "carried_children": int(carried.sum()),
                 "held_rows": -1 if values is None else int(values.shape[0]),
                 "k": int(particles[0].shape[-1]), "kb": int(rest[1][0].shape[-1]), "ms": ms,
+                "powers_held": projector.projector.powers is not None,
+                "max_bytes": int(options.get("max_bytes", -1)),
             })  # fmt: skip
             return out
 

@@ -1,14 +1,18 @@
 """``sum_pairs`` (the fine pass's M-step sums) at a fine group of the tutorial's final iteration.
 
     python3 bench/pair_sums_bench.py [--device cuda] [--fractions 0.125 0.25 0.5 1]
-        [--repeats 5] [--particle_phases] [--out FILE]
+        [--repeats 5] [--particle_phases] [--group B PAIRS COARSE_T BLOCKS] [--held_powers]
+        [--out FILE]
     python3 bench/pair_sums_bench.py --compare OLD.json NEW.json
 
 One fine group of the tutorial job's final iteration (box 96, 3D): ``b`` = 37
 particles, 15 carried pairs each of ``g`` = 8 translations by ``f`` = 8 children,
 92 block rows (736 fine rows) of projections held on the fine window (``k`` =
 238,869), 9 coarse translations (72 fine), a back-projection window of ``kb`` =
-451,584. The second significance cut leaves only some children of a carried pair
+451,584; ``--group`` sets ``b``, the pairs, the coarse translations and the block rows
+(a real group's, from ``fine_calls.py``: the final iteration's median group is 21
+particles, 13 pairs, 3 coarse translations, 245 block rows, ``kb`` 242,499). The second
+significance cut leaves only some children of a carried pair
 with weight: ``--fractions`` sets the share of children that carry weight (each
 child with that probability, one per pair at least). The inputs come from a seeded
 generator on the device (the phases one table for all particles, or each particle's
@@ -29,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from floor_rates import copy_rates, matmul_rate  # bench/ is on sys.path
@@ -41,14 +46,35 @@ B, PAIRS, G, F, BLOCKS, COARSE_T = 37, 15, 8, 8, 92, 9
 K, KB, SHELLS = 238_869, 451_584, 49
 
 
+class Group(NamedTuple):
+    """A fine group's particles, carried pairs per particle, coarse translations and held
+    block rows (default: the synthetic group above)."""
+
+    b: int = B
+    pairs: int = PAIRS
+    coarse_t: int = COARSE_T
+    blocks: int = BLOCKS
+
+
+SYNTHETIC = Group()
+
+
 def inputs(
-    device: torch.device, fraction: float, k: int, kb: int, particle_phases: bool = False
+    device: torch.device,
+    fraction: float,
+    k: int,
+    kb: int,
+    particle_phases: bool = False,
+    group: Group = SYNTHETIC,
+    held_powers: bool = False,
 ) -> dict:
     """The sums' arguments, from a generator seeded by ``fraction`` (the same in any build);
     the phases per particle ``(b, tg, k)`` where ``particle_phases`` (as the fine pass
-    passes them), else one table ``(tg, k)`` for all."""
+    passes them), else one table ``(tg, k)`` for all; the projections' squares held with
+    them where ``held_powers`` (as the fine pass's groups hold them)."""
     gen = torch.Generator(device=device).manual_seed(int(fraction * 1000))
-    tg = COARSE_T * G
+    b, pairs, coarse_t, blocks = group
+    tg = coarse_t * G
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=gen, device=device)
@@ -56,35 +82,38 @@ def inputs(
     def crand(*shape: int) -> torch.Tensor:
         return torch.complex(rand(*shape) - 0.5, rand(*shape) - 0.5)
 
-    values = crand(BLOCKS * F, k)
-    projector = BlockProjector(RowProjector(values, None, None, 2, values), F)  # type: ignore[arg-type]
+    values = crand(blocks * F, k)
+    squares = torch.view_as_real(values).square().sum(dim=-1) if held_powers else None
+    projector = BlockProjector(RowProjector(values, None, None, 2, values, squares), F)  # type: ignore[arg-type]
     # each particle's pairs: distinct block rows, ascending; one coarse translation each
-    rows = torch.sort(torch.argsort(rand(B, BLOCKS), dim=1)[:, :PAIRS], dim=1).values
-    translations = (rand(B, PAIRS) * COARSE_T).long()
-    lists = PairLists(torch.arange(PAIRS, device=device).expand(B, -1), translations,
-                      torch.ones(B, PAIRS, dtype=torch.bool, device=device))  # fmt: skip
-    carried = rand(B, PAIRS, 1, F) < fraction
+    rows = torch.sort(torch.argsort(rand(b, blocks), dim=1)[:, :pairs], dim=1).values
+    translations = (rand(b, pairs) * coarse_t).long()
+    lists = PairLists(torch.arange(pairs, device=device).expand(b, -1), translations,
+                      torch.ones(b, pairs, dtype=torch.bool, device=device))  # fmt: skip
+    carried = rand(b, pairs, 1, F) < fraction
     carried[..., 0] |= ~carried.any(dim=-1)  # one child per pair at least
-    weights = rand(B, PAIRS, G, F) * (rand(B, PAIRS, G, F) < 0.3) * carried
+    weights = rand(b, pairs, G, F) * (rand(b, pairs, G, F) < 0.3) * carried
     weights[..., 0, :] += 1e-3 * carried[..., 0, :]  # a carried child has weight
-    lead = (B,) if particle_phases else ()
+    lead = (b,) if particle_phases else ()
     shells = torch.nn.functional.one_hot((rand(k) * SHELLS).long(), SHELLS).float()
     return {
-        "particles": (crand(B, k), rand(B, k), crand(*lead, tg, k)),
+        "particles": (crand(b, k), rand(b, k), crand(*lead, tg, k)),
         "projector": projector,
         "rows": rows,
         "lists": lists,
         "weights": weights,
         "shells": shells,
-        "backprojection": (crand(B, kb), rand(B, kb), crand(*lead, tg, kb)),
+        "backprojection": (crand(b, kb), rand(b, kb), crand(*lead, tg, kb)),
         "carried_children": int(carried.sum()),
         "tg": tg,
+        "b": b,
     }
 
 
 def measure(device: torch.device, fraction: float, repeats: int, args: argparse.Namespace) -> dict:
     """Median seconds of ``sum_pairs`` at one share of carried children, and its sums' digest."""
-    case = inputs(device, fraction, args.k, args.kb, args.particle_phases)
+    group = Group(*args.group)
+    case = inputs(device, fraction, args.k, args.kb, args.particle_phases, group, args.held_powers)
     names = ("particles", "projector", "rows", "lists", "weights", "shells", "backprojection")
     call = {key: case[key] for key in names}
 
@@ -111,6 +140,7 @@ def measure(device: torch.device, fraction: float, repeats: int, args: argparse.
         "kept_rows": int(out.rows.shape[0]),
         "carried_children": case["carried_children"],
         "tg": case["tg"],
+        "b": case["b"],
         "rows": out.rows.tolist(),
         "data_digest": torch.view_as_real(out.data @ probe).abs().sum(dim=-1).tolist(),
         "weight_digest": (out.weight @ probe.real).tolist(),
@@ -134,7 +164,7 @@ def profile(run: Callable[[], object], fraction: float, top: int) -> None:
 def floor_seconds(row: dict, rates: dict, kb: int) -> float:
     """The larger of the carried children's products at the tf32 rate and the bytes moved."""
     flops = 2.0 * row["carried_children"] * row["tg"] * 2 * kb
-    nbytes = 4.0 * (B * row["tg"] * 2 * kb + row["kept_rows"] * 3 * kb)
+    nbytes = 4.0 * (row["b"] * row["tg"] * 2 * kb + row["kept_rows"] * 3 * kb)
     return max(flops / rates["tf32_flops"], nbytes / rates["copy"])
 
 
@@ -168,6 +198,11 @@ def main() -> None:
     parser.add_argument("--kb", type=int, default=KB, help="back-projection window")
     parser.add_argument("--particle_phases", action="store_true",
                         help="phases per particle, as the fine pass has them")  # fmt: skip
+    parser.add_argument("--group", type=int, nargs=4, default=list(Group()),
+                        metavar=("B", "PAIRS", "COARSE_T", "BLOCKS"),
+                        help="the group's sizes (default: the synthetic group)")  # fmt: skip
+    parser.add_argument("--held_powers", action="store_true",
+                        help="the projections' squares held, as in the fine pass")  # fmt: skip
     parser.add_argument("--label", default="")
     parser.add_argument("--profile", type=int, default=0, metavar="TOP",
                         help="the TOP kernels by device time, one call per share")  # fmt: skip

@@ -13,14 +13,20 @@ import fine_calls
 from cryorefine.likelihood import fine
 
 
-def _call(b: int, t: int, q: int, f: int, carried_pairs: int, held: int, k: int, kb: int):
+def _call(
+    b: int, t: int, q: int, f: int, carried_pairs: int, held: int, k: int, kb: int,
+    powers: bool = False,
+):  # fmt: skip
     """``fine.sum_pairs`` as the fine pass calls it, with weights on the first
-    ``carried_pairs`` pairs' children 0 and 2 of each particle (one translation each)."""
+    ``carried_pairs`` pairs' children 0 and 2 of each particle (one translation each); the
+    held rows' squares with them where ``powers``."""
     weights = torch.zeros(b, q, 8, f)
     weights[:, :carried_pairs, 3, 0] = 0.5
     weights[:, :carried_pairs, 5, 2] = 0.25
     lists = SimpleNamespace(valid=torch.ones(b, q, dtype=torch.bool))
-    projector = SimpleNamespace(projector=SimpleNamespace(values=torch.zeros(held, k)))
+    squares = torch.zeros(held, k) if powers else None
+    held_rows = SimpleNamespace(values=torch.zeros(held, k), powers=squares)
+    projector = SimpleNamespace(projector=held_rows)
     particles = (torch.zeros(b, k), torch.zeros(b, k), torch.zeros(b, t, k))
     backprojection = (torch.zeros(b, kb), torch.zeros(b, kb), torch.zeros(b, t, kb))
     rows = torch.zeros(b, q, dtype=torch.long)
@@ -35,7 +41,7 @@ def test_each_call_is_recorded_with_its_group_sizes_and_passed_through(monkeypat
     monkeypatch.setattr(fine, "sum_pairs", lambda *a, **o: calls.append(o) or "sums")
     with fine_calls.FineCalls() as recorder:
         assert _call(3, 24, 5, 8, carried_pairs=2, held=40, k=11, kb=13) == "sums"
-        _call(2, 8, 4, 8, carried_pairs=4, held=16, k=11, kb=13)
+        _call(2, 8, 4, 8, carried_pairs=4, held=16, k=11, kb=13, powers=True)
     assert calls == [{"precision": "float32", "max_bytes": 1}] * 2  # options passed on
     first, second = recorder.sums
     assert {key: first[key] for key in ("b", "t", "q", "f", "held_rows", "k", "kb")} == {
@@ -43,6 +49,9 @@ def test_each_call_is_recorded_with_its_group_sizes_and_passed_through(monkeypat
     }  # fmt: skip
     # two carried children per carried pair: 3 particles x 2 pairs, 2 x 4
     assert (first["carried_children"], second["carried_children"]) == (12, 16)
+    # whether the rows' squares were held (the kernels' route needs them), and the budget
+    assert (first["powers_held"], second["powers_held"]) == (False, True)
+    assert first["max_bytes"] == second["max_bytes"] == 1
     assert first["ms"] >= 0
     assert second["ms"] >= 0
 
