@@ -235,7 +235,7 @@ def test_held_powers_made_with_the_projections_serve_the_fine_pass():
     assert ((again - exact).abs() <= 2.5 * torch.finfo(torch.float64).eps * exact).all()
     # held squares cost nothing more: taken with more rows than the pairs' children, and
     # with a budget an eighth of which they exceed (the real final iteration's groups hold
-    # ~2,000 rows of 238,869 coefficients: 3.7 GB against a budget of ~25 GB)
+    # ~2,000 rows of 238,869 coefficients: 4.0 GB against a budget of 16 GiB)
     assert pairs._held_row_power(block, children - 1, torch.complex64, 2**30) is held.powers
     assert pairs._held_row_power(block, children, torch.complex64, 8) is held.powers
     # without them a table is squared only within those bounds

@@ -82,7 +82,8 @@ def _projector(
     table = table.reshape(-1, 3, 3)
     projector = RowProjector(reference_ft, table, window, pad)
     # the squares beside them, within an eighth: held whenever the projections are (the
-    # fine sums' kernels need them; squaring ~2,000 rows again per call costs more)
+    # fine scores' and sums' kernels need them; without, a group of ~2,000 rows took the
+    # torch route, about 4 times slower)
     projector = projector.with_values(
         plan.max_bytes // 4, chunk_bytes=plan.max_bytes // 4, powers=True,
         powers_bytes=plan.max_bytes // 8,
