@@ -105,15 +105,15 @@ def distinct_translations(
     """
     b = lists.translations.shape[0]
     device = lists.translations.device
-    used = torch.zeros((b, count), dtype=torch.bool, device=device)
-    owner = torch.arange(b, device=device)[:, None].expand_as(lists.translations)
-    used[owner[lists.valid], lists.translations[lists.valid]] = True
-    distinct, distinct_valid = compact(used, width)
-    position = torch.zeros((b, count), dtype=torch.int64, device=device)
+    # scattered, not indexed by masks: a boolean index waits for the device (its count);
+    # padding goes to a spare last column, dropped
+    used = torch.zeros((b, count + 1), dtype=torch.bool, device=device)
+    used.scatter_(1, torch.where(lists.valid, lists.translations, count), True)
+    distinct, distinct_valid = compact(used[:, :count], width)
+    position = torch.zeros((b, count + 1), dtype=torch.int64, device=device)
     column = torch.arange(distinct.shape[1], device=device).expand_as(distinct)
-    position[owner[:, : distinct.shape[1]].expand_as(distinct)[distinct_valid],
-             distinct[distinct_valid]] = column[distinct_valid]  # fmt: skip
-    local = PairLists(lists.slots, position.gather(1, lists.translations), lists.valid)
+    position.scatter_(1, torch.where(distinct_valid, distinct, count), column)
+    local = PairLists(lists.slots, position[:, :count].gather(1, lists.translations), lists.valid)
     return distinct, local
 
 
@@ -195,24 +195,17 @@ def fine_pass(
     best_pair, best_t, best_child = best // (g * f), (best // f) % g, best % f
     best_translation = translations[index[everyone, best_pair, best_t]]
     # Only pairs that carry weight after the second cut add to the sums (RELION's
-    # storeWeightedSums skips the others): with peaked posteriors a few of many.
+    # storeWeightedSums skips the others): with peaked posteriors a few of many;
+    # sum_pairs drops the others
     pair_weights = summed.sum(dim=(2, 3))  # (b, q)
-    carried, carried_valid = compact(pair_weights > 0)
-    carried_lists = PairLists(
-        local.slots.gather(1, carried),
-        local.translations.gather(1, carried),
-        carried_valid & local.valid.gather(1, carried),
-    )
-    carried_weights = summed.gather(1, carried[:, :, None, None].expand(-1, -1, g, f))
-    carried_weights = carried_weights * carried_lists.valid[:, :, None, None]
     with phase_of(times, "fine_sum"):
         bp_phases = window_phases(prep.bp_window, needed_px, box_size=plan.ori_size)
         sums = sum_pairs(
             (prep.fine_data, prep.fine_ctf, phases),
             projector,
-            rows.gather(1, carried),
-            carried_lists,
-            carried_weights,
+            rows,
+            local,
+            summed,
             shell_matrix(prep.fine_window, plan.ori_size // 2 + 1),
             (prep.bp_data, prep.bp_weight, bp_phases),
             precision=plan.precision,

@@ -244,6 +244,8 @@ def sum_pairs(
     y, v, bp_phases = backprojection
     b, _, g, f = weights.shape
     tg, k = phases.shape[-2:]
+    weights = weights * lists.valid[:, :, None, None]
+    pair_weights = weights.sum(dim=(2, 3))
     w_all = weights.to(real)
     y = y.to(cplx)
     bp_phases = bp_phases.to(cplx)
@@ -251,12 +253,29 @@ def sum_pairs(
     every_translation = tg // g <= pairs.MAX_TRANSLATIONS_PER_PRODUCT
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
-    # The fine rows that carry weight, known before the chunks: their data are added
-    # straight into a table of them (and a spare last row for children without weight)
-    per_child_all = w_all.sum(dim=2) * lists.valid[:, :, None]  # (b, q, f)
+    # What the host must know of the pairs that carry weight (the others add nothing:
+    # RELION's storeWeightedSums skips them) is read in one transfer, before any of their
+    # work is queued: their widest list, the fine rows they carry (whose data are added
+    # straight into a table of them, and a spare last row) and the work counts.
+    per_child_all = w_all.sum(dim=2)  # (b, q, f)
     carried_all = per_child_all > 0
-    kept = torch.unique(_child_rows(rows, f)[carried_all.reshape(b, -1)])  # one host sync
-    n_kept = kept.shape[0]
+    carries = carried_all.any(dim=2)  # (b, q)
+    n_rows = projector.projector.rows
+    marked = torch.zeros(n_rows + 1, dtype=torch.bool, device=rows.device)
+    marked[torch.where(carried_all.reshape(b, -1), _child_rows(rows, f), n_rows)] = True
+    per_particle = carried_all.reshape(b, -1).sum(dim=1)
+    read = torch.stack([carries.sum(dim=1).amax(), marked[:n_rows].sum(), carries.sum() * f,
+                        per_particle.sum(), per_particle.amax()]).tolist()  # fmt: skip
+    width, n_kept, summed_children, carried_children, widest = read
+    kept = torch.argsort((~marked[:n_rows]).to(torch.int8), stable=True)[:n_kept]  # ascending
+    slots, inside = compact(carries, max(1, width))
+    rows = rows.gather(1, slots)
+    lists = PairLists(lists.slots.gather(1, slots), lists.translations.gather(1, slots), inside)
+    weights = weights.gather(1, slots[:, :, None, None].expand(-1, -1, g, f))
+    weights = weights * inside[:, :, None, None]
+    w_all = weights.to(real)
+    per_child_all = w_all.sum(dim=2)
+    carried_all = per_child_all > 0
     table_bytes = (n_kept + 1) * (3 * v.shape[1] + 2 * b) * w_all.element_size()
     budget = max(max_bytes - table_bytes, max_bytes // MIN_CHUNK_SHARE)
     row_power = _held_row_power(projector, b * rows.shape[1] * f, cplx, budget)
@@ -283,17 +302,11 @@ def sum_pairs(
         projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
         real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,
     )  # fmt: skip
-    # the children's counts and, for chunks of consecutive slots (held projections), each
-    # chunk's widest list of carried children and its count of them, read in one transfer;
-    # otherwise the widths are counted per chunk
-    consecutive = projector.projector.values is not None
-    counts = torch.stack([lists.valid.sum() * f, carried_all.sum()])
-    if fused:  # the widest particle's count of carried children
-        counts = torch.cat([counts, carried_all.reshape(b, -1).sum(dim=1).amax()[None]])
-    elif consecutive:
-        counts = torch.cat([counts, _carried_counts(carried_all, chunk).reshape(-1)])
-    summed_children, carried_children, *read = counts.tolist()
-    consecutive = consecutive and not fused
+    # for chunks of consecutive slots (held projections), each chunk's widest list of
+    # carried children and its count of them, read in one transfer; otherwise the widths
+    # are counted per chunk
+    consecutive = projector.projector.values is not None and not fused
+    read = _carried_counts(carried_all, chunk).reshape(-1).tolist() if consecutive else []
     widths = read[: len(read) // 2] if consecutive else None
     chunk_counts = read[len(read) // 2 :] if consecutive else None
     chunks = 0
@@ -302,7 +315,7 @@ def sum_pairs(
         row_weights.scatter_add_(1, children_all, per_child_all.reshape(b, -1))
         weight_table = _add_carried(
             spread_all, _table_rows(children_all, kept), per_child_all.reshape(b, -1),
-            read[0], (y, v, bp_phases), data_table, precision,
+            widest, (y, v, bp_phases), data_table, precision,
         )  # fmt: skip
         chunks = int(rows.shape[1] > 0)
     parts = () if fused else row_chunks(projector, rows, lists.valid, chunk, project=not combined)
@@ -383,7 +396,7 @@ def sum_pairs(
         data=torch.view_as_complex(data_sum.reshape(data_sum.shape[0], -1, 2).contiguous()),
         weight=weight_sum,
         translation_weights=per_translation,
-        pair_weights=weights.sum(dim=(2, 3)),
+        pair_weights=pair_weights,
         summed_children=summed_children,
         carried_children=carried_children,
     )
