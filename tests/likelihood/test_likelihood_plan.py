@@ -2,10 +2,12 @@
 
 from dataclasses import replace
 
+import pytest
 import torch
 from likelihood_cases import make_plan, whole_grid
 
 from cryorefine.geometry import oversampled_translations
+from cryorefine.likelihood import plan as plan_module
 
 
 def test_the_fine_translations_are_the_oversampled_grid_computed_once_per_plan():
@@ -26,3 +28,14 @@ def test_the_fine_translations_are_the_oversampled_grid_computed_once_per_plan()
     ).reshape(-1, 3)
     assert torch.equal(moved.fine_translations_px, want_moved)  # a new plan, its own grid
     assert not torch.equal(moved.fine_translations_px, first)
+
+
+def test_the_budgets_cap_is_16_gib_unless_a_measurement_moves_it(monkeypatch):
+    monkeypatch.delenv("CRYOREFINE_BUDGET_CAP_GIB", raising=False)
+    assert plan_module._budget_cap() == 16 * 2**30
+    monkeypatch.setenv("CRYOREFINE_BUDGET_CAP_GIB", "32")
+    assert plan_module._budget_cap() == 32 * 2**30
+    for text in ("0.5", "2000", "lots"):  # named, with what was expected
+        monkeypatch.setenv("CRYOREFINE_BUDGET_CAP_GIB", text)
+        with pytest.raises(ValueError, match=r"CRYOREFINE_BUDGET_CAP_GIB=.*\[1, 1024\]"):
+            plan_module._budget_cap()
