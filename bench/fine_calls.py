@@ -85,8 +85,10 @@ class FineCalls:
             out, ms = _synchronized_ms(
                 lambda: sum_pairs(particles, projector, rows, lists, weights, *rest, **options)
             )
-            b, q, _, f = weights.shape
+            b, _, _, f = weights.shape
             carried = (weights.sum(dim=2) > 0) & lists.valid[:, :, None]
+            # the widest list of pairs that carry weight (sum_pairs drops the others)
+            q = max(1, int(carried.any(dim=2).sum(dim=1).max()))
             values = projector.projector.values
             self.sums.append({
                 "b": b, "t": int(particles[2].shape[-2]), "q": q, "f": f,

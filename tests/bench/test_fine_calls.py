@@ -44,9 +44,11 @@ def test_each_call_is_recorded_with_its_group_sizes_and_passed_through(monkeypat
         _call(2, 8, 4, 8, carried_pairs=4, held=16, k=11, kb=13, powers=True)
     assert calls == [{"precision": "float32", "max_bytes": 1}] * 2  # options passed on
     first, second = recorder.sums
+    # q: the widest list of pairs that carry weight (sum_pairs drops the others)
     assert {key: first[key] for key in ("b", "t", "q", "f", "held_rows", "k", "kb")} == {
-        "b": 3, "t": 24, "q": 5, "f": 8, "held_rows": 40, "k": 11, "kb": 13
+        "b": 3, "t": 24, "q": 2, "f": 8, "held_rows": 40, "k": 11, "kb": 13
     }  # fmt: skip
+    assert second["q"] == 4
     # two carried children per carried pair: 3 particles x 2 pairs, 2 x 4
     assert (first["carried_children"], second["carried_children"]) == (12, 16)
     # whether the rows' squares were held (the kernels' route needs them), and the budget
