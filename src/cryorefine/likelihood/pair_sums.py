@@ -253,10 +253,9 @@ def sum_pairs(
     every_translation = tg // g <= pairs.MAX_TRANSLATIONS_PER_PRODUCT
     power = w_all.new_zeros(b, k)
     owner = torch.arange(b, device=rows.device)
-    # What the host must know of the pairs that carry weight (the others add nothing:
-    # RELION's storeWeightedSums skips them) is read in one transfer, before any of their
-    # work is queued: their widest list, the fine rows they carry (whose data are added
-    # straight into a table of them, and a spare last row) and the work counts.
+    # What the host must know of the pairs that carry weight (RELION's storeWeightedSums
+    # skips the others) is read at once, before their work is queued: their widest list,
+    # the fine rows they carry (a table of them, and a spare last row), the work counts.
     per_child_all = w_all.sum(dim=2)  # (b, q, f)
     carried_all = per_child_all > 0
     carries = carried_all.any(dim=2)  # (b, q)
@@ -302,9 +301,8 @@ def sum_pairs(
         projector.bytes_per_row(), (b, g, f, tg), k, v.shape[1], budget,
         real_bytes=w_all.element_size(), projected=not combined, spread=every_translation,
     )  # fmt: skip
-    # for chunks of consecutive slots (held projections), each chunk's widest list of
-    # carried children and its count of them, read in one transfer; otherwise the widths
-    # are counted per chunk
+    # chunks of consecutive slots (held rows): each one's widest list of carried children
+    # and its count of them, read at once; otherwise counted per chunk
     consecutive = projector.projector.values is not None and not fused
     read = _carried_counts(carried_all, chunk).reshape(-1).tolist() if consecutive else []
     widths = read[: len(read) // 2] if consecutive else None
