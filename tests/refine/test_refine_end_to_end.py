@@ -132,6 +132,33 @@ def test_every_particle_file_is_held_in_memory_after_the_first_iteration(
     assert set(later) == {f"{whole_mb:.1f}"}
 
 
+TOP_PHASES = ("wait_for_data", "setup", "mask", "priors", "crop", "coarse", "fine", "insert",
+              "batch_sums", "batch_poses")  # fmt: skip
+"""A half set's phases that hold no other (``coarse`` and ``fine`` hold their own parts)."""
+
+
+def test_each_half_sets_set_up_and_crops_are_phases_within_its_seconds(refined: Path) -> None:
+    """The half set's set-up (mask, sums, tables, search order) and each batch's crops to
+    the current size are phases of the run.log's line, so that little of a half set's
+    E-step is outside every phase; the phases that hold no other are disjoint, so on the
+    CPU's clock they add up to at most the half set's seconds (printed to 0.01 s each and
+    0.1 s: their rounding allowed)."""
+    log = (refined / "Refine" / "run.log").read_text()
+    lines = re.findall(r"iter=(\d+) half_set=(\d) phase_seconds (.*)", log)
+    assert lines
+    for iteration, half, text in lines:
+        phases = {name: float(value) for name, value in re.findall(r"(\w+)=([\d.]+)", text)}
+        assert {"setup", "crop"} <= set(phases), (iteration, half)
+        assert set(phases) <= {*TOP_PHASES, "coarse_prepare", "coarse_project",
+                               "coarse_score", "coarse_select", "fine_project", "fine_score",
+                               "fine_sum"}, (iteration, half)  # fmt: skip
+        e_step = re.search(
+            rf"iter={iteration} half_set={half} particles=\d+ e_step_seconds=([\d.]+)", log
+        )
+        top = sum(seconds for name, seconds in phases.items() if name in TOP_PHASES)
+        assert top <= float(e_step.group(1)) + 0.05 + 0.005 * len(TOP_PHASES), (iteration, half)
+
+
 def test_final_map_is_as_good_as_the_true_poses_give(refined: Path) -> None:
     sim = refined / "sim"
     result = compare_to_truth(

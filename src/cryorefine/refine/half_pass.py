@@ -227,39 +227,42 @@ def run_half_set(
     ``ctf2_per_multiplicity`` (``initialise.RefineInputs``): RELION-4 pseudo-subtomograms
     are scored with the noise of ``subtomo_noise``; None: RELION's multiplicity rule.
     """
-    n = model.ori_size
-    ndim = 2 if particles.image_dimensionality == 2 else 3
-    pixel = model.pixel_size_angst
-    radius = (
-        options.particle_diameter / (2 * pixel)
-        if options.particle_diameter > 0
-        else n / 2 - options.maskedge
-    )
-    mask = soft_sphere_mask(
-        n, ndim, radius_px=radius, edge_width_px=options.maskedge, device=device
-    )
-    directions = plan.orientations.pixels.shape[0]
-    sums = empty_sums(model, directions, padding_factor=options.pad, device=device)
-    sigma2_all = model.sigma2_noise.to(device)
-    ratio_all = None if ctf2_per_multiplicity is None else ctf2_per_multiplicity.to(device)
-    scale_all = model.scale_correction.to(device)  # once per half set, not per batch
-    shells_for_scales = scale_shells(model.ssnr.to(device))
-    angles_all = particles.angles_deg()  # once: the table is not re-read per batch
-    centres_all = prior_centres_deg(
-        angles_all,
-        particles.angle_priors_deg(),
-        use_priors=state.healpix_order < options.auto_local_healpix_order,
-    )
-    origins_all = particles.origins_angst()
-    norms_all = particles.norm_corrections()  # rlnNormCorrection, 1 where absent
-    # local searches: neighbouring particles share candidates (``search_order``)
-    centres = torch.as_tensor(centres_all[rows], device=device)
-    rows = rows[search_order(plan, state, operators, centres)]
-    cache = None
-    if not state.local_searches:
-        # The fine cache holds 8 children per coarse orientation: for 3D data that is
-        # 8 rotated volumes each, too much to keep; it is built for 2D data only.
-        cache = projection_cache(reference_ft, plan, ndim=ndim, fine=ndim == 2)
+    # phases on the device's clock (timing.PhaseTimes), each half set's set-up among them
+    times = PhaseTimes(device)
+    with times.phase("setup"):  # the mask, the sums, the tables, the search order
+        n = model.ori_size
+        ndim = 2 if particles.image_dimensionality == 2 else 3
+        pixel = model.pixel_size_angst
+        radius = (
+            options.particle_diameter / (2 * pixel)
+            if options.particle_diameter > 0
+            else n / 2 - options.maskedge
+        )
+        mask = soft_sphere_mask(
+            n, ndim, radius_px=radius, edge_width_px=options.maskedge, device=device
+        )
+        directions = plan.orientations.pixels.shape[0]
+        sums = empty_sums(model, directions, padding_factor=options.pad, device=device)
+        sigma2_all = model.sigma2_noise.to(device)
+        ratio_all = None if ctf2_per_multiplicity is None else ctf2_per_multiplicity.to(device)
+        scale_all = model.scale_correction.to(device)  # once per half set, not per batch
+        shells_for_scales = scale_shells(model.ssnr.to(device))
+        angles_all = particles.angles_deg()  # once: the table is not re-read per batch
+        centres_all = prior_centres_deg(
+            angles_all,
+            particles.angle_priors_deg(),
+            use_priors=state.healpix_order < options.auto_local_healpix_order,
+        )
+        origins_all = particles.origins_angst()
+        norms_all = particles.norm_corrections()  # rlnNormCorrection, 1 where absent
+        # local searches: neighbouring particles share candidates (``search_order``)
+        centres = torch.as_tensor(centres_all[rows], device=device)
+        rows = rows[search_order(plan, state, operators, centres)]
+        cache = None
+        if not state.local_searches:
+            # The fine cache holds 8 children per coarse orientation: for 3D data that is
+            # 8 rotated volumes each, too much to keep; it is built for 2D data only.
+            cache = projection_cache(reference_ft, plan, ndim=ndim, fine=ndim == 2)
     outputs: dict[str, list[np.ndarray]] = {
         key: [] for key in ("angles", "origins", "pmax", "nsig", "ll", "left_out", "norm")
     }
@@ -286,7 +289,6 @@ def run_half_set(
         named_rows=named_rows,
         cache=particle_cache,
     )
-    times = PhaseTimes(device)
     # the next batch is read while this one is scored; the wait for it is timed
     # the host copies of rows and flags are made on the reading thread's stream
     with_flags = ((b, b.rows.cpu().numpy(), b.finite.cpu().numpy()) for b in batches)
@@ -316,22 +318,23 @@ def run_half_set(
                 log_prior, ids = orientation_priors(
                     plan, state, model.orientation_pdf, operators, angles
                 )
-            terms = ParticleTerms(
-                masked_ft=_cropped(masked_full, m, ndim),
-                unmasked_ft=_cropped(batch.data_ft, m, ndim),
-                ctf=_cropped(batch.ctf, m, ndim),
-                sigma2_noise=sigma2,
-                origins_px=batch.origins_px,
-                offset_priors_px=torch.zeros_like(batch.origins_px),
-                log_prior_orientations=log_prior,
-                orientation_ids=ids,
-                multiplicity=None
-                if batch.multiplicity is None
-                else _cropped(batch.multiplicity, m, ndim),
-                ctf2_per_multiplicity=None if ratio_all is None else ratio_all[groups],
-                ctf_premultiplied=batch.ctf_premultiplied,
-                scale=scale,
-            )
+            with times.phase("crop"):  # the batch's windows at the current size
+                terms = ParticleTerms(
+                    masked_ft=_cropped(masked_full, m, ndim),
+                    unmasked_ft=_cropped(batch.data_ft, m, ndim),
+                    ctf=_cropped(batch.ctf, m, ndim),
+                    sigma2_noise=sigma2,
+                    origins_px=batch.origins_px,
+                    offset_priors_px=torch.zeros_like(batch.origins_px),
+                    log_prior_orientations=log_prior,
+                    orientation_ids=ids,
+                    multiplicity=None
+                    if batch.multiplicity is None
+                    else _cropped(batch.multiplicity, m, ndim),
+                    ctf2_per_multiplicity=None if ratio_all is None else ratio_all[groups],
+                    ctf_premultiplied=batch.ctf_premultiplied,
+                    scale=scale,
+                )
             result = expectation(
                 terms,
                 reference_ft,
@@ -362,7 +365,8 @@ def run_half_set(
                 _receive(previous)
             previous = queued
     if previous is not None:
-        _receive(previous)
+        with times.phase("batch_poses"):
+            _receive(previous)
     prefix = f"iter={state.iteration:03d} half_set={model.half_set}"
     phases = " ".join(f"{name}={seconds:.2f}" for name, seconds in times.seconds().items())
     work = " ".join(f"{name}={count}" for name, count in times.counts().items())
