@@ -676,6 +676,10 @@ def test_the_work_counted_is_the_searched_grid_and_the_children_scored():
     assert counts["projected_orientations"] % 8 == 0
     assert counts["projected_orientations"] > 0
     assert counts["inserted_orientations"] == result.backprojection.rotations.shape[0]
+    # the rows of phases and Z: 8 fine translations per distinct coarse translation of a
+    # particle's pairs, at least one and at most all t of them each
+    assert counts["fine_translation_rows"] % 8 == 0
+    assert 8 * 2 <= counts["fine_translation_rows"] <= 8 * 2 * t
     # the coarse pass's sub-phases are timed inside it, as the fine pass's inside it
     seconds = times.seconds()
     for sub, whole in (("coarse_prepare", "coarse"), ("coarse_score", "coarse"),

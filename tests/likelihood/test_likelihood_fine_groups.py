@@ -16,6 +16,7 @@ def _default_rules(monkeypatch):
     """The rules' defaults, whatever CRYOREFINE_FINE_PADDING/_BUDGET say in this process."""
     monkeypatch.setattr(grouping, "PADDING_LIMIT", 2.0)
     monkeypatch.setattr(grouping, "BUDGET_SHARE", 0.5)
+    monkeypatch.setattr(grouping, "ORDER", "pairs")
 
 
 def test_fine_groups_hold_their_childrens_window_projections_within_a_quarter_budget():
@@ -84,6 +85,36 @@ def test_a_looser_padding_limit_makes_fewer_wider_groups(monkeypatch):
     loose = fine_groups(coarse, plan, window_values=1, projected_values=0)
     assert [sizes.closed_by for sizes in loose] == ["end"]
     assert loose[0].pair_width == int(significant.sum(dim=(1, 2)).max())
+
+
+def test_grouped_by_translations_first_the_groups_pad_fewer_rows_of_phases(monkeypatch):
+    # At box 96 a group's rows of phases and Z (every distinct coarse translation's g fine
+    # ones, padded to its widest particle) are most of its arrays. 20 particles with one
+    # translation and 20 orientations each, 20 with four translations and one orientation:
+    # taken by pairs, the first kind joins the second's group within twice its own size and
+    # is padded to four translations; taken by translations, the two kinds stay apart.
+    plan = make_plan(whole_grid(1), ndim=3, ori_size=32, current_size=32, coarse_size=16)
+    plan = replace(plan, max_bytes=2**40)
+    b, t, c = 40, plan.translations_px.shape[0], plan.orientations.count
+    significant = torch.zeros((b, t, c), dtype=torch.bool)
+    significant[:20, 0, :20] = True  # one translation, 20 orientations
+    significant[20:, :4, 0] = True  # four translations, one orientation
+    coarse = CoarseOutcome(
+        significant, significant.sum(dim=(1, 2)), torch.arange(c).expand(b, c),
+        torch.zeros(b, c), torch.zeros(b),
+    )  # fmt: skip
+    rows = {}
+    for order in ("pairs", "translations"):
+        monkeypatch.setattr(grouping, "ORDER", order)
+        groups = fine_groups(coarse, plan, window_values=100_000, projected_values=0)
+        members = torch.cat([sizes.particles for sizes in groups])
+        assert sorted(members.tolist()) == list(range(b))  # each particle once
+        for sizes in groups:  # the widths the fine pass pads to, whatever the order
+            group = significant[sizes.particles]
+            assert sizes.pair_width == int(group.sum(dim=(1, 2)).max())
+            assert sizes.translation_width == int(group.any(dim=2).sum(dim=1).max())
+        rows[order] = sum(s.particles.numel() * s.translation_width for s in groups)
+    assert rows == {"pairs": 40 * 4, "translations": 20 * 1 + 20 * 4}
 
 
 @pytest.mark.parametrize("text", ["abc", "0.5", "100"])

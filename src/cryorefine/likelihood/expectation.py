@@ -375,6 +375,7 @@ def expectation(
             times.add_count("fine_groups", 1)
             times.add_count(f"fine_groups_closed_by_{sizes.closed_by}", 1)
             times.add_count("fine_samples", outcome.scored_samples)
+            times.add_count("fine_translation_rows", outcome.translation_rows)
             times.add_count("projected_orientations", outcome.projected_orientations)
             times.add_count("summed_children", outcome.summed_children)
             times.add_count("carried_children", outcome.carried_children)

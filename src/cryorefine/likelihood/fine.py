@@ -237,6 +237,7 @@ def fine_pass(
         bp_data=sums.data,
         bp_weight=sums.weight,
         scored_samples=scores.numel(),
+        translation_rows=b * needed.shape[1],
         projected_orientations=0 if projections is not None else projector.projector.rows,
         summed_children=sums.summed_children,
         carried_children=sums.carried_children,

@@ -39,6 +39,14 @@ PADDING_LIMIT = _setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0)
 sizes. Fewer, wider groups spend device work on padding and save the host the fine pass's
 ~700 operators per group (``CRYOREFINE_FINE_PADDING`` sets it for measurements)."""
 
+ORDER = os.environ.get("CRYOREFINE_FINE_ORDER", "pairs")
+"""The order particles are grouped in: ``"pairs"`` (their significant pairs) or
+``"translations"`` (their distinct coarse translations, then pairs: the rows of phases and
+``Z`` a group pads to its widest particle are most of its arrays at box 96).
+``CRYOREFINE_FINE_ORDER`` sets it for measurements."""
+if ORDER not in ("pairs", "translations"):
+    raise ValueError(f"CRYOREFINE_FINE_ORDER={ORDER!r}: expected 'pairs' or 'translations'")
+
 BUDGET_SHARE = _setting("CRYOREFINE_FINE_BUDGET", 0.5, 0.05, 0.75)
 """The share of ``plan.max_bytes`` a group's padded arrays may take (``CRYOREFINE_FINE_BUDGET``
 sets it for measurements; at most 0.75, as the children's projections take a quarter)."""
@@ -83,7 +91,8 @@ def fine_groups(
     A group's fine arrays are padded to its largest counts: ``(b, q, g, f)``
     samples of ``BYTES_PER_SAMPLE`` and, per distinct fine translation, the
     phases and ``Z`` on the fine and back-projection windows (16 bytes per
-    coefficient of ``window_values``). Particles are taken in order of ``q``; a
+    coefficient of ``window_values``). Particles are taken in order of ``q`` (or of
+    their distinct translations first: ``ORDER``); a
     group is closed when its padded size would exceed the budget (``BUDGET_SHARE``
     of ``plan.max_bytes``) or ``PADDING_LIMIT`` times its particles' own sizes, or
     when the children of its particles' significant coarse orientations
@@ -98,7 +107,10 @@ def fine_groups(
     children = 8**plan.oversampling * g
     pairs = coarse.significant.sum(dim=(1, 2)).tolist()
     distinct = coarse.significant.any(dim=2).sum(dim=1).tolist()
-    order = sorted(range(len(pairs)), key=pairs.__getitem__)
+    by_translations = ORDER == "translations"
+    order = sorted(
+        range(len(pairs)), key=lambda i: (distinct[i], pairs[i]) if by_translations else pairs[i]
+    )
     budget = int(plan.max_bytes * BUDGET_SHARE)
 
     def cost(count: int, widest_pairs: int, widest_distinct: int) -> int:
@@ -116,10 +128,11 @@ def fine_groups(
     groups: list[list[int]] = [[]]
     closed_by: list[str] = []
     held: set[int] = set()  # the group's significant coarse orientations: projected once each
-    total = widest_distinct = 0
-    for i in order:  # ascending: particle i sets the padded width of pairs
+    total = widest_distinct = widest_pairs = 0
+    for i in order:  # ascending by the order's first key
         wider = max(widest_distinct, distinct[i])
-        padded = cost(len(groups[-1]) + 1, pairs[i], wider)
+        wider_pairs = max(widest_pairs, pairs[i])
+        padded = cost(len(groups[-1]) + 1, wider_pairs, wider)
         too_many = per_orientation > 0 and len(held.union(significant_ids[i])) > held_orientations
         reasons = (
             (padded > budget, "budget"),
@@ -132,11 +145,11 @@ def fine_groups(
             groups.append([])
             total = 0
             held = set()
-            wider = distinct[i]
+            wider, wider_pairs = distinct[i], pairs[i]
         groups[-1].append(i)
         total += cost(1, pairs[i], distinct[i])
         held.update(significant_ids[i])
-        widest_distinct = wider
+        widest_distinct, widest_pairs = wider, wider_pairs
     device = coarse.significant.device
 
     def on_device(values: list[int]) -> Tensor:  # from pageable memory: no wait for the queue

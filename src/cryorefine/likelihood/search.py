@@ -106,6 +106,7 @@ class FineOutcome:
     bp_data: Complex[Tensor, "r kb"]
     bp_weight: Float[Tensor, "r kb"]
     scored_samples: int = 0  # (particle, orientation, translation) samples scored, padding included
+    translation_rows: int = 0  # (particle, fine translation) rows of phases and Z, padding included
     projected_orientations: int = 0  # child orientations projected (0 when cached)
     summed_children: int = 0  # (particle, pair, child) of the carried pairs in the sums
     carried_children: int = 0  # those with weight after the second significance cut
