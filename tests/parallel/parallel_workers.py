@@ -139,6 +139,9 @@ def _fail_in_session(rank: int, world: int, out_dir: str, *, killed: int | None)
     raised = Path(out_dir) / f"rank{world - 1}.raised"
     try:
         with parallel_session(launch_environment(), gpu=None, timeout_s=60.0) as (comm, _):
+            # every rank's connections made before the last one fails: on a busy machine a
+            # rank still connecting when it ended failed there instead (code 3, not 9)
+            torch.distributed.barrier()
             if rank == world - 1:
                 raise RuntimeError("out of memory on purpose")
             if rank == killed:
