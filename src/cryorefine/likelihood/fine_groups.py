@@ -92,13 +92,12 @@ def fine_groups(
     samples of ``BYTES_PER_SAMPLE`` and, per distinct fine translation, the
     phases and ``Z`` on the fine and back-projection windows (16 bytes per
     coefficient of ``window_values``). Particles are taken in order of ``q`` (or of
-    their distinct translations first: ``ORDER``); a
-    group is closed when its padded size would exceed the budget (``BUDGET_SHARE``
-    of ``plan.max_bytes``) or ``PADDING_LIMIT`` times its particles' own sizes, or
-    when the children of its particles' significant coarse orientations
-    (``projected_values`` complex64 values each; 0 when a cache holds them) would
-    not fit the quarter of ``plan.max_bytes`` that
-    ``fine._projector`` keeps them in: beyond it every child would be projected
+    their distinct translations first: ``ORDER``); a group is closed when its padded
+    size would exceed the budget (``BUDGET_SHARE`` of ``plan.max_bytes``) or
+    ``PADDING_LIMIT`` times its particles' own sizes, or when the children of its
+    particles' significant coarse orientations (``projected_values`` complex64 values
+    each; 0 when a cache holds them) would not fit the quarter of ``plan.max_bytes``
+    that ``fine._projector`` keeps them in: beyond it every child would be projected
     twice, once to score and once to sum (for 3D data, a rotated volume each).
     Orientations that several particles of a group share are counted once, as
     they are projected once.
