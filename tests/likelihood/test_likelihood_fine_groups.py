@@ -115,14 +115,3 @@ def test_grouped_by_translations_first_the_groups_pad_fewer_rows_of_phases(monke
             assert sizes.translation_width == int(group.any(dim=2).sum(dim=1).max())
         rows[order] = sum(s.particles.numel() * s.translation_width for s in groups)
     assert rows == {"pairs": 40 * 4, "translations": 20 * 1 + 20 * 4}
-
-
-@pytest.mark.parametrize("text", ["abc", "0.5", "100"])
-def test_a_tuning_setting_outside_its_range_is_refused_by_name(text, monkeypatch):
-    from cryorefine.likelihood.fine_groups import _setting
-
-    monkeypatch.setenv("CRYOREFINE_FINE_PADDING", text)
-    with pytest.raises(ValueError, match=r"CRYOREFINE_FINE_PADDING=.*\[1.0, 64.0\]"):
-        _setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0)
-    monkeypatch.setenv("CRYOREFINE_FINE_PADDING", "4")
-    assert _setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0) == 4.0

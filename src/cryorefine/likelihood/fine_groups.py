@@ -16,25 +16,14 @@ from torch import Tensor
 
 from cryorefine.likelihood.plan import ExpectationPlan
 from cryorefine.likelihood.search import CoarseOutcome
+from cryorefine.likelihood.settings import tuning_setting
 
 __all__ = ["BYTES_PER_SAMPLE", "FineGroup", "fine_groups"]
 
 BYTES_PER_SAMPLE = 72  # scores, log priors, weights, sort keys and indices, cumulative sums
 
 
-def _setting(name: str, default: float, low: float, high: float) -> float:
-    """A tuning constant from the environment (for measurements), checked."""
-    text = os.environ.get(name, "")
-    try:
-        value = float(text) if text else default
-    except ValueError:
-        raise ValueError(f"{name}={text!r}: expected a number in [{low}, {high}]") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name}={text!r}: expected a number in [{low}, {high}]")
-    return value
-
-
-PADDING_LIMIT = _setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0)
+PADDING_LIMIT = tuning_setting("CRYOREFINE_FINE_PADDING", 2.0, 1.0, 64.0)
 """A group closes when its padded arrays would exceed this many times its particles' own
 sizes. Fewer, wider groups spend device work on padding and save the host the fine pass's
 ~700 operators per group (``CRYOREFINE_FINE_PADDING`` sets it for measurements)."""
@@ -47,7 +36,7 @@ ORDER = os.environ.get("CRYOREFINE_FINE_ORDER", "pairs")
 if ORDER not in ("pairs", "translations"):
     raise ValueError(f"CRYOREFINE_FINE_ORDER={ORDER!r}: expected 'pairs' or 'translations'")
 
-BUDGET_SHARE = _setting("CRYOREFINE_FINE_BUDGET", 0.5, 0.05, 0.75)
+BUDGET_SHARE = tuning_setting("CRYOREFINE_FINE_BUDGET", 0.5, 0.05, 0.75)
 """The share of ``plan.max_bytes`` a group's padded arrays may take (``CRYOREFINE_FINE_BUDGET``
 sets it for measurements; at most 0.75, as the children's projections take a quarter)."""
 

@@ -1,7 +1,6 @@
 """Inputs and outputs of one E-step batch (``likelihood.expectation``)."""
 
 import math
-import os
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
 
@@ -11,6 +10,7 @@ from torch import Tensor
 
 from cryorefine.geometry import oversampled_translations
 from cryorefine.likelihood.poses import OrientationGrid
+from cryorefine.likelihood.settings import tuning_setting
 from cryorefine.likelihood.sums import ShellSums
 from cryorefine.likelihood.window import FourierWindow
 
@@ -27,14 +27,7 @@ __all__ = [
 def _budget_cap() -> int:
     """The largest budget in bytes: 16 GiB, or ``CRYOREFINE_BUDGET_CAP_GIB`` (1-1024, for
     measurements)."""
-    text = os.environ.get("CRYOREFINE_BUDGET_CAP_GIB", "")
-    try:
-        gib = float(text) if text else 16.0
-    except ValueError:
-        gib = -1.0
-    if not 1.0 <= gib <= 1024.0:
-        raise ValueError(f"CRYOREFINE_BUDGET_CAP_GIB={text!r}: expected a number in [1, 1024]")
-    return int(gib * 2**30)
+    return int(tuning_setting("CRYOREFINE_BUDGET_CAP_GIB", 16.0, 1.0, 1024.0) * 2**30)
 
 
 def memory_budget(device: torch.device) -> int:
