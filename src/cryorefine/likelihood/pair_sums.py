@@ -273,7 +273,7 @@ def sum_pairs(
     weights = weights.gather(1, slots[:, :, None, None].expand(-1, -1, g, f))
     weights = weights * inside[:, :, None, None]
     w_all = weights.to(real)
-    per_child_all = w_all.sum(dim=2)
+    per_child_all = per_child_all.gather(1, slots[..., None].expand(-1, -1, f)) * inside[..., None]
     carried_all = per_child_all > 0
     table_bytes = (n_kept + 1) * (3 * v.shape[1] + 2 * b) * w_all.element_size()
     budget = max(max_bytes - table_bytes, max_bytes // MIN_CHUNK_SHARE)
