@@ -343,7 +343,8 @@ def refine_run(
         )
     limit = iteration_limit(options)
     final = False
-    with FileWriter() as writer:
+    # on a GPU the E-step's host sets the pace, and a writing thread would take its turns
+    with FileWriter(in_process=device.type == "cuda" and communicator.is_writer) as writer:
         while not final:
             if state.iteration >= limit:
                 logger.warning("stopping at the iteration limit (%d) before convergence", limit)

@@ -1,0 +1,235 @@
+"""Writes in a process of their own (``refine.writer_process``, ``FileWriter(in_process=True)``).
+
+What the driver hands over (models with tensors, the particle table, the grid) arrives
+whole: an iteration written through the process is byte for byte the one written here.
+The process is a fresh interpreter, so a user's script without a ``__main__`` guard can
+use it; its errors and log records come back to this process.
+"""
+
+import dataclasses
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryorefine.io import load_particles
+from cryorefine.likelihood import OrientationGrid
+from cryorefine.refine.file_writer import FileWriter, on_host
+from cryorefine.refine.iteration_files import particle_statistics, write_iteration
+from cryorefine.refine.model import HalfSetModel, initial_refine_state
+from cryorefine.refine.options import RefineOptions
+from cryorefine.refine.writer_process import WriterProcess
+
+
+def _log_line(path: str, text: str) -> None:
+    with open(path, "a") as lines:
+        lines.write(f"{text} {os.getpid()}\n")
+
+
+def _slow_write(path: str, number: int) -> None:
+    _log_line(path, f"start {number}")
+    time.sleep(0.05)
+    _log_line(path, f"end {number}")
+
+
+def _failing_write() -> None:
+    raise OSError(28, "No space left on device", "run_it004_data.star")
+
+
+def _logging_write(text: str) -> None:
+    logging.getLogger("cryorefine.refine.run_files").warning("%s, in %d", text, os.getpid())
+
+
+def _relative_write(name: str, tensor: torch.Tensor) -> None:
+    np.save(name, tensor.numpy())
+
+
+class _Unrebuildable(Exception):
+    def __init__(self, path: str, *, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")  # pickle calls the class with the message only
+
+
+def _unrebuildable_write() -> None:
+    raise _Unrebuildable("run_it004_half1_model.star", reason="a column is missing")
+
+
+def _dying_write() -> None:
+    os._exit(3)
+
+
+def test_each_write_runs_in_another_process_after_the_previous_one_has_finished(tmp_path):
+    events = tmp_path / "events.txt"
+    with FileWriter(in_process=True) as writer:
+        for number in range(3):
+            writer.submit(_slow_write, str(events), number)
+    lines = [line.split() for line in events.read_text().splitlines()]
+    assert [(kind, int(number)) for kind, number, _ in lines] == [
+        ("start", 0), ("end", 0), ("start", 1), ("end", 1), ("start", 2), ("end", 2),
+    ]  # fmt: skip
+    assert {int(pid) for *_, pid in lines} != {os.getpid()}
+    assert len({pid for *_, pid in lines}) == 1  # one process for the whole run
+
+
+def _failing_run(where: str) -> None:
+    with FileWriter(in_process=True) as writer:
+        writer.submit(_failing_write)
+        if where == "submit":
+            writer.submit(_log_line, os.devnull, "not reached")
+        elif where == "wait":
+            writer.wait()
+
+
+@pytest.mark.parametrize("where", ["submit", "wait", "exit"])
+def test_a_failed_write_raises_its_own_error_here_naming_the_process(where):
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        _failing_run(where)
+    assert raised.value.errno == 28
+    assert any("file-writing process" in note for note in raised.value.__notes__)
+
+
+def _write_through_a_process(write) -> None:
+    with FileWriter(in_process=True) as writer:
+        writer.submit(write)
+
+
+def test_an_error_that_cannot_come_back_as_itself_comes_back_as_its_text():
+    with pytest.raises(RuntimeError, match=r"_Unrebuildable: run_it004_half1_model\.star: a col"):
+        _write_through_a_process(_unrebuildable_write)
+
+
+def test_its_log_records_reach_this_process_loggers(caplog):
+    with caplog.at_level(logging.INFO, logger="cryorefine"):
+        with FileWriter(in_process=True) as writer:
+            writer.submit(_logging_write, "a partial file was left")
+    [record] = [r for r in caplog.records if "a partial file was left" in r.getMessage()]
+    assert record.name == "cryorefine.refine.run_files"
+    assert record.levelno == logging.WARNING
+    assert int(record.getMessage().split()[-1]) != os.getpid()
+
+
+def test_relative_paths_resolve_against_the_callers_folder_at_the_time(tmp_path, monkeypatch):
+    writer = WriterProcess()  # started in one folder, told to write from another
+    try:
+        monkeypatch.chdir(tmp_path)
+        writer.run(_relative_write, ("values.npy", torch.arange(5.0)), {})
+    finally:
+        writer.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "values.npy"), np.arange(5.0))
+
+
+def test_a_process_that_dies_is_an_error_with_its_exit_code():
+    writer = WriterProcess()
+    try:
+        with pytest.raises(RuntimeError, match=r"ended unexpectedly \(exit code 3\)"):
+            writer.run(_dying_write, (), {})
+    finally:
+        writer.close()
+
+
+def test_a_script_without_a_main_guard_can_write_through_it(tmp_path):
+    # a multiprocessing child would import this script again and fail in its FileWriter
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from pathlib import Path
+            from cryorefine.refine.file_writer import FileWriter
+
+            with FileWriter(in_process=True) as writer:
+                writer.submit(Path.write_text, Path("written.txt"), "whole")
+            print("done")
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["done"]
+    assert (tmp_path / "written.txt").read_text() == "whole"
+
+
+def _model(half_set: int, n: int = 8) -> HalfSetModel:
+    gen = torch.Generator().manual_seed(half_set)
+    shells = torch.rand(n // 2 + 1, generator=gen, dtype=torch.float64) + 0.1
+    return HalfSetModel(
+        half_set=half_set,
+        reference=torch.randn(n, n, n, generator=gen),
+        pixel_size_angst=8.1,
+        data_dimensionality=3,
+        sigma2_noise=shells[None] * 1e-3,
+        tau2=shells,
+        ssnr=shells * 10,
+        fsc=shells / 2,
+        sigma2_reconstruction=shells,
+        fourier_completeness=shells / 2,
+        orientability=shells / shells.sum(),
+        orientation_pdf=torch.rand(48, generator=gen, dtype=torch.float64),
+        sigma2_offset_angst2=9.0,
+        norm_correction_average=1.0,
+        average_pmax=0.5,
+        log_likelihood=-1e4,
+        acc_rot_deg=5.0,
+        acc_trans_angst=2.0,
+        scale_correction=torch.ones(1, dtype=torch.float64),
+        group_names=("TS_01",),
+        group_particle_counts=(20,),
+    )
+
+
+def _write_iteration_here(folder: Path, in_process: bool, hiv_tutorial: Path) -> dict[str, bytes]:
+    particles = load_particles(hiv_tutorial / "Refine3D/job074/run_data.star", check_images=False)
+    options = RefineOptions(
+        reference=Path("ref.mrc"), output_root=Path("Refine3D/job013/run"), sym="C6"
+    )
+    state = dataclasses.replace(
+        initial_refine_state(options, ori_size=8, pixel_size_angst=8.1), iteration=3
+    )
+    grid = OrientationGrid(1, torch.arange(48), torch.arange(12.0) * 30)
+    rng = np.random.default_rng(3)
+    b = len(particles)
+    statistics = particle_statistics(
+        particles, rng.integers(1, 3, b), rng.random(b), rng.integers(1, 99, b), rng.random(b)
+    )
+    (folder / "Refine3D/job013").mkdir(parents=True)
+    args = (on_host(state), options, (_model(1), _model(2)), particles, statistics, grid)
+    kwargs = {"optimisation_set": None, "unfiltered": None, "ndim": 3}
+    with FileWriter(in_process=in_process) as writer:
+        writer.submit(write_iteration, *args, **kwargs)
+    return {
+        str(path.relative_to(folder)): _without_time_stamps(path.read_bytes(), path.suffix)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _without_time_stamps(content: bytes, suffix: str) -> bytes:
+    """A file's bytes less what says when it was written: starfile's line, an MRC
+    header's ten text labels (bytes 224-1023, where mrcfile notes the time)."""
+    if suffix == ".mrc":
+        return content[:224] + content[1024:]
+    return re.sub(rb"(?m)^# Created by the starfile .*\n", b"", content)
+
+
+def test_an_iteration_written_through_the_process_equals_one_written_by_a_thread(
+    tmp_path, monkeypatch, hiv_tutorial
+):
+    files = {}
+    for in_process in (False, True):
+        folder = tmp_path / str(in_process)
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        files[in_process] = _write_iteration_here(folder, in_process, hiv_tutorial)
+    assert "Refine3D/job013/run_it003_data.star" in files[True]
+    assert "Refine3D/job013/run_it003_optimiser.star" in files[True]
+    assert files[True].keys() == files[False].keys()
+    for name, content in files[False].items():
+        assert files[True][name] == content, name
