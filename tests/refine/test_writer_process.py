@@ -9,11 +9,14 @@ use it; its errors and log records come back to this process.
 import dataclasses
 import logging
 import os
+import pickle
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +47,8 @@ def _failing_write() -> None:
     raise OSError(28, "No space left on device", "run_it004_data.star")
 
 
-def _logging_write(text: str) -> None:
-    logging.getLogger("cryorefine.refine.run_files").warning("%s, in %d", text, os.getpid())
+def _logging_write(text: str, level: int) -> None:
+    logging.getLogger("cryorefine.refine.run_files").log(level, "%s, in %d", text, os.getpid())
 
 
 def _relative_write(name: str, tensor: torch.Tensor) -> None:
@@ -59,6 +62,18 @@ class _Unrebuildable(Exception):
 
 def _unrebuildable_write() -> None:
     raise _Unrebuildable("run_it004_half1_model.star", reason="a column is missing")
+
+
+def _interrupted_write(path: str) -> None:
+    os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C in the terminal reaches the writer too
+    time.sleep(0.1)
+    Path(path).write_text("whole")
+
+
+def _printing_write(path: str) -> None:
+    print("a stray line")  # noqa: T201 (what is tested)
+    os.write(1, b"bytes from C\n")
+    Path(path).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
 
 
 def _dying_write() -> None:
@@ -105,14 +120,65 @@ def test_an_error_that_cannot_come_back_as_itself_comes_back_as_its_text():
         _write_through_a_process(_unrebuildable_write)
 
 
-def test_its_log_records_reach_this_process_loggers(caplog):
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_its_log_records_reach_this_process_loggers(caplog, level):
     with caplog.at_level(logging.INFO, logger="cryorefine"):
         with FileWriter(in_process=True) as writer:
-            writer.submit(_logging_write, "a partial file was left")
+            writer.submit(_logging_write, "a partial file was left", level)
     [record] = [r for r in caplog.records if "a partial file was left" in r.getMessage()]
     assert record.name == "cryorefine.refine.run_files"
-    assert record.levelno == logging.WARNING
+    assert record.levelno == level
     assert int(record.getMessage().split()[-1]) != os.getpid()
+
+
+def _failing_iteration(events: Path) -> None:
+    with FileWriter(in_process=True) as writer:
+        writer.submit(_slow_write, str(events), 7)
+        raise KeyError("the iteration failed")
+
+
+def test_the_runs_own_error_is_kept_and_the_write_on_its_way_finishes(tmp_path):
+    events = tmp_path / "events.txt"
+    with pytest.raises(KeyError, match="the iteration failed"):
+        _failing_iteration(events)
+    assert [line.split()[:2] for line in events.read_text().splitlines()] == [
+        ["start", "7"], ["end", "7"],
+    ]  # fmt: skip
+
+
+def test_a_ctrl_c_reaching_the_process_lets_its_write_finish(tmp_path):
+    with FileWriter(in_process=True) as writer:
+        writer.submit(_interrupted_write, str(tmp_path / "written.txt"))
+    assert (tmp_path / "written.txt").read_text() == "whole"
+
+
+def test_prints_do_not_break_the_channel_and_the_process_sees_no_gpu(tmp_path, capfd):
+    writer = WriterProcess()
+    writer.run(_printing_write, (str(tmp_path / "seen.txt"),), {})
+    writer.run(_printing_write, (str(tmp_path / "seen.txt"),), {})  # the channel still reads
+    writer.close()
+    assert writer.exit_code == 0
+    assert (tmp_path / "seen.txt").read_text() == ""
+    assert "a stray line" in capfd.readouterr().err
+
+
+def test_a_task_that_cannot_be_sent_or_read_is_an_error_and_the_process_goes_on(tmp_path):
+    # a module that exists only here: the task pickles, but the process cannot import it
+    only_here = types.ModuleType("cryorefine_module_only_here")
+    exec("def write():\n    pass\n", only_here.__dict__)
+    sys.modules[only_here.__name__] = only_here
+    writer = WriterProcess()
+    try:
+        with pytest.raises(ModuleNotFoundError, match="cryorefine_module_only_here"):
+            writer.run(only_here.write, (), {})
+        with pytest.raises((AttributeError, pickle.PicklingError)):  # a local function: no pickle
+            writer.run(lambda: None, (), {})
+        writer.run(_slow_write, (str(tmp_path / "events.txt"), 1), {})
+    finally:
+        del sys.modules[only_here.__name__]
+        writer.close()
+    assert len((tmp_path / "events.txt").read_text().splitlines()) == 2
+    assert writer.exit_code == 0
 
 
 def test_relative_paths_resolve_against_the_callers_folder_at_the_time(tmp_path, monkeypatch):

@@ -20,9 +20,10 @@ grid, so that the writer never touches the device.
 thread to a process of its own (``writer_process``), whose formatting does not hold this
 interpreter's lock: a tutorial-sized iteration's files took 0.25 s alone on one CPU core
 and 2.5 s beside a busy Python thread, and in session 34's job (files on a thread) the
-first half set of nearly every iteration took 0.4-1.8 s longer than the second. The
-process is started when the writer is made, so that it has imported what it needs by
-the first iteration's end.
+first half set of nearly every iteration took 0.4-1.8 s longer than the second (1.0 s
+over iterations 4-27 in all with the process, 16.9 s before; docs/performance.md). The
+process is started when the writer is made, so that it has started its interpreter and
+imported torch by the first iteration's end.
 """
 
 import dataclasses

@@ -4,15 +4,20 @@ A thread's formatting shares the interpreter's lock with the E-step's host, whic
 the pace of most iterations on a GPU; a process does not. The process is a fresh
 interpreter (``python -c``) rather than a ``multiprocessing`` child: that would import
 the caller's main module again, which a user's script without a ``__main__`` guard
-cannot survive. It reads this process's ``sys.path`` first, then pickled tasks
-``(folder, write, args, kwargs)`` on its standard input (``folder``: the caller's working
-folder at the time, against which relative paths resolve), and answers each with pickled messages
-on its standard output: log records, then ``("done", None)`` or ``("error", exception)``.
-It never touches a device: what it is given is on the host (``file_writer.on_host``).
+cannot survive.
+
+Messages both ways are pickles, each after its length (8 bytes, little-endian), so that
+a task that cannot be read is an error handed back, not a broken stream. The process
+reads this process's ``sys.path`` first and answers ``("ready", None)`` once it has
+imported torch; then, for each task ``(folder, write, args, kwargs)`` (``folder``: the
+caller's working folder at the time, against which relative paths resolve), it answers
+with its log records, then ``("done", None)`` or ``("error", exception)``. It ignores
+SIGINT (a Ctrl-C in the terminal reaches the whole process group: the write on its way
+finishes, as on a thread) and sees no GPU (``CUDA_VISIBLE_DEVICES`` empty): what it is
+given must be on the host (``file_writer.on_host``).
 """
 
 import logging
-import logging.handlers
 import os
 import pickle
 import subprocess
@@ -23,25 +28,39 @@ from typing import IO, Any
 
 __all__ = ["WriterProcess", "serve"]
 
-_BOOT = "import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); " + (
+_BOOT = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "import pickle, sys; sys.path[:] = pickle.loads(sys.stdin.buffer.read("
+    "int.from_bytes(sys.stdin.buffer.read(8), 'little'))); "
     "from cryorefine.refine.writer_process import serve; serve()"
 )
 
 
-class _Records(logging.handlers.QueueHandler):
-    """Sends each log record, made picklable, to the parent."""
+def _send(channel: IO[bytes], message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    channel.write(len(data).to_bytes(8, "little") + data)
+    channel.flush()
+
+
+def _receive(channel: IO[bytes]) -> bytes:
+    """One message's bytes; EOFError where the stream ends."""
+    size = channel.read(8)
+    data = channel.read(int.from_bytes(size, "little")) if len(size) == 8 else b""
+    if len(size) < 8 or len(data) < int.from_bytes(size, "little"):
+        raise EOFError
+    return data
+
+
+class _Records(logging.Handler):
+    """Sends each log record to the parent, its message formatted (arguments may not pickle)."""
 
     def __init__(self, channel: IO[bytes]) -> None:
-        super().__init__(None)  # type: ignore[arg-type]
+        super().__init__()
         self._channel = channel
 
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args, record.exc_info = record.getMessage(), None, None
         _send(self._channel, ("log", record))
-
-
-def _send(channel: IO[bytes], message: tuple[str, Any]) -> None:
-    pickle.dump(message, channel, protocol=pickle.HIGHEST_PROTOCOL)
-    channel.flush()
 
 
 def _picklable(error: BaseException) -> BaseException:
@@ -55,28 +74,36 @@ def _picklable(error: BaseException) -> BaseException:
 
 def serve() -> None:
     """The process's loop: run each task from standard input until it closes."""
-    import torch  # the writes' own tensors are small: one thread, the GPU job keeps the rest
+    import torch
 
-    torch.set_num_threads(1)
-    tasks, channel = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # a stray print must not corrupt the channel
+    torch.set_num_threads(1)  # the writes' tensors are small; the cores are the job's
+    tasks = sys.stdin.buffer
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print, from Python or C, goes to stderr, not into the channel
+    sys.stdout = sys.stderr
+    # a process of its own, with no CLI to set its logging: every record goes to the parent
     root = logging.getLogger()
     root.handlers[:] = [_Records(channel)]
-    root.setLevel(logging.INFO)
-    while True:
-        try:
-            folder, write, args, kwargs = pickle.load(tasks)
-        except EOFError:
-            return
-        try:
-            os.chdir(folder)
-            write(*args, **kwargs)
-        except BaseException as error:  # handed back, raised in the parent
-            error = _picklable(error)
-            error.add_note("in the file-writing process:\n" + traceback.format_exc())
-            _send(channel, ("error", error))
-        else:
-            _send(channel, ("done", None))
+    root.setLevel(logging.DEBUG)
+    try:
+        _send(channel, ("ready", None))
+        while True:
+            try:
+                data = _receive(tasks)
+            except EOFError:
+                return
+            try:
+                folder, write, args, kwargs = pickle.loads(data)
+                os.chdir(folder)
+                write(*args, **kwargs)
+            except Exception as error:  # handed back, raised in the parent
+                error = _picklable(error)
+                error.add_note("in the file-writing process:\n" + traceback.format_exc())
+                _send(channel, ("error", error))
+            else:
+                _send(channel, ("done", None))
+    except BrokenPipeError:  # the parent has gone: nothing is waiting for the answer
+        return
 
 
 class WriterProcess:
@@ -84,26 +111,40 @@ class WriterProcess:
 
     def __init__(self) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-c", _BOOT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         )
         assert self._process.stdin is not None
         assert self._process.stdout is not None
         self._tasks, self._answers = self._process.stdin, self._process.stdout
-        pickle.dump(list(sys.path), self._tasks)
-        self._tasks.flush()
+        self._ready = False
+        _send(self._tasks, list(sys.path))
 
     def run(self, write: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Run ``write(*args, **kwargs)`` in the process and wait for it; its log records go
-        to this process's loggers of the same names, and its error is raised here."""
+        """Run ``write(*args, **kwargs)`` in the process and wait for it.
+
+        Its log records go to this process's loggers of the same names. Raises the write's
+        own error (a RuntimeError with its text where it cannot be rebuilt here), an error of
+        pickling what it is given, or a RuntimeError where the process has ended.
+        """
+        task = pickle.dumps((os.getcwd(), write, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._ready:
+            self._answer()
+            self._ready = True
         try:
-            task = (os.getcwd(), write, args, kwargs)
-            pickle.dump(task, self._tasks, protocol=pickle.HIGHEST_PROTOCOL)
+            self._tasks.write(len(task).to_bytes(8, "little") + task)
             self._tasks.flush()
         except BrokenPipeError:
             self._ended()
+        self._answer()
+
+    def _answer(self) -> None:
+        """Relay log records until the process says it is ready or done; raise its error."""
         while True:
             try:
-                kind, value = pickle.load(self._answers)
+                kind, value = pickle.loads(_receive(self._answers))
             except EOFError:
                 self._ended()
             if kind == "log":
@@ -117,7 +158,10 @@ class WriterProcess:
 
     def _ended(self) -> None:
         code = self._process.wait()
-        raise RuntimeError(f"the file-writing process ended unexpectedly (exit code {code})")
+        raise RuntimeError(
+            f"the file-writing process ended unexpectedly (exit code {code}); "
+            "its standard error, above, says why"
+        )
 
     def close(self) -> None:
         """Close its input (it ends after the task on its way) and wait for it."""
@@ -125,5 +169,11 @@ class WriterProcess:
             self._tasks.close()
         except BrokenPipeError:
             pass
+        self._answers.read()  # what it still says: nobody waits for it
         self._process.wait()
         self._answers.close()
+
+    @property
+    def exit_code(self) -> int | None:
+        """The process's exit code once it has ended, else None."""
+        return self._process.poll()
