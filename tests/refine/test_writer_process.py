@@ -28,6 +28,7 @@ from cryorefine.likelihood import OrientationGrid
 from cryorefine.refine.file_writer import FileWriter, on_host
 from cryorefine.refine.iteration_files import particle_statistics, write_iteration
 from cryorefine.refine.model import HalfSetModel, initial_refine_state
+from cryorefine.refine.model_star import half_model_from_star
 from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.writer_process import WriterProcess
 
@@ -223,32 +224,16 @@ def test_a_script_without_a_main_guard_can_write_through_it(tmp_path):
     assert (tmp_path / "written.txt").read_text() == "whole"
 
 
-def _model(half_set: int, n: int = 8) -> HalfSetModel:
+def _tutorial_model(hiv_tutorial: Path, half_set: int) -> HalfSetModel:
+    """RELION's model of the tutorial's refinement, with a random map and a pdf on 48 pixels."""
     gen = torch.Generator().manual_seed(half_set)
-    shells = torch.rand(n // 2 + 1, generator=gen, dtype=torch.float64) + 0.1
-    return HalfSetModel(
+    model, _ = half_model_from_star(
+        hiv_tutorial / "Refine3D/job012/run_model.star",
         half_set=half_set,
-        reference=torch.randn(n, n, n, generator=gen),
-        pixel_size_angst=8.1,
-        data_dimensionality=3,
-        sigma2_noise=shells[None] * 1e-3,
-        tau2=shells,
-        ssnr=shells * 10,
-        fsc=shells / 2,
-        sigma2_reconstruction=shells,
-        fourier_completeness=shells / 2,
-        orientability=shells / shells.sum(),
-        orientation_pdf=torch.rand(48, generator=gen, dtype=torch.float64),
-        sigma2_offset_angst2=9.0,
-        norm_correction_average=1.0,
-        average_pmax=0.5,
-        log_likelihood=-1e4,
-        acc_rot_deg=5.0,
-        acc_trans_angst=2.0,
-        scale_correction=torch.ones(1, dtype=torch.float64),
-        group_names=("TS_01",),
-        group_particle_counts=(20,),
+        reference=torch.randn(96, 96, 96, generator=gen),
     )
+    pdf = torch.rand(48, generator=gen, dtype=torch.float64)
+    return dataclasses.replace(model, orientation_pdf=pdf / pdf.sum())
 
 
 def _write_iteration_here(folder: Path, in_process: bool, hiv_tutorial: Path) -> dict[str, bytes]:
@@ -257,7 +242,7 @@ def _write_iteration_here(folder: Path, in_process: bool, hiv_tutorial: Path) ->
         reference=Path("ref.mrc"), output_root=Path("Refine3D/job013/run"), sym="C6"
     )
     state = dataclasses.replace(
-        initial_refine_state(options, ori_size=8, pixel_size_angst=8.1), iteration=3
+        initial_refine_state(options, ori_size=96, pixel_size_angst=8.1), iteration=3
     )
     grid = OrientationGrid(1, torch.arange(48), torch.arange(12.0) * 30)
     rng = np.random.default_rng(3)
@@ -266,7 +251,8 @@ def _write_iteration_here(folder: Path, in_process: bool, hiv_tutorial: Path) ->
         particles, rng.integers(1, 3, b), rng.random(b), rng.integers(1, 99, b), rng.random(b)
     )
     (folder / "Refine3D/job013").mkdir(parents=True)
-    args = (on_host(state), options, (_model(1), _model(2)), particles, statistics, grid)
+    models = (_tutorial_model(hiv_tutorial, 1), _tutorial_model(hiv_tutorial, 2))
+    args = (on_host(state), options, models, particles, statistics, grid)
     kwargs = {"optimisation_set": None, "unfiltered": None, "ndim": 3}
     with FileWriter(in_process=in_process) as writer:
         writer.submit(write_iteration, *args, **kwargs)
