@@ -11,17 +11,16 @@ import logging
 import os
 import pickle
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import writer_tasks
 
 from cryorefine.io import load_particles
 from cryorefine.likelihood import OrientationGrid
@@ -33,59 +32,11 @@ from cryorefine.refine.options import RefineOptions
 from cryorefine.refine.writer_process import WriterProcess
 
 
-def _log_line(path: str, text: str) -> None:
-    with open(path, "a") as lines:
-        lines.write(f"{text} {os.getpid()}\n")
-
-
-def _slow_write(path: str, number: int) -> None:
-    _log_line(path, f"start {number}")
-    time.sleep(0.05)
-    _log_line(path, f"end {number}")
-
-
-def _failing_write() -> None:
-    raise OSError(28, "No space left on device", "run_it004_data.star")
-
-
-def _logging_write(text: str, level: int) -> None:
-    logging.getLogger("cryorefine.refine.run_files").log(level, "%s, in %d", text, os.getpid())
-
-
-def _relative_write(name: str, tensor: torch.Tensor) -> None:
-    np.save(name, tensor.numpy())
-
-
-class _Unrebuildable(Exception):
-    def __init__(self, path: str, *, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")  # pickle calls the class with the message only
-
-
-def _unrebuildable_write() -> None:
-    raise _Unrebuildable("run_it004_half1_model.star", reason="a column is missing")
-
-
-def _interrupted_write(path: str) -> None:
-    os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C in the terminal reaches the writer too
-    time.sleep(0.1)
-    Path(path).write_text("whole")
-
-
-def _printing_write(path: str) -> None:
-    print("a stray line")  # noqa: T201 (what is tested)
-    os.write(1, b"bytes from C\n")
-    Path(path).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
-
-
-def _dying_write() -> None:
-    os._exit(3)
-
-
 def test_each_write_runs_in_another_process_after_the_previous_one_has_finished(tmp_path):
     events = tmp_path / "events.txt"
     with FileWriter(in_process=True) as writer:
         for number in range(3):
-            writer.submit(_slow_write, str(events), number)
+            writer.submit(writer_tasks.slow_write, str(events), number)
     lines = [line.split() for line in events.read_text().splitlines()]
     assert [(kind, int(number)) for kind, number, _ in lines] == [
         ("start", 0), ("end", 0), ("start", 1), ("end", 1), ("start", 2), ("end", 2),
@@ -96,9 +47,9 @@ def test_each_write_runs_in_another_process_after_the_previous_one_has_finished(
 
 def _failing_run(where: str) -> None:
     with FileWriter(in_process=True) as writer:
-        writer.submit(_failing_write)
+        writer.submit(writer_tasks.failing_write)
         if where == "submit":
-            writer.submit(_log_line, os.devnull, "not reached")
+            writer.submit(writer_tasks.log_line, os.devnull, "not reached")
         elif where == "wait":
             writer.wait()
 
@@ -117,15 +68,15 @@ def _write_through_a_process(write) -> None:
 
 
 def test_an_error_that_cannot_come_back_as_itself_comes_back_as_its_text():
-    with pytest.raises(RuntimeError, match=r"_Unrebuildable: run_it004_half1_model\.star: a col"):
-        _write_through_a_process(_unrebuildable_write)
+    with pytest.raises(RuntimeError, match=r"Unrebuildable: run_it004_half1_model\.star: a col"):
+        _write_through_a_process(writer_tasks.unrebuildable_write)
 
 
 @pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
 def test_its_log_records_reach_this_process_loggers(caplog, level):
     with caplog.at_level(logging.INFO, logger="cryorefine"):
         with FileWriter(in_process=True) as writer:
-            writer.submit(_logging_write, "a partial file was left", level)
+            writer.submit(writer_tasks.logging_write, "a partial file was left", level)
     [record] = [r for r in caplog.records if "a partial file was left" in r.getMessage()]
     assert record.name == "cryorefine.refine.run_files"
     assert record.levelno == level
@@ -134,7 +85,7 @@ def test_its_log_records_reach_this_process_loggers(caplog, level):
 
 def _failing_iteration(events: Path) -> None:
     with FileWriter(in_process=True) as writer:
-        writer.submit(_slow_write, str(events), 7)
+        writer.submit(writer_tasks.slow_write, str(events), 7)
         raise KeyError("the iteration failed")
 
 
@@ -149,14 +100,15 @@ def test_the_runs_own_error_is_kept_and_the_write_on_its_way_finishes(tmp_path):
 
 def test_a_ctrl_c_reaching_the_process_lets_its_write_finish(tmp_path):
     with FileWriter(in_process=True) as writer:
-        writer.submit(_interrupted_write, str(tmp_path / "written.txt"))
+        writer.submit(writer_tasks.interrupted_write, str(tmp_path / "written.txt"))
     assert (tmp_path / "written.txt").read_text() == "whole"
 
 
 def test_prints_do_not_break_the_channel_and_the_process_sees_no_gpu(tmp_path, capfd):
     writer = WriterProcess()
-    writer.run(_printing_write, (str(tmp_path / "seen.txt"),), {})
-    writer.run(_printing_write, (str(tmp_path / "seen.txt"),), {})  # the channel still reads
+    seen = (str(tmp_path / "seen.txt"),)
+    writer.run(writer_tasks.printing_write, seen, {})
+    writer.run(writer_tasks.printing_write, seen, {})  # the channel still reads
     writer.close()
     assert writer.exit_code == 0
     assert (tmp_path / "seen.txt").read_text() == ""
@@ -174,7 +126,7 @@ def test_a_task_that_cannot_be_sent_or_read_is_an_error_and_the_process_goes_on(
             writer.run(only_here.write, (), {})
         with pytest.raises((AttributeError, pickle.PicklingError)):  # a local function: no pickle
             writer.run(lambda: None, (), {})
-        writer.run(_slow_write, (str(tmp_path / "events.txt"), 1), {})
+        writer.run(writer_tasks.slow_write, (str(tmp_path / "events.txt"), 1), {})
     finally:
         del sys.modules[only_here.__name__]
         writer.close()
@@ -186,17 +138,17 @@ def test_relative_paths_resolve_against_the_callers_folder_at_the_time(tmp_path,
     writer = WriterProcess()  # started in one folder, told to write from another
     try:
         monkeypatch.chdir(tmp_path)
-        writer.run(_relative_write, ("values.npy", torch.arange(5.0)), {})
+        writer.run(writer_tasks.relative_write, ("values.txt", "written here"), {})
     finally:
         writer.close()
-    np.testing.assert_array_equal(np.load(tmp_path / "values.npy"), np.arange(5.0))
+    assert (tmp_path / "values.txt").read_text() == "written here"
 
 
 def test_a_process_that_dies_is_an_error_with_its_exit_code():
     writer = WriterProcess()
     try:
         with pytest.raises(RuntimeError, match=r"ended unexpectedly \(exit code 3\)"):
-            writer.run(_dying_write, (), {})
+            writer.run(writer_tasks.dying_write, (), {})
     finally:
         writer.close()
 

@@ -8,13 +8,15 @@ cannot survive.
 
 Messages both ways are pickles, each after its length (8 bytes, little-endian), so that
 a task that cannot be read is an error handed back, not a broken stream. The process
-reads this process's ``sys.path`` first and answers ``("ready", None)`` once it has
-imported torch; then, for each task ``(folder, write, args, kwargs)`` (``folder``: the
-caller's working folder at the time, against which relative paths resolve), it answers
-with its log records, then ``("done", None)`` or ``("error", exception)``. It ignores
-SIGINT (a Ctrl-C in the terminal reaches the whole process group: the write on its way
-finishes, as on a thread) and sees no GPU (``CUDA_VISIBLE_DEVICES`` empty): what it is
-given must be on the host (``file_writer.on_host``).
+reads this process's ``sys.path`` first and answers ``("ready", None)``; then, for each
+task ``(folder, write, args, kwargs)`` (``folder``: the caller's working folder at the
+time, against which relative paths resolve), it answers with its log records, then
+``("done", None)`` or ``("error", exception)``. It ignores SIGINT (a Ctrl-C in the
+terminal reaches the whole process group: the write on its way finishes, as on a
+thread), sees no GPU (``CUDA_VISIBLE_DEVICES`` empty: what it is given must be on the
+host, ``file_writer.on_host``) and runs one CPU thread per library (the writes' arrays
+are small; the cores are the job's). It imports what a task needs when the task
+arrives: torch with the first tensor.
 """
 
 import logging
@@ -34,6 +36,15 @@ _BOOT = (
     "int.from_bytes(sys.stdin.buffer.read(8), 'little'))); "
     "from cryorefine.refine.writer_process import serve; serve()"
 )
+
+
+# no GPU, and one thread for torch's and numpy's libraries (module docstring)
+_ENVIRONMENT = {
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
 
 
 def _send(channel: IO[bytes], message: object) -> None:
@@ -74,9 +85,6 @@ def _picklable(error: BaseException) -> BaseException:
 
 def serve() -> None:
     """The process's loop: run each task from standard input until it closes."""
-    import torch
-
-    torch.set_num_threads(1)  # the writes' tensors are small; the cores are the job's
     tasks = sys.stdin.buffer
     channel = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print, from Python or C, goes to stderr, not into the channel
@@ -114,7 +122,7 @@ class WriterProcess:
             [sys.executable, "-c", _BOOT],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+            env={**os.environ, **_ENVIRONMENT},
         )
         assert self._process.stdin is not None
         assert self._process.stdout is not None
