@@ -18,12 +18,11 @@ grid, so that the writer never touches the device.
 
 ``FileWriter(in_process=True)`` (the driver's choice on a GPU) hands each write from its
 thread to a process of its own (``writer_process``), whose formatting does not hold this
-interpreter's lock: a tutorial-sized iteration's files took 0.25 s alone on one CPU core
-and 2.5 s beside a busy Python thread, and in session 34's job (files on a thread) the
-first half set of nearly every iteration took 0.4-1.8 s longer than the second (1.0 s
-over iterations 4-27 in all with the process, 16.9 s before; docs/performance.md). The
-process is started when the writer is made, so that it has started its interpreter and
-imported torch by the first iteration's end.
+interpreter's lock. In session 34's job (files on a thread) the first half set of
+nearly every iteration took longer than the second: 16.9 s over iterations 4-27, against
+1.0 s with the process (docs/performance.md; ``bench/write_iteration_bench.py`` measures
+what a write takes from a busy Python thread). The process is started when the writer is
+made, so that its interpreter is up by the first iteration's end.
 """
 
 import dataclasses

@@ -55,9 +55,10 @@ def _send(channel: IO[bytes], message: object) -> None:
 
 def _receive(channel: IO[bytes]) -> bytes:
     """One message's bytes; EOFError where the stream ends."""
-    size = channel.read(8)
-    data = channel.read(int.from_bytes(size, "little")) if len(size) == 8 else b""
-    if len(size) < 8 or len(data) < int.from_bytes(size, "little"):
+    header = channel.read(8)
+    size = int.from_bytes(header, "little")
+    data = channel.read(size) if len(header) == 8 else b""
+    if len(header) < 8 or len(data) < size:
         raise EOFError
     return data
 
@@ -137,13 +138,11 @@ class WriterProcess:
         own error (a RuntimeError with its text where it cannot be rebuilt here), an error of
         pickling what it is given, or a RuntimeError where the process has ended.
         """
-        task = pickle.dumps((os.getcwd(), write, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         if not self._ready:
             self._answer()
             self._ready = True
-        try:
-            self._tasks.write(len(task).to_bytes(8, "little") + task)
-            self._tasks.flush()
+        try:  # pickled whole before a byte is written: an error of pickling breaks nothing
+            _send(self._tasks, (os.getcwd(), write, args, kwargs))
         except BrokenPipeError:
             self._ended()
         self._answer()
